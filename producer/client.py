@@ -1,0 +1,220 @@
+"""The producer API: submit sources, read results by task id.
+
+Tasks are sent by name, so this module never imports the worker or torch. Results are read
+straight from the Redis keys the worker's result backend writes (the same way an app in any
+other language would), which lets one MGET poll thousands of jobs at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import Celery
+
+from producer.contract import (
+    DEFAULT_QUEUE,
+    DEFAULT_REDIS_URL,
+    DEFAULT_TOP_K,
+    TASK_NAME,
+    result_key,
+)
+from producer.errors import BrokerUnavailable, JobFailed, ResultTimeout
+
+TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+_POLL_MIN_S = 0.01
+_POLL_MAX_S = 0.5
+_MGET_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What is known about one job: its state, and its result or error once it has ended."""
+
+    task_id: str
+    state: str
+    result: dict[str, Any] | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "SUCCESS"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.task_id, "state": self.state}
+        if self.result is not None:
+            out["result"] = self.result
+        if self.error_type is not None:
+            out["error"] = {"type": self.error_type, "message": self.error_message}
+        return out
+
+    def unwrap(self) -> dict[str, Any]:
+        """The result of a successful job; raises JobFailed for a failed one."""
+        if self.ok and self.result is not None:
+            return self.result
+        raise JobFailed(self.task_id, self.error_type or self.state, self.error_message or "")
+
+
+def parse_meta(task_id: str, raw: bytes | str | None) -> Outcome:
+    """Turn the JSON in `celery-task-meta-<id>` (or its absence) into an Outcome."""
+    if raw is None:
+        return Outcome(task_id, "PENDING")
+    meta = json.loads(raw)
+    state = str(meta.get("status", "PENDING"))
+    result = meta.get("result")
+    if state == "SUCCESS":
+        return Outcome(task_id, state, result=result, meta=meta)
+    if state in ("FAILURE", "REVOKED", "RETRY"):
+        error_type, message = state, ""
+        if isinstance(result, dict):
+            error_type = str(result.get("exc_type", state))
+            args = result.get("exc_message")
+            message = " ".join(map(str, args)) if isinstance(args, list) else str(args or "")
+        return Outcome(task_id, state, error_type=error_type, error_message=message, meta=meta)
+    return Outcome(task_id, state, meta=meta)
+
+
+def make_celery(redis_url: str) -> Celery:
+    """A send-only Celery app speaking the worker's protocol (JSON, task by name)."""
+    app = Celery("imgqueue-producer", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_default_queue=DEFAULT_QUEUE,
+        broker_connection_retry_on_startup=True,
+        task_publish_retry=True,
+    )
+    return app
+
+
+class Client:
+    """Submit image sources for classification and collect their results."""
+
+    def __init__(self, redis_url: str | None = None, *, queue: str = DEFAULT_QUEUE) -> None:
+        self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+        self.queue = queue
+        self.celery = make_celery(self.redis_url)
+        self.redis = redis.Redis.from_url(self.redis_url)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.celery.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def submit(self, source: str, *, top_k: int = DEFAULT_TOP_K) -> str:
+        """Enqueue one source (URL or path under the worker's IMAGE_ROOT); returns its task id."""
+        return self.submit_many([source], top_k=top_k)[0]
+
+    def submit_many(self, sources: Iterable[str], *, top_k: int = DEFAULT_TOP_K) -> list[str]:
+        """Enqueue many sources over one connection; returns their task ids in order."""
+        ids: list[str] = []
+        try:
+            with self.celery.producer_or_acquire() as producer:
+                for source in sources:
+                    res = self.celery.send_task(
+                        TASK_NAME,
+                        args=[str(source)],
+                        kwargs={"top_k": top_k},
+                        queue=self.queue,
+                        producer=producer,
+                    )
+                    ids.append(res.id)
+        except (redis.ConnectionError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
+        return ids
+
+    # -- results -----------------------------------------------------------------------------
+
+    def status(self, task_id: str) -> Outcome:
+        """The job's current state, without waiting."""
+        return self._fetch([task_id])[0]
+
+    def result(self, task_id: str, *, timeout: float | None = 30.0) -> dict[str, Any]:
+        """Wait for one job's result; raises JobFailed or ResultTimeout."""
+        for outcome in self.wait([task_id], timeout=timeout):
+            return outcome.unwrap()
+        raise AssertionError("unreachable")
+
+    def wait(
+        self,
+        task_ids: Iterable[str],
+        *,
+        timeout: float | None = None,
+        reconnect_timeout: float = 60.0,
+    ) -> Iterator[Outcome]:
+        """Yield each job's Outcome as it finishes, in completion order.
+
+        Raises ResultTimeout when `timeout` passes with jobs still unfinished, and
+        BrokerUnavailable when Redis stays unreachable for `reconnect_timeout` seconds.
+        """
+        pending = list(dict.fromkeys(task_ids))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = _POLL_MIN_S
+        down_since: float | None = None
+        while pending:
+            try:
+                outcomes = self._fetch(pending)
+                down_since = None
+            except BrokerUnavailable:
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > reconnect_timeout:
+                    raise
+                outcomes = []
+            finished = [o for o in outcomes if o.done]
+            if finished:
+                done_ids = {o.task_id for o in finished}
+                pending = [t for t in pending if t not in done_ids]
+                yield from finished
+                delay = _POLL_MIN_S
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(f"{len(pending)} job(s) unfinished after {timeout}s")
+            sleep_for = delay if deadline is None else min(delay, deadline - time.monotonic())
+            time.sleep(max(sleep_for, 0.0))
+            delay = min(delay * 2, _POLL_MAX_S)
+
+    def _fetch(self, task_ids: list[str]) -> list[Outcome]:
+        out: list[Outcome] = []
+        try:
+            for i in range(0, len(task_ids), _MGET_CHUNK):
+                chunk = task_ids[i : i + _MGET_CHUNK]
+                raws = self.redis.mget([result_key(t) for t in chunk])
+                out.extend(parse_meta(t, r) for t, r in zip(chunk, raws, strict=True))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
+        return out
+
+    def _safe_url(self) -> str:
+        return redact_url(self.redis_url)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -1,0 +1,103 @@
+"""A dynamic batcher, in the spirit of Triton's: many threads submit, one loop infers.
+
+Task threads fetch, decode and preprocess concurrently, then hand their tensor to `submit`,
+which returns a Future. One inference thread per process takes whatever is ready, up to
+`max_batch_size`, waiting at most `max_delay` after the first item for others to arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+InferFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class _Item:
+    tensor: torch.Tensor
+    future: Future[tuple[torch.Tensor, int]] = field(default_factory=Future)
+
+
+class Batcher:
+    """Collects single inputs into batches for one inference function."""
+
+    def __init__(
+        self,
+        infer: InferFn,
+        max_batch_size: int,
+        max_delay: float,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.infer = infer
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_delay = max(0.0, max_delay)
+        self.on_batch = on_batch
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self._stopped = False
+        self._thread.start()
+
+    def submit(self, tensor: torch.Tensor) -> Future[tuple[torch.Tensor, int]]:
+        """Queue one preprocessed input; the future gives (its output row, the batch size)."""
+        if self._stopped:
+            raise RuntimeError("batcher is stopped")
+        item = _Item(tensor)
+        self._queue.put(item)
+        return item.future
+
+    def __call__(self, tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return self.submit(tensor).result()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopped = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _collect(self) -> list[_Item] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        items = [first]
+        deadline = time.monotonic() + self.max_delay
+        while len(items) < self.max_batch_size:
+            try:
+                # Drain what is already there without waiting, then wait out the delay.
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is None:
+                self._queue.put(None)  # seen again after this batch, to stop the loop
+                break
+            items.append(item)
+        return items
+
+    def _loop(self) -> None:
+        while (items := self._collect()) is not None:
+            started = time.perf_counter()
+            try:
+                outputs = self.infer(torch.stack([i.tensor for i in items]))
+            except BaseException as exc:  # handed to every waiter; the loop itself survives
+                log.exception("inference failed for a batch of %d", len(items))
+                for item in items:
+                    item.future.set_exception(exc)
+                continue
+            for row, item in enumerate(items):
+                item.future.set_result((outputs[row], len(items)))
+            if self.on_batch is not None:
+                self.on_batch(len(items), time.perf_counter() - started)

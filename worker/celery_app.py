@@ -1,0 +1,77 @@
+"""The Celery app, its settings, and the hooks that load the model once per process."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from producer.contract import DEFAULT_QUEUE
+from worker import runtime
+from worker.errors import ConfigError, WeightsUnavailable
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+settings = Settings.from_env()
+
+app = Celery("imgqueue", broker=settings.redis_url, backend=settings.redis_url,
+             include=["worker.tasks"])
+
+# Redis re-delivers an unacknowledged message after the visibility timeout; the same value
+# must apply to the broker and to the result backend's pub/sub, so it is set for both.
+_transport = {"visibility_timeout": settings.visibility_timeout}
+
+app.conf.update(
+    # JSON only: no pickle anywhere, so any language can produce and read.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    # Expensive work: acknowledge after the job ends, re-queue it if its process dies.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_track_started=True,
+    result_expires=settings.result_expires,
+    result_extended=False,
+    broker_transport_options=_transport,
+    result_backend_transport_options=_transport,
+    broker_connection_retry_on_startup=True,
+    task_default_queue=DEFAULT_QUEUE,
+    # Threads keep one model per process and feed its batcher; prefetch only what the
+    # threads can work on, so idle workers elsewhere still get jobs.
+    worker_pool="threads",
+    worker_concurrency=settings.effective_concurrency,
+    worker_prefetch_multiplier=settings.prefetch_multiplier,
+    worker_hijack_root_logger=False,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+)
+
+
+def _pool_forks(pool: Any) -> bool:
+    name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    return "prefork" in name or name == "processes"
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    """Main process, before the pool starts: check the weights; load now unless we fork."""
+    try:
+        runtime.prepare(settings)
+        if not _pool_forks(getattr(sender, "pool_cls", "threads")):
+            runtime.start(settings)
+    except (WeightsUnavailable, ConfigError) as exc:
+        log.critical("worker cannot start: %s", exc)
+        raise SystemExit(f"worker cannot start: {exc}") from exc
+
+
+@signals.worker_process_init.connect
+def _on_worker_process_init(**_: Any) -> None:
+    """A forked pool child (or the solo pool): load the model here, never in the parent."""
+    runtime.start(settings)
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    runtime.stop()

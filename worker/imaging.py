@@ -1,0 +1,99 @@
+"""Safe image decoding: bytes in, an RGB PIL image out, or a documented error."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from worker.errors import NotAnImage, TooLarge, UnsupportedFormat
+
+# Our own pixel cap (MAX_IMAGE_PIXELS) is checked before decoding; Pillow's is disabled so it
+# cannot warn or raise first with a different message.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image  # RGB
+    width: int  # of the original, before any draft shrinking
+    height: int
+    format: str
+
+
+def decode(
+    data: bytes,
+    *,
+    max_pixels: int,
+    allowed_formats: tuple[str, ...],
+    draft_size: int | None = None,
+) -> Decoded:
+    """Decode image bytes to RGB, honouring EXIF orientation.
+
+    `draft_size`, when given, lets the JPEG decoder shrink by 1/2, 1/4 or 1/8 while decoding,
+    never below that many pixels on the shorter side.
+    """
+    if not data:
+        raise NotAnImage("the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF and palette data
+            image = Image.open(io.BytesIO(data))
+            fmt = (image.format or "").upper()
+            if fmt not in allowed_formats:
+                raise UnsupportedFormat(
+                    f"image format {fmt or 'unknown'} is not allowed "
+                    f"(allowed: {', '.join(allowed_formats)})"
+                )
+            width, height = image.size
+            if width * height > max_pixels:
+                raise TooLarge(
+                    f"image is {width}x{height} = {width * height} pixels, over the "
+                    f"limit of {max_pixels} (MAX_IMAGE_PIXELS)"
+                )
+            if draft_size and fmt in ("JPEG", "MPO"):
+                _draft(image, draft_size)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return Decoded(to_rgb(image), width, height, fmt)
+    except (UnsupportedFormat, TooLarge):
+        raise
+    except UnidentifiedImageError:
+        raise NotAnImage("the bytes are not an image in any known format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise NotAnImage(f"the image is truncated or corrupt: {exc}") from None
+
+
+def _draft(image: Image.Image, min_side: int) -> None:
+    w, h = image.size
+    short = min(w, h)
+    if short <= min_side:
+        return
+    # draft() picks the largest reduction that keeps the image at least this big.
+    scale = min_side / short
+    image.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB: alpha composited on white, 16-bit and float scaled, CMYK converted."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        image = image.convert("I")
+        mode = "I"
+    if mode == "I":
+        # 16-bit samples: scale 0..65535 down to 0..255 instead of clipping.
+        return image.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    if mode == "F":
+        return image.point(lambda v: v * 255).convert("L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,1 @@
+"""Model code: weights resolution and the classifier. Knows nothing of Celery."""

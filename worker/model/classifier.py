@@ -1,0 +1,154 @@
+"""ResNet-50 as three plain steps: preprocess, infer, postprocess. Knows nothing of Celery."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from worker.model.weights import WeightsSource, enum_member, load_state_dict
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "resnet50"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "label": self.label, "probability": self.probability}
+
+
+def pick_device(setting: str) -> torch.device:
+    """`auto` means the first GPU when there is one, else the CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"DEVICE={setting} but no CUDA device is available")
+    return device
+
+
+def pick_precision(setting: str, device: torch.device) -> str:
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def build_resnet50(source: WeightsSource) -> torch.nn.Module:
+    from torchvision.models import resnet50
+
+    if source.seed is not None:
+        # Seed only this construction, so the same seed gives the same weights in any process.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(source.seed)
+            return resnet50(weights=None)
+    model = resnet50(weights=None)
+    state = load_state_dict(source)
+    assert state is not None
+    model.load_state_dict(state)
+    return model
+
+
+class Classifier:
+    """A loaded model plus the reference transforms and labels of its weights."""
+
+    name = MODEL_NAME
+
+    def __init__(self, source: WeightsSource, device: str = "auto", precision: str = "fp32"):
+        self.source = source
+        self.device = pick_device(device)
+        self.precision = pick_precision(precision, self.device)
+        meta = enum_member(source.preprocess)
+        self.transforms = meta.transforms()
+        self.categories: list[str] = list(meta.meta["categories"])
+        self.input_size = int(self.transforms.crop_size[0])
+        self.resize_size = int(self.transforms.resize_size[0])
+        started = time.perf_counter()
+        model = build_resnet50(source).eval()
+        self.model = self._place(model)
+        self.load_seconds = time.perf_counter() - started
+
+    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.precision == "int8":
+            raise ValueError("PRECISION=int8 is not supported by this model")
+        model = model.to(self.device)
+        if self.precision != "fp32":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    @property
+    def weights_id(self) -> str:
+        return self.source.weights_id
+
+    def describe(self) -> dict[str, Any]:
+        """What every result says about the model that produced it."""
+        info: dict[str, Any] = {
+            "model": self.name,
+            "weights": self.weights_id,
+            "pretrained": self.source.pretrained,
+            "preprocess": self.source.preprocess,
+            "precision": self.precision,
+            "device": str(self.device),
+        }
+        if self.source.pretrained is False:
+            info["warning"] = "random weights: labels are meaningless (demo/test only)"
+        return info
+
+    # -- the three steps -----------------------------------------------------------------------
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """An RGB PIL image to a normalised 3x224x224 float tensor (the weights' transforms)."""
+        tensor: torch.Tensor = self.transforms(image)
+        return tensor
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch of preprocessed images to class probabilities (float32, on the CPU)."""
+        with torch.inference_mode(), self._autocast():
+            x = batch.to(self.device, non_blocking=True)
+            if self.precision != "fp32":
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def postprocess(self, probabilities: torch.Tensor, top_k: int) -> list[Prediction]:
+        """One row of probabilities to the top-k labels, most likely first."""
+        values, indices = torch.topk(probabilities, k=min(top_k, probabilities.numel()))
+        return [
+            Prediction(int(i), self.categories[int(i)], float(v))
+            for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+
+    def warm_up(self, batch_size: int = 1) -> None:
+        """One forward pass, so the first real job does not pay for lazy initialisation."""
+        self.infer(torch.zeros(batch_size, 3, self.input_size, self.input_size))
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype):
+                yield
+        else:
+            yield

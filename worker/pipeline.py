@@ -1,0 +1,71 @@
+"""One job, start to finish, as plain functions: fetch, decode, preprocess, infer, postprocess."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
+from worker.errors import InvalidArguments
+from worker.fetch import fetch
+from worker.imaging import decode
+from worker.runtime import Runtime
+
+_KWARGS = frozenset({"top_k"})
+
+
+def validate_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, int]:
+    """The contract's `[source]` and `top_k`, or InvalidArguments saying what is wrong."""
+    unknown = sorted(set(kwargs) - _KWARGS)
+    if unknown:
+        raise InvalidArguments(f"unknown keyword argument(s): {', '.join(unknown)}")
+    if len(args) != 1:
+        raise InvalidArguments(f"expected exactly one positional argument (source), got {len(args)}")
+    source = args[0]
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidArguments(f"source must be a non-empty string, got {type(source).__name__}")
+    if len(source) > 8192:
+        raise InvalidArguments("source is longer than 8192 characters")
+    top_k = kwargs.get("top_k", DEFAULT_TOP_K)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidArguments(f"top_k must be an integer within 1..{MAX_TOP_K}, got {top_k!r}")
+    return source, top_k
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
+    """Classify one source; raises a ClassifyError subclass for bad input."""
+    settings, model = rt.settings, rt.classifier
+    t0 = time.perf_counter()
+    fetched = fetch(source, settings)
+    t1 = time.perf_counter()
+    draft = model.resize_size if settings.draft_decode else None
+    decoded = decode(
+        fetched.data,
+        max_pixels=settings.max_image_pixels,
+        allowed_formats=settings.allowed_formats,
+        draft_size=draft,
+    )
+    tensor = model.preprocess(decoded.image)
+    t2 = time.perf_counter()
+    probabilities, batch_size = rt.batcher(tensor)
+    t3 = time.perf_counter()
+    predictions = model.postprocess(probabilities, top_k)
+    t4 = time.perf_counter()
+    return {
+        "source": source,
+        **model.describe(),
+        "predictions": [p.to_dict() for p in predictions],
+        "image": {"width": decoded.width, "height": decoded.height, "format": decoded.format},
+        "batch_size": batch_size,
+        "timings_ms": {
+            "fetch": _ms(t1 - t0),
+            "preprocess": _ms(t2 - t1),
+            "inference": _ms(t3 - t2),
+            "postprocess": _ms(t4 - t3),
+            "total": _ms(t4 - t0),
+        },
+    }

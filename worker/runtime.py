@@ -1,0 +1,81 @@
+"""The per-process resources: settings, the loaded model and its batcher.
+
+`prepare` runs in the worker's main process before any fork (files only, never CUDA);
+`start` runs once per process that executes tasks, after the fork for prefork pools.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from worker.batcher import Batcher
+from worker.model.classifier import Classifier
+from worker.model.weights import WeightsSource, resolve
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    classifier: Classifier
+    batcher: Batcher
+    load_seconds: float
+
+
+_lock = threading.Lock()
+_weights: WeightsSource | None = None
+_runtime: Runtime | None = None
+
+
+def prepare(settings: Settings) -> WeightsSource:
+    """Check (and download into the cache) the configured weights; raises WeightsUnavailable."""
+    global _weights
+    _weights = resolve(settings.model_weights, settings.preprocess)
+    if _weights.pretrained is False:
+        log.warning(
+            "MODEL_WEIGHTS=%s: RANDOM WEIGHTS, labels are meaningless; results say so",
+            settings.model_weights,
+        )
+    return _weights
+
+
+def start(settings: Settings) -> Runtime:
+    """Load the model once for this process, warm it up, and start its batcher."""
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            return _runtime
+        started = time.perf_counter()
+        source = _weights or resolve(settings.model_weights, settings.preprocess)
+        classifier = Classifier(source, settings.device, settings.precision)
+        classifier.warm_up()
+        batcher = Batcher(
+            classifier.infer,
+            settings.effective_batch_size,
+            settings.max_batch_delay_ms / 1000.0,
+        )
+        _runtime = Runtime(settings, classifier, batcher, time.perf_counter() - started)
+        log.info(
+            "model ready: %s weights=%s device=%s precision=%s batch<=%d in %.1fs",
+            classifier.name, classifier.weights_id, classifier.device, classifier.precision,
+            batcher.max_batch_size, _runtime.load_seconds,
+        )
+        return _runtime
+
+
+def get(settings: Settings) -> Runtime:
+    """The process's runtime, started on first use if no startup hook ran (e.g. other pools)."""
+    return _runtime or start(settings)
+
+
+def stop() -> None:
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            _runtime.batcher.stop()
+            _runtime = None

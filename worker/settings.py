@@ -1,0 +1,135 @@
+"""Every worker setting, read from the environment in one place.
+
+A setting that is present but malformed stops the worker at start with a ConfigError naming it;
+the README's settings table documents each one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from producer.contract import DEFAULT_REDIS_URL
+from worker.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+DEFAULT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _gpu_visible() -> bool:
+    # Only for picking defaults in the parent process: a device node check never touches CUDA.
+    return os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES") != ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The worker's configuration; build it with `Settings.from_env()`."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    model: str = "resnet50"
+    model_weights: str = "IMAGENET1K_V2"
+    preprocess: str = "IMAGENET1K_V2"
+    device: str = "auto"
+    precision: str = "fp32"
+    image_root: Path | None = None
+
+    max_batch_size: int = 0  # 0: per device, see effective_batch_size
+    max_batch_delay_ms: float = 5.0
+    concurrency: int = 0  # 0: twice the batch size, so one batch decodes while one infers
+    prefetch_multiplier: int = 1
+    draft_decode: bool = False
+
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    allowed_formats: tuple[str, ...] = DEFAULT_FORMATS
+
+    fetch_connect_timeout: float = 5.0
+    fetch_read_timeout: float = 10.0
+    fetch_total_timeout: float = 30.0
+    fetch_max_redirects: int = 5
+    fetch_retries: int = 3
+    fetch_allow_networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
+
+    result_expires: int = 86_400
+    visibility_timeout: int = 3_600
+    max_deliveries: int = 3
+    result_cache_ttl: int = 86_400
+    metrics_port: int = 0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(f.name, raw.strip())
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        base_device = self.device.split(":", 1)[0]
+        if base_device not in DEVICES or (":" in self.device and base_device != "cuda"):
+            raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if ":" in self.device and not self.device.split(":", 1)[1].isdigit():
+            raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"PRECISION must be one of {', '.join(PRECISIONS)}")
+        if self.image_root is not None and not self.image_root.is_dir():
+            raise ConfigError(f"IMAGE_ROOT {str(self.image_root)!r} is not a directory")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        for name in ("max_batch_size", "concurrency", "max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must not be negative")
+        if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
+            raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
+
+    @property
+    def expects_gpu(self) -> bool:
+        return self.device.startswith("cuda") or (self.device == "auto" and _gpu_visible())
+
+    @property
+    def effective_batch_size(self) -> int:
+        if self.max_batch_size:
+            return self.max_batch_size
+        return 64 if self.expects_gpu else 8
+
+    @property
+    def effective_concurrency(self) -> int:
+        return self.concurrency or max(4, 2 * self.effective_batch_size)
+
+
+def _parse(name: str, raw: str) -> object:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind == "Path | None":
+            return Path(raw).expanduser()
+        if name == "allowed_formats":
+            return tuple(p.strip().upper() for p in raw.split(",") if p.strip())
+        if name == "fetch_allow_networks":
+            return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
+        if name in ("precision", "device", "log_level"):
+            return raw.lower() if name != "log_level" else raw.upper()
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{name.upper()}={raw!r} is invalid: {exc}") from exc

@@ -1,0 +1,33 @@
+"""The `classify` task: a thin wrapper around worker.pipeline."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from producer.contract import TASK_NAME
+from worker import pipeline, runtime
+from worker.celery_app import app, settings
+from worker.errors import ClassifyError, FetchFailed, InternalError
+
+log = logging.getLogger(__name__)
+
+
+# throws: expected input errors are logged as one line, without a traceback.
+@app.task(name=TASK_NAME, bind=True, throws=(ClassifyError,))
+def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    source, top_k = pipeline.validate_args(args, kwargs)
+    try:
+        return pipeline.classify(source, top_k, runtime.get(settings))
+    except FetchFailed as exc:
+        if exc.transient and self.request.retries < settings.fetch_retries:
+            # Exponential backoff: 1s, 2s, 4s ... for resets, timeouts and 5xx.
+            raise self.retry(countdown=2**self.request.retries, exc=exc) from exc
+        raise
+    except ClassifyError:
+        raise
+    except Exception as exc:
+        log.exception("unexpected error classifying %r", source)
+        raise InternalError(f"{type(exc).__name__}: {exc}") from exc
