@@ -86,8 +86,12 @@ def parse_meta(task_id: str, raw: bytes | str | None) -> Outcome:
 
 
 def make_celery(redis_url: str) -> Celery:
-    """A send-only Celery app speaking the worker's protocol (JSON, task by name)."""
-    app = Celery("imgqueue-producer", broker=redis_url, backend=redis_url, set_as_current=False)
+    """A send-only Celery app speaking the worker's protocol (JSON, task by name).
+
+    It has no result backend on purpose: results are read straight from Redis (see `_fetch`),
+    and a Redis backend would open a pub/sub connection for every task sent.
+    """
+    app = Celery("imgqueue-producer", broker=redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

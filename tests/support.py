@@ -1,0 +1,245 @@
+"""Real parts for the tests: a private redis-server, celery worker processes, an HTTP server."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy or the deadline passes (then fail saying what)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A private redis-server on a free port; can be stopped and restarted on the same port."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra: list[str] | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_for(lambda: _pings(client), 10, f"redis-server on port {self.port}")
+        client.close()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop(signal.SIGKILL)
+        self.start()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+class WorkerProcess:
+    """One real `celery -A worker worker` process, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, name: str,
+                 extra_args: list[str] | None = None):
+        self.log_path = log_path
+        self.name = name
+        self._log = log_path.open("wb")
+        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "INFO",
+               "-n", f"{name}@%h", "--without-mingle", "--without-gossip",
+               *(extra_args or [])]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120) -> WorkerProcess:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited early:\n{self.log()[-4000:]}")
+            return " ready." in self.log()
+        wait_for(ready, timeout, f"worker {self.name} to be ready", interval=0.1)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+class WorkerFactory:
+    """Starts workers with a base environment; stops them all at teardown."""
+
+    def __init__(self, base_env: dict[str, str], log_dir: Path):
+        self.base_env = base_env
+        self.log_dir = log_dir
+        self.workers: list[WorkerProcess] = []
+
+    def start(self, wait: bool = True, extra_args: list[str] | None = None,
+              **env: str) -> WorkerProcess:
+        full = {**self.base_env, **env}
+        name = f"w{len(self.workers)}-{os.getpid()}"
+        worker = WorkerProcess(full, self.log_dir / f"{name}.log", name, extra_args)
+        self.workers.append(worker)
+        return worker.wait_ready() if wait else worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
+
+
+# -- a real HTTP server on loopback ----------------------------------------------------------
+
+
+class ImageHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files from `directory`, plus test routes:
+
+    /status/<code>           answers that status with an empty body
+    /redirect?to=<url>       302 to the given URL
+    /drip?bytes=N&delay=S    sends N bytes one at a time, S seconds apart
+    /lie/<file>              serves a file with a Content-Length smaller than the body
+    /flaky/<n>/<file>        answers 503 for the first n requests of that path, then the file
+    """
+
+    directory: Path
+    counters: dict[str, int]
+    lock = threading.Lock()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        parsed = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(parsed.query)
+        parts = [p for p in parsed.path.split("/") if p]
+        if parts[:1] == ["status"]:
+            self._send(int(parts[1]), b"")
+        elif parts[:1] == ["redirect"]:
+            self.send_response(302)
+            self.send_header("Location", query["to"][0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif parts[:1] == ["drip"]:
+            n, delay = int(query["bytes"][0]), float(query["delay"][0])
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(n):
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    time.sleep(delay)
+        elif parts[:1] == ["flaky"]:
+            with self.lock:
+                count = self.counters.get(self.path, 0)
+                self.counters[self.path] = count + 1
+            if count < int(parts[1]):
+                self._send(503, b"try later")
+            else:
+                self._file("/".join(parts[2:]))
+        elif parts[:1] == ["lie"]:
+            self._file("/".join(parts[1:]), lie=True)
+        else:
+            self._file("/".join(parts))
+
+    def _file(self, rel: str, lie: bool = False) -> None:
+        path = (self.directory / rel).resolve()
+        if not path.is_file() or self.directory.resolve() not in path.parents:
+            self._send(404, b"not found")
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if not lie:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(data)
+
+    def _send(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def http_server(directory: Path) -> Iterator[str]:
+    handler = type("Handler", (ImageHandler,), {"directory": directory, "counters": {}})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

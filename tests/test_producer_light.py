@@ -1,0 +1,28 @@
+"""The producer install never needs torch or the worker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support import ROOT
+
+
+def test_import_producer_leaves_torch_and_worker_out() -> None:
+    code = (
+        "import sys, producer, producer.cli\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'worker', 'PIL'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_base_dependencies_have_no_torch() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if "torch" in d]
+    worker_extra = project["optional-dependencies"]["worker"]
+    assert "torch==2.14.1" in worker_extra and "torchvision==0.29.1" in worker_extra
