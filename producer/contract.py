@@ -26,9 +26,7 @@ ERROR_TYPES: dict[str, str] = {
 }
 
 # Image file extensions the CLI picks up when given a directory.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 def result_key(task_id: str) -> str:

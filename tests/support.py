@@ -29,7 +29,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll until predicate() is truthy or the deadline passes (then fail saying what)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -59,9 +61,22 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         wait_for(lambda: _pings(client), 10, f"redis-server on port {self.port}")
@@ -89,16 +104,35 @@ def _pings(client: redis.Redis) -> bool:
 class WorkerProcess:
     """One real `celery -A worker worker` process, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, name: str,
-                 extra_args: list[str] | None = None):
+    def __init__(
+        self, env: dict[str, str], log_path: Path, name: str, extra_args: list[str] | None = None
+    ):
         self.log_path = log_path
         self.name = name
         self._log = log_path.open("wb")
-        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "INFO",
-               "-n", f"{name}@%h", "--without-mingle", "--without-gossip",
-               *(extra_args or [])]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-l",
+            "INFO",
+            "-n",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            *(extra_args or []),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -112,6 +146,7 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited early:\n{self.log()[-4000:]}")
             return " ready." in self.log()
+
         wait_for(ready, timeout, f"worker {self.name} to be ready", interval=0.1)
         return self
 
@@ -142,8 +177,9 @@ class WorkerFactory:
         self.log_dir = log_dir
         self.workers: list[WorkerProcess] = []
 
-    def start(self, wait: bool = True, extra_args: list[str] | None = None,
-              **env: str) -> WorkerProcess:
+    def start(
+        self, wait: bool = True, extra_args: list[str] | None = None, **env: str
+    ) -> WorkerProcess:
         full = {**self.base_env, **env}
         name = f"w{len(self.workers)}-{os.getpid()}"
         worker = WorkerProcess(full, self.log_dir / f"{name}.log", name, extra_args)

@@ -11,11 +11,13 @@ from tests.support import ROOT
 def test_import_producer_leaves_torch_and_worker_out() -> None:
     code = (
         "import sys, producer, producer.cli\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'worker', 'PIL'))\n"
+        "heavy = ('torch', 'torchvision', 'worker', 'PIL')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == ""
 
 

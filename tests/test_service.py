@@ -54,9 +54,7 @@ def test_result_contract(worker: WorkerProcess, client: Client, weights_file: Pa
     assert set(result["timings_ms"]) >= {"fetch", "preprocess", "inference"}
 
 
-def test_parity_with_torchvision(
-    worker: WorkerProcess, client: Client, weights_file: Path
-) -> None:
+def test_parity_with_torchvision(worker: WorkerProcess, client: Client, weights_file: Path) -> None:
     ids = client.submit_many(SAMPLE_NAMES, top_k=1000)
     for name, task_id in zip(SAMPLE_NAMES, ids, strict=True):
         result = client.result(task_id, timeout=120)
@@ -113,7 +111,10 @@ def test_bad_input_fails_with_named_error_and_worker_goes_on(
     ],
 )
 def test_bad_arguments_are_rejected(
-    worker: WorkerProcess, client: Client, args: list[object], kwargs: dict[str, object],
+    worker: WorkerProcess,
+    client: Client,
+    args: list[object],
+    kwargs: dict[str, object],
     fragment: str,
 ) -> None:
     res = client.celery.send_task("classify", args=args, kwargs=kwargs)
@@ -144,7 +145,11 @@ def test_result_is_plain_json_in_redis(worker: WorkerProcess, client: Client) ->
 def cli(redis_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "producer", "--redis-url", redis_url, *args],
-        cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=180,
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -156,13 +161,26 @@ def test_cli_submit_wait_and_result(
     sub.mkdir(exist_ok=True)
     (sub / "cat.jpg").write_bytes((SAMPLES / "cat.jpg").read_bytes())
     (sub / "notes.txt").write_text("skipped: not an image extension")
-    out = cli(redis_url, "submit", "--wait", "--progress", "--top-k", "2", str(sub), "-",
-              stdin="coffee.jpg\n\n")
+    out = cli(
+        redis_url,
+        "submit",
+        "--wait",
+        "--progress",
+        "--top-k",
+        "2",
+        str(sub),
+        "-",
+        stdin="coffee.jpg\n\n",
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
-    assert sorted(line["result"]["source"] for line in lines) == [str(sub / "cat.jpg"), "coffee.jpg"]
-    assert all(line["state"] == "SUCCESS" and len(line["result"]["predictions"]) == 2
-               for line in lines)
+    assert sorted(line["result"]["source"] for line in lines) == [
+        str(sub / "cat.jpg"),
+        "coffee.jpg",
+    ]
+    assert all(
+        line["state"] == "SUCCESS" and len(line["result"]["predictions"]) == 2 for line in lines
+    )
     assert "2/2" in out.stderr  # the progress bar
 
     ids = cli(redis_url, "submit", "rocket.jpg", "missing.jpg")

@@ -17,8 +17,9 @@ from worker.settings import DEFAULT_FORMATS
 
 
 def _probabilities(classifier: Classifier, name: str) -> torch.Tensor:
-    image = decode((SAMPLES / name).read_bytes(), max_pixels=10**8,
-                   allowed_formats=DEFAULT_FORMATS).image
+    image = decode(
+        (SAMPLES / name).read_bytes(), max_pixels=10**8, allowed_formats=DEFAULT_FORMATS
+    ).image
     return classifier.infer(classifier.preprocess(image).unsqueeze(0))[0]
 
 
@@ -45,8 +46,9 @@ def test_enum_labels_and_transforms_come_from_the_weights_metadata() -> None:
     assert (Classifier(resolve("random:0"), "cpu").resize_size) == 232
 
 
-def test_missing_pretrained_weights_raise_a_clear_error(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_pretrained_weights_raise_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailable, match="MODEL_WEIGHTS"):
         resolve("IMAGENET1K_V2", download=False)

@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
 
-app = Celery("imgqueue", broker=settings.redis_url, backend=settings.redis_url,
-             include=["worker.tasks"])
+app = Celery(
+    "imgqueue", broker=settings.redis_url, backend=settings.redis_url, include=["worker.tasks"]
+)
 
 # Redis re-delivers an unacknowledged message after the visibility timeout; the same value
 # must apply to the broker and to the result backend's pub/sub, so it is set for both.

@@ -104,8 +104,9 @@ def _too_large(size: int, cap: int) -> str:
 # -- URLs ----------------------------------------------------------------------------------------
 
 
-def address_blocked(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                    allow: Iterable[IPNetwork]) -> bool:
+def address_blocked(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow: Iterable[IPNetwork]
+) -> bool:
     """True for addresses a fetch must not reach: anything not globally routable."""
     allow = tuple(allow)
     if any(ip.version == net.version and ip in net for net in allow):
@@ -162,25 +163,35 @@ def _get_once(url: str, settings: Settings, deadline: float) -> tuple[int, str |
     except ValueError:
         raise SourceNotAllowed(f"URL has an invalid port: {url!r}") from None
     address = vetted_addresses(host, port, settings)[0]
-    timeout = urllib3.Timeout(connect=settings.fetch_connect_timeout,
-                              read=settings.fetch_read_timeout)
+    timeout = urllib3.Timeout(
+        connect=settings.fetch_connect_timeout, read=settings.fetch_read_timeout
+    )
     pool: urllib3.HTTPConnectionPool
     if secure:
         pool = urllib3.HTTPSConnectionPool(
-            address, port, timeout=timeout, retries=False, maxsize=1,
-            server_hostname=host, assert_hostname=host,
+            address,
+            port,
+            timeout=timeout,
+            retries=False,
+            maxsize=1,
+            server_hostname=host,
+            assert_hostname=host,
         )
     else:
         pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False, maxsize=1)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": USER_AGENT,
-               "Accept": "image/*"}
+    headers = {
+        "Host": parts.netloc.rsplit("@", 1)[-1],
+        "User-Agent": USER_AGENT,
+        "Accept": "image/*",
+    }
     try:
         with pool:
-            resp = pool.urlopen("GET", path, headers=headers, redirect=False,
-                                preload_content=False, retries=False)
+            resp = pool.urlopen(
+                "GET", path, headers=headers, redirect=False, preload_content=False, retries=False
+            )
             try:
                 if resp.status in _REDIRECTS:
                     return resp.status, resp.headers.get("Location"), b""

@@ -56,8 +56,8 @@ def decode(
             if draft_size and fmt in ("JPEG", "MPO"):
                 _draft(image, draft_size)
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return Decoded(to_rgb(image), width, height, fmt)
+            upright = ImageOps.exif_transpose(image)
+            return Decoded(to_rgb(upright), width, height, fmt)
     except (UnsupportedFormat, TooLarge):
         raise
     except UnidentifiedImageError:

@@ -20,7 +20,9 @@ def validate_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, i
     if unknown:
         raise InvalidArguments(f"unknown keyword argument(s): {', '.join(unknown)}")
     if len(args) != 1:
-        raise InvalidArguments(f"expected exactly one positional argument (source), got {len(args)}")
+        raise InvalidArguments(
+            f"expected exactly one positional argument (source), got {len(args)}"
+        )
     source = args[0]
     if not isinstance(source, str) or not source.strip():
         raise InvalidArguments(f"source must be a non-empty string, got {type(source).__name__}")

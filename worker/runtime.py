@@ -62,8 +62,12 @@ def start(settings: Settings) -> Runtime:
         _runtime = Runtime(settings, classifier, batcher, time.perf_counter() - started)
         log.info(
             "model ready: %s weights=%s device=%s precision=%s batch<=%d in %.1fs",
-            classifier.name, classifier.weights_id, classifier.device, classifier.precision,
-            batcher.max_batch_size, _runtime.load_seconds,
+            classifier.name,
+            classifier.weights_id,
+            classifier.device,
+            classifier.precision,
+            batcher.max_batch_size,
+            _runtime.load_seconds,
         )
         return _runtime
 

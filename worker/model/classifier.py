@@ -63,8 +63,9 @@ def build_resnet50(source: WeightsSource) -> torch.nn.Module:
         # Seed only this construction, so the same seed gives the same weights in any process.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(source.seed)
-            return resnet50(weights=None)
-    model = resnet50(weights=None)
+            seeded: torch.nn.Module = resnet50(weights=None)
+            return seeded
+    model: torch.nn.Module = resnet50(weights=None)
     state = load_state_dict(source)
     assert state is not None
     model.load_state_dict(state)

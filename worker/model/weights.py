@@ -44,7 +44,7 @@ def enum_member(name: str) -> Any:
 def cache_path(name: str) -> Path:
     import torch.hub
 
-    url = enum_member(name).url
+    url: str = enum_member(name).url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
@@ -56,7 +56,9 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve(spec: str, preprocess: str = "IMAGENET1K_V2", *, download: bool = True) -> WeightsSource:
+def resolve(
+    spec: str, preprocess: str = "IMAGENET1K_V2", *, download: bool = True
+) -> WeightsSource:
     """Make sure the weights can be loaded (downloading pretrained ones into the cache).
 
     Runs in the worker's parent process, before any fork: it touches files, never CUDA.
@@ -66,7 +68,9 @@ def resolve(spec: str, preprocess: str = "IMAGENET1K_V2", *, download: bool = Tr
         seed_text = spec.split(":", 1)[1]
         if not seed_text.isdigit():
             raise ConfigError(f"MODEL_WEIGHTS={spec!r}: expected random:<non-negative integer>")
-        return WeightsSource(spec, f"random:{int(seed_text)}", False, preprocess, seed=int(seed_text))
+        return WeightsSource(
+            spec, f"random:{int(seed_text)}", False, preprocess, seed=int(seed_text)
+        )
     if spec.upper() in ENUM_NAMES:
         name = spec.upper()
         path = cache_path(name)

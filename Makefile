@@ -1,0 +1,27 @@
+# Everyday commands. `make all` is what to run before pushing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: venv lint test demo bench all clean
+
+venv:
+	bash scripts/bootstrap.sh
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test:
+	bash scripts/test.sh
+
+demo:
+	bash scripts/demo.sh
+
+bench:
+	$(PY) -m bench
+
+all: lint test
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
