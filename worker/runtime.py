@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from worker.batcher import Batcher
-from worker.model.classifier import Classifier
+from worker.model import ImageModel, build_model
 from worker.model.weights import WeightsSource, resolve
 from worker.settings import Settings
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Runtime:
     settings: Settings
-    classifier: Classifier
+    classifier: ImageModel
     batcher: Batcher
     load_seconds: float
 
@@ -32,9 +32,12 @@ _weights: WeightsSource | None = None
 _runtime: Runtime | None = None
 
 
-def prepare(settings: Settings) -> WeightsSource:
+def prepare(settings: Settings) -> WeightsSource | None:
     """Check (and download into the cache) the configured weights; raises WeightsUnavailable."""
     global _weights
+    if settings.model.startswith("sleep:"):
+        log.warning("MODEL=%s: a stand-in model, results are not real", settings.model)
+        return None
     _weights = resolve(settings.model_weights, settings.preprocess)
     if _weights.pretrained is False:
         log.warning(
@@ -51,8 +54,10 @@ def start(settings: Settings) -> Runtime:
         if _runtime is not None:
             return _runtime
         started = time.perf_counter()
-        source = _weights or resolve(settings.model_weights, settings.preprocess)
-        classifier = Classifier(source, settings.device, settings.precision)
+        source = _weights
+        if source is None and not settings.model.startswith("sleep:"):
+            source = resolve(settings.model_weights, settings.preprocess)
+        classifier = build_model(settings.model, source, settings.device, settings.precision)
         classifier.warm_up()
         batcher = Batcher(
             classifier.infer,

@@ -1,1 +1,43 @@
-"""Model code: weights resolution and the classifier. Knows nothing of Celery."""
+"""Model code: weights resolution, the classifier and its stand-in. Knows nothing of Celery."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from worker.model.classifier import Prediction
+
+
+class ImageModel(Protocol):
+    """What the pipeline needs of a model: the three steps plus a description for results."""
+
+    name: str
+    device: torch.device
+    precision: str
+    resize_size: int
+    load_seconds: float
+
+    @property
+    def weights_id(self) -> str: ...
+    def describe(self) -> dict[str, Any]: ...
+    def preprocess(self, image: Image.Image) -> torch.Tensor: ...
+    def infer(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def postprocess(self, probabilities: torch.Tensor, top_k: int) -> list[Prediction]: ...
+    def warm_up(self, batch_size: int = 1) -> None: ...
+
+
+def build_model(model: str, weights: Any, device: str, precision: str) -> ImageModel:
+    """`MODEL=resnet50` (the real thing) or `MODEL=sleep:<ms>ms` (a fixed-latency stand-in)."""
+    if model.startswith("sleep:"):
+        from worker.model.standin import SleepModel
+
+        return SleepModel(model)
+    if model != "resnet50":
+        from worker.errors import ConfigError
+
+        raise ConfigError(f"MODEL={model!r}: expected resnet50 or sleep:<ms>ms")
+    from worker.model.classifier import Classifier
+
+    return Classifier(weights, device, precision)
