@@ -42,10 +42,11 @@ app.conf.update(
     task_default_queue=DEFAULT_QUEUE,
     # Threads keep one model per process and feed its batcher; prefetch only what the
     # threads can work on, so idle workers elsewhere still get jobs.
-    worker_pool="threads",
+    # Set through POOL, not --pool: Celery cannot tell an explicit --pool prefork from its
+    # default, so a configured pool would silently win over the command line.
+    worker_pool=settings.pool,
     worker_concurrency=settings.effective_concurrency,
     worker_prefetch_multiplier=settings.prefetch_multiplier,
-    worker_hijack_root_logger=False,
     worker_cancel_long_running_tasks_on_connection_loss=True,
 )
 

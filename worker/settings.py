@@ -39,6 +39,7 @@ class Settings:
     precision: str = "fp32"
     image_root: Path | None = None
 
+    pool: str = "threads"
     max_batch_size: int = 0  # 0: per device, see effective_batch_size
     max_batch_delay_ms: float = 5.0
     concurrency: int = 0  # 0: twice the batch size, so one batch decodes while one infers
@@ -82,6 +83,8 @@ class Settings:
             raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if ":" in self.device and not self.device.split(":", 1)[1].isdigit():
             raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.pool not in ("threads", "prefork", "solo"):
+            raise ConfigError(f"POOL must be threads, prefork or solo, got {self.pool!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"PRECISION must be one of {', '.join(PRECISIONS)}")
         if self.image_root is not None and not self.image_root.is_dir():
@@ -128,7 +131,7 @@ def _parse(name: str, raw: str) -> object:
             return tuple(p.strip().upper() for p in raw.split(",") if p.strip())
         if name == "fetch_allow_networks":
             return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
-        if name in ("precision", "device", "log_level"):
+        if name in ("precision", "device", "log_level", "pool"):
             return raw.lower() if name != "log_level" else raw.upper()
         return raw
     except ValueError as exc:
