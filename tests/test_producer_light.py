@@ -28,3 +28,17 @@ def test_base_dependencies_have_no_torch() -> None:
     assert not [d for d in project["dependencies"] if "torch" in d]
     worker_extra = project["optional-dependencies"]["worker"]
     assert "torch==2.14.1" in worker_extra and "torchvision==0.29.1" in worker_extra
+
+
+def test_unreachable_redis_is_a_clear_error() -> None:
+    from producer import BrokerUnavailable, Client
+    from tests.support import free_port
+
+    with Client(f"redis://:hunter2@127.0.0.1:{free_port()}/0") as client:
+        try:
+            client.submit("cat.jpg")
+        except BrokerUnavailable as exc:
+            assert "cannot reach Redis" in str(exc)
+            assert "hunter2" not in str(exc)
+        else:
+            raise AssertionError("submit to a closed port must fail")
