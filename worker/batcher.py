@@ -37,11 +37,13 @@ class Batcher:
         max_batch_size: int,
         max_delay: float,
         on_batch: Callable[[int, float], None] | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self.infer = infer
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay = max(0.0, max_delay)
         self.on_batch = on_batch
+        self.device = device
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._stopped = False
@@ -87,11 +89,17 @@ class Batcher:
             items.append(item)
         return items
 
+    def _stack(self, items: list[_Item]) -> torch.Tensor:
+        # GPU-decoded inputs are already on the device; Pillow fallbacks are on the CPU.
+        if self.device is None:
+            return torch.stack([i.tensor for i in items])
+        return torch.stack([i.tensor.to(self.device, non_blocking=True) for i in items])
+
     def _loop(self) -> None:
         while (items := self._collect()) is not None:
             started = time.perf_counter()
             try:
-                outputs = self.infer(torch.stack([i.tensor for i in items]))
+                outputs = self.infer(self._stack(items))
             except BaseException as exc:  # handed to every waiter; the loop itself survives
                 log.exception("inference failed for a batch of %d", len(items))
                 for item in items:

@@ -66,6 +66,24 @@ def decode(
         raise NotAnImage(f"the image is truncated or corrupt: {exc}") from None
 
 
+def probe(data: bytes, *, max_pixels: int, allowed_formats: tuple[str, ...]) -> Decoded | None:
+    """The header checks of `decode` without decoding pixels, for decoders other than Pillow.
+
+    Returns None where the header cannot be read: `decode` then reports the precise error.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+    except Exception:
+        return None
+    fmt = (image.format or "").upper()
+    width, height = image.size
+    if fmt not in allowed_formats or width * height > max_pixels:
+        return None
+    return Decoded(image, width, height, fmt)
+
+
 def _draft(image: Image.Image, min_side: int) -> None:
     w, h = image.size
     short = min(w, h)

@@ -8,7 +8,7 @@ from typing import Any
 from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
 from worker.errors import InvalidArguments
 from worker.fetch import fetch
-from worker.imaging import decode
+from worker.imaging import decode, probe
 from worker.runtime import Runtime
 
 _KWARGS = frozenset({"top_k"})
@@ -44,14 +44,19 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     t0 = time.perf_counter()
     fetched = fetch(source, settings)
     t1 = time.perf_counter()
-    draft = model.resize_size if settings.draft_decode else None
-    decoded = decode(
-        fetched.data,
-        max_pixels=settings.max_image_pixels,
-        allowed_formats=settings.allowed_formats,
-        draft_size=draft,
-    )
-    tensor = model.preprocess(decoded.image)
+    max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
+    decoded, tensor = None, None
+    if model.device.type == "cuda":
+        # On a GPU, JPEGs decode there; anything else (or any GPU failure) goes through Pillow.
+        decoded = probe(fetched.data, max_pixels=max_pixels, allowed_formats=formats)
+        if decoded is not None and decoded.format == "JPEG":
+            tensor = model.preprocess_encoded(fetched.data)
+    if decoded is None or tensor is None:
+        draft = model.resize_size if settings.draft_decode else None
+        decoded = decode(
+            fetched.data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft
+        )
+        tensor = model.preprocess(decoded.image)
     t2 = time.perf_counter()
     probabilities, batch_size = rt.batcher(tensor)
     t3 = time.perf_counter()

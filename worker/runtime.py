@@ -57,12 +57,17 @@ def start(settings: Settings) -> Runtime:
         source = _weights
         if source is None and not settings.model.startswith("sleep:"):
             source = resolve(settings.model_weights, settings.preprocess)
-        classifier = build_model(settings.model, source, settings.device, settings.precision)
+        classifier = build_model(
+            settings.model, source, settings.device, settings.precision, settings.gpu_decode
+        )
         classifier.warm_up()
+        # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
+        classifier.warm_up(settings.effective_batch_size)
         batcher = Batcher(
             classifier.infer,
             settings.effective_batch_size,
             settings.max_batch_delay_ms / 1000.0,
+            device=classifier.device,
         )
         _runtime = Runtime(settings, classifier, batcher, time.perf_counter() - started)
         log.info(

@@ -36,7 +36,7 @@ class Settings:
     model_weights: str = "IMAGENET1K_V2"
     preprocess: str = "IMAGENET1K_V2"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
     image_root: Path | None = None
 
     pool: str = "threads"
@@ -45,6 +45,7 @@ class Settings:
     concurrency: int = 0  # 0: twice the batch size, so one batch decodes while one infers
     prefetch_multiplier: int = 1
     draft_decode: bool = False
+    gpu_decode: bool = True  # CUDA only: JPEGs decoded by nvJPEG, Pillow as the fallback
 
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 64_000_000

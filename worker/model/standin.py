@@ -64,6 +64,9 @@ class SleepModel:
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return torch.zeros(3, 1, 1)
 
+    def preprocess_encoded(self, data: bytes) -> torch.Tensor | None:
+        return None
+
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         time.sleep(self.latency)
         return torch.full((batch.shape[0], NUM_CLASSES), 1.0 / NUM_CLASSES)

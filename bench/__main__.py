@@ -1,0 +1,179 @@
+"""`python -m bench [--quick]`: every number of docs/performance.md, from one run.
+
+Prints a table plus the ratios the throughput issue asks for, writes bench.json, bench.md and
+batch-size.png under --out. Uses its own redis-server and real worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench import inprocess
+from bench.images import SAMPLES, SIZES, make_set
+from bench.report import Report, plot
+from bench.service import Cluster
+from worker.settings import Settings
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="fewer images: a few minutes on 2 cores")
+    p.add_argument("--images", type=int, help="JPEGs per size (default 192, quick 48)")
+    p.add_argument("--precision", default=Settings().precision, help="the default precision")
+    p.add_argument("--also", default="int8", help="a second precision to measure, or none")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=0, help="MAX_BATCH_SIZE (0: the default)")
+    p.add_argument("--standin", default="sleep:50ms", help="stand-in model for scaling")
+    p.add_argument("--scaling", default="1,2,4", help="worker counts for the stand-in")
+    p.add_argument("--service-sweep", default="", help="batch sizes for end-to-end runs, 1,4,8")
+    p.add_argument("--out", type=Path, default=Path("bench-results"))
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    n = args.images or (48 if args.quick else 192)
+    settings = Settings(device=args.device, max_batch_size=args.batch_size)
+    batch = settings.effective_batch_size
+    draft = settings.draft_decode
+    report = Report(info={"images_per_size": n, "batch_size": batch, "draft_decode": draft})
+    work = Path(tempfile.mkdtemp(prefix="imgqueue-bench-"))
+    root = work / "images"
+    for sample in SAMPLES.glob("*.jpg"):
+        (root / "samples").mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample, root / "samples" / sample.name)
+    started = time.perf_counter()
+    names = {size: make_set(root, size, n) for size in SIZES}
+    print(f"made {n} JPEGs per size in {time.perf_counter() - started:.1f}s under {root}")
+
+    # 1 + model latency: in-process, same precision and batch size as the service.
+    precisions = []
+    ceilings: dict[tuple[str, str], float] = {}
+    sweep: dict[int, float] = {}
+    for wanted in [args.precision] + ([] if args.also == "none" else [args.also]):
+        model = inprocess.load(wanted, args.device)
+        precisions.append(model.precision)
+        if not sweep:
+            sizes = [1, 2, 4, 8] if args.quick else [1, 2, 4, 8, 16, 32]
+            sweep = inprocess.batch_sweep(model, sorted({*sizes, batch}))
+            for b, secs in sweep.items():
+                report.add(
+                    f"model only, batch {b}", model.precision, "-", b / secs, p50_ms=secs * 1e3
+                )
+        for size, files in names.items():
+            ips = inprocess.ceiling(model, [root / f for f in files], batch, draft)
+            ceilings[model.precision, size] = ips
+            report.add("in-process ceiling", model.precision, size, ips)
+        del model
+    default = precisions[0]
+    report.info["precision"] = default
+
+    # 2: the seed tutorial's loop.
+    seeds = {}
+    for size, files in names.items():
+        seeds[size] = inprocess.seed_loop([root / f for f in files[: max(8, n // 4)]])
+        report.add("seed loop (fp32, 1 at a time)", "fp32", size, seeds[size])
+
+    cluster = Cluster(work, root)
+    try:
+        # 3 + 4: the real service, one worker, each precision.
+        env = {"DEVICE": args.device, "MAX_BATCH_SIZE": str(batch)}
+        for precision in precisions:
+            with cluster.workers(1, PRECISION=precision, **env):
+                cluster.burst(names["1024x768"][: 2 * batch])  # warm-up: threads, shapes
+                for size, files in names.items():
+                    run = cluster.burst(files)
+                    report.add("service, 1 worker", precision, size, run.throughput)
+                    key = f"{precision} {size}"
+                    report.ratio(
+                        f"service / ceiling, {key}",
+                        run.throughput / ceilings[precision, size],
+                        ">= 0.9",
+                    )
+                    report.ratio(
+                        f"service / seed loop, {key}",
+                        run.throughput / seeds[size],
+                        ">= 2.5 (default), >= 4 (int8)",
+                    )
+                if precision == default:
+                    idle = cluster.idle_latency("samples/cat.jpg", 7)
+                    report.add(
+                        "idle latency, 1 job (451x300)",
+                        precision,
+                        "sample",
+                        None,
+                        p50_ms=idle.percentile(50) * 1e3,
+                    )
+                    idle_big = cluster.idle_latency(names["1024x768"][0], 7)
+                    report.add(
+                        "idle latency, 1 job",
+                        precision,
+                        "1024x768",
+                        None,
+                        p50_ms=idle_big.percentile(50) * 1e3,
+                    )
+                    window = settings.effective_concurrency
+                    loaded = cluster.closed_loop(names["1024x768"], window)
+                    report.add(
+                        f"under load, {window} in flight",
+                        precision,
+                        "1024x768",
+                        loaded.throughput,
+                        p50_ms=loaded.percentile(50) * 1e3,
+                        p99_ms=loaded.percentile(99) * 1e3,
+                    )
+                    budget = sweep[1] + 0.020
+                    report.ratio(
+                        "idle latency / (model batch-1 + 20 ms)",
+                        idle.percentile(50) / budget,
+                        "<= 1.0",
+                    )
+
+        service_sweep: dict[int, float] = {}
+        for b in [int(x) for x in args.service_sweep.split(",") if x]:
+            with cluster.workers(1, PRECISION=default, DEVICE=args.device, MAX_BATCH_SIZE=str(b)):
+                cluster.burst(names["1024x768"][: 2 * b])
+                run = cluster.burst(names["1024x768"])
+                service_sweep[b] = run.throughput
+                report.add(f"service, MAX_BATCH_SIZE={b}", default, "1024x768", run.throughput)
+
+        # 5: the stand-in model measures the queue, not the CPU.
+        scaling = {}
+        for count in [int(x) for x in args.scaling.split(",") if x]:
+            with cluster.workers(count, MODEL=args.standin, MAX_BATCH_SIZE="1"):
+                jobs = ["samples/cat.jpg"] * ((60 if args.quick else 150) * count)
+                cluster.burst(["samples/cat.jpg"] * 2 * count)
+                run = cluster.burst(jobs)
+                scaling[count] = run.throughput
+                report.add(
+                    f"stand-in {args.standin}, {count} worker(s)",
+                    "none",
+                    "sample",
+                    run.throughput,
+                    failed=run.failed,
+                )
+        if len(scaling) > 1:
+            lo, hi = min(scaling), max(scaling)
+            report.ratio(
+                f"stand-in scaling, {hi} vs {lo} worker(s)",
+                scaling[hi] / scaling[lo],
+                f">= {0.875 * hi / lo:.1f}",
+            )
+    finally:
+        cluster.close()
+
+    print()
+    print(report.render())
+    report.save(args.out)
+    if plot(sweep, service_sweep, default, args.out / "batch-size.png"):
+        print(f"\nplot: {args.out / 'batch-size.png'}")
+    print(f"total {time.perf_counter() - started:.0f}s; results in {args.out}/")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The real service: a private redis-server, real `celery worker` processes, the producer API."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import redis
+
+from producer import Client
+from producer.client import parse_meta
+from tests.support import ROOT, RedisServer, WorkerProcess
+
+POLL_S = 0.005
+
+
+@dataclass(frozen=True)
+class Run:
+    """One batch of jobs: throughput from first submit to last result, per-job latencies."""
+
+    jobs: int
+    failed: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.jobs / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def _done_at(meta: dict[str, object]) -> float:
+    # The worker's own clock when it stored the result: no polling delay in the numbers.
+    stamp = datetime.fromisoformat(str(meta["date_done"]))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
+
+
+class Cluster:
+    """Workers on one private Redis; every worker gets `base_env` plus its own overrides."""
+
+    def __init__(self, workdir: Path, image_root: Path) -> None:
+        self.workdir = workdir
+        self.redis = RedisServer(workdir / "redis").start()
+        self.image_root = image_root
+        self.client = Client(self.redis.url(0))
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
+        env.update(
+            REDIS_URL=self.redis.url(0),
+            MODEL_WEIGHTS="random:0",
+            IMAGE_ROOT=str(self.image_root),
+            PYTHONPATH=str(ROOT),
+            LOG_LEVEL="WARNING",
+        )
+        env.update(overrides)
+        return env
+
+    @contextmanager
+    def workers(self, count: int, **overrides: str) -> Iterator[list[WorkerProcess]]:
+        redis.Redis.from_url(self.redis.url(0)).flushdb()
+        started = [
+            WorkerProcess(self.env(**overrides), self.workdir / f"w{i}.log", f"bench{i}")
+            for i in range(count)
+        ]
+        try:
+            for worker in started:
+                worker.wait_ready(timeout=180)
+            yield started
+        finally:
+            for worker in started:
+                worker.stop()
+
+    def close(self) -> None:
+        self.client.close()
+        self.redis.stop()
+
+    # -- load patterns -----------------------------------------------------------------------
+
+    def burst(self, names: list[str]) -> Run:
+        """Submit everything at once; time from the first submit to the last stored result."""
+        submitted: dict[str, float] = {}
+        first = time.time()
+        for name in names:
+            (task_id,) = self.client.submit_many([name], top_k=5)
+            submitted[task_id] = time.time()
+        return self._collect(submitted, first)
+
+    def closed_loop(self, names: list[str], window: int) -> Run:
+        """Keep `window` jobs in flight: latency under a steady load, not a queue backlog."""
+        pending = list(names)
+        in_flight: dict[str, float] = {}
+        submitted: dict[str, float] = {}
+        finished: dict[str, float] = {}
+        failed = 0
+        first = time.time()
+        while pending or in_flight:
+            while pending and len(in_flight) < window:
+                (task_id,) = self.client.submit_many([pending.pop()], top_k=5)
+                in_flight[task_id] = submitted[task_id] = time.time()
+            ids = list(in_flight)
+            for task_id, raw in zip(ids, self.client.redis.mget(ids_keys(ids)), strict=True):
+                outcome = parse_meta(task_id, raw)
+                if outcome.done:
+                    failed += not outcome.ok
+                    finished[task_id] = _done_at(outcome.meta)
+                    del in_flight[task_id]
+            time.sleep(POLL_S)
+        return _run(submitted, finished, failed, first)
+
+    def idle_latency(self, name: str, repeats: int) -> Run:
+        """One job at a time on an empty queue."""
+        runs = [self.burst([name]) for _ in range(repeats)]
+        latencies = [lat for r in runs for lat in r.latencies]
+        return Run(repeats, sum(r.failed for r in runs), sum(r.seconds for r in runs), latencies)
+
+    def _collect(self, submitted: dict[str, float], first: float) -> Run:
+        pending = list(submitted)
+        finished: dict[str, float] = {}
+        failed = 0
+        deadline = time.monotonic() + 1800
+        while pending and time.monotonic() < deadline:
+            raws = self.client.redis.mget(ids_keys(pending))
+            still = []
+            for task_id, raw in zip(pending, raws, strict=True):
+                outcome = parse_meta(task_id, raw)
+                if outcome.done:
+                    failed += not outcome.ok
+                    finished[task_id] = _done_at(outcome.meta)
+                else:
+                    still.append(task_id)
+            pending = still
+            time.sleep(POLL_S if len(pending) < 8 else 0.05)
+        if pending:
+            raise TimeoutError(f"{len(pending)} benchmark jobs never finished")
+        return _run(submitted, finished, failed, first)
+
+
+def ids_keys(ids: list[str]) -> list[str]:
+    from producer.contract import result_key
+
+    return [result_key(t) for t in ids]
+
+
+def _run(submitted: dict[str, float], finished: dict[str, float], failed: int, first: float) -> Run:
+    latencies = [finished[t] - submitted[t] for t in submitted]
+    return Run(len(submitted), failed, max(finished.values()) - first, latencies)
