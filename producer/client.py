@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from producer.contract import (
     DEFAULT_QUEUE,
@@ -142,7 +143,8 @@ class Client:
                         producer=producer,
                     )
                     ids.append(res.id)
-        except (redis.ConnectionError, OSError) as exc:
+        except (redis.ConnectionError, OperationalError, OSError) as exc:
+            # kombu wraps connection errors in OperationalError once its publish retries end.
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
         return ids
 
