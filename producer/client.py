@@ -144,6 +144,7 @@ class Client:
                     )
                     ids.append(res.id)
         except (OperationalError, redis.ConnectionError, OSError) as exc:
+            # kombu wraps connection errors in OperationalError once its publish retries end.
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
         return ids
 

@@ -46,14 +46,22 @@ def wait_for(
 class RedisServer:
     """A private redis-server on a free port; can be stopped and restarted on the same port."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra: list[str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra: list[str] | None = None,
+        password: str | None = None,
+    ):
         self.workdir = workdir
         self.port = port or free_port()
         self.extra = extra or []
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
@@ -74,11 +82,12 @@ class RedisServer:
                 "--dir",
                 str(self.workdir),
                 *self.extra,
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         wait_for(lambda: _pings(client), 10, f"redis-server on port {self.port}")
         client.close()
         return self

@@ -22,7 +22,13 @@ app = Celery(
 
 # Redis re-delivers an unacknowledged message after the visibility timeout; the same value
 # must apply to the broker and to the result backend's pub/sub, so it is set for both.
-_transport = {"visibility_timeout": settings.visibility_timeout}
+# kombu only sweeps for such messages every interval x throttle seconds (100 s by default):
+# sweep every tenth of the timeout (1..10 s, one cheap ZRANGE) so a lost job returns promptly.
+_transport = {
+    "visibility_timeout": settings.visibility_timeout,
+    "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+    "unacked_restore_throttle": 1,
+}
 
 app.conf.update(
     # JSON only: no pickle anywhere, so any language can produce and read.

@@ -56,6 +56,7 @@ class Settings:
     fetch_total_timeout: float = 30.0
     fetch_max_redirects: int = 5
     fetch_retries: int = 3
+    fetch_retry_backoff: float = 1.0  # first retry delay in seconds; doubles each retry
     fetch_allow_networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
 
     result_expires: int = 86_400
@@ -64,6 +65,8 @@ class Settings:
     result_cache_ttl: int = 86_400
     metrics_port: int = 0
     log_level: str = "INFO"
+    # Tests only: a job whose source equals this SIGKILLs its own worker process (empty: off).
+    test_poison_source: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +98,10 @@ class Settings:
         for name in ("max_batch_size", "concurrency", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
+        if self.visibility_timeout < 1 or self.fetch_retry_backoff < 0:
+            raise ConfigError(
+                "VISIBILITY_TIMEOUT must be positive, FETCH_RETRY_BACKOFF not negative"
+            )
         if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
             raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
 

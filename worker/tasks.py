@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 
 from producer.contract import TASK_NAME
-from worker import pipeline, runtime
+from worker import deliveries, pipeline, runtime
 from worker.celery_app import app, settings
 from worker.errors import ClassifyError, FetchFailed, InternalError
 
@@ -18,13 +18,21 @@ log = logging.getLogger(__name__)
 # throws: expected input errors are logged as one line, without a traceback.
 @app.task(name=TASK_NAME, bind=True, throws=(ClassifyError,))
 def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    # Counted, so a job that keeps killing its worker is capped (MAX_DELIVERIES).
+    with deliveries.tracked(app.backend.client, self.request.id, self.request.retries, settings):
+        return _run(self, args, kwargs)
+
+
+def _run(self: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     source, top_k = pipeline.validate_args(args, kwargs)
+    deliveries.maybe_poison(source, settings)
     try:
         return pipeline.classify(source, top_k, runtime.get(settings))
     except FetchFailed as exc:
         if exc.transient and self.request.retries < settings.fetch_retries:
-            # Exponential backoff: 1s, 2s, 4s ... for resets, timeouts and 5xx.
-            raise self.retry(countdown=2**self.request.retries, exc=exc) from exc
+            # Exponential backoff (FETCH_RETRY_BACKOFF x 1, 2, 4 ...) for resets, timeouts, 5xx.
+            countdown = settings.fetch_retry_backoff * 2**self.request.retries
+            raise self.retry(countdown=countdown, exc=exc) from exc
         raise
     except ClassifyError:
         raise

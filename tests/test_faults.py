@@ -1,0 +1,200 @@
+"""Faults inflicted on real processes: killed workers, poison jobs, SIGTERM, Redis restarts, load.
+
+Every test here runs against its own private redis-server (with AOF, so it can be restarted
+like a production Redis), never the session's or the machine's. VISIBILITY_TIMEOUT is 3 s so a
+job held by a killed worker comes back within seconds; the stand-in model (MODEL=sleep:Nms)
+makes "mid-inference" a window of known length.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from producer import Client
+from producer.errors import BrokerUnavailable
+from tests.support import RedisServer, WorkerFactory, WorkerProcess, wait_for
+from worker.deliveries import delivery_key
+
+VISIBILITY = 3
+POISON = "test-poison"
+
+
+@pytest.fixture(scope="module")
+def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    # appendfsync always: what a restart must not lose is written before Redis answers.
+    extra = ["--appendonly", "yes", "--appendfsync", "always"]
+    server = RedisServer(tmp_path_factory.mktemp("fault-redis"), extra=extra).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fault_workers(
+    fault_redis: RedisServer, worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[WorkerFactory]:
+    redis.Redis.from_url(fault_redis.url()).flushdb()
+    env = {
+        **worker_env,
+        "REDIS_URL": fault_redis.url(),
+        "VISIBILITY_TIMEOUT": str(VISIBILITY),
+        "MODEL": "sleep:20ms",
+        "TEST_POISON_SOURCE": POISON,
+    }
+    factory = WorkerFactory(env, tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture
+def fclient(fault_redis: RedisServer) -> Iterator[Client]:
+    with Client(fault_redis.url()) as c:
+        yield c
+
+
+def states(client: Client, ids: list[str]) -> dict[str, str]:
+    return {o.task_id: o.state for o in client._fetch(ids)}
+
+
+def count(client: Client, ids: list[str], *wanted: str) -> int:
+    return sum(s in wanted for s in states(client, ids).values())
+
+
+def delivery_counts(client: Client, ids: list[str]) -> list[int]:
+    raws = client.redis.mget([delivery_key(t, 0) for t in ids])
+    return [int(r or 0) for r in raws]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_batch_every_job_completes_elsewhere(
+    fault_workers: WorkerFactory, fclient: Client
+) -> None:
+    doomed = fault_workers.start(MODEL="sleep:1000ms", MAX_BATCH_SIZE="8")
+    ids = fclient.submit_many(["cat.jpg"] * 12, top_k=1)
+    # Eight jobs in one batch, sleeping in "inference": kill the whole process now.
+    wait_for(lambda: count(fclient, ids, "STARTED") >= 8, 30, "a batch in inference")
+    doomed.kill(signal.SIGKILL)
+    killed_at = time.monotonic()
+    fault_workers.start(MODEL="sleep:50ms")
+    outcomes = list(fclient.wait(ids, timeout=60))
+    assert sorted(o.state for o in outcomes) == ["SUCCESS"] * 12
+    assert time.monotonic() - killed_at < 40
+    # The batch that died with its worker ran again: delivered twice, not more.
+    assert sorted(delivery_counts(fclient, ids), reverse=True)[:8] == [2] * 8
+
+
+def keep_alive(factory: WorkerFactory, n: int) -> None:
+    """Replace dead workers, as a supervisor (systemd, Kubernetes) would."""
+    alive = [w for w in factory.workers if w.alive()]
+    for _ in range(n - len(alive)):
+        factory.start(wait=False)
+
+
+@pytest.mark.slow
+def test_poison_job_is_capped_and_does_not_block_others(
+    fault_workers: WorkerFactory, fclient: Client
+) -> None:
+    fault_workers.start()
+    poison = fclient.submit(POISON)
+    goods: list[str] = []
+
+    def poison_done() -> bool:
+        keep_alive(fault_workers, 1)
+        goods.extend(fclient.submit_many(["coffee.jpg"] * 3, top_k=1))  # a steady trickle
+        return fclient.status(poison).done
+
+    wait_for(poison_done, 90, "the poison job to be capped", interval=0.5)
+    outcome = fclient.status(poison)
+    assert outcome.state == "FAILURE"
+    assert outcome.error_type == "JobLost"
+    assert "delivered 4 times" in (outcome.error_message or "")
+    assert delivery_counts(fclient, [poison]) == [4]  # MAX_DELIVERIES=3 runs, then the cap
+    keep_alive(fault_workers, 1)
+    results = list(fclient.wait(goods, timeout=60))
+    assert {o.state for o in results} == {"SUCCESS"}, [o for o in results if not o.ok][:3]
+    # Jobs that died alongside it were re-run, never capped with it.
+    assert max(delivery_counts(fclient, goods)) <= 2
+
+
+def test_sigterm_warm_shutdown_finishes_or_requeues(
+    fault_workers: WorkerFactory, fclient: Client
+) -> None:
+    # A long visibility timeout: only a proper requeue at shutdown lets the jobs finish in time.
+    slow = {"VISIBILITY_TIMEOUT": "600", "MODEL": "sleep:500ms"}
+    first = fault_workers.start(CONCURRENCY="4", PREFETCH_MULTIPLIER="4", **slow)
+    ids = fclient.submit_many(["rocket.jpg"] * 24, top_k=1)
+    wait_for(lambda: count(fclient, ids, "STARTED") >= 4, 30, "jobs running")
+    started = [t for t, s in states(fclient, ids).items() if s == "STARTED"]
+    first.kill(signal.SIGTERM)
+    assert first.proc.wait(30) == 0
+    # The in-flight jobs finished before it exited; the reserved ones went back to the queue.
+    assert {states(fclient, started)[t] for t in started} == {"SUCCESS"}
+    fault_workers.start(**slow)
+    assert {o.state for o in fclient.wait(ids, timeout=40)} == {"SUCCESS"}
+    assert max(delivery_counts(fclient, ids)) == 1  # nothing ran twice
+
+
+@pytest.mark.slow
+def test_redis_restart_under_load(
+    fault_workers: WorkerFactory, fault_redis: RedisServer, fclient: Client
+) -> None:
+    workers = [fault_workers.start(wait=False) for _ in range(2)]
+    for w in workers:
+        w.wait_ready()
+    ids = fclient.submit_many(["astronaut.jpg"] * 400, top_k=1)
+    wait_for(lambda: count(fclient, ids, "SUCCESS") >= 50, 60, "work under way")
+    fault_redis.restart()  # SIGKILL, then start again on the same port from its AOF
+    # The producer's wait rides out the restart and resumes; the workers reconnect.
+    outcomes = list(fclient.wait(ids, timeout=120, reconnect_timeout=30))
+    assert len(outcomes) == 400
+    assert {o.state for o in outcomes} == {"SUCCESS"}
+    assert all(w.alive() for w in workers)
+    # And they keep consuming new work after the restart.
+    after = fclient.submit_many(["cat.jpg"] * 20, top_k=1)
+    assert {o.state for o in fclient.wait(after, timeout=60)} == {"SUCCESS"}
+
+
+def test_producer_wait_gives_a_clear_error_when_redis_stays_down(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "gone").start()
+    with Client(server.url()) as client:
+        task_id = client.submit("cat.jpg")  # no worker: it stays queued
+        server.stop(signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="cannot reach Redis"):
+            list(client.wait([task_id], timeout=None, reconnect_timeout=2))
+        assert time.monotonic() - started < 15
+        with pytest.raises(BrokerUnavailable):
+            client.submit("cat.jpg")
+
+
+@pytest.mark.slow
+def test_load_2000_jobs_one_worker_killed_midway(
+    fault_workers: WorkerFactory, fclient: Client, image_root: Path
+) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image_root / "tiny.png")
+    workers: list[WorkerProcess] = [
+        fault_workers.start(wait=False, MODEL="sleep:5ms") for _ in range(2)
+    ]
+    for w in workers:
+        w.wait_ready()
+    ids = fclient.submit_many(["tiny.png"] * 2000, top_k=1)
+    wait_for(lambda: count(fclient, ids, "SUCCESS") >= 700, 120, "a third done", interval=0.2)
+    workers[0].kill(signal.SIGKILL)
+    outcomes = list(fclient.wait(ids, timeout=180))
+    by_id = {o.task_id: o.state for o in outcomes}
+    assert len(outcomes) == len(by_id) == 2000  # each job reported once
+    assert set(by_id) == set(ids)
+    assert set(by_id.values()) == {"SUCCESS"}
+    counts = delivery_counts(fclient, ids)
+    assert min(counts) == 1  # every job really ran
+    # Only what the killed worker held (at most its 16 prefetched jobs) ran a second time.
+    assert sum(c > 1 for c in counts) <= 16
+    assert max(counts) <= 2
+    assert workers[1].alive()

@@ -1,0 +1,134 @@
+"""Counting deliveries of a job, so one that keeps killing its worker is capped, not looped.
+
+Celery on Redis re-delivers a message whose worker died before acknowledging it. Each start of
+a job increments a counter in Redis (atomic INCR, with a TTL so counters never pile up); once
+the count passes MAX_DELIVERIES the job fails with JobLost instead of running again.
+
+The key includes Celery's retry number: a retry of a transient fetch error is a new message
+the worker sent on purpose, not a redelivery, and starts its own count.
+
+A worker process runs many jobs at once (threads feeding one batcher), so a job that kills it
+takes the others down too. To keep those innocent jobs from being capped with it, a job that
+was started before (a suspect) runs alone in its process: it waits until running jobs finish
+and holds new ones back, so only the suspect itself is counted if the process dies again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from worker.errors import JobLost
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "imgqueue-deliveries-"
+
+
+def delivery_key(task_id: str, retries: int) -> str:
+    return f"{KEY_PREFIX}{task_id}-{retries}"
+
+
+def counter_ttl(settings: Settings) -> int:
+    """Long enough to see every redelivery the cap allows, and never shorter than a result."""
+    return max(settings.result_expires, settings.visibility_timeout * (settings.max_deliveries + 2))
+
+
+class Gate:
+    """A readers-writer lock: ordinary jobs share the process, a suspect job runs alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone and not self._waiting_alone)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_alone += 1
+            self._cond.wait_for(lambda: not self._alone and self._running == 0)
+            self._waiting_alone -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+
+GATE = Gate()
+
+
+@contextmanager
+def tracked(client: Any, task_id: str, retries: int, settings: Settings) -> Iterator[int]:
+    """Run a job's body counted, and alone if it was started before; yields its delivery number."""
+    with GATE.alone() if started_before(client, task_id, retries) else GATE.shared():
+        yield record_start(client, task_id, retries, settings)
+
+
+def started_before(client: redis.Redis, task_id: str, retries: int) -> bool:
+    try:
+        return bool(client.exists(delivery_key(task_id, retries)))
+    except redis.RedisError:
+        return False
+
+
+def record_start(client: redis.Redis, task_id: str, retries: int, settings: Settings) -> int:
+    """Count one start of this job; raises JobLost when it is over MAX_DELIVERIES.
+
+    Returns the delivery number (1 for the first). When Redis cannot be reached the job runs
+    uncounted: its result could not be stored either, so it will be delivered again anyway.
+    """
+    key = delivery_key(task_id, retries)
+    try:
+        pipe = client.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, counter_ttl(settings))
+        count = int(pipe.execute()[0])
+    except redis.RedisError as exc:
+        log.warning("cannot count deliveries of %s: %s", task_id, exc)
+        return 0
+    if count > settings.max_deliveries:
+        log.error("job %s lost: delivered %d times (MAX_DELIVERIES)", task_id, count)
+        raise JobLost(
+            f"the job was delivered {count} times without finishing (MAX_DELIVERIES="
+            f"{settings.max_deliveries}); its worker was lost each time, e.g. killed or "
+            "out of memory while running it"
+        )
+    if count > 1:
+        log.warning(
+            "job %s redelivered (delivery %d of at most %d)",
+            task_id,
+            count,
+            settings.max_deliveries,
+        )
+    return count
+
+
+def maybe_poison(source: str, settings: Settings) -> None:
+    """Test-only fault: SIGKILL this worker process when the source is TEST_POISON_SOURCE."""
+    if settings.test_poison_source and source == settings.test_poison_source:
+        log.critical("TEST_POISON_SOURCE matched: killing this worker process (tests only)")
+        os.kill(os.getpid(), signal.SIGKILL)
