@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
+from worker import cache
 from worker.errors import InvalidArguments
 from worker.fetch import fetch
 from worker.imaging import decode
@@ -44,6 +45,9 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     t0 = time.perf_counter()
     fetched = fetch(source, settings)
     t1 = time.perf_counter()
+    entry = cache.lookup(fetched.data, top_k, model.describe(), settings)
+    if entry.stored is not None:
+        return entry.reuse(source, t1 - t0, t0)
     draft = model.resize_size if settings.draft_decode else None
     decoded = decode(
         fetched.data,
@@ -57,7 +61,7 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     t3 = time.perf_counter()
     predictions = model.postprocess(probabilities, top_k)
     t4 = time.perf_counter()
-    return {
+    result: dict[str, Any] = {
         "source": source,
         **model.describe(),
         "predictions": [p.to_dict() for p in predictions],
@@ -71,3 +75,4 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
             "total": _ms(t4 - t0),
         },
     }
+    return entry.store(result)

@@ -59,8 +59,11 @@ class Settings:
     result_expires: int = 86_400
     visibility_timeout: int = 3_600
     max_deliveries: int = 3
+    result_cache: bool = True
     result_cache_ttl: int = 86_400
     metrics_port: int = 0
+    metrics_addr: str = "0.0.0.0"
+    ready_file: Path | None = None
     log_level: str = "INFO"
 
     @classmethod
@@ -91,6 +94,8 @@ class Settings:
         for name in ("max_batch_size", "concurrency", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
+        if self.result_cache_ttl < 0 or not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("RESULT_CACHE_TTL must be >= 0 and METRICS_PORT within 0..65535")
         if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
             raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
 

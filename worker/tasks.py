@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 
 from producer.contract import TASK_NAME
-from worker import pipeline, runtime
+from worker import joblog, pipeline, runtime
 from worker.celery_app import app, settings
 from worker.errors import ClassifyError, FetchFailed, InternalError
 
@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 # throws: expected input errors are logged as one line, without a traceback.
 @app.task(name=TASK_NAME, bind=True, throws=(ClassifyError,))
 def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    with joblog.track(self.request, args) as job:
+        job.result = _classify(self, args, kwargs)
+        return job.result
+
+
+def _classify(self: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     source, top_k = pipeline.validate_args(args, kwargs)
     try:
         return pipeline.classify(source, top_k, runtime.get(settings))
