@@ -62,9 +62,10 @@ def _pool_forks(pool: Any) -> bool:
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     """Main process, before the pool starts: check the weights; load now unless we fork."""
     try:
-        ops.starting(settings)
+        forks = _pool_forks(getattr(sender, "pool_cls", "threads"))
+        ops.starting(settings, forks=forks)
         runtime.prepare(settings)
-        if not _pool_forks(getattr(sender, "pool_cls", "threads")):
+        if not forks:
             ops.ready(runtime.start(settings))
     except (WeightsUnavailable, ConfigError) as exc:
         log.critical("worker cannot start: %s", exc)

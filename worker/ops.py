@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import signals
@@ -11,17 +12,31 @@ from worker import health, joblog, metrics
 from worker.runtime import Runtime
 from worker.settings import Settings
 
+# The worker's main process: what the ready file names, also when forked children load models.
+_main_pid = os.getpid()
 
-def starting(settings: Settings) -> None:
-    """Before the model loads: not ready yet, but the endpoint already answers (/ready: 503)."""
-    health.mark_loading(settings.ready_file)
-    metrics.READY.set(0)
+
+def _serve(settings: Settings) -> None:
     if settings.metrics_port:
         metrics.serve(settings.metrics_addr, settings.metrics_port, health.is_ready)
 
 
+def starting(settings: Settings, *, forks: bool = False) -> None:
+    """Before the model loads: not ready yet, but the endpoint already answers (/ready: 503).
+
+    With a forking pool the models live in the children, so the first child serves instead.
+    """
+    global _main_pid
+    _main_pid = os.getpid()
+    health.mark_loading(settings.ready_file)
+    metrics.READY.set(0)
+    if not forks:
+        _serve(settings)
+
+
 def ready(rt: Runtime) -> Runtime:
     """After load and warm-up: count batches, publish the load time, report ready."""
+    _serve(rt.settings)
     previous = rt.batcher.on_batch
     if previous is not metrics.observe_batch:
         if previous is None:
@@ -36,7 +51,8 @@ def ready(rt: Runtime) -> Runtime:
     metrics.MODEL_LOAD.set(rt.load_seconds)
     metrics.READY.set(1)
     model = rt.classifier
-    health.mark_ready(rt.settings.ready_file, {"model": model.name, "weights": model.weights_id})
+    info = {"pid": _main_pid, "model": model.name, "weights": model.weights_id}
+    health.mark_ready(rt.settings.ready_file, info)
     return rt
 
 
