@@ -141,6 +141,8 @@ class Client:
                         kwargs={"top_k": top_k},
                         queue=self.queue,
                         producer=producer,
+                        # Lets workers measure queue wait (imgqueue_queue_wait_seconds).
+                        headers={"sent_at": time.time()},
                     )
                     ids.append(res.id)
         except (OperationalError, redis.ConnectionError, OSError) as exc:

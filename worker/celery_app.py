@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery, signals
 
 from producer.contract import DEFAULT_QUEUE
-from worker import runtime
+from worker import ops, runtime
 from worker.errors import ConfigError, WeightsUnavailable
 from worker.settings import Settings
 
@@ -54,6 +54,9 @@ app.conf.update(
     worker_concurrency=settings.effective_concurrency,
     worker_prefetch_multiplier=settings.prefetch_multiplier,
     worker_cancel_long_running_tasks_on_connection_loss=True,
+    # Events, so Flower (and `celery events`) show workers and tasks live.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
 )
 
 
@@ -66,9 +69,11 @@ def _pool_forks(pool: Any) -> bool:
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     """Main process, before the pool starts: check the weights; load now unless we fork."""
     try:
+        forks = _pool_forks(getattr(sender, "pool_cls", "threads"))
+        ops.starting(settings, forks=forks)
         runtime.prepare(settings)
-        if not _pool_forks(getattr(sender, "pool_cls", "threads")):
-            runtime.start(settings)
+        if not forks:
+            ops.ready(runtime.start(settings))
     except (WeightsUnavailable, ConfigError) as exc:
         log.critical("worker cannot start: %s", exc)
         raise SystemExit(f"worker cannot start: {exc}") from exc
@@ -77,9 +82,10 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 @signals.worker_process_init.connect
 def _on_worker_process_init(**_: Any) -> None:
     """A forked pool child (or the solo pool): load the model here, never in the parent."""
-    runtime.start(settings)
+    ops.ready(runtime.start(settings))
 
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
+    ops.stopping(settings)
     runtime.stop()

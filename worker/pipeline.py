@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
+from worker import cache
 from worker.errors import InvalidArguments
 from worker.fetch import fetch
 from worker.imaging import decode, probe
@@ -44,6 +45,9 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     t0 = time.perf_counter()
     fetched = fetch(source, settings)
     t1 = time.perf_counter()
+    entry = cache.lookup(fetched.data, top_k, model.describe(), settings)
+    if entry.stored is not None:
+        return entry.reuse(source, t1 - t0, t0)
     max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
     decoded, tensor = None, None
     if model.device.type == "cuda":
@@ -62,7 +66,7 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     t3 = time.perf_counter()
     predictions = model.postprocess(probabilities, top_k)
     t4 = time.perf_counter()
-    return {
+    result: dict[str, Any] = {
         "source": source,
         **model.describe(),
         "predictions": [p.to_dict() for p in predictions],
@@ -76,3 +80,4 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
             "total": _ms(t4 - t0),
         },
     }
+    return entry.store(result)

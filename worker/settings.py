@@ -62,8 +62,11 @@ class Settings:
     result_expires: int = 86_400
     visibility_timeout: int = 3_600
     max_deliveries: int = 3
+    result_cache: bool = True
     result_cache_ttl: int = 86_400
     metrics_port: int = 0
+    metrics_addr: str = "0.0.0.0"
+    ready_file: Path | None = None
     log_level: str = "INFO"
     # Tests only: a job whose source equals this SIGKILLs its own worker process (empty: off).
     test_poison_source: str = ""
@@ -102,6 +105,8 @@ class Settings:
             raise ConfigError(
                 "VISIBILITY_TIMEOUT must be positive, FETCH_RETRY_BACKOFF not negative"
             )
+        if self.result_cache_ttl < 0 or not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("RESULT_CACHE_TTL must be >= 0 and METRICS_PORT within 0..65535")
         if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
             raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
 

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 
 from producer.contract import TASK_NAME
-from worker import deliveries, pipeline, runtime
+from worker import deliveries, joblog, pipeline, runtime
 from worker.celery_app import app, settings
 from worker.errors import ClassifyError, FetchFailed, InternalError
 
@@ -18,12 +18,15 @@ log = logging.getLogger(__name__)
 # throws: expected input errors are logged as one line, without a traceback.
 @app.task(name=TASK_NAME, bind=True, throws=(ClassifyError,))
 def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    # Counted, so a job that keeps killing its worker is capped (MAX_DELIVERIES).
-    with deliveries.tracked(app.backend.client, self.request.id, self.request.retries, settings):
-        return _run(self, args, kwargs)
+    with joblog.track(self.request, args) as job:
+        # Counted, so a job that keeps killing its worker is capped (MAX_DELIVERIES).
+        request = self.request
+        with deliveries.tracked(app.backend.client, request.id, request.retries, settings):
+            job.result = _classify(self, args, kwargs)
+        return job.result
 
 
-def _run(self: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _classify(self: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     source, top_k = pipeline.validate_args(args, kwargs)
     deliveries.maybe_poison(source, settings)
     try:

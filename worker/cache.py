@@ -1,0 +1,115 @@
+"""The result cache: the same image bytes through the same model setup give the same answer.
+
+Keyed by a sha256 over the image bytes and everything that shapes the predictions (model,
+weights, preprocessing, precision, draft decoding, top_k), stored in the result backend's Redis
+for RESULT_CACHE_TTL seconds. A hit skips decode, preprocess and inference; the result says
+`"cached": true` and carries this job's own source and timings. The cache is best-effort: when
+Redis misbehaves the job simply runs the model. The stand-in model (MODEL=sleep:...) is never
+cached, since it exists to measure the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "imgqueue:result-cache:"
+# Parts of a result that describe this job rather than the image and the model.
+_PER_JOB = ("source", "timings_ms", "cached", "batch_size")
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(url: str) -> redis.Redis:
+    with _clients_lock:
+        if url not in _clients:
+            _clients[url] = redis.Redis.from_url(
+                url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
+            )
+        return _clients[url]
+
+
+def enabled(settings: Settings) -> bool:
+    return (
+        settings.result_cache
+        and settings.result_cache_ttl > 0
+        and not settings.model.startswith("sleep:")
+    )
+
+
+def cache_key(data: bytes, top_k: int, model: dict[str, Any], settings: Settings) -> str:
+    identity = {
+        "model": model.get("model"),
+        "weights": model.get("weights"),
+        "preprocess": model.get("preprocess"),
+        "precision": model.get("precision"),
+        "draft_decode": settings.draft_decode,
+        "top_k": top_k,
+    }
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    h.update(b"\0")
+    h.update(data)
+    return KEY_PREFIX + h.hexdigest()
+
+
+@dataclass
+class Entry:
+    """One lookup: the stored result (None on a miss) and where to store a fresh one."""
+
+    key: str | None
+    stored: dict[str, Any] | None
+    settings: Settings
+    lookup_seconds: float = 0.0
+
+    def reuse(self, source: str, fetch_seconds: float, started: float) -> dict[str, Any]:
+        """The stored result as this job's: its source, its timings, marked as cached."""
+        assert self.stored is not None
+        result = {k: v for k, v in self.stored.items() if k not in _PER_JOB}
+        result["source"] = source
+        result["cached"] = True
+        result["timings_ms"] = {
+            "fetch": round(fetch_seconds * 1000.0, 3),
+            "cache": round(self.lookup_seconds * 1000.0, 3),
+            "total": round((time.perf_counter() - started) * 1000.0, 3),
+        }
+        return result
+
+    def store(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Remember a fresh result (best-effort) and return it marked as not cached."""
+        result["cached"] = False
+        if self.key is None:
+            return result
+        body = {k: v for k, v in result.items() if k not in _PER_JOB}
+        try:
+            _client(self.settings.redis_url).set(
+                self.key, json.dumps(body), ex=self.settings.result_cache_ttl
+            )
+        except redis.RedisError as exc:
+            log.warning("result cache: cannot store (%s); results are unaffected", exc)
+        return result
+
+
+def lookup(data: bytes, top_k: int, model: dict[str, Any], settings: Settings) -> Entry:
+    if not enabled(settings):
+        return Entry(None, None, settings)
+    started = time.perf_counter()
+    key = cache_key(data, top_k, model, settings)
+    try:
+        raw = _client(settings.redis_url).get(key)
+        stored = json.loads(raw) if raw else None
+    except (redis.RedisError, ValueError) as exc:
+        log.warning("result cache: lookup failed (%s); running the model", exc)
+        stored = None
+    return Entry(key, stored, settings, time.perf_counter() - started)

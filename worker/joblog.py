@@ -1,0 +1,118 @@
+"""One structured log line per job, and the per-job metrics, from a single place.
+
+Each finished delivery logs `job {...}` with a JSON object: id, source (credentials and query
+strings removed), outcome (success, failure, retry), error type, retries, queue wait, timings,
+cache hit. Producers that add a `sent_at` header (epoch seconds; this project's producer does)
+get queue-wait numbers; other clients simply leave it out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from celery.exceptions import Retry
+
+from worker import metrics
+from worker.errors import ClassifyError
+
+log = logging.getLogger("imgqueue.jobs")
+
+SENT_AT_HEADER = "sent_at"
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_url(url: str) -> str:
+    """A URL without its user:password and with its query string blanked (signed URLs)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        query = "REDACTED" if parts.query else ""
+        return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def redact(text: str) -> str:
+    """Every URL inside `text` redacted, e.g. in an error message that quotes the source."""
+    return _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+
+@dataclass
+class Job:
+    """Filled in by the task: the result, once there is one."""
+
+    id: str
+    source: str | None
+    retries: int
+    queue_wait: float | None
+    started: float = field(default_factory=time.perf_counter)
+    result: dict[str, Any] | None = None
+
+
+def _queue_wait(request: Any, now: float) -> float | None:
+    sent_at = getattr(request, SENT_AT_HEADER, None)
+    if not isinstance(sent_at, int | float) or isinstance(sent_at, bool):
+        return None
+    if (getattr(request, "retries", 0) or 0) > 0:
+        return None  # a retry's wait includes its backoff: not queueing
+    return max(0.0, now - float(sent_at))  # clocks of two hosts may disagree a little
+
+
+@contextlib.contextmanager
+def track(request: Any, args: tuple[Any, ...]) -> Iterator[Job]:
+    """Wrap one task execution; logs and counts however it ends, then lets it end so."""
+    source = args[0] if args and isinstance(args[0], str) else None
+    job = Job(
+        id=str(getattr(request, "id", "")),
+        source=source,
+        retries=int(getattr(request, "retries", 0) or 0),
+        queue_wait=_queue_wait(request, time.time()),
+    )
+    outcome, error_type, error = "success", None, None
+    try:
+        yield job
+    except Retry as exc:
+        cause = exc.exc
+        outcome, error_type, error = "retry", type(cause).__name__ if cause else None, str(cause)
+        raise
+    except ClassifyError as exc:
+        outcome, error_type, error = "failure", type(exc).__name__, str(exc)
+        raise
+    except Exception as exc:
+        outcome, error_type, error = "failure", "InternalError", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        _finish(job, outcome, error_type, error)
+
+
+def _finish(job: Job, outcome: str, error_type: str | None, error: str | None) -> None:
+    result = job.result or {}
+    timings = result.get("timings_ms")
+    cached = result.get("cached") if outcome == "success" else None
+    try:
+        metrics.observe_job(outcome, error_type, job.queue_wait, timings, cached)
+    except Exception:  # metrics must never fail a job
+        log.exception("metrics update failed")
+    line: dict[str, Any] = {
+        "id": job.id,
+        "source": redact(job.source) if job.source is not None else None,
+        "outcome": outcome,
+        "retries": job.retries,
+        "elapsed_ms": round((time.perf_counter() - job.started) * 1000.0, 3),
+    }
+    if job.queue_wait is not None:
+        line["queue_wait_ms"] = round(job.queue_wait * 1000.0, 3)
+    if error_type is not None:
+        line["error_type"] = error_type
+        line["error"] = redact(error or "")[:300]
+    if outcome == "success":
+        line.update(cached=cached, batch_size=result.get("batch_size"), timings_ms=timings)
+    log.info("job %s", json.dumps(line, sort_keys=True))

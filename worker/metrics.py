@@ -1,0 +1,154 @@
+"""Prometheus metrics for one worker process, served over HTTP on METRICS_PORT (0: off).
+
+The same small server answers `/ready` (200 once the model is loaded and warmed up, else 503)
+and `/healthz` (200 while the process runs), so a container needs one port for both.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.server
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+log = logging.getLogger(__name__)
+
+# Seconds: from a cache hit (sub-millisecond) up to a slow fetch or a big CPU batch.
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_QUEUE_WAIT = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_RATE_WINDOW_S = 60.0
+
+JOBS = Counter("imgqueue_jobs_total", "Jobs finished by this worker, by outcome", ["outcome"])
+FAILURES = Counter("imgqueue_job_failures_total", "Failed jobs by error type", ["error_type"])
+CACHE = Counter("imgqueue_result_cache_lookups_total", "Result cache lookups", ["result"])
+QUEUE_WAIT = Histogram(
+    "imgqueue_queue_wait_seconds",
+    "Time from submit to a worker starting the job",
+    buckets=_QUEUE_WAIT,
+)
+STAGE = {
+    stage: Histogram(f"imgqueue_{stage}_seconds", f"Per-job {stage} time", buckets=_LATENCY)
+    for stage in ("fetch", "preprocess", "inference")
+}
+JOB_DURATION = Histogram(
+    "imgqueue_job_duration_seconds", "Per-job time inside the worker", buckets=_LATENCY
+)
+BATCH_SIZE = Histogram("imgqueue_batch_size", "Images per inference batch", buckets=_BATCH)
+BATCH_SECONDS = Histogram(
+    "imgqueue_batch_inference_seconds", "Model time per inference batch", buckets=_LATENCY
+)
+IMAGES = Counter("imgqueue_images_inferred_total", "Images run through the model")
+IMAGES_PER_SECOND = Gauge(
+    "imgqueue_images_per_second", f"Images inferred per second over the last {_RATE_WINDOW_S:g}s"
+)
+MODEL_LOAD = Gauge("imgqueue_model_load_seconds", "Time to load and warm up the model")
+READY = Gauge("imgqueue_ready", "1 once the model is loaded and warmed up")
+
+_recent: collections.deque[tuple[float, int]] = collections.deque()
+_recent_lock = threading.Lock()
+
+
+def _images_per_second() -> float:
+    cutoff = time.monotonic() - _RATE_WINDOW_S
+    with _recent_lock:
+        while _recent and _recent[0][0] < cutoff:
+            _recent.popleft()
+        return sum(n for _, n in _recent) / _RATE_WINDOW_S
+
+
+IMAGES_PER_SECOND.set_function(_images_per_second)
+
+
+def observe_batch(size: int, seconds: float) -> None:
+    """The batcher's `on_batch` callback."""
+    BATCH_SIZE.observe(size)
+    BATCH_SECONDS.observe(seconds)
+    IMAGES.inc(size)
+    with _recent_lock:
+        _recent.append((time.monotonic(), size))
+
+
+def observe_job(
+    outcome: str,
+    error_type: str | None,
+    queue_wait: float | None,
+    timings_ms: Mapping[str, Any] | None,
+    cached: bool | None,
+) -> None:
+    JOBS.labels(outcome=outcome).inc()
+    if error_type:
+        FAILURES.labels(error_type=error_type).inc()
+    if queue_wait is not None:
+        QUEUE_WAIT.observe(queue_wait)
+    if cached is not None:
+        CACHE.labels(result="hit" if cached else "miss").inc()
+    for stage, histogram in STAGE.items():
+        value = (timings_ms or {}).get(stage)
+        if isinstance(value, int | float):
+            histogram.observe(value / 1000.0)
+    total = (timings_ms or {}).get("total")
+    if isinstance(total, int | float):
+        JOB_DURATION.observe(total / 1000.0)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    is_ready: Callable[[], bool]
+
+    def log_message(self, *args: Any) -> None:
+        pass  # scrapes every few seconds would drown the job log
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+        elif path == "/ready":
+            ready = self.is_ready()
+            self._send(200 if ready else 503, b"ready\n" if ready else b"loading\n")
+        elif path in ("/healthz", "/live"):
+            self._send(200, b"ok\n")
+        else:
+            self._send(404, b"not found: try /metrics, /ready or /healthz\n")
+
+    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+_server: http.server.ThreadingHTTPServer | None = None
+
+
+def serve(addr: str, port: int, is_ready: Callable[[], bool]) -> int | None:
+    """Start the HTTP endpoint once per process; returns its port, or None if it cannot bind."""
+    global _server
+    if _server is not None:
+        return int(_server.server_address[1])
+    handler = type("Handler", (_Handler,), {"is_ready": staticmethod(is_ready)})
+    try:
+        server = http.server.ThreadingHTTPServer((addr, port), handler)
+    except OSError as exc:
+        # E.g. several pool processes on one port: jobs matter more than metrics.
+        log.warning("metrics endpoint not started on %s:%d: %s", addr, port, exc)
+        return None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    _server = server
+    log.info("metrics on http://%s:%d/metrics (also /ready, /healthz)", addr, port)
+    return port
+
+
+def shutdown() -> None:
+    global _server
+    if _server is not None:
+        _server.shutdown()
+        _server.server_close()
+        _server = None

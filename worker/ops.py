@@ -1,0 +1,87 @@
+"""Operations hooks the Celery signals call: metrics endpoint, readiness, batch metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import signals
+
+from worker import health, joblog, metrics
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+# The worker's main process: what the ready file names, also when forked children load models.
+_main_pid = os.getpid()
+
+
+def _serve(settings: Settings) -> None:
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_addr, settings.metrics_port, health.is_ready)
+
+
+def starting(settings: Settings, *, forks: bool = False) -> None:
+    """Before the model loads: not ready yet, but the endpoint already answers (/ready: 503).
+
+    With a forking pool the models live in the children, so the first child serves instead.
+    """
+    global _main_pid
+    _main_pid = os.getpid()
+    health.mark_loading(settings.ready_file)
+    metrics.READY.set(0)
+    if not forks:
+        _serve(settings)
+
+
+def ready(rt: Runtime) -> Runtime:
+    """After load and warm-up: count batches, publish the load time, report ready."""
+    _serve(rt.settings)
+    previous = rt.batcher.on_batch
+    if previous is not metrics.observe_batch:
+        if previous is None:
+            rt.batcher.on_batch = metrics.observe_batch
+        else:
+
+            def both(size: int, seconds: float) -> None:
+                previous(size, seconds)
+                metrics.observe_batch(size, seconds)
+
+            rt.batcher.on_batch = both
+    metrics.MODEL_LOAD.set(rt.load_seconds)
+    metrics.READY.set(1)
+    model = rt.classifier
+    info = {"pid": _main_pid, "model": model.name, "weights": model.weights_id}
+    health.mark_ready(rt.settings.ready_file, info)
+    return rt
+
+
+def stopping(settings: Settings) -> None:
+    metrics.READY.set(0)
+    health.mark_stopped(settings.ready_file)
+    metrics.shutdown()
+
+
+class RedactingFilter(logging.Filter):
+    """Strips credentials and query strings from URLs in every log line (Celery's own too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        if "://" in message:
+            redacted = joblog.redact(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
+def _redact_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    for handler in logger.handlers if logger is not None else []:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+signals.after_setup_logger.connect(_redact_logs, weak=False)
+signals.after_setup_task_logger.connect(_redact_logs, weak=False)
