@@ -88,10 +88,11 @@ def render(
     top: int = 3,
 ) -> Path:
     from matplotlib.figure import Figure
+    from PIL import Image
 
     columns = max(1, min(columns, len(items)))
     rows = max(1, math.ceil(len(items) / columns))
-    fig = Figure(figsize=(3.2 * columns, 3.9 * rows + 0.6), dpi=100)
+    fig = Figure(figsize=(3.2 * columns, 4.2 * rows + 0.6), dpi=100)
     warn = any(meaningless(i.get("result") or {}) for i in items)
     if warn:
         fig.suptitle(BANNER, color="white", backgroundcolor=_WARN, fontsize=12, weight="bold")
@@ -100,10 +101,11 @@ def render(
         title, text, red = caption(item, top)
         result = item.get("result") or {}
         image = load_image(str(result["source"]), image_root) if "source" in result else None
-        if image is not None:
-            ax.imshow(image)
-        else:
-            ax.text(0.5, 0.5, "no image", ha="center", va="center", color="grey")
+        if image is None:
+            # A 4:3 blank, so a failed job's tile lines up with the photos around it.
+            image = Image.new("RGB", (400, 300), (236, 236, 236))
+            ax.text(200, 150, "no image", ha="center", va="center", color="grey")
+        ax.imshow(image)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title, fontsize=9)
