@@ -18,6 +18,7 @@ from typing import TextIO
 from producer.client import Client, Outcome
 from producer.contract import DEFAULT_TOP_K, IMAGE_EXTENSIONS, MAX_TOP_K
 from producer.errors import ProducerError
+from producer.render import add_subparser as add_render
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -130,11 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=None, help="seconds to wait for all")
     r.add_argument("--progress", action="store_true", help="progress bar even off a terminal")
     r.set_defaults(func=cmd_result)
+    add_render(sub)  # offline: needs no Redis
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    if getattr(ns, "offline", None) is not None:
+        offline: int = ns.offline(ns)
+        return offline
     try:
         with Client(ns.redis_url) as client:
             code: int = ns.func(client, ns)

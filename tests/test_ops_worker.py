@@ -196,3 +196,19 @@ def test_result_cache_hit(
     keys = r.keys("imgqueue:result-cache:*")
     assert keys and 0 < r.ttl(keys[0]) <= 86_400
     r.close()
+
+
+def test_retry_is_logged_and_counted(
+    worker: WorkerProcess, client: Client, http_base: str, ops_env: dict[str, str]
+) -> None:
+    task_id = client.submit(f"{http_base}/flaky/1/rocket.jpg", top_k=1)  # one 503, then the file
+    assert client.result(task_id, timeout=60)["source"].endswith("/flaky/1/rocket.jpg")
+
+    def logged() -> list[dict[str, Any]]:
+        lines = [line for line in worker.log().splitlines() if " job {" in line and task_id in line]
+        return [json.loads(line.split(" job ", 1)[1]) for line in lines]
+
+    outcomes = wait_for(lambda: len(logged()) >= 2 and logged(), 10, "two job lines")
+    assert [o["outcome"] for o in outcomes] == ["retry", "success"]
+    assert outcomes[0]["error_type"] == "FetchFailed" and outcomes[1]["retries"] == 1
+    assert samples(ops_env["METRICS_PORT"])[("imgqueue_jobs_total", (("outcome", "retry"),))] >= 1

@@ -1,0 +1,99 @@
+"""The ops building blocks as plain functions: cache keys, redaction, readiness file, settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from worker import cache, health, joblog
+from worker.errors import ConfigError
+from worker.ops import RedactingFilter
+from worker.settings import Settings
+
+MODEL = {"model": "resnet50", "weights": "IMAGENET1K_V2", "preprocess": "IMAGENET1K_V2"}
+
+
+def key(
+    data: bytes = b"img", top_k: int = 5, settings: Settings | None = None, **model: str
+) -> str:
+    return cache.cache_key(
+        data, top_k, {**MODEL, "precision": "fp32", **model}, settings or Settings()
+    )
+
+
+def test_cache_key_covers_bytes_model_and_top_k() -> None:
+    base = key()
+    assert base == key() and base.startswith(cache.KEY_PREFIX)
+    variants = [
+        key(data=b"img2"),
+        key(top_k=6),
+        key(weights="IMAGENET1K_V1"),
+        key(preprocess="IMAGENET1K_V1"),
+        key(precision="bf16"),
+        key(model="other"),
+        key(settings=Settings(draft_decode=True)),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+    # Device and source are not part of it: same bytes from a URL or a file, CPU or GPU.
+    assert key(device="cuda:0") == base
+
+
+def test_cache_can_be_turned_off() -> None:
+    assert cache.enabled(Settings())
+    assert not cache.enabled(Settings.from_env({"RESULT_CACHE": "false"}))
+    assert not cache.enabled(Settings.from_env({"RESULT_CACHE_TTL": "0"}))
+    assert not cache.enabled(Settings(model="sleep:5ms"))  # the stand-in measures the queue
+    with pytest.raises(ConfigError):
+        Settings.from_env({"RESULT_CACHE_TTL": "-1"})
+    with pytest.raises(ConfigError):
+        Settings.from_env({"METRICS_PORT": "70000"})
+
+
+def test_cache_reuse_keeps_this_jobs_source() -> None:
+    stored = {"model": "resnet50", "predictions": [1], "source": "a.jpg", "batch_size": 8}
+    entry = cache.Entry("k", stored, Settings(), lookup_seconds=0.0002)
+    result = entry.reuse("https://b/x.jpg", fetch_seconds=0.003, started=0.0)
+    assert result["source"] == "https://b/x.jpg" and result["cached"] is True
+    assert result["predictions"] == [1] and "batch_size" not in result
+    assert result["timings_ms"]["fetch"] == 3.0 and result["timings_ms"]["cache"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://u:pw@host/a.jpg?sig=s3cr3t&x=1", "https://host/a.jpg?REDACTED"),
+        ("http://host:8080/a.jpg", "http://host:8080/a.jpg"),
+        ("https://token@host/a.jpg#frag", "https://host/a.jpg"),
+        ("redis://:hunter2@redis:6379/0", "redis://redis:6379/0"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert joblog.redact_url(url) == expected
+
+
+def test_redacting_filter_covers_any_log_line() -> None:
+    record = logging.LogRecord(
+        "celery.app.trace", logging.INFO, __file__, 1, "Task %s raised: %r", None, None
+    )
+    record.args = ("x", "FetchFailed('https://a:b@h/x.jpg?t=1' answered HTTP 500)")
+    assert RedactingFilter().filter(record)
+    message = record.getMessage()
+    assert "a:b@" not in message and "t=1" not in message and "https://h/x.jpg" in message
+
+
+def test_ready_file_lifecycle(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "worker.ready"
+    health.mark_ready(path, {"model": "resnet50", "weights": "random:0"})
+    assert health.is_ready()
+    ok, why = health.check_file(path)
+    assert ok and "resnet50" in why
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    health.mark_stopped(path)
+    assert not health.is_ready() and not path.exists()
+    assert health.check_file(path)[0] is False
+    path.write_text("{not json")
+    assert health.check_file(path)[0] is False
