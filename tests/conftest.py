@@ -78,6 +78,7 @@ def worker_env(redis_url: str, weights_file: Path, image_root: Path) -> dict[str
         IMAGE_ROOT=str(image_root),
         DEVICE="cpu",
         PRECISION="fp32",
+        DRAFT_DECODE="false",  # parity is against a full decode
         FETCH_ALLOW_NETWORKS="127.0.0.0/8",
         PYTHONPATH=str(ROOT),
         MAX_BATCH_DELAY_MS="5",

@@ -87,7 +87,9 @@ def probe(data: bytes, *, max_pixels: int, allowed_formats: tuple[str, ...]) -> 
 def _draft(image: Image.Image, min_side: int) -> None:
     w, h = image.size
     short = min(w, h)
-    if short <= min_side:
+    if short < 2 * min_side:
+        # No 1/2 reduction fits: leave the decoder alone, since draft mode also switches it to
+        # fast DCT and plain upsampling, which would change pixels for nothing.
         return
     # draft() picks the largest reduction that keeps the image at least this big.
     scale = min_side / short

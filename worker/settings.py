@@ -44,7 +44,7 @@ class Settings:
     max_batch_delay_ms: float = 5.0
     concurrency: int = 0  # 0: twice the batch size, so one batch decodes while one infers
     prefetch_multiplier: int = 1
-    draft_decode: bool = False
+    draft_decode: bool = True  # JPEG decoder shrinks 1/2..1/8, never below the resize size
     gpu_decode: bool = True  # CUDA only: JPEGs decoded by nvJPEG, Pillow as the fallback
 
     max_image_bytes: int = 50 * 1024 * 1024

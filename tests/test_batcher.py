@@ -1,0 +1,110 @@
+"""The dynamic batcher in-process, and its Celery settings with real workers (stand-in model)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+import pytest
+import torch
+
+from producer import Client
+from tests.support import WorkerFactory, wait_for
+from worker.batcher import Batcher
+
+
+class GatedModel:
+    """Records batch sizes; holds the first batch until released, so the queue fills behind it."""
+
+    def __init__(self, fail_if_negative: bool = False) -> None:
+        self.sizes: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fail_if_negative = fail_if_negative
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(batch.shape[0])
+        self.entered.set()
+        assert self.release.wait(30)
+        if self.fail_if_negative and bool((batch < 0).any()):
+            raise ValueError("poisoned batch")
+        return batch * 2
+
+
+def _item(value: float) -> torch.Tensor:
+    return torch.full((3,), value)
+
+
+def test_batches_fill_up_to_max_size() -> None:
+    model = GatedModel()
+    batcher = Batcher(model, max_batch_size=4, max_delay=0.0)
+    try:
+        first = batcher.submit(_item(0))
+        assert model.entered.wait(10)
+        rest = [batcher.submit(_item(i)) for i in range(1, 18)]
+        model.release.set()
+        results = [f.result(timeout=30) for f in [first, *rest]]
+    finally:
+        batcher.stop()
+    assert model.sizes == [1, 4, 4, 4, 4, 1]
+    # Every job gets its own row back, and the size of the batch it rode in.
+    assert [float(row[0]) for row, _ in results] == [2.0 * i for i in range(18)]
+    assert [size for _, size in results[1:5]] == [4, 4, 4, 4]
+
+
+def test_max_delay_is_honoured() -> None:
+    model = GatedModel()
+    model.release.set()
+    batcher = Batcher(model, max_batch_size=8, max_delay=0.3)
+    try:
+        started = time.monotonic()
+        lone = batcher.submit(_item(1))
+        _, size = lone.result(timeout=10)
+        waited = time.monotonic() - started
+        # A partner arriving within the delay rides in the same batch.
+        pair = [batcher.submit(_item(2)), batcher.submit(_item(3))]
+        sizes = [f.result(timeout=10)[1] for f in pair]
+    finally:
+        batcher.stop()
+    assert size == 1
+    assert waited >= 0.3  # it waited out the delay for batch-mates before running alone
+    assert sizes == [2, 2]
+
+
+def test_a_failing_batch_fails_only_its_own_jobs() -> None:
+    model = GatedModel(fail_if_negative=True)
+    batcher = Batcher(model, max_batch_size=4, max_delay=0.0)
+    try:
+        poisoned = batcher.submit(_item(-1))
+        assert model.entered.wait(10)
+        good: list[Future[tuple[torch.Tensor, int]]] = [batcher.submit(_item(i)) for i in (1, 2)]
+        model.release.set()
+        with pytest.raises(ValueError, match="poisoned"):
+            poisoned.result(timeout=10)
+        assert [float(f.result(timeout=10)[0][0]) for f in good] == [2.0, 4.0]
+        # The loop survived: later jobs still run.
+        assert float(batcher(_item(5))[0][0]) == 10.0
+    finally:
+        batcher.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.submit(_item(1))
+
+
+def _tasks_done(log: str) -> int:
+    return log.count("succeeded in")
+
+
+def test_prefetch_leaves_work_for_a_second_worker(workers: WorkerFactory, client: Client) -> None:
+    """One worker must not hoard the queue: a worker that starts later still gets jobs."""
+    env = {"MODEL": "sleep:200ms", "MAX_BATCH_SIZE": "1", "MODEL_WEIGHTS": "random:0"}
+    first = workers.start(**env)
+    ids = client.submit_many(["cat.jpg"] * 40, top_k=1)
+    second = workers.start(**env)
+    outcomes = list(client.wait(ids, timeout=120))
+    assert all(o.ok for o in outcomes)
+    wait_for(lambda: _tasks_done(first.log()) + _tasks_done(second.log()) >= 40, 10, "logs")
+    assert _tasks_done(second.log()) >= 5, "the second worker got (almost) nothing"
+    assert _tasks_done(first.log()) >= 5
+    first.stop()
+    second.stop()

@@ -1,0 +1,84 @@
+"""bf16 and int8 give valid results close to fp32; results say which precision ran."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from producer import Client
+from tests.support import SAMPLES, WorkerFactory, WorkerProcess
+from worker.model.classifier import Classifier, cpu_has_native_bf16, pick_precision
+from worker.model.weights import resolve
+
+
+@pytest.fixture(scope="module")
+def samples_batch() -> torch.Tensor:
+    model = Classifier(resolve("random:0"), "cpu", "fp32")
+    images = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
+    return torch.stack([model.preprocess(i) for i in images])
+
+
+@pytest.fixture(scope="module")
+def fp32_output(samples_batch: torch.Tensor) -> torch.Tensor:
+    return Classifier(resolve("random:0"), "cpu", "fp32").infer(samples_batch)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_lower_precision_is_valid_and_close_to_fp32(
+    precision: str, samples_batch: torch.Tensor, fp32_output: torch.Tensor
+) -> None:
+    model = Classifier(resolve("random:0"), "cpu", precision)
+    out = model.infer(samples_batch)
+    assert model.precision == precision
+    assert out.dtype == torch.float32 and out.shape == fp32_output.shape
+    assert torch.allclose(out.sum(dim=1), torch.ones(len(out)), atol=1e-3)
+    assert bool((out >= 0).all())
+    for got, ref in zip(out, fp32_output, strict=True):
+        shared = set(got.topk(5).indices.tolist()) & set(ref.topk(5).indices.tolist())
+        assert len(shared) >= 3, f"{precision}: top-5 drifted from fp32"
+    assert model.describe()["precision"] == precision
+
+
+def test_int8_weights_id_says_quantized() -> None:
+    model = Classifier(resolve("random:7"), "cpu", "int8")
+    assert model.weights_id == "random:7:int8-ptq"
+    assert model.describe()["weights"] == "random:7:int8-ptq"
+
+
+def test_quantizable_model_has_the_same_seeded_weights() -> None:
+    from worker.model.classifier import build_resnet50
+    from worker.model.quantized import _float_quantizable
+
+    source = resolve("random:3")
+    plain = build_resnet50(source).state_dict()
+    quantizable = _float_quantizable(source).state_dict()
+    assert plain.keys() == quantizable.keys()
+    assert all(torch.equal(plain[k], quantizable[k]) for k in plain)
+
+
+def test_auto_precision() -> None:
+    assert pick_precision("auto", torch.device("cuda", 0)) == "fp16"
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert pick_precision("auto", torch.device("cpu")) == expected
+    assert pick_precision("int8", torch.device("cpu")) == "int8"
+
+
+@pytest.fixture(scope="module")
+def int8_worker(workers: WorkerFactory) -> Iterator[WorkerProcess]:
+    yield workers.start(PRECISION="int8")
+
+
+def test_int8_worker_end_to_end(
+    int8_worker: WorkerProcess, client: Client, weights_file: Path
+) -> None:
+    from worker.model.weights import file_digest
+
+    names = ["cat.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg"]
+    results = [o.unwrap() for o in client.wait(client.submit_many(names, top_k=5), timeout=120)]
+    assert {r["precision"] for r in results} == {"int8"}
+    assert {r["weights"] for r in results} == {f"file:{file_digest(weights_file)[:12]}:int8-ptq"}
+    assert all(len(r["predictions"]) == 5 for r in results)
