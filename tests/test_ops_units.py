@@ -35,7 +35,7 @@ def test_cache_key_covers_bytes_model_and_top_k() -> None:
         key(preprocess="IMAGENET1K_V1"),
         key(precision="bf16"),
         key(model="other"),
-        key(settings=Settings(draft_decode=True)),
+        key(settings=Settings(draft_decode=not Settings().draft_decode)),
     ]
     assert len({base, *variants}) == len(variants) + 1
     # Device and source are not part of it: same bytes from a URL or a file, CPU or GPU.
