@@ -20,6 +20,7 @@ from producer import Client
 from producer.errors import BrokerUnavailable
 from tests.support import RedisServer, WorkerFactory, WorkerProcess, wait_for
 from worker.deliveries import delivery_key
+from worker.inbox import REGISTRY
 
 VISIBILITY = 3
 POISON = "test-poison"
@@ -121,6 +122,21 @@ def test_poison_job_is_capped_and_does_not_block_others(
     assert max(delivery_counts(fclient, goods)) <= 2
 
 
+def test_message_in_a_dead_workers_inbox_is_recovered(
+    fault_workers: WorkerFactory, fclient: Client
+) -> None:
+    """The state a SIGKILL leaves: a popped message in the inbox of a process now gone."""
+    task_id = fclient.submit("cat.jpg", top_k=1)
+    dead = "imgqueue-inbox-gone-1-deadbeef"
+    assert fclient.redis.lmove("celery", dead, "RIGHT", "LEFT")
+    fclient.redis.hset(REGISTRY, dead, "celery")  # registered, but its alive key has expired
+    worker = fault_workers.start()
+    assert fclient.result(task_id, timeout=30)["source"] == "cat.jpg"
+    assert not fclient.redis.exists(dead)
+    assert fclient.redis.hkeys(REGISTRY) == [k for k in fclient.redis.hkeys(REGISTRY) if k != dead]
+    assert "returned 1 message(s) from dead worker inbox" in worker.log()
+
+
 def test_sigterm_warm_shutdown_finishes_or_requeues(
     fault_workers: WorkerFactory, fclient: Client
 ) -> None:
@@ -187,7 +203,23 @@ def test_load_2000_jobs_one_worker_killed_midway(
     ids = fclient.submit_many(["tiny.png"] * 2000, top_k=1)
     wait_for(lambda: count(fclient, ids, "SUCCESS") >= 700, 120, "a third done", interval=0.2)
     workers[0].kill(signal.SIGKILL)
-    outcomes = list(fclient.wait(ids, timeout=180))
+    try:
+        outcomes = list(fclient.wait(ids, timeout=60))
+    except Exception:
+        st = states(fclient, ids)
+        stuck = [t for t in ids if st[t] not in ("SUCCESS", "FAILURE")]
+        unacked = b" ".join(fclient.redis.hvals("unacked"))
+        queue = b" ".join(fclient.redis.lrange("celery", 0, -1))
+        for t in stuck:
+            print(
+                "STUCK",
+                t,
+                st[t],
+                delivery_counts(fclient, [t]),
+                t.encode() in unacked,
+                t.encode() in queue,
+            )
+        raise
     by_id = {o.task_id: o.state for o in outcomes}
     assert len(outcomes) == len(by_id) == 2000  # each job reported once
     assert set(by_id) == set(ids)
