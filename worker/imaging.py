@@ -45,8 +45,10 @@ def decode(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns on odd EXIF and palette data
             # Only the allowed formats' parsers ever see the bytes.
-            image = Image.open(io.BytesIO(data), formats=allowed)
+            image = Image.open(io.BytesIO(data), formats=_openers(allowed))
             fmt = (image.format or "").upper()
+            if fmt not in allowed:  # e.g. MPO from the JPEG opener when only MPO is listed
+                raise UnsupportedFormat(f"image format {fmt} is not allowed")
             width, height = image.size
             _check_size(width, height, max_pixels)
             if draft_size and fmt in ("JPEG", "MPO"):
@@ -58,10 +60,12 @@ def decode(
         raise
     except UnidentifiedImageError:
         other = sniff_format(data)
-        if other:
+        if other and other not in _openers(allowed):  # an allowed format that failed: corrupt
             raise UnsupportedFormat(
                 f"image format {other} is not allowed (allowed: {', '.join(allowed_formats)})"
             ) from None
+        if other:
+            raise NotAnImage(f"the {other} image is truncated or corrupt") from None
         raise NotAnImage("the bytes are not an image in any allowed format") from None
     except Exception as exc:
         # Hostile bytes reach deep into decoders: whatever they raise (OSError, ValueError,
@@ -74,6 +78,13 @@ def decode(
 def _with_aliases(formats: tuple[str, ...]) -> tuple[str, ...]:
     # Pillow opens JPEGs carrying an MPF block (many phone cameras) as "MPO".
     return (*formats, "MPO") if "JPEG" in formats and "MPO" not in formats else formats
+
+
+def _openers(formats: tuple[str, ...]) -> list[str]:
+    """The Pillow openers for these formats (MPO files come through the JPEG opener)."""
+    Image.init()
+    names = {"JPEG" if f == "MPO" else f for f in formats}
+    return [f for f in names if f in Image.OPEN]
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
