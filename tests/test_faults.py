@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from producer import Client
-from producer.errors import BrokerUnavailable
+from producer.errors import BrokerUnavailable, ResultTimeout
 from tests.support import RedisServer, WorkerFactory, WorkerProcess, wait_for
 from worker.deliveries import delivery_key
 from worker.inbox import REGISTRY
@@ -87,6 +87,18 @@ def test_sigkill_mid_batch_every_job_completes_elsewhere(
     assert time.monotonic() - killed_at < 40
     # The batch that died with its worker ran again: delivered twice, not more.
     assert sorted(delivery_counts(fclient, ids), reverse=True)[:8] == [2] * 8
+
+
+def stuck(client: Client, ids: list[str]) -> list[tuple[str, str, int, bool, bool]]:
+    """Unfinished jobs: (id, state, starts, in the unacked hash, in the queue)."""
+    st = states(client, ids)
+    unacked = b" ".join(client.redis.hvals("unacked"))
+    queued = b" ".join(client.redis.lrange("celery", 0, -1))
+    return [
+        (t, st[t], delivery_counts(client, [t])[0], t.encode() in unacked, t.encode() in queued)
+        for t in ids
+        if st[t] not in ("SUCCESS", "FAILURE")
+    ]
 
 
 def keep_alive(factory: WorkerFactory, n: int) -> None:
@@ -204,22 +216,9 @@ def test_load_2000_jobs_one_worker_killed_midway(
     wait_for(lambda: count(fclient, ids, "SUCCESS") >= 700, 120, "a third done", interval=0.2)
     workers[0].kill(signal.SIGKILL)
     try:
-        outcomes = list(fclient.wait(ids, timeout=60))
-    except Exception:
-        st = states(fclient, ids)
-        stuck = [t for t in ids if st[t] not in ("SUCCESS", "FAILURE")]
-        unacked = b" ".join(fclient.redis.hvals("unacked"))
-        queue = b" ".join(fclient.redis.lrange("celery", 0, -1))
-        for t in stuck:
-            print(
-                "STUCK",
-                t,
-                st[t],
-                delivery_counts(fclient, [t]),
-                t.encode() in unacked,
-                t.encode() in queue,
-            )
-        raise
+        outcomes = list(fclient.wait(ids, timeout=90))
+    except ResultTimeout:
+        pytest.fail(f"jobs never finished: {stuck(fclient, ids)}")
     by_id = {o.task_id: o.state for o in outcomes}
     assert len(outcomes) == len(by_id) == 2000  # each job reported once
     assert set(by_id) == set(ids)
