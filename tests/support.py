@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.server
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -212,6 +214,13 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
     /drip?bytes=N&delay=S    sends N bytes one at a time, S seconds apart
     /lie/<file>              serves a file with a Content-Length smaller than the body
     /flaky/<n>/<file>        answers 503 for the first n requests of that path, then the file
+    /hang?s=S                accepts, then says nothing for S seconds
+    /reset                   closes the connection without answering
+    /gzip?mb=N               N MiB of zeros, gzip-compressed, with Content-Encoding: gzip
+    /drip-headers?delay=S    sends the status line, then headers one byte every S seconds
+    /loop                    redirects to itself, forever
+
+    Every request is counted in `counters` under "hits:<path>".
     """
 
     directory: Path
@@ -225,7 +234,36 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
         parsed = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(parsed.query)
         parts = [p for p in parsed.path.split("/") if p]
-        if parts[:1] == ["status"]:
+        with self.lock:
+            key = "hits:" + self.path
+            self.counters[key] = self.counters.get(key, 0) + 1
+        if parts[:1] == ["hang"]:
+            time.sleep(float(query.get("s", ["5"])[0]))
+        elif parts[:1] == ["reset"]:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+        elif parts[:1] == ["gzip"]:
+            body = gzip.compress(b"\0" * (int(query["mb"][0]) << 20))
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif parts[:1] == ["drip-headers"]:
+            delay = float(query["delay"][0])
+            with contextlib.suppress(OSError):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for byte in b"X-Slow: " + b"a" * 200:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(delay)
+        elif parts[:1] == ["loop"]:
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif parts[:1] == ["status"]:
             self._send(int(parts[1]), b"")
         elif parts[:1] == ["redirect"]:
             self.send_response(302)
@@ -277,8 +315,9 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_server(directory: Path) -> Iterator[str]:
-    handler = type("Handler", (ImageHandler,), {"directory": directory, "counters": {}})
+def http_server(directory: Path, counters: dict[str, int] | None = None) -> Iterator[str]:
+    counts = {} if counters is None else counters
+    handler = type("Handler", (ImageHandler,), {"directory": directory, "counters": counts})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -17,9 +17,10 @@ import pytest
 import redis
 
 from producer import Client
-from producer.errors import BrokerUnavailable
+from producer.errors import BrokerUnavailable, ResultTimeout
 from tests.support import RedisServer, WorkerFactory, WorkerProcess, wait_for
 from worker.deliveries import delivery_key
+from worker.inbox import REGISTRY
 
 VISIBILITY = 3
 POISON = "test-poison"
@@ -88,6 +89,18 @@ def test_sigkill_mid_batch_every_job_completes_elsewhere(
     assert sorted(delivery_counts(fclient, ids), reverse=True)[:8] == [2] * 8
 
 
+def stuck(client: Client, ids: list[str]) -> list[tuple[str, str, int, bool, bool]]:
+    """Unfinished jobs: (id, state, starts, in the unacked hash, in the queue)."""
+    st = states(client, ids)
+    unacked = b" ".join(client.redis.hvals("unacked"))
+    queued = b" ".join(client.redis.lrange("celery", 0, -1))
+    return [
+        (t, st[t], delivery_counts(client, [t])[0], t.encode() in unacked, t.encode() in queued)
+        for t in ids
+        if st[t] not in ("SUCCESS", "FAILURE")
+    ]
+
+
 def keep_alive(factory: WorkerFactory, n: int) -> None:
     """Replace dead workers, as a supervisor (systemd, Kubernetes) would."""
     alive = [w for w in factory.workers if w.alive()]
@@ -119,6 +132,21 @@ def test_poison_job_is_capped_and_does_not_block_others(
     assert {o.state for o in results} == {"SUCCESS"}, [o for o in results if not o.ok][:3]
     # Jobs that died alongside it were re-run, never capped with it.
     assert max(delivery_counts(fclient, goods)) <= 2
+
+
+def test_message_in_a_dead_workers_inbox_is_recovered(
+    fault_workers: WorkerFactory, fclient: Client
+) -> None:
+    """The state a SIGKILL leaves: a popped message in the inbox of a process now gone."""
+    task_id = fclient.submit("cat.jpg", top_k=1)
+    dead = "imgqueue-inbox-gone-1-deadbeef"
+    assert fclient.redis.lmove("celery", dead, "RIGHT", "LEFT")
+    fclient.redis.hset(REGISTRY, dead, "celery")  # registered, but its alive key has expired
+    worker = fault_workers.start()
+    assert fclient.result(task_id, timeout=30)["source"] == "cat.jpg"
+    assert not fclient.redis.exists(dead)
+    assert fclient.redis.hkeys(REGISTRY) == [k for k in fclient.redis.hkeys(REGISTRY) if k != dead]
+    assert "returned 1 message(s) from dead worker inbox" in worker.log()
 
 
 def test_sigterm_warm_shutdown_finishes_or_requeues(
@@ -187,7 +215,10 @@ def test_load_2000_jobs_one_worker_killed_midway(
     ids = fclient.submit_many(["tiny.png"] * 2000, top_k=1)
     wait_for(lambda: count(fclient, ids, "SUCCESS") >= 700, 120, "a third done", interval=0.2)
     workers[0].kill(signal.SIGKILL)
-    outcomes = list(fclient.wait(ids, timeout=180))
+    try:
+        outcomes = list(fclient.wait(ids, timeout=90))
+    except ResultTimeout:
+        pytest.fail(f"jobs never finished: {stuck(fclient, ids)}")
     by_id = {o.task_id: o.state for o in outcomes}
     assert len(outcomes) == len(by_id) == 2000  # each job reported once
     assert set(by_id) == set(ids)

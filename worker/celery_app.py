@@ -8,13 +8,14 @@ from typing import Any
 from celery import Celery, signals
 
 from producer.contract import DEFAULT_QUEUE
-from worker import ops, runtime
+from worker import compat, ops, runtime
 from worker.errors import ConfigError, WeightsUnavailable
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
+compat.install()
 
 app = Celery(
     "imgqueue", broker=settings.redis_url, backend=settings.redis_url, include=["worker.tasks"]
@@ -43,6 +44,10 @@ app.conf.update(
     result_expires=settings.result_expires,
     result_extended=False,
     broker_transport_options=_transport,
+    # A result stored while Redis restarts must wait for it, not vanish: the message is then
+    # acknowledged on the new connection, so a dropped result would leave the job PENDING.
+    result_backend_always_retry=True,
+    result_backend_max_retries=30,  # 10 ms doubling to 10 s per try: about four minutes
     result_backend_transport_options=_transport,
     broker_connection_retry_on_startup=True,
     task_default_queue=DEFAULT_QUEUE,

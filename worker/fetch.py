@@ -9,18 +9,23 @@ slow-drip servers.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import http.client
 import ipaddress
 import os
 import socket
+import ssl
 import stat
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from worker.errors import FetchFailed, SourceNotAllowed, SourceNotFound, TooLarge
@@ -31,6 +36,7 @@ _CHUNK = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_OPAQUE_SCHEMES = frozenset({"data", "javascript", "file", "mailto", "blob", "about", "jar"})
 
 
 @dataclass(frozen=True)
@@ -44,8 +50,9 @@ def fetch(source: str, settings: Settings) -> Fetched:
     """The source's bytes, or a documented error."""
     if not isinstance(source, str) or not source:
         raise SourceNotAllowed("the source must be a non-empty string")
-    scheme = urlsplit(source).scheme.lower() if "://" in source else ""
-    if scheme:
+    scheme = urlsplit(source).scheme.lower()
+    # "data:", "javascript:" ... carry no "//"; anything else with a colon may be a file name.
+    if scheme and ("://" in source or scheme in _OPAQUE_SCHEMES):
         if scheme not in ("http", "https"):
             raise SourceNotAllowed(f"scheme {scheme!r} is not allowed; use http or https")
         return fetch_url(source, settings)
@@ -73,8 +80,16 @@ def resolve_path(source: str, root: Path | None) -> Path:
 def read_file(source: str, settings: Settings) -> Fetched:
     path = resolve_path(source, settings.image_root)
     try:
-        # O_NONBLOCK: opening a FIFO must not hang; O_NOFOLLOW: the final component was resolved
-        # above, so a symlink appearing there now is a race and refused.
+        # stat before open: a device or FIFO is refused without ever being opened.
+        before = os.stat(path)
+    except FileNotFoundError:
+        raise SourceNotFound(f"no such file: {source!r}") from None
+    except OSError as exc:
+        raise SourceNotFound(f"cannot open {source!r}: {exc.strerror}") from None
+    _require_regular(before, source)
+    try:
+        # O_NONBLOCK: a FIFO swapped in now must not hang; O_NOFOLLOW: the final component was
+        # resolved above, so a symlink appearing there now is a race and refused.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         raise SourceNotFound(f"no such file: {source!r}") from None
@@ -86,15 +101,32 @@ def read_file(source: str, settings: Settings) -> Fetched:
         raise SourceNotFound(f"cannot open {source!r}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            raise SourceNotAllowed(f"{source!r} is {kind}")
+        _require_regular(info, source)
+        _require_confined(f.fileno(), settings.image_root, source)
         if info.st_size > settings.max_image_bytes:
             raise TooLarge(_too_large(info.st_size, settings.max_image_bytes))
         data = f.read(settings.max_image_bytes + 1)
     if len(data) > settings.max_image_bytes:
         raise TooLarge(_too_large(len(data), settings.max_image_bytes))
     return Fetched(data, "file", str(path))
+
+
+def _require_regular(info: os.stat_result, source: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise SourceNotAllowed(f"{source!r} is {kind}")
+
+
+def _require_confined(fd: int, root: Path | None, source: str) -> None:
+    """Where the open file really is (Linux /proc), so a directory swapped for a symlink
+    between the check and the open cannot lead outside IMAGE_ROOT."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return  # no /proc: the realpath check above stands alone
+    real_root = os.path.realpath(root or "/")
+    if not os.path.isabs(real) or os.path.commonpath([real, real_root]) != real_root:
+        raise SourceNotAllowed(f"{source!r} moved outside IMAGE_ROOT while opening")
 
 
 def _too_large(size: int, cap: int) -> str:
@@ -127,7 +159,11 @@ def vetted_addresses(host: str, port: int, settings: Settings) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise FetchFailed(f"cannot resolve host {host!r}: {exc.strerror}") from None
+        # A temporary DNS failure is worth a retry; "no such host" is not.
+        transient = exc.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None))
+        raise FetchFailed(
+            f"cannot resolve host {host!r}: {exc.strerror}", transient=transient
+        ) from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for addr in addresses:
         ip = ipaddress.ip_address(addr.split("%", 1)[0])
@@ -163,46 +199,83 @@ def _get_once(url: str, settings: Settings, deadline: float) -> tuple[int, str |
     except ValueError:
         raise SourceNotAllowed(f"URL has an invalid port: {url!r}") from None
     address = vetted_addresses(host, port, settings)[0]
-    timeout = urllib3.Timeout(
-        connect=settings.fetch_connect_timeout, read=settings.fetch_read_timeout
-    )
-    pool: urllib3.HTTPConnectionPool
-    if secure:
-        pool = urllib3.HTTPSConnectionPool(
-            address,
-            port,
-            timeout=timeout,
-            retries=False,
-            maxsize=1,
-            server_hostname=host,
-            assert_hostname=host,
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False, maxsize=1)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise FetchFailed(_TOTAL_TIMEOUT, transient=True)
+    conn = _connection(address, port, host, secure, settings)
+    # A watchdog cuts the socket at the deadline, so a server that drips its status line or
+    # headers a byte at a time cannot hold the job past FETCH_TOTAL_TIMEOUT either.
+    watchdog = threading.Timer(remaining, _cut, args=(conn,))
+    watchdog.daemon = True
+    watchdog.start()
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {
         "Host": parts.netloc.rsplit("@", 1)[-1],
         "User-Agent": USER_AGENT,
         "Accept": "image/*",
+        # No compression: a small gzip body must not inflate past the byte cap in one read.
+        "Accept-Encoding": "identity",
     }
+    closers: list[Callable[[], None]] = []
     try:
-        with pool:
-            resp = pool.urlopen(
-                "GET", path, headers=headers, redirect=False, preload_content=False, retries=False
-            )
-            try:
-                if resp.status in _REDIRECTS:
-                    return resp.status, resp.headers.get("Location"), b""
-                _check_status(resp.status, url)
-                return resp.status, None, _read_capped(resp, settings.max_image_bytes, deadline)
-            finally:
-                resp.release_conn()
+        conn.connect()
+        conn.timeout = settings.fetch_read_timeout
+        conn.request("GET", path, headers=headers, preload_content=False, decode_content=False)
+        resp = conn.getresponse()
+        closers.append(resp.close)
+        _check_deadline(deadline)  # the watchdog may have cut the headers short
+        if resp.status in _REDIRECTS:
+            location = resp.headers.get("Location")
+            if not location:
+                raise FetchFailed(f"{url!r} answered HTTP {resp.status} without a Location")
+            return resp.status, location, b""
+        _check_status(resp.status, url)
+        data = _read_capped(resp, settings.max_image_bytes, deadline)
+        _check_deadline(deadline)
+        return resp.status, None, data
     except (FetchFailed, SourceNotFound, TooLarge):
         raise
-    except (Urllib3Error, OSError) as exc:
+    except ssl.SSLCertVerificationError as exc:
+        raise FetchFailed(f"TLS certificate of {host!r} rejected: {exc.verify_message}") from None
+    except (Urllib3Error, OSError, http.client.HTTPException) as exc:
+        _check_deadline(deadline)
         raise FetchFailed(f"fetching {url!r} failed: {_short(exc)}", transient=True) from None
+    finally:
+        watchdog.cancel()
+        for close in closers:
+            close()
+        conn.close()
+
+
+_TOTAL_TIMEOUT = "the download took longer than FETCH_TOTAL_TIMEOUT"
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() >= deadline:
+        raise FetchFailed(_TOTAL_TIMEOUT, transient=True)
+
+
+def _connection(
+    address: str, port: int, host: str, secure: bool, settings: Settings
+) -> HTTPConnection:
+    """A connection to exactly the vetted address; TLS still verifies the certificate for host."""
+    if secure:
+        return HTTPSConnection(
+            address,
+            port,
+            timeout=settings.fetch_connect_timeout,
+            server_hostname=host,
+            assert_hostname=host,
+            cert_reqs="CERT_REQUIRED",
+        )
+    return HTTPConnection(address, port, timeout=settings.fetch_connect_timeout)
+
+
+def _cut(conn: HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _check_status(status: int, url: str) -> None:
@@ -223,8 +296,7 @@ def _read_capped(resp: urllib3.BaseHTTPResponse, cap: int, deadline: float) -> b
         buf += chunk
         if len(buf) > cap:
             raise TooLarge(f"the download passed {cap} bytes (MAX_IMAGE_BYTES)")
-        if time.monotonic() > deadline:
-            raise FetchFailed("the download took longer than FETCH_TOTAL_TIMEOUT", transient=True)
+        _check_deadline(deadline)
     return bytes(buf)
 
 

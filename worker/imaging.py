@@ -14,6 +14,9 @@ from worker.errors import NotAnImage, TooLarge, UnsupportedFormat
 # cannot warn or raise first with a different message.
 Image.MAX_IMAGE_PIXELS = None
 
+#: Longest side over shortest side beyond which an image is refused (see _check_size).
+MAX_ASPECT_RATIO = 100
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -37,33 +40,78 @@ def decode(
     """
     if not data:
         raise NotAnImage("the file is empty")
+    allowed = _with_aliases(allowed_formats)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns on odd EXIF and palette data
-            image = Image.open(io.BytesIO(data))
+            # Only the allowed formats' parsers ever see the bytes.
+            image = Image.open(io.BytesIO(data), formats=_openers(allowed))
             fmt = (image.format or "").upper()
-            if fmt not in allowed_formats:
-                raise UnsupportedFormat(
-                    f"image format {fmt or 'unknown'} is not allowed "
-                    f"(allowed: {', '.join(allowed_formats)})"
-                )
+            if fmt not in allowed:  # e.g. MPO from the JPEG opener when only MPO is listed
+                raise UnsupportedFormat(f"image format {fmt} is not allowed")
             width, height = image.size
-            if width * height > max_pixels:
-                raise TooLarge(
-                    f"image is {width}x{height} = {width * height} pixels, over the "
-                    f"limit of {max_pixels} (MAX_IMAGE_PIXELS)"
-                )
+            _check_size(width, height, max_pixels)
             if draft_size and fmt in ("JPEG", "MPO"):
                 _draft(image, draft_size)
-            image.load()
+            image.load()  # the first frame only, for animations
             upright = ImageOps.exif_transpose(image)
             return Decoded(to_rgb(upright), width, height, fmt)
     except (UnsupportedFormat, TooLarge):
         raise
     except UnidentifiedImageError:
-        raise NotAnImage("the bytes are not an image in any known format") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise NotAnImage(f"the image is truncated or corrupt: {exc}") from None
+        other = sniff_format(data)
+        if other and other not in _openers(allowed):  # an allowed format that failed: corrupt
+            raise UnsupportedFormat(
+                f"image format {other} is not allowed (allowed: {', '.join(allowed_formats)})"
+            ) from None
+        if other:
+            raise NotAnImage(f"the {other} image is truncated or corrupt") from None
+        raise NotAnImage("the bytes are not an image in any allowed format") from None
+    except Exception as exc:
+        # Hostile bytes reach deep into decoders: whatever they raise (OSError, ValueError,
+        # struct.error, MemoryError ...) means the same thing, so callers see one type.
+        raise NotAnImage(
+            f"the image is truncated or corrupt: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _with_aliases(formats: tuple[str, ...]) -> tuple[str, ...]:
+    # Pillow opens JPEGs carrying an MPF block (many phone cameras) as "MPO".
+    return (*formats, "MPO") if "JPEG" in formats and "MPO" not in formats else formats
+
+
+def _openers(formats: tuple[str, ...]) -> list[str]:
+    """The Pillow openers for these formats (MPO files come through the JPEG opener)."""
+    Image.init()
+    names = {"JPEG" if f == "MPO" else f for f in formats}
+    return [f for f in names if f in Image.OPEN]
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise TooLarge(
+            f"image is {width}x{height} = {width * height} pixels, over the "
+            f"limit of {max_pixels} (MAX_IMAGE_PIXELS)"
+        )
+    # Resizing the short side to ~232 px scales the long side up with it: a 60000x1 strip
+    # would become a 14-gigapixel tensor. Real photos and scans are far below this ratio.
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise TooLarge(
+            f"image is {width}x{height}, more than {MAX_ASPECT_RATIO}:1; too elongated to classify"
+        )
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The name of the format Pillow would recognise from the first bytes, without parsing."""
+    Image.init()
+    prefix = data[:16]
+    for name, (_factory, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                return name
+        except Exception:  # an accept() check that cannot handle a short prefix
+            continue
+    return None
 
 
 def probe(data: bytes, *, max_pixels: int, allowed_formats: tuple[str, ...]) -> Decoded | None:

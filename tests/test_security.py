@@ -1,0 +1,195 @@
+"""Security settings: JSON only, passwords in REDIS_URL, TLS (rediss://), no secrets in logs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from producer import Client, JobFailed
+from producer.errors import BrokerUnavailable
+from tests.support import RedisServer, WorkerFactory, free_port, wait_for
+from worker.celery_app import app as worker_app
+
+
+def test_worker_accepts_json_only() -> None:
+    conf = worker_app.conf
+    assert conf.accept_content == ["json"]
+    assert conf.result_accept_content == ["json"]
+    assert conf.task_serializer == conf.result_serializer == "json"
+
+
+def test_pickled_messages_are_refused_not_run(
+    workers: WorkerFactory, client: Client, redis_url: str
+) -> None:
+    worker = workers.start(MODEL="sleep:5ms")
+    evil = Celery("evil", broker=redis_url, set_as_current=False)
+    evil.conf.update(task_serializer="pickle", accept_content=["pickle", "json"])
+    try:
+        pickled = evil.send_task("classify", args=["cat.jpg"]).id
+    finally:
+        evil.close()
+    wait_for(lambda: "untrusted content of type pickle" in worker.log(), 30, "the refusal")
+    assert client.result(client.submit("cat.jpg"), timeout=60)["source"] == "cat.jpg"
+    assert client.status(pickled).state == "PENDING"  # never deserialized, never run
+    assert worker.alive()
+
+
+def test_password_in_redis_url_works_and_never_reaches_the_logs(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    secret = "pw-" + uuid.uuid4().hex
+    server = RedisServer(tmp_path / "redis", password=secret).start()
+    factory = WorkerFactory(
+        {**worker_env, "REDIS_URL": server.url(), "MODEL": "sleep:5ms"}, tmp_path
+    )
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port).ping()  # the server really demands it
+        worker = factory.start(extra_args=["-l", "DEBUG"])
+        with Client(server.url()) as client:
+            assert client.result(client.submit("cat.jpg"), timeout=60)["source"] == "cat.jpg"
+            with pytest.raises(JobFailed):
+                client.result(client.submit("missing.jpg"), timeout=60)
+        factory.stop_all()
+        log = worker.log()
+        assert ":**@127.0.0.1" in log  # the URL is shown, masked
+        assert secret not in log
+    finally:
+        factory.stop_all()
+        server.stop()
+    # The producer's errors name the server, not the password.
+    with (
+        Client(f"redis://:{secret}@127.0.0.1:{free_port()}/0") as down,
+        pytest.raises(BrokerUnavailable) as info,
+    ):
+        down.status("x")
+    assert secret not in str(info.value)
+    assert ":***@" in str(info.value)
+
+
+def _make_certs(directory: Path) -> dict[str, Path]:
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=imgqueue test CA",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
+    return {name: directory / f"{name}" for name in ("ca.crt", "server.crt", "server.key")}
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    certs = _make_certs(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(certs["server.crt"]),
+            "--tls-key-file",
+            str(certs["server.key"]),
+            "--tls-ca-cert-file",
+            str(certs["ca.crt"]),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    query = f"ssl_cert_reqs=required&ssl_ca_certs={certs['ca.crt']}"
+    url = f"rediss://127.0.0.1:{port}/0?{query}"
+    probe = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+
+    def up() -> bool:
+        try:
+            return bool(probe.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(up, 10, "redis-server with TLS")
+        yield url, certs["ca.crt"]
+    finally:
+        probe.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_rediss_url_with_certificate_checks(
+    tls_redis: tuple[str, Path], worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    url, _ = tls_redis
+    factory = WorkerFactory({**worker_env, "REDIS_URL": url, "MODEL": "sleep:5ms"}, tmp_path)
+    try:
+        factory.start()
+        with Client(url) as client:
+            assert client.result(client.submit("cat.jpg"), timeout=60)["source"] == "cat.jpg"
+    finally:
+        factory.stop_all()
+    # Certificate checks are on: without the CA the server is not trusted.
+    plain = url.split("?", 1)[0] + "?ssl_cert_reqs=required"
+    with Client(plain) as untrusting, pytest.raises(BrokerUnavailable):
+        untrusting.status("x")
