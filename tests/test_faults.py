@@ -9,6 +9,7 @@ makes "mid-inference" a window of known length.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import redis
 from producer import Client
 from producer.errors import BrokerUnavailable, ResultTimeout
 from tests.support import RedisServer, WorkerFactory, WorkerProcess, wait_for
-from worker.deliveries import delivery_key
+from worker.deliveries import Gate, delivery_key
 from worker.inbox import REGISTRY
 
 VISIBILITY = 3
@@ -229,3 +230,33 @@ def test_load_2000_jobs_one_worker_killed_midway(
     assert sum(c > 1 for c in counts) <= 16
     assert max(counts) <= 2
     assert workers[1].alive()
+
+
+def test_gate_runs_a_suspect_alone_once_earlier_jobs_are_acknowledged() -> None:
+    gate = Gate(settle_timeout=10)
+    events: list[str] = []
+    release = threading.Event()
+
+    def ordinary() -> None:
+        with gate.shared("a"):
+            events.append("a runs")
+            release.wait(10)
+
+    def suspect() -> None:
+        with gate.alone("s"):
+            events.append("s runs")
+
+    first = threading.Thread(target=ordinary)
+    first.start()
+    wait_for(lambda: events == ["a runs"], 5, "the ordinary job to start")
+    second = threading.Thread(target=suspect)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # waits while "a" runs
+    release.set()
+    first.join(5)
+    second.join(0.3)
+    assert second.is_alive()  # "a" returned, but its message is not acknowledged yet
+    gate.settled("a")
+    second.join(5)
+    assert events == ["a runs", "s runs"]

@@ -309,21 +309,22 @@ def test_transient_errors_retry_with_backoff_permanent_ones_do_not(
 ) -> None:
     base, hits = server
     flaky = client.submit(f"{base}/flaky/2/cat.jpg")  # 503, 503, then the image
-    down = client.submit(f"{base}/status/503")
-    gone = client.submit(f"{base}/status/404")
-    junk = client.submit(f"{base}/big.jpg")  # served fine, but not an image
+    # "?w": paths of their own, apart from the in-process tests' hits on the same server.
+    down = client.submit(f"{base}/status/503?w")
+    gone = client.submit(f"{base}/status/404?w")
+    junk = client.submit(f"{base}/big.jpg?w")  # served fine, but not an image
     started = time.monotonic()
     assert client.result(flaky, timeout=60)["image"]["format"] == "JPEG"
     assert hits["hits:/flaky/2/cat.jpg"] == 3
     with pytest.raises(JobFailed) as info:
         client.result(down, timeout=60)
     assert info.value.error_type == "FetchFailed"
-    assert hits["hits:/status/503"] == 4  # the first try and FETCH_RETRIES=3 retries
+    assert hits["hits:/status/503?w"] == 4  # the first try and FETCH_RETRIES=3 retries
     # Backoff 0.1, 0.2, 0.4 s: the retries waited, but not the production 1+2+4 s.
     assert 0.7 <= time.monotonic() - started < 6
     for task_id, error_type, path in [
-        (gone, "SourceNotFound", "/status/404"),
-        (junk, "NotAnImage", "/big.jpg"),
+        (gone, "SourceNotFound", "/status/404?w"),
+        (junk, "NotAnImage", "/big.jpg?w"),
     ]:
         with pytest.raises(JobFailed) as info:
             client.result(task_id, timeout=60)

@@ -43,19 +43,27 @@ def counter_ttl(settings: Settings) -> int:
 
 
 class Gate:
-    """A readers-writer lock: ordinary jobs share the process, a suspect job runs alone."""
+    """A readers-writer lock: ordinary jobs share the process, a suspect job runs alone.
 
-    def __init__(self) -> None:
+    "Alone" also waits until the jobs that ran before it are acknowledged (see `settled`):
+    a job whose body has returned but whose ack has not yet reached Redis would otherwise
+    die with the suspect and be delivered again.
+    """
+
+    def __init__(self, settle_timeout: float = 10.0) -> None:
         self._cond = threading.Condition()
         self._running = 0
         self._alone = False
         self._waiting_alone = 0
+        self._unsettled: set[str] = set()
+        self.settle_timeout = settle_timeout
 
     @contextmanager
-    def shared(self) -> Iterator[None]:
+    def shared(self, job: str) -> Iterator[None]:
         with self._cond:
             self._cond.wait_for(lambda: not self._alone and not self._waiting_alone)
             self._running += 1
+            self._unsettled.add(job)
         try:
             yield
         finally:
@@ -64,18 +72,28 @@ class Gate:
                 self._cond.notify_all()
 
     @contextmanager
-    def alone(self) -> Iterator[None]:
+    def alone(self, job: str) -> Iterator[None]:
         with self._cond:
             self._waiting_alone += 1
             self._cond.wait_for(lambda: not self._alone and self._running == 0)
-            self._waiting_alone -= 1
             self._alone = True
+            self._waiting_alone -= 1
+            others = lambda: not (self._unsettled - {job})  # noqa: E731
+            if not self._cond.wait_for(others, self.settle_timeout):
+                self._unsettled.clear()  # acks lost with a connection: stop waiting for them
+            self._unsettled.add(job)
         try:
             yield
         finally:
             with self._cond:
                 self._alone = False
                 self._cond.notify_all()
+
+    def settled(self, job: str) -> None:
+        """The job's message was acknowledged or rejected (called from the transport)."""
+        with self._cond:
+            self._unsettled.discard(job)
+            self._cond.notify_all()
 
 
 GATE = Gate()
@@ -84,7 +102,8 @@ GATE = Gate()
 @contextmanager
 def tracked(client: Any, task_id: str, retries: int, settings: Settings) -> Iterator[int]:
     """Run a job's body counted, and alone if it was started before; yields its delivery number."""
-    with GATE.alone() if started_before(client, task_id, retries) else GATE.shared():
+    suspect = started_before(client, task_id, retries)
+    with GATE.alone(task_id) if suspect else GATE.shared(task_id):
         yield record_start(client, task_id, retries, settings)
 
 

@@ -1,4 +1,4 @@
-"""Getting a source's bytes: local files confined to IMAGE_ROOT, and SSRF-safe HTTP(S).
+"""Getting a source's bytes: local files (worker.files) and SSRF-safe HTTP(S).
 
 URL fetches resolve the host themselves, refuse non-public addresses unless allow-listed, and
 connect to exactly the vetted address (TLS still checks the host name), so a DNS answer that
@@ -10,18 +10,14 @@ slow-drip servers.
 from __future__ import annotations
 
 import contextlib
-import errno
 import http.client
 import ipaddress
-import os
 import socket
 import ssl
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
@@ -29,6 +25,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from worker.errors import FetchFailed, SourceNotAllowed, SourceNotFound, TooLarge
+from worker.files import read_file, too_large
 from worker.settings import IPNetwork, Settings
 
 USER_AGENT = "imgqueue-worker/0.1"
@@ -56,81 +53,8 @@ def fetch(source: str, settings: Settings) -> Fetched:
         if scheme not in ("http", "https"):
             raise SourceNotAllowed(f"scheme {scheme!r} is not allowed; use http or https")
         return fetch_url(source, settings)
-    return read_file(source, settings)
-
-
-# -- local files ---------------------------------------------------------------------------------
-
-
-def resolve_path(source: str, root: Path | None) -> Path:
-    """The real path of `source` (absolute, or relative to IMAGE_ROOT), if it lies inside root."""
-    if root is None:
-        raise SourceNotAllowed("local paths are disabled on this worker (IMAGE_ROOT is not set)")
-    if "\x00" in source:
-        raise SourceNotAllowed("the path contains a NUL byte")
-    real_root = os.path.realpath(root)
-    candidate = os.path.join(real_root, source)  # an absolute source replaces the root
-    real = os.path.realpath(candidate)
-    # commonpath, not startswith: /data/img2 must not pass as inside /data/img.
-    if os.path.commonpath([real, real_root]) != real_root:
-        raise SourceNotAllowed(f"{source!r} is outside IMAGE_ROOT")
-    return Path(real)
-
-
-def read_file(source: str, settings: Settings) -> Fetched:
-    path = resolve_path(source, settings.image_root)
-    try:
-        # stat before open: a device or FIFO is refused without ever being opened.
-        before = os.stat(path)
-    except FileNotFoundError:
-        raise SourceNotFound(f"no such file: {source!r}") from None
-    except OSError as exc:
-        raise SourceNotFound(f"cannot open {source!r}: {exc.strerror}") from None
-    _require_regular(before, source)
-    try:
-        # O_NONBLOCK: a FIFO swapped in now must not hang; O_NOFOLLOW: the final component was
-        # resolved above, so a symlink appearing there now is a race and refused.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise SourceNotFound(f"no such file: {source!r}") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SourceNotAllowed(f"{source!r} changed into a symlink while opening") from None
-        if exc.errno == errno.EISDIR:
-            raise SourceNotAllowed(f"{source!r} is a directory, not a file") from None
-        raise SourceNotFound(f"cannot open {source!r}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        _require_regular(info, source)
-        _require_confined(f.fileno(), settings.image_root, source)
-        if info.st_size > settings.max_image_bytes:
-            raise TooLarge(_too_large(info.st_size, settings.max_image_bytes))
-        data = f.read(settings.max_image_bytes + 1)
-    if len(data) > settings.max_image_bytes:
-        raise TooLarge(_too_large(len(data), settings.max_image_bytes))
+    path, data = read_file(source, settings)
     return Fetched(data, "file", str(path))
-
-
-def _require_regular(info: os.stat_result, source: str) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise SourceNotAllowed(f"{source!r} is {kind}")
-
-
-def _require_confined(fd: int, root: Path | None, source: str) -> None:
-    """Where the open file really is (Linux /proc), so a directory swapped for a symlink
-    between the check and the open cannot lead outside IMAGE_ROOT."""
-    try:
-        real = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return  # no /proc: the realpath check above stands alone
-    real_root = os.path.realpath(root or "/")
-    if not os.path.isabs(real) or os.path.commonpath([real, real_root]) != real_root:
-        raise SourceNotAllowed(f"{source!r} moved outside IMAGE_ROOT while opening")
-
-
-def _too_large(size: int, cap: int) -> str:
-    return f"the image is {size} bytes, over the limit of {cap} (MAX_IMAGE_BYTES)"
 
 
 # -- URLs ----------------------------------------------------------------------------------------
@@ -290,7 +214,7 @@ def _check_status(status: int, url: str) -> None:
 def _read_capped(resp: urllib3.BaseHTTPResponse, cap: int, deadline: float) -> bytes:
     length = resp.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > cap:
-        raise TooLarge(_too_large(int(length), cap))
+        raise TooLarge(too_large(int(length), cap))
     buf = bytearray()
     while chunk := resp.read1(_CHUNK):  # read1: whatever arrived, so the deadline is checked often
         buf += chunk

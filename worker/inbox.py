@@ -26,6 +26,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from worker import deliveries
+
 log = logging.getLogger(__name__)
 
 REGISTRY = "imgqueue-inboxes"  # hash: inbox list -> the queue it takes from
@@ -117,7 +119,18 @@ class InboxChannel(kombu_redis.Channel):
 
 
 class InboxQoS(kombu_redis.QoS):
-    """Runs the inbox heartbeat and sweep on kombu's periodic unacked-restore timer."""
+    """Runs the inbox heartbeat and sweep on kombu's periodic unacked-restore timer, and
+    tells the delivery gate when a job's message is settled (see deliveries.Gate)."""
+
+    def ack(self, delivery_tag: Any) -> None:
+        message = self._delivered.get(delivery_tag)
+        super().ack(delivery_tag)
+        _settle(message)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        message = self._delivered.get(delivery_tag)
+        super().reject(delivery_tag, requeue=requeue)
+        _settle(message)
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -127,6 +140,12 @@ class InboxQoS(kombu_redis.QoS):
         except self.channel.connection_errors as exc:
             log.debug("inbox sweep skipped: %r", exc)
         return super().restore_visible(*args, **kwargs)
+
+
+def _settle(message: Any) -> None:
+    task_id = (getattr(message, "headers", None) or {}).get("id")
+    if task_id:
+        deliveries.GATE.settled(str(task_id))
 
 
 def install() -> None:
