@@ -108,3 +108,18 @@ def test_prefetch_leaves_work_for_a_second_worker(workers: WorkerFactory, client
     assert _tasks_done(first.log()) >= 5
     first.stop()
     second.stop()
+
+
+def test_setup_runs_on_the_inference_thread_and_its_errors_surface() -> None:
+    names: list[str] = []
+    batcher = Batcher(
+        lambda b: b, 2, 0.0, setup=lambda: names.append(threading.current_thread().name)
+    )
+    batcher.stop()
+    assert names == ["inference"]
+
+    def broken() -> None:
+        raise OSError("weights unreadable")
+
+    with pytest.raises(OSError, match="unreadable"):
+        Batcher(lambda b: b, 2, 0.0, setup=broken)

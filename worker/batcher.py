@@ -38,7 +38,9 @@ class Batcher:
         max_delay: float,
         on_batch: Callable[[int, float], None] | None = None,
         device: torch.device | None = None,
+        setup: Callable[[], None] | None = None,
     ) -> None:
+        """`setup`, if given, runs first on the inference thread; its errors raise here."""
         self.infer = infer
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay = max(0.0, max_delay)
@@ -47,7 +49,10 @@ class Batcher:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._stopped = False
+        self._setup = setup
+        self._ready: Future[None] = Future()
         self._thread.start()
+        self._ready.result()
 
     def submit(self, tensor: torch.Tensor) -> Future[tuple[torch.Tensor, int]]:
         """Queue one preprocessed input; the future gives (its output row, the batch size)."""
@@ -96,6 +101,14 @@ class Batcher:
         return torch.stack([i.tensor.to(self.device, non_blocking=True) for i in items])
 
     def _loop(self) -> None:
+        try:
+            if self._setup is not None:
+                self._setup()
+        except BaseException as exc:
+            self._stopped = True
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(None)
         while (items := self._collect()) is not None:
             started = time.perf_counter()
             try:

@@ -57,18 +57,27 @@ def start(settings: Settings) -> Runtime:
         source = _weights
         if source is None and not settings.model.startswith("sleep:"):
             source = resolve(settings.model_weights, settings.preprocess)
-        classifier = build_model(
-            settings.model, source, settings.device, settings.precision, settings.gpu_decode
-        )
-        classifier.warm_up()
-        # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
-        classifier.warm_up(settings.effective_batch_size)
+        loaded: list[ImageModel] = []
+
+        def load() -> None:
+            # On the inference thread: an OpenMP thread team made by another thread (here,
+            # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
+            model = build_model(
+                settings.model, source, settings.device, settings.precision, settings.gpu_decode
+            )
+            model.warm_up()
+            # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
+            model.warm_up(settings.effective_batch_size)
+            loaded.append(model)
+
         batcher = Batcher(
-            classifier.infer,
+            lambda batch: loaded[0].infer(batch),
             settings.effective_batch_size,
             settings.max_batch_delay_ms / 1000.0,
-            device=classifier.device,
+            setup=load,
         )
+        classifier = loaded[0]
+        batcher.device = classifier.device
         _runtime = Runtime(settings, classifier, batcher, time.perf_counter() - started)
         log.info(
             "model ready: %s weights=%s device=%s precision=%s batch<=%d in %.1fs",
