@@ -58,18 +58,26 @@ def test_max_delay_is_honoured() -> None:
     model.release.set()
     batcher = Batcher(model, max_batch_size=8, max_delay=0.3)
     try:
-        started = time.monotonic()
-        lone = batcher.submit(_item(1))
-        _, size = lone.result(timeout=10)
-        waited = time.monotonic() - started
+        with batcher.upcoming():  # another job is still decoding: worth waiting for
+            started = time.monotonic()
+            with batcher.upcoming():
+                lone = batcher.submit(_item(1))
+            _, size = lone.result(timeout=10)
+            waited = time.monotonic() - started
         # A partner arriving within the delay rides in the same batch.
-        pair = [batcher.submit(_item(2)), batcher.submit(_item(3))]
+        with batcher.upcoming(), batcher.upcoming():
+            pair = [batcher.submit(_item(2)), batcher.submit(_item(3))]
         sizes = [f.result(timeout=10)[1] for f in pair]
+        # Nothing else on its way: no waiting at all.
+        started = time.monotonic()
+        batcher(_item(4))
+        alone = time.monotonic() - started
     finally:
         batcher.stop()
     assert size == 1
     assert waited >= 0.3  # it waited out the delay for batch-mates before running alone
     assert sizes == [2, 2]
+    assert alone < 0.3
 
 
 def test_a_failing_batch_fails_only_its_own_jobs() -> None:
