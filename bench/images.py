@@ -18,8 +18,8 @@ def make_set(directory: Path, size: str, count: int, seed: int = 0) -> list[str]
     out.mkdir(parents=True, exist_ok=True)
     bases = []
     for path in sorted(SAMPLES.glob("*.jpg")):
-        with Image.open(path) as image:
-            bases.append(image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
+        with Image.open(path) as source:
+            bases.append(source.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
     rng = random.Random(seed)
     names = []
     for i in range(count):

@@ -58,18 +58,26 @@ def test_max_delay_is_honoured() -> None:
     model.release.set()
     batcher = Batcher(model, max_batch_size=8, max_delay=0.3)
     try:
-        started = time.monotonic()
-        lone = batcher.submit(_item(1))
-        _, size = lone.result(timeout=10)
-        waited = time.monotonic() - started
+        with batcher.upcoming():  # another job is still decoding: worth waiting for
+            started = time.monotonic()
+            with batcher.upcoming():
+                lone = batcher.submit(_item(1))
+            _, size = lone.result(timeout=10)
+            waited = time.monotonic() - started
         # A partner arriving within the delay rides in the same batch.
-        pair = [batcher.submit(_item(2)), batcher.submit(_item(3))]
+        with batcher.upcoming(), batcher.upcoming():
+            pair = [batcher.submit(_item(2)), batcher.submit(_item(3))]
         sizes = [f.result(timeout=10)[1] for f in pair]
+        # Nothing else on its way: no waiting at all.
+        started = time.monotonic()
+        batcher(_item(4))
+        alone = time.monotonic() - started
     finally:
         batcher.stop()
     assert size == 1
     assert waited >= 0.3  # it waited out the delay for batch-mates before running alone
     assert sizes == [2, 2]
+    assert alone < 0.3
 
 
 def test_a_failing_batch_fails_only_its_own_jobs() -> None:
@@ -108,3 +116,18 @@ def test_prefetch_leaves_work_for_a_second_worker(workers: WorkerFactory, client
     assert _tasks_done(first.log()) >= 5
     first.stop()
     second.stop()
+
+
+def test_setup_runs_on_the_inference_thread_and_its_errors_surface() -> None:
+    names: list[str] = []
+    batcher = Batcher(
+        lambda b: b, 2, 0.0, setup=lambda: names.append(threading.current_thread().name)
+    )
+    batcher.stop()
+    assert names == ["inference"]
+
+    def broken() -> None:
+        raise OSError("weights unreadable")
+
+    with pytest.raises(OSError, match="unreadable"):
+        Batcher(lambda b: b, 2, 0.0, setup=broken)

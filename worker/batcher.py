@@ -7,11 +7,12 @@ which returns a Future. One inference thread per process takes whatever is ready
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -38,7 +39,9 @@ class Batcher:
         max_delay: float,
         on_batch: Callable[[int, float], None] | None = None,
         device: torch.device | None = None,
+        setup: Callable[[], None] | None = None,
     ) -> None:
+        """`setup`, if given, runs first on the inference thread; its errors raise here."""
         self.infer = infer
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay = max(0.0, max_delay)
@@ -47,7 +50,12 @@ class Batcher:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._stopped = False
+        self._upcoming = 0  # jobs being fetched/decoded that will submit soon
+        self._upcoming_lock = threading.Lock()
+        self._setup = setup
+        self._ready: Future[None] = Future()
         self._thread.start()
+        self._ready.result()
 
     def submit(self, tensor: torch.Tensor) -> Future[tuple[torch.Tensor, int]]:
         """Queue one preprocessed input; the future gives (its output row, the batch size)."""
@@ -56,6 +64,18 @@ class Batcher:
         item = _Item(tensor)
         self._queue.put(item)
         return item.future
+
+    @contextlib.contextmanager
+    def upcoming(self) -> Iterator[None]:
+        """Wrap a job's fetch, decode and `submit`: while none is upcoming and the queue is
+        empty, a batch runs at once instead of waiting out the delay for partners."""
+        with self._upcoming_lock:
+            self._upcoming += 1
+        try:
+            yield
+        finally:
+            with self._upcoming_lock:
+                self._upcoming -= 1
 
     def __call__(self, tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
         return self.submit(tensor).result()
@@ -77,7 +97,7 @@ class Batcher:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._upcoming == 0:
                     break
                 try:
                     item = self._queue.get(timeout=remaining)
@@ -96,6 +116,14 @@ class Batcher:
         return torch.stack([i.tensor.to(self.device, non_blocking=True) for i in items])
 
     def _loop(self) -> None:
+        try:
+            if self._setup is not None:
+                self._setup()
+        except BaseException as exc:
+            self._stopped = True
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(None)
         while (items := self._collect()) is not None:
             started = time.perf_counter()
             try:

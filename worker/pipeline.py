@@ -5,12 +5,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from torch import Tensor
+
 from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
 from worker import cache
 from worker.errors import InvalidArguments
 from worker.fetch import fetch
-from worker.imaging import decode, probe
+from worker.imaging import Decoded, decode, probe
+from worker.model import ImageModel
 from worker.runtime import Runtime
+from worker.settings import Settings
 
 _KWARGS = frozenset({"top_k"})
 
@@ -39,30 +43,36 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
-    """Classify one source; raises a ClassifyError subclass for bad input."""
-    settings, model = rt.settings, rt.classifier
-    t0 = time.perf_counter()
-    fetched = fetch(source, settings)
-    t1 = time.perf_counter()
-    entry = cache.lookup(fetched.data, top_k, model.describe(), settings)
-    if entry.stored is not None:
-        return entry.reuse(source, t1 - t0, t0)
+def _to_tensor(data: bytes, settings: Settings, model: ImageModel) -> tuple[Decoded, Tensor]:
     max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
     decoded, tensor = None, None
     if model.device.type == "cuda":
         # On a GPU, JPEGs decode there; anything else (or any GPU failure) goes through Pillow.
-        decoded = probe(fetched.data, max_pixels=max_pixels, allowed_formats=formats)
+        decoded = probe(data, max_pixels=max_pixels, allowed_formats=formats)
         if decoded is not None and decoded.format == "JPEG":
-            tensor = model.preprocess_encoded(fetched.data)
+            tensor = model.preprocess_encoded(data)
     if decoded is None or tensor is None:
         draft = model.resize_size if settings.draft_decode else None
-        decoded = decode(
-            fetched.data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft
-        )
+        decoded = decode(data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft)
         tensor = model.preprocess(decoded.image)
-    t2 = time.perf_counter()
-    probabilities, batch_size = rt.batcher(tensor)
+    return decoded, tensor
+
+
+def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
+    """Classify one source; raises a ClassifyError subclass for bad input."""
+    settings, model = rt.settings, rt.classifier
+    rt.enter_task_thread()
+    t0 = time.perf_counter()
+    with rt.batcher.upcoming():
+        fetched = fetch(source, settings)
+        t1 = time.perf_counter()
+        entry = cache.lookup(fetched.data, top_k, model.describe(), settings)
+        if entry.stored is not None:
+            return entry.reuse(source, t1 - t0, t0)
+        decoded, tensor = _to_tensor(fetched.data, settings, model)
+        t2 = time.perf_counter()
+        future = rt.batcher.submit(tensor)
+    probabilities, batch_size = future.result()
     t3 = time.perf_counter()
     predictions = model.postprocess(probabilities, top_k)
     t4 = time.perf_counter()

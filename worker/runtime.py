@@ -26,8 +26,22 @@ class Runtime:
     batcher: Batcher
     load_seconds: float
 
+    def enter_task_thread(self) -> None:
+        """Once per task thread, before its first torch op: keep it to one intra-op thread.
+
+        Every thread that runs a parallel torch op gets its own OpenMP team, and those teams
+        slowed the inference thread's forward pass from 50 to 75-90 ms (batch 1, 2 cores).
+        The inference thread set its own thread count at setup, so this leaves it alone.
+        """
+        if not getattr(_task_thread, "ready", False):
+            import torch
+
+            torch.set_num_threads(1)
+            _task_thread.ready = True
+
 
 _lock = threading.Lock()
+_task_thread = threading.local()
 _weights: WeightsSource | None = None
 _runtime: Runtime | None = None
 
@@ -57,18 +71,31 @@ def start(settings: Settings) -> Runtime:
         source = _weights
         if source is None and not settings.model.startswith("sleep:"):
             source = resolve(settings.model_weights, settings.preprocess)
-        classifier = build_model(
-            settings.model, source, settings.device, settings.precision, settings.gpu_decode
-        )
-        classifier.warm_up()
-        # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
-        classifier.warm_up(settings.effective_batch_size)
+        loaded: list[ImageModel] = []
+        import torch
+
+        threads = torch.get_num_threads()
+
+        def load() -> None:
+            # On the inference thread: an OpenMP thread team made by another thread (here,
+            # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
+            torch.set_num_threads(threads)
+            model = build_model(
+                settings.model, source, settings.device, settings.precision, settings.gpu_decode
+            )
+            model.warm_up()
+            # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
+            model.warm_up(settings.effective_batch_size)
+            loaded.append(model)
+
         batcher = Batcher(
-            classifier.infer,
+            lambda batch: loaded[0].infer(batch),
             settings.effective_batch_size,
             settings.max_batch_delay_ms / 1000.0,
-            device=classifier.device,
+            setup=load,
         )
+        classifier = loaded[0]
+        batcher.device = classifier.device
         _runtime = Runtime(settings, classifier, batcher, time.perf_counter() - started)
         log.info(
             "model ready: %s weights=%s device=%s precision=%s batch<=%d in %.1fs",
