@@ -62,6 +62,8 @@ class Cluster:
             IMAGE_ROOT=str(self.image_root),
             PYTHONPATH=str(ROOT),
             LOG_LEVEL="WARNING",
+            # Repeated images would be answered from the result cache: measure the model path.
+            RESULT_CACHE="false",
         )
         env.update(overrides)
         return env
