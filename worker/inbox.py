@@ -124,13 +124,24 @@ class InboxQoS(kombu_redis.QoS):
 
     def ack(self, delivery_tag: Any) -> None:
         message = self._delivered.get(delivery_tag)
-        super().ack(delivery_tag)
+        if self._collected():
+            _skip("ack", message)
+        else:
+            super().ack(delivery_tag)
         _settle(message)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         message = self._delivered.get(delivery_tag)
-        super().reject(delivery_tag, requeue=requeue)
+        if self._collected():
+            _skip("reject", message)
+        else:
+            super().reject(delivery_tag, requeue=requeue)
         _settle(message)
+
+    def _collected(self) -> bool:
+        # A job that finishes after its connection was lost acks on the old, collected
+        # channel; kombu 5.7 then raises AttributeError and the worker exits for good.
+        return getattr(self.channel.connection, "client", None) is None
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -140,6 +151,12 @@ class InboxQoS(kombu_redis.QoS):
         except self.channel.connection_errors as exc:
             log.debug("inbox sweep skipped: %r", exc)
         return super().restore_visible(*args, **kwargs)
+
+
+def _skip(what: str, message: Any) -> None:
+    task_id = (getattr(message, "headers", None) or {}).get("id")
+    # The message stays in Redis's unacked set; the visibility sweep delivers it again.
+    log.warning("cannot %s %s: its connection was lost; it will be redelivered", what, task_id)
 
 
 def _settle(message: Any) -> None:
