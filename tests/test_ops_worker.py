@@ -25,7 +25,11 @@ from tests.support import ROOT, WorkerFactory, WorkerProcess, free_port, wait_fo
 @pytest.fixture(scope="module")
 def ops_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     run = tmp_path_factory.mktemp("ops")
-    return {"METRICS_PORT": str(free_port()), "READY_FILE": str(run / "worker.ready")}
+    return {
+        "METRICS_PORT": str(free_port()),
+        "READY_FILE": str(run / "worker.ready"),
+        "TASK_EVENTS": "true",
+    }
 
 
 @pytest.fixture(scope="module")

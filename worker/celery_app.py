@@ -60,7 +60,7 @@ app.conf.update(
     worker_prefetch_multiplier=settings.prefetch_multiplier,
     worker_cancel_long_running_tasks_on_connection_loss=True,
     # Events, so Flower (and `celery events`) show workers and tasks live.
-    worker_send_task_events=True,
+    worker_send_task_events=settings.task_events,
     task_send_sent_event=True,
 )
 
