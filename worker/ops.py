@@ -37,17 +37,7 @@ def starting(settings: Settings, *, forks: bool = False) -> None:
 def ready(rt: Runtime) -> Runtime:
     """After load and warm-up: count batches, publish the load time, report ready."""
     _serve(rt.settings)
-    previous = rt.batcher.on_batch
-    if previous is not metrics.observe_batch:
-        if previous is None:
-            rt.batcher.on_batch = metrics.observe_batch
-        else:
-
-            def both(size: int, seconds: float) -> None:
-                previous(size, seconds)
-                metrics.observe_batch(size, seconds)
-
-            rt.batcher.on_batch = both
+    rt.batcher.on_batch = metrics.observe_batch
     metrics.MODEL_LOAD.set(rt.load_seconds)
     metrics.READY.set(1)
     model = rt.classifier
