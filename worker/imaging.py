@@ -119,15 +119,17 @@ def probe(data: bytes, *, max_pixels: int, allowed_formats: tuple[str, ...]) -> 
 
     Returns None where the header cannot be read: `decode` then reports the precise error.
     """
+    allowed = _with_aliases(allowed_formats)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_openers(allowed))
+        fmt = (image.format or "").upper()
+        width, height = image.size
+        if fmt not in allowed:
+            return None
+        _check_size(width, height, max_pixels)  # the same pixel and aspect-ratio caps as decode
     except Exception:
-        return None
-    fmt = (image.format or "").upper()
-    width, height = image.size
-    if fmt not in allowed_formats or width * height > max_pixels:
         return None
     return Decoded(image, width, height, fmt)
 
