@@ -66,7 +66,8 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     with rt.batcher.upcoming():
         fetched = fetch(source, settings)
         t1 = time.perf_counter()
-        entry = cache.lookup(fetched.data, top_k, model.describe(), settings)
+        description = model.describe()
+        entry = cache.lookup(fetched.data, top_k, description, settings)
         if entry.stored is not None:
             return entry.reuse(source, t1 - t0, t0)
         decoded, tensor = _to_tensor(fetched.data, settings, model)
@@ -78,7 +79,7 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     t4 = time.perf_counter()
     result: dict[str, Any] = {
         "source": source,
-        **model.describe(),
+        **description,
         "predictions": [p.to_dict() for p in predictions],
         "image": {"width": decoded.width, "height": decoded.height, "format": decoded.format},
         "batch_size": batch_size,
