@@ -61,7 +61,6 @@ class Cluster:
             MODEL_WEIGHTS="random:0",
             IMAGE_ROOT=str(self.image_root),
             PYTHONPATH=str(ROOT),
-            LOG_LEVEL="WARNING",
             # Repeated images would be answered from the result cache: measure the model path.
             RESULT_CACHE="false",
         )

@@ -11,7 +11,7 @@ import pytest
 
 from worker import cache, health, joblog
 from worker.errors import ConfigError
-from worker.ops import RedactingFilter
+from worker.ops import PER_TASK_LOGGERS, RedactingFilter, configure_logging
 from worker.settings import Settings
 
 MODEL = {"model": "resnet50", "weights": "IMAGENET1K_V2", "preprocess": "IMAGENET1K_V2"}
@@ -97,3 +97,30 @@ def test_ready_file_lifecycle(tmp_path: Path) -> None:
     assert health.check_file(path)[0] is False
     path.write_text("{not json")
     assert health.check_file(path)[0] is False
+
+
+@pytest.mark.parametrize(
+    ("setting", "cli_level", "level", "per_task"),
+    [
+        ("", logging.INFO, logging.INFO, logging.WARNING),  # Celery's -l stays
+        ("WARNING", logging.INFO, logging.WARNING, logging.WARNING),  # LOG_LEVEL wins
+        ("DEBUG", logging.INFO, logging.DEBUG, logging.NOTSET),  # Celery's own lines return
+    ],
+)
+def test_log_level_setting(setting: str, cli_level: int, level: int, per_task: int) -> None:
+    logger = logging.getLogger("imgqueue-test-root")
+    logger.setLevel(cli_level)
+    saved = {name: logging.getLogger(name).level for name in PER_TASK_LOGGERS}
+    try:
+        configure_logging(Settings(log_level=setting), logger)
+        assert logger.level == level
+        assert all(logging.getLogger(n).level == per_task for n in PER_TASK_LOGGERS)
+    finally:
+        for name, value in saved.items():
+            logging.getLogger(name).setLevel(value)
+
+
+def test_log_level_is_validated() -> None:
+    with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        Settings.from_env({"LOG_LEVEL": "chatty"})
+    assert Settings.from_env({"LOG_LEVEL": "debug"}).log_level == "DEBUG"

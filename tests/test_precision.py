@@ -11,7 +11,8 @@ from PIL import Image
 
 from producer import Client
 from tests.support import SAMPLES, WorkerFactory, WorkerProcess
-from worker.model.classifier import Classifier, cpu_has_native_bf16, pick_precision
+from worker.model.bf16 import cpu_has_native_bf16
+from worker.model.classifier import Classifier, pick_precision
 from worker.model.weights import resolve
 
 
@@ -65,6 +66,26 @@ def test_auto_precision() -> None:
     expected = "bf16" if cpu_has_native_bf16() else "fp32"
     assert pick_precision("auto", torch.device("cpu")) == expected
     assert pick_precision("int8", torch.device("cpu")) == "int8"
+
+
+def test_native_bf16_flags() -> None:
+    assert cpu_has_native_bf16("flags : fpu avx2 avx512f avx512_bf16 avx512_vnni")
+    assert cpu_has_native_bf16("flags : fpu avx2 amx_bf16 amx_tile")
+    assert not cpu_has_native_bf16("flags : fpu avx2 avx512f avx512_vnni")
+    assert not cpu_has_native_bf16("flags : fpu avx2 avx512f not_avx512_bf16x")
+
+
+def test_cpu_bf16_runs_in_bf16_weights_and_auto_settles_on_one_precision() -> None:
+    explicit = Classifier(resolve("random:0"), "cpu", "bf16")
+    assert next(explicit.model.parameters()).dtype == torch.bfloat16
+    # auto: bf16 only where the CPU has it natively *and* it timed faster at load.
+    auto = Classifier(resolve("random:0"), "cpu", "auto")
+    assert auto.precision in ("bf16", "fp32")
+    if not cpu_has_native_bf16():
+        assert auto.precision == "fp32"
+    expected = torch.bfloat16 if auto.precision == "bf16" else torch.float32
+    assert next(auto.model.parameters()).dtype == expected
+    assert auto.describe()["precision"] == auto.precision
 
 
 @pytest.fixture(scope="module")

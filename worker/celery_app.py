@@ -17,8 +17,12 @@ log = logging.getLogger(__name__)
 settings = Settings.from_env()
 compat.install()
 
+# Celery's Redis result backend, one round trip per stored state (worker/backend.py).
 app = Celery(
-    "imgqueue", broker=settings.redis_url, backend=settings.redis_url, include=["worker.tasks"]
+    "imgqueue",
+    broker=settings.redis_url,
+    backend=f"worker.backend:ResultBackend+{settings.redis_url}",
+    include=["worker.tasks"],
 )
 
 # Redis re-delivers an unacknowledged message after the visibility timeout; the same value
@@ -68,6 +72,12 @@ app.conf.update(
 def _pool_forks(pool: Any) -> bool:
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     return "prefork" in name or name == "processes"
+
+
+@signals.after_setup_logger.connect
+def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
+    if logger is not None:
+        ops.configure_logging(settings, logger)
 
 
 @signals.worker_init.connect

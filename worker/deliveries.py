@@ -100,9 +100,15 @@ GATE = Gate()
 
 
 @contextmanager
-def tracked(client: Any, task_id: str, retries: int, settings: Settings) -> Iterator[int]:
-    """Run a job's body counted, and alone if it was started before; yields its delivery number."""
-    suspect = started_before(client, task_id, retries)
+def tracked(
+    client: Any, task_id: str, retries: int, settings: Settings, redelivered: bool = True
+) -> Iterator[int]:
+    """Run a job's body counted, and alone if it was started before; yields its delivery number.
+
+    Only a message the broker marks `redelivered` can have been started before (kombu sets
+    the flag whenever it restores an unacknowledged message), so only those pay for the check.
+    """
+    suspect = redelivered and started_before(client, task_id, retries)
     # A suspect waiting longer than the visibility timeout would be restored and delivered
     # again while it waits (a cascade after a Redis restart, when acks of the old connection
     # never arrive): keep the wait for earlier acks well inside that timeout.

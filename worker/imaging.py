@@ -54,8 +54,9 @@ def decode(
             if draft_size and fmt in ("JPEG", "MPO"):
                 _draft(image, draft_size)
             image.load()  # the first frame only, for animations
-            upright = ImageOps.exif_transpose(image)
-            return Decoded(to_rgb(upright), width, height, fmt)
+            # In place: the default returns a full copy even when nothing needs turning.
+            ImageOps.exif_transpose(image, in_place=True)
+            return Decoded(to_rgb(image), width, height, fmt)
     except (UnsupportedFormat, TooLarge):
         raise
     except UnidentifiedImageError:

@@ -6,9 +6,10 @@ popped message unread in its socket until it has room for it) loses that message
 the job stays PENDING forever. Measured: about one job lost in every second SIGKILL under load.
 
 Here the pop is BLMOVE into this process's own inbox list, so a popped message is always in
-Redis. Once kombu has recorded it as unacknowledged it leaves the inbox. Each process keeps
-an `alive` key fresh; any worker moves the inbox of a process whose key expired back to the
-queue, atomically (a Lua script), so a message is recovered after a few seconds at most.
+Redis. It leaves the inbox in the same transaction that records it as unacknowledged (the
+hash kombu restores from after the visibility timeout). Each process keeps an `alive` key
+fresh; any worker moves the inbox of a process whose key expired back to the queue,
+atomically (a Lua script), so a message is recovered after a few seconds at most.
 Applies to the redis:// and rediss:// transports with one queue; otherwise kombu's BRPOP runs.
 """
 
@@ -23,8 +24,9 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 
 from worker import deliveries
 
@@ -46,6 +48,7 @@ class InboxChannel(kombu_redis.Channel):
     _inbox: str | None = None
     _inbox_queue: str | None = None
     _inbox_beat = 0.0
+    _inbox_item: bytes | None = None  # the message being delivered, still in the inbox
 
     def _single_queue(self) -> str | None:
         if len(self.active_queues) != 1 or self.global_keyprefix:
@@ -84,12 +87,13 @@ class InboxChannel(kombu_redis.Channel):
             if item is None:
                 raise Empty()
             self._queue_cycle.rotate(queue)
+            # InboxQoS.append records it as unacked and takes it out of the inbox in one
+            # transaction, so it is always in exactly one of the two.
+            self._inbox_item = item
             self.connection._deliver(loads(bytes_to_str(item)), queue)
-            # Now in the unacked hash (and restored from there if we die): leave the inbox.
-            with self.conn_or_acquire() as client:
-                client.lrem(inbox, 1, item)
             return True
         finally:
+            self._inbox_item = None
             self._in_poll = None  # type: ignore[assignment]
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
@@ -121,6 +125,22 @@ class InboxChannel(kombu_redis.Channel):
 class InboxQoS(kombu_redis.QoS):
     """Runs the inbox heartbeat and sweep on kombu's periodic unacked-restore timer, and
     tells the delivery gate when a job's message is settled (see deliveries.Gate)."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        channel = self.channel
+        item, inbox = getattr(channel, "_inbox_item", None), getattr(channel, "_inbox", None)
+        if item is None or inbox is None:
+            return super().append(message, delivery_tag)  # type: ignore[no-any-return]
+        channel._inbox_item = None
+        delivery = message.delivery_info
+        raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        # kombu's own append (unacked index + hash), plus leaving the inbox, in one MULTI.
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, raw)
+            pipe.lrem(inbox, 1, item)
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: Any) -> None:
         message = self._delivered.get(delivery_tag)

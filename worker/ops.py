@@ -73,5 +73,22 @@ def _redact_logs(logger: logging.Logger | None = None, **_: Any) -> None:
             handler.addFilter(RedactingFilter())
 
 
+# Celery's own lines for every task ("Received task", "Task ... succeeded in ...: <result>").
+PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+def configure_logging(settings: Settings, logger: logging.Logger) -> None:
+    """LOG_LEVEL (when set) over Celery's -l; one `job {...}` line per job instead of three.
+
+    Celery's two INFO lines per task repeat what the job line says (the success line with the
+    whole result) and cost ~8% of a 2-core worker's CPU at int8 speed; DEBUG brings them back.
+    """
+    if settings.log_level:
+        logger.setLevel(settings.log_level)
+    quiet = logger.getEffectiveLevel() > logging.DEBUG
+    for name in PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
+
+
 signals.after_setup_logger.connect(_redact_logs, weak=False)
 signals.after_setup_task_logger.connect(_redact_logs, weak=False)

@@ -21,7 +21,10 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     with joblog.track(self.request, args) as job:
         # Counted, so a job that keeps killing its worker is capped (MAX_DELIVERIES).
         request = self.request
-        with deliveries.tracked(app.backend.client, request.id, request.retries, settings):
+        redelivered = bool((request.delivery_info or {}).get("redelivered", True))
+        with deliveries.tracked(
+            app.backend.client, request.id, request.retries, settings, redelivered
+        ):
             job.result = _classify(self, args, kwargs)
         return job.result
 

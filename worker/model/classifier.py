@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from worker.errors import ConfigError
+from worker.model.bf16 import bf16_pays, cpu_has_native_bf16, to_bf16
 from worker.model.gpu_decode import GpuJpegDecoder
 from worker.model.weights import WeightsSource, enum_member, load_state_dict
 
@@ -49,17 +50,6 @@ def pick_precision(setting: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def cpu_has_native_bf16() -> bool:
-    """AMX tiles only: with AVX512-BF16 alone, bf16 autocast measured 1.3x slower than fp32
-    (docs/performance.md), so those CPUs stay on fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
-
-
 def build_resnet50(source: WeightsSource) -> torch.nn.Module:
     from torchvision.models import resnet50
 
@@ -91,6 +81,7 @@ class Classifier:
         self.source = source
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
+        self._auto = precision == "auto"
         meta = enum_member(source.preprocess)
         self.transforms = meta.transforms()
         self.categories: list[str] = list(meta.meta["categories"])
@@ -114,7 +105,14 @@ class Classifier:
             torch.backends.cudnn.benchmark = True  # batch shapes repeat: tune once per shape
         # channels_last for every precision: fp32 on the CPU measured 20% faster, same numbers.
         model = build_resnet50(self.source).eval().to(self.device)
-        return model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
+        if self.precision == "bf16" and self.device.type == "cpu":
+            bf16 = to_bf16(model)
+            if self._auto and not bf16_pays(model, bf16, self.input_size):
+                self.precision = "fp32"
+                return model
+            return bf16
+        return model
 
     @property
     def weights_id(self) -> str:
@@ -156,6 +154,8 @@ class Classifier:
         with torch.inference_mode(), self._autocast():
             x = batch.to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
+            if self._cpu_bf16:
+                x = x.to(torch.bfloat16)
             logits = self.model(x)
         return torch.softmax(logits.float(), dim=1).cpu()
 
@@ -171,9 +171,14 @@ class Classifier:
         """One forward pass, so the first real job does not pay for lazy initialisation."""
         self.infer(torch.zeros(batch_size, 3, self.input_size, self.input_size))
 
+    @property
+    def _cpu_bf16(self) -> bool:
+        # On the CPU bf16 is the weights' own dtype (to_bf16); on CUDA it is autocast.
+        return self.precision == "bf16" and self.device.type == "cpu"
+
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
-        if self.precision in ("bf16", "fp16"):
+        if self.precision in ("bf16", "fp16") and not self._cpu_bf16:
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             with torch.autocast(self.device.type, dtype=dtype):
                 yield
