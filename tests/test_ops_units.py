@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,16 @@ def test_log_level_is_validated() -> None:
     with pytest.raises(ConfigError, match="LOG_LEVEL"):
         Settings.from_env({"LOG_LEVEL": "chatty"})
     assert Settings.from_env({"LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_worker_processes_let_idle_openmp_threads_sleep(given: str | None, expected: str) -> None:
+    # Set by `import worker` before torch loads OpenMP; an explicit setting wins.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, sys, worker; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected
