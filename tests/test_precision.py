@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,21 @@ def test_int8_worker_end_to_end(
     assert {r["precision"] for r in results} == {"int8"}
     assert {r["weights"] for r in results} == {f"file:{file_digest(weights_file)[:12]}:int8-ptq"}
     assert all(len(r["predictions"]) == 5 for r in results)
+
+
+class _Sleeps(torch.nn.Module):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x
+
+
+def test_auto_keeps_fp32_where_bf16_is_not_faster() -> None:
+    from worker.model.bf16 import bf16_pays
+
+    assert bf16_pays(_Sleeps(0.02), _Sleeps(0.005), input_size=8)
+    assert not bf16_pays(_Sleeps(0.005), _Sleeps(0.02), input_size=8)
+    assert not bf16_pays(_Sleeps(0.01), _Sleeps(0.01), input_size=8)  # under the 1.1x margin
