@@ -150,6 +150,27 @@ def test_message_in_a_dead_workers_inbox_is_recovered(
     assert "returned 1 message(s) from dead worker inbox" in worker.log()
 
 
+def test_finished_jobs_leave_nothing_in_inboxes_or_unacked(
+    fault_workers: WorkerFactory, fclient: Client
+) -> None:
+    """A message is in the inbox or in the unacked hash, never both; in neither once acked."""
+    fault_workers.start(MAX_BATCH_SIZE="4")
+    ids = fclient.submit_many(["cat.jpg", "rocket.jpg"] * 20, top_k=1)
+    wait_for(lambda: count(fclient, ids, "SUCCESS") == len(ids), 60, "all jobs done")
+    r = fclient.redis
+
+    def settled() -> bool:
+        inboxes = [k.decode() for k in r.hkeys(REGISTRY)]
+        return (
+            bool(inboxes)
+            and all(r.llen(inbox) == 0 for inbox in inboxes)
+            and r.hlen("unacked") == 0
+            and r.zcard("unacked_index") == 0
+        )
+
+    wait_for(settled, 10, "inboxes and the unacked hash to empty")
+
+
 def test_sigterm_warm_shutdown_finishes_or_requeues(
     fault_workers: WorkerFactory, fclient: Client
 ) -> None:

@@ -91,6 +91,9 @@ class InboxChannel(kombu_redis.Channel):
             # transaction, so it is always in exactly one of the two.
             self._inbox_item = item
             self.connection._deliver(loads(bytes_to_str(item)), queue)
+            if self._inbox_item is not None:  # not recorded through InboxQoS.append (no-ack)
+                with self.conn_or_acquire() as client:
+                    client.lrem(inbox, 1, item)
             return True
         finally:
             self._inbox_item = None
