@@ -128,13 +128,19 @@ def test_log_level_is_validated() -> None:
     assert Settings.from_env({"LOG_LEVEL": "debug"}).log_level == "DEBUG"
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_worker_processes_let_idle_openmp_threads_sleep(given: str | None, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, "10000"),
+        ({"GOMP_SPINCOUNT": "500"}, "500"),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "unset"),  # the operator's choice, left alone
+    ],
+)
+def test_worker_processes_shorten_openmp_spinning(given: dict[str, str], expected: str) -> None:
     # Set by `import worker` before torch loads OpenMP; an explicit setting wins.
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given is not None:
-        env["OMP_WAIT_POLICY"] = given
-    code = "import os, sys, worker; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(given)
+    code = "import os, worker; print(os.environ.get('GOMP_SPINCOUNT', 'unset'))"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )

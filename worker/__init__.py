@@ -2,11 +2,14 @@
 
 import os
 
-# OpenMP reads this once, when torch loads it, so it is set before anything imports torch.
-# Idle OpenMP threads then sleep instead of spinning on the cores that task threads need for
-# decoding the next batch: int8, 1024x768, one worker on 2 cores measured 38 -> 30 ms of CPU
-# per job and 48 -> 56 img/s (docs/performance.md). Set OMP_WAIT_POLICY to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP (GNU libgomp, as in torch's wheels) reads these once, when torch loads it, so they are
+# set before anything imports torch. An idle OpenMP thread spins ~300,000 times before it
+# sleeps, on the cores the task threads need for decoding the next batch. 10,000 spins still
+# bridge the gaps between the operators of one forward pass (batch-1 latency as with the
+# default) but not the waits between batches: int8 1024x768, one worker on 2 cores, 48 -> 57
+# img/s (docs/performance.md). Setting either variable yourself leaves both to you.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 
 from worker.celery_app import app
 
