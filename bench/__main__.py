@@ -30,6 +30,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--standin", default="sleep:50ms", help="stand-in model for scaling")
     p.add_argument("--scaling", default="1,2,4", help="worker counts for the stand-in")
     p.add_argument("--service-sweep", default="", help="batch sizes for end-to-end runs, 1,4,8")
+    p.add_argument("--workers", type=int, default=1, help="worker processes for the service runs")
+    p.add_argument("--sizes", default=",".join(SIZES), help="image sizes, e.g. 1024x768")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     return p.parse_args()
 
@@ -47,7 +49,7 @@ def main() -> None:
         (root / "samples").mkdir(parents=True, exist_ok=True)
         shutil.copy(sample, root / "samples" / sample.name)
     started = time.perf_counter()
-    names = {size: make_set(root, size, n) for size in SIZES}
+    names = {size: make_set(root, size, n) for size in args.sizes.split(",") if size}
     print(f"made {n} JPEGs per size in {time.perf_counter() - started:.1f}s under {root}")
 
     # 1 + model latency: in-process, same precision and batch size as the service.
@@ -70,7 +72,7 @@ def main() -> None:
     # seed loop are measured right before and right after each service run, with the worker
     # idle, and each ratio divides by the mean of that bracket.
     report.info["baselines"] = "measured before and after each service run; ratios use the mean"
-    seed_count = max(8, n // 8)
+    seed_count = min(48, max(8, n // 8))  # one at a time on the CPU: enough to time it
     seed_files = {size: [root / f for f in files[:seed_count]] for size, files in names.items()}
 
     def baselines(precision: str, size: str) -> tuple[float, float]:
@@ -84,8 +86,9 @@ def main() -> None:
         env = {"DEVICE": args.device, "MAX_BATCH_SIZE": str(batch)}
         seeds: dict[str, list[float]] = {size: [] for size in names}
         for precision in precisions:
-            with cluster.workers(1, PRECISION=precision, **env):
-                cluster.burst(names["1024x768"][: 2 * batch])  # warm-up: threads, shapes
+            with cluster.workers(args.workers, PRECISION=precision, **env):
+                first = next(iter(names.values()))
+                cluster.burst(first[: 2 * batch * args.workers])  # warm-up: threads, shapes
                 for size, files in names.items():
                     ceiling_before, seed_before = baselines(precision, size)
                     run = cluster.burst(files)
@@ -94,7 +97,8 @@ def main() -> None:
                     seed = (seed_before + seed_after) / 2
                     seeds[size] += [seed_before, seed_after]
                     report.add("in-process ceiling", precision, size, ceiling)
-                    report.add("service, 1 worker", precision, size, run.throughput)
+                    service = f"service, {args.workers} worker(s)"
+                    report.add(service, precision, size, run.throughput)
                     key = f"{precision} {size}"
                     report.ratio(f"service / ceiling, {key}", run.throughput / ceiling, ">= 0.9")
                     report.ratio(
@@ -111,20 +115,20 @@ def main() -> None:
                         None,
                         p50_ms=idle.percentile(50) * 1e3,
                     )
-                    idle_big = cluster.idle_latency(names["1024x768"][0], 7)
+                    idle_big = cluster.idle_latency(first[0], 7)
                     report.add(
                         "idle latency, 1 job",
                         precision,
-                        "1024x768",
+                        next(iter(names)),
                         None,
                         p50_ms=idle_big.percentile(50) * 1e3,
                     )
-                    window = settings.effective_concurrency
-                    loaded = cluster.closed_loop(names["1024x768"], window)
+                    window = settings.effective_concurrency * args.workers
+                    loaded = cluster.closed_loop(first, window)
                     report.add(
                         f"under load, {window} in flight",
                         precision,
-                        "1024x768",
+                        next(iter(names)),
                         loaded.throughput,
                         p50_ms=loaded.percentile(50) * 1e3,
                         p99_ms=loaded.percentile(99) * 1e3,
@@ -142,10 +146,11 @@ def main() -> None:
         service_sweep: dict[int, float] = {}
         for b in [int(x) for x in args.service_sweep.split(",") if x]:
             with cluster.workers(1, PRECISION=default, DEVICE=args.device, MAX_BATCH_SIZE=str(b)):
-                cluster.burst(names["1024x768"][: 2 * b])
-                run = cluster.burst(names["1024x768"])
+                size, files = next(iter(names.items()))
+                cluster.burst(files[: 2 * b])
+                run = cluster.burst(files)
                 service_sweep[b] = run.throughput
-                report.add(f"service, MAX_BATCH_SIZE={b}", default, "1024x768", run.throughput)
+                report.add(f"service, MAX_BATCH_SIZE={b}", default, size, run.throughput)
 
         # 5: the stand-in model measures the queue, not the CPU.
         scaling = {}

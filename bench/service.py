@@ -60,7 +60,8 @@ class Cluster:
             REDIS_URL=self.redis.url(0),
             MODEL_WEIGHTS="random:0",
             IMAGE_ROOT=str(self.image_root),
-            PYTHONPATH=str(ROOT),
+            # The repository first; keep what the caller had (e.g. packages carried to a host).
+            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
             # Repeated images would be answered from the result cache: measure the model path.
             RESULT_CACHE="false",
         )

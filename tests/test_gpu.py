@@ -1,0 +1,61 @@
+"""The CUDA paths: fp16 on the GPU and nvJPEG decode. Skipped where no GPU is visible (CI);
+run on a lent device machine by scripts/device-check.sh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.support import SAMPLES
+from worker.model.classifier import Classifier, pick_device, pick_precision
+from worker.model.weights import resolve
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+PHOTOS = sorted(SAMPLES.glob("*.jpg"))
+
+
+def _top5(row: torch.Tensor) -> set[int]:
+    return set(row.topk(5).indices.tolist())
+
+
+def _pillow_batch(model: Classifier, paths: list[Path]) -> torch.Tensor:
+    return torch.stack([model.preprocess(Image.open(p).convert("RGB")) for p in paths])
+
+
+def test_auto_picks_the_gpu_and_fp16() -> None:
+    device = pick_device("auto")
+    assert device.type == "cuda"
+    assert pick_device("cuda:0") == torch.device("cuda", 0)
+    assert pick_precision("auto", device) == "fp16"
+
+
+def test_fp16_on_the_gpu_stays_close_to_fp32_on_the_cpu() -> None:
+    cpu = Classifier(resolve("random:0"), "cpu", "fp32")
+    gpu = Classifier(resolve("random:0"), "cuda", "auto")
+    assert gpu.describe()["device"] == "cuda:0" and gpu.describe()["precision"] == "fp16"
+    batch = _pillow_batch(cpu, PHOTOS)
+    ref, out = cpu.infer(batch), gpu.infer(batch)
+    assert out.device.type == "cpu" and out.dtype == torch.float32
+    assert torch.allclose(out.sum(dim=1), torch.ones(len(out)), atol=1e-3)
+    for got, want in zip(out, ref, strict=True):
+        assert len(_top5(got) & _top5(want)) >= 4
+
+
+def test_nvjpeg_decode_matches_pillow_closely() -> None:
+    model = Classifier(resolve("random:0"), "cuda", "fp16", gpu_decode=True)
+    for path in PHOTOS:
+        on_gpu = model.preprocess_encoded(path.read_bytes())
+        assert on_gpu is not None, f"{path.name}: GPU decode fell back to Pillow"
+        on_cpu = model.preprocess(Image.open(path).convert("RGB"))
+        assert on_gpu.shape == on_cpu.shape == (3, 224, 224)
+        # Different decoders and a tensor resize: close, not identical.
+        assert float((on_gpu.cpu() - on_cpu).abs().mean()) < 0.05, path.name
+
+
+def test_gpu_decode_falls_back_for_non_jpeg() -> None:
+    model = Classifier(resolve("random:0"), "cuda", "fp16", gpu_decode=True)
+    assert model.preprocess_encoded(b"\x89PNG\r\n\x1a\n" + b"\0" * 64) is None
