@@ -18,7 +18,6 @@ import importlib.util
 import json
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -123,39 +122,12 @@ def burst(cluster: Cluster, names: list[str], task: str, queue: str) -> tuple[Ru
     return cluster._collect(submitted, first), list(submitted)
 
 
-class BatchesWorker(WorkerProcess):
+def batches_worker(
+    env: dict[str, str], log: Path, name: str, pool: str, conc: int
+) -> WorkerProcess:
     """`celery -A bench.batches_app worker -P <pool> -c <n>`, logging to a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, name: str, pool: str, conc: int):
-        self.log_path = log_path
-        self.name = name
-        self._log = log_path.open("wb")
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.batches_app",
-            "worker",
-            "-l",
-            "INFO",
-            "-n",
-            f"{name}@%h",
-            "--without-mingle",
-            "--without-gossip",
-            "-P",
-            pool,
-            "-c",
-            str(conc),
-        ]
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    extra = ["-P", pool, "-c", str(conc)]
+    return WorkerProcess(env, log, name, extra_args=extra, app="bench.batches_app")
 
 
 def measure_ours(
@@ -177,7 +149,7 @@ def measure_batches(
 ) -> tuple[Run, Counter[int], str]:
     redis.Redis.from_url(cluster.redis.url(0)).flushdb()
     log = cluster.workdir / f"batches-{label}.log"
-    worker = BatchesWorker(env, log, f"batches-{label}", pool, conc)
+    worker = batches_worker(env, log, f"batches-{label}", pool, conc)
     try:
         worker.wait_ready(timeout=180)
         batch = int(env["MAX_BATCH_SIZE"])

@@ -55,19 +55,24 @@ app = Celery(
     broker=settings.redis_url,
     backend=f"worker.backend:ResultBackend+{settings.redis_url}",
 )
+# The project's task contract (JSON only, late acks, result expiry and retries, transport
+# timeouts), so only the batching differs between the two workers being compared.
+_CONTRACT = (
+    "task_serializer",
+    "result_serializer",
+    "accept_content",
+    "result_accept_content",
+    "task_acks_late",
+    "task_reject_on_worker_lost",
+    "task_track_started",  # no effect: celery-batches never stores STARTED
+    "result_expires",
+    "result_backend_always_retry",
+    "broker_transport_options",
+    "result_backend_transport_options",
+    "broker_connection_retry_on_startup",
+)
 app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    task_track_started=True,  # no effect: celery-batches never stores STARTED
-    result_expires=settings.result_expires,
-    result_backend_always_retry=True,
-    broker_transport_options=project.app.conf.broker_transport_options,
-    result_backend_transport_options=project.app.conf.result_backend_transport_options,
-    broker_connection_retry_on_startup=True,
+    {key: project.app.conf[key] for key in _CONTRACT},
     task_default_queue=QUEUE,
     worker_concurrency=concurrency,
     # celery-batches only fills a batch from prefetched messages: prefetch >= flush_every.

@@ -113,10 +113,15 @@ def _pings(client: redis.Redis) -> bool:
 
 
 class WorkerProcess:
-    """One real `celery -A worker worker` process, logging to a file."""
+    """One real `celery -A <app> worker` process (the project's `worker` app), logging to a file."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, name: str, extra_args: list[str] | None = None
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        name: str,
+        extra_args: list[str] | None = None,
+        app: str = "worker",
     ):
         self.log_path = log_path
         self.name = name
@@ -126,7 +131,7 @@ class WorkerProcess:
             "-m",
             "celery",
             "-A",
-            "worker",
+            app,
             "worker",
             "-l",
             "INFO",
