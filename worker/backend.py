@@ -9,6 +9,7 @@ check and the write in which a duplicate could slip through.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from celery.backends.redis import RedisBackend
@@ -56,9 +57,10 @@ class ResultBackend(RedisBackend):
         self.ensure(self._store_unless_succeeded, (self.get_key_for_task(task_id), value))
         return result
 
+    @cached_property
+    def _store_script(self) -> Any:
+        return self.client.register_script(_STORE)
+
     def _store_unless_succeeded(self, key: bytes | str, value: str | bytes) -> bool:
-        script = self.__dict__.get("_store_script")
-        if script is None:
-            script = self.__dict__["_store_script"] = self.client.register_script(_STORE)
         expires = int(self.expires or 0)
-        return bool(script(keys=[key], args=[value, expires]))
+        return bool(self._store_script(keys=[key], args=[value, expires]))

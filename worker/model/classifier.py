@@ -81,20 +81,20 @@ class Classifier:
         self.source = source
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
-        self._auto = precision == "auto"
         meta = enum_member(source.preprocess)
         self.transforms = meta.transforms()
         self.categories: list[str] = list(meta.meta["categories"])
         self.input_size = int(self.transforms.crop_size[0])
         self.resize_size = int(self.transforms.resize_size[0])
         started = time.perf_counter()
-        self.model = self._build()
+        # auto: bf16 on such a CPU only where it timed faster at load (worker/model/bf16.py).
+        self.model = self._build(check_bf16=precision == "auto")
         self._gpu_decoder: GpuJpegDecoder | None = None
         if gpu_decode and self.device.type == "cuda":
             self._gpu_decoder = GpuJpegDecoder(self.device, self.transforms)
         self.load_seconds = time.perf_counter() - started
 
-    def _build(self) -> torch.nn.Module:
+    def _build(self, check_bf16: bool) -> torch.nn.Module:
         if self.precision == "int8":
             if self.device.type != "cpu":
                 raise ConfigError("PRECISION=int8 runs on the CPU only; use fp16 on CUDA")
@@ -108,7 +108,7 @@ class Classifier:
         model = model.to(memory_format=torch.channels_last)
         if self.precision == "bf16" and self.device.type == "cpu":
             bf16 = to_bf16(model)
-            if self._auto and not bf16_pays(model, bf16, self.input_size):
+            if check_bf16 and not bf16_pays(model, bf16, self.input_size):
                 self.precision = "fp32"
                 return model
             return bf16
