@@ -8,7 +8,6 @@ other language would), which lets one MGET poll thousands of jobs at once.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,14 +17,9 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from producer.contract import (
-    DEFAULT_QUEUE,
-    DEFAULT_REDIS_URL,
-    DEFAULT_TOP_K,
-    TASK_NAME,
-    result_key,
-)
-from producer.errors import BrokerUnavailable, JobFailed, ResultTimeout
+from producer.connections import RedisConfig, RedisConfigError
+from producer.contract import DEFAULT_QUEUE, DEFAULT_TOP_K, MAX_PRIORITY, MIN_PRIORITY, TASK_NAME
+from producer.errors import BrokerUnavailable, JobFailed, ProducerError, ResultTimeout
 
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _POLL_MIN_S = 0.01
@@ -86,13 +80,15 @@ def parse_meta(task_id: str, raw: bytes | str | None) -> Outcome:
     return Outcome(task_id, state, meta=meta)
 
 
-def make_celery(redis_url: str) -> Celery:
+def make_celery(config: RedisConfig) -> Celery:
     """A send-only Celery app speaking the worker's protocol (JSON, task by name).
 
     It has no result backend on purpose: results are read straight from Redis (see `_fetch`),
-    and a Redis backend would open a pub/sub connection for every task sent.
+    and a Redis backend would open a pub/sub connection for every task sent. Publishing is a
+    plain LPUSH, so kombu's own redis:// and sentinel:// transports serve; workers consume with
+    the project's transport (worker/broker).
     """
-    app = Celery("imgqueue-producer", broker=redis_url, set_as_current=False)
+    app = Celery("imgqueue-producer", broker=config.url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -100,18 +96,48 @@ def make_celery(redis_url: str) -> Celery:
         task_default_queue=DEFAULT_QUEUE,
         broker_connection_retry_on_startup=True,
         task_publish_retry=True,
+        broker_transport_options=config.broker_transport_options(),
     )
     return app
+
+
+def check_priority(priority: int | None) -> int | None:
+    """None, or an int within 0 (highest) .. 9 (lowest); raises ValueError otherwise."""
+    if priority is None:
+        return None
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority must be an int, got {type(priority).__name__}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(
+            f"priority must be within {MIN_PRIORITY} (highest) .. {MAX_PRIORITY} (lowest), "
+            f"got {priority}"
+        )
+    return priority
 
 
 class Client:
     """Submit image sources for classification and collect their results."""
 
-    def __init__(self, redis_url: str | None = None, *, queue: str = DEFAULT_QUEUE) -> None:
-        self.redis_url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        sentinel_master: str | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        """`redis_url`, `sentinel_master` and `key_prefix` default to REDIS_URL,
+        REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX (see producer.connections)."""
+        try:
+            self.config = RedisConfig.from_env(
+                url=redis_url, sentinel_master=sentinel_master, key_prefix=key_prefix
+            )
+        except RedisConfigError as exc:
+            raise ProducerError(str(exc)) from exc
+        self.redis_url = self.config.url
         self.queue = queue
-        self.celery = make_celery(self.redis_url)
-        self.redis = redis.Redis.from_url(self.redis_url)
+        self.celery = make_celery(self.config)
+        self.redis = self.config.client()
 
     def close(self) -> None:
         self.redis.close()
@@ -125,13 +151,33 @@ class Client:
 
     # -- submitting --------------------------------------------------------------------------
 
-    def submit(self, source: str, *, top_k: int = DEFAULT_TOP_K) -> str:
-        """Enqueue one source (URL or path under the worker's IMAGE_ROOT); returns its task id."""
-        return self.submit_many([source], top_k=top_k)[0]
+    def submit(
+        self,
+        source: str,
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> str:
+        """Enqueue one source (URL or path under the worker's IMAGE_ROOT); returns its task id.
 
-    def submit_many(self, sources: Iterable[str], *, top_k: int = DEFAULT_TOP_K) -> list[str]:
+        `queue` defaults to the client's queue; `priority` is 0 (highest, also the default
+        when None) to 9 (lowest).
+        """
+        return self.submit_many([source], top_k=top_k, queue=queue, priority=priority)[0]
+
+    def submit_many(
+        self,
+        sources: Iterable[str],
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> list[str]:
         """Enqueue many sources over one connection; returns their task ids in order."""
+        check_priority(priority)
         ids: list[str] = []
+        options = {} if priority is None else {"priority": priority}
         try:
             with self.celery.producer_or_acquire() as producer:
                 for source in sources:
@@ -139,10 +185,11 @@ class Client:
                         TASK_NAME,
                         args=[str(source)],
                         kwargs={"top_k": top_k},
-                        queue=self.queue,
+                        queue=queue or self.queue,
                         producer=producer,
                         # Lets workers measure queue wait (imgqueue_queue_wait_seconds).
                         headers={"sent_at": time.time()},
+                        **options,
                     )
                     ids.append(res.id)
         except (OperationalError, redis.ConnectionError, OSError) as exc:
@@ -206,23 +253,11 @@ class Client:
         try:
             for i in range(0, len(task_ids), _MGET_CHUNK):
                 chunk = task_ids[i : i + _MGET_CHUNK]
-                raws = self.redis.mget([result_key(t) for t in chunk])
+                raws = self.redis.mget([self.config.result_key(t) for t in chunk])
                 out.extend(parse_meta(t, r) for t, r in zip(chunk, raws, strict=True))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
         return out
 
     def _safe_url(self) -> str:
-        return redact_url(self.redis_url)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+        return self.config.safe_url()

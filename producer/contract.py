@@ -6,8 +6,17 @@ Everything here is plain data: importing it never pulls Celery's worker side or 
 from __future__ import annotations
 
 TASK_NAME = "classify"
+# Every task a worker runs; a message naming another one is dead-lettered as `unknown-task`.
+TASK_NAMES = (TASK_NAME,)
 DEFAULT_QUEUE = "celery"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+# Priorities, as Celery and kombu store them on Redis: 0 is the HIGHEST, 9 the lowest, and a
+# message without one counts as 0. Each number has its own list (`<queue>\x06\x16<n>`, the
+# plain queue name for 0); workers take from the lists highest first.
+PRIORITY_STEPS = tuple(range(10))
+MIN_PRIORITY, MAX_PRIORITY = PRIORITY_STEPS[0], PRIORITY_STEPS[-1]
+PRIORITY_SEPARATOR = "\x06\x16"
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 1000
 RESULT_KEY_PREFIX = "celery-task-meta-"
@@ -29,6 +38,27 @@ ERROR_TYPES: dict[str, str] = {
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
-def result_key(task_id: str) -> str:
+# The delivery layer's keys (see docs/reliability.md), each after REDIS_KEY_PREFIX if set.
+BROKER_KEY_PREFIX = "imgqueue:"
+DEAD_LETTERS_KEY = BROKER_KEY_PREFIX + "dead-letters"
+CONSUMERS_KEY = BROKER_KEY_PREFIX + "consumers"
+
+# Why a message was dead-lettered (`reason` in each dead-letter entry). Stable names.
+DEAD_LETTER_REASONS: dict[str, str] = {
+    "too-large": "the message is over MAX_MESSAGE_BYTES",
+    "not-json": "the message is not a JSON object",
+    "bad-envelope": "the message lacks the fields of a kombu/Celery envelope",
+    "bad-body": "the body cannot be decoded (encoding, content type or JSON)",
+    "unknown-task": "the message names a task this service does not run",
+    "rejected": "a worker rejected the message without requeueing it",
+}
+
+
+def queue_list(queue: str, priority: int) -> str:
+    """The Redis list holding `queue`'s messages of one priority (before any key prefix)."""
+    return f"{queue}{PRIORITY_SEPARATOR}{priority}" if priority else queue
+
+
+def result_key(task_id: str, key_prefix: str = "") -> str:
     """The Redis key holding a task's result JSON."""
-    return RESULT_KEY_PREFIX + task_id
+    return key_prefix + RESULT_KEY_PREFIX + task_id

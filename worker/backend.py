@@ -5,23 +5,33 @@ duplicate cannot overwrite a SUCCESS: a GET (and a JSON decode) then a SET + PUB
 round trips per state and two states per job (STARTED, then the outcome). Here one Lua script
 does the same check and write inside Redis: half the round trips, and no window between the
 check and the write in which a duplicate could slip through.
+
+What a stored state may be replaced by: SUCCESS by nothing; FAILURE only by a SUCCESS (a
+redelivered copy that got through, or a dead letter requeued after a fix), never by a late
+STARTED or RETRY of a duplicate. A FAILURE expires after `result_failure_expires`
+(RESULT_FAILURE_EXPIRES), as Celery's own Redis backend does.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery.backends.redis import RedisBackend
+from celery import states
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-# KEYS[1]: the result key; ARGV[1]: the encoded meta; ARGV[2]: seconds to keep it (0: forever).
+# KEYS[1]: the result key; ARGV[1]: the encoded meta; ARGV[2]: seconds to keep it (0: forever);
+# ARGV[3]: the new state.
 _STORE = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+  if ok and type(meta) == 'table' then
+    if meta['status'] == 'SUCCESS' then return 0 end
+    if meta['status'] == 'FAILURE' and ARGV[3] ~= 'SUCCESS' then return 0 end
+  end
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -33,8 +43,20 @@ return 1
 """
 
 
-class ResultBackend(RedisBackend):
-    """Celery's Redis backend with the read-before-write done server-side (see module doc)."""
+class _AtomicStore:
+    """The store of this module's doc, for Celery's Redis backend and its Sentinel variant."""
+
+    expires: Any
+    failure_expires: Any
+    client: Any
+    _MAX_STR_VALUE_SIZE: int
+
+    if TYPE_CHECKING:
+
+        def _get_result_meta(self, **kwargs: Any) -> dict[str, Any]: ...
+        def encode(self, data: Any) -> Any: ...
+        def get_key_for_task(self, task_id: str) -> Any: ...
+        def ensure(self, fun: Any, args: Any, **policy: Any) -> Any: ...
 
     def _store_result(
         self,
@@ -54,13 +76,22 @@ class ResultBackend(RedisBackend):
             raise BackendStoreError(
                 "value too large for Redis backend", state=state, task_id=task_id
             )
-        self.ensure(self._store_unless_succeeded, (self.get_key_for_task(task_id), value))
+        key = self.get_key_for_task(task_id)
+        self.ensure(self._store_unless_final, (key, value, state))
         return result
 
     @cached_property
     def _store_script(self) -> Any:
         return self.client.register_script(_STORE)
 
-    def _store_unless_succeeded(self, key: bytes | str, value: str | bytes) -> bool:
-        expires = int(self.expires or 0)
-        return bool(self._store_script(keys=[key], args=[value, expires]))
+    def _store_unless_final(self, key: bytes | str, value: str | bytes, state: str) -> bool:
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        return bool(self._store_script(keys=[key], args=[value, int(expires or 0), state]))
+
+
+class ResultBackend(_AtomicStore, RedisBackend):
+    """Celery's Redis backend with the read-before-write done server-side (see module doc)."""
+
+
+class SentinelResultBackend(_AtomicStore, SentinelBackend):
+    """The same, through Redis Sentinel (`sentinel://` URLs and the `master_name` option)."""

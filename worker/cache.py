@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from producer.connections import RedisConfig
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,18 @@ KEY_PREFIX = "imgqueue:result-cache:"
 # Parts of a result that describe this job rather than the image and the model.
 _PER_JOB = ("source", "timings_ms", "cached", "batch_size")
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[RedisConfig, redis.Redis] = {}
 _clients_lock = threading.Lock()
 
 
-def _client(url: str) -> redis.Redis:
+def _client(settings: Settings) -> redis.Redis:
+    config = settings.redis_config
     with _clients_lock:
-        if url not in _clients:
-            _clients[url] = redis.Redis.from_url(
-                url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
+        if config not in _clients:
+            _clients[config] = config.client(
+                socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
             )
-        return _clients[url]
+        return _clients[config]
 
 
 def enabled(settings: Settings) -> bool:
@@ -61,7 +63,7 @@ def cache_key(data: bytes, top_k: int, model: dict[str, Any], settings: Settings
     h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     h.update(b"\0")
     h.update(data)
-    return KEY_PREFIX + h.hexdigest()
+    return settings.redis_key_prefix + KEY_PREFIX + h.hexdigest()
 
 
 @dataclass
@@ -93,7 +95,7 @@ class Entry:
             return result
         body = {k: v for k, v in result.items() if k not in _PER_JOB}
         try:
-            _client(self.settings.redis_url).set(
+            _client(self.settings).set(
                 self.key, json.dumps(body), ex=self.settings.result_cache_ttl
             )
         except redis.RedisError as exc:
@@ -107,7 +109,7 @@ def lookup(data: bytes, top_k: int, model: dict[str, Any], settings: Settings) -
     started = time.perf_counter()
     key = cache_key(data, top_k, model, settings)
     try:
-        raw = _client(settings.redis_url).get(key)
+        raw = _client(settings).get(key)
         stored = json.loads(raw) if raw else None
     except (redis.RedisError, ValueError) as exc:
         log.warning("result cache: lookup failed (%s); running the model", exc)

@@ -7,33 +7,43 @@ from typing import Any
 
 from celery import Celery, signals
 
-from producer.contract import DEFAULT_QUEUE
-from worker import compat, ops, runtime
+from producer.contract import DEFAULT_QUEUE, TASK_NAMES
+from worker import deliveries, metrics, ops, runtime
+from worker.broker import BrokerIncompatible, transport_for
 from worker.errors import ConfigError, WeightsUnavailable
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
-compat.install()
+_redis = settings.redis_config
+_backend = "SentinelResultBackend" if _redis.sentinel else "ResultBackend"
 
 # Celery's Redis result backend, one round trip per stored state (worker/backend.py).
+# With several sentinels the broker URL names the first: the transport gets them all as an
+# option (see worker.broker.transport.SentinelChannel).
 app = Celery(
     "imgqueue",
-    broker=settings.redis_url,
-    backend=f"worker.backend:ResultBackend+{settings.redis_url}",
+    broker=_redis.url.split(";", 1)[0],
+    backend=f"worker.backend:{_backend}+{_redis.url}",
     include=["worker.tasks"],
 )
 
-# Redis re-delivers an unacknowledged message after the visibility timeout; the same value
-# must apply to the broker and to the result backend's pub/sub, so it is set for both.
-# kombu only sweeps for such messages every interval x throttle seconds (100 s by default):
-# sweep every tenth of the timeout (1..10 s, one cheap ZRANGE) so a lost job returns promptly.
+# The delivery layer (worker/broker): reliable fetch, priorities, dead letters, heartbeats.
 _transport = {
+    **_redis.broker_transport_options(),
     "visibility_timeout": settings.visibility_timeout,
-    "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
-    "unacked_restore_throttle": 1,
+    "dead_worker_timeout": settings.dead_worker_timeout,
+    "poll_interval": settings.broker_poll_interval,
+    "max_message_bytes": settings.max_message_bytes,
+    "dead_letter_limit": settings.dead_letter_limit,
+    "known_tasks": TASK_NAMES,
+    "on_settled": deliveries.GATE.settled,
+    "on_dead_letter": metrics.observe_dead_letter,
+    "on_event": metrics.observe_broker_event,
 }
+if _redis.sentinel:
+    _transport["sentinels"] = _redis.sentinels()
 
 app.conf.update(
     # JSON only: no pickle anywhere, so any language can produce and read.
@@ -46,13 +56,15 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     task_track_started=True,
     result_expires=settings.result_expires,
+    result_failure_expires=settings.result_failure_expires,
     result_extended=False,
+    broker_transport=transport_for(_redis.url),
     broker_transport_options=_transport,
     # A result stored while Redis restarts must wait for it, not vanish: the message is then
     # acknowledged on the new connection, so a dropped result would leave the job PENDING.
     result_backend_always_retry=True,
     result_backend_max_retries=30,  # 10 ms doubling to 10 s per try: about four minutes
-    result_backend_transport_options=_transport,
+    result_backend_transport_options=_redis.backend_transport_options(),
     broker_connection_retry_on_startup=True,
     task_default_queue=DEFAULT_QUEUE,
     # Threads keep one model per process and feed its batcher; prefetch only what the
@@ -85,13 +97,31 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     """Main process, before the pool starts: check the weights; load now unless we fork."""
     try:
         forks = _pool_forks(getattr(sender, "pool_cls", "threads"))
+        _check_broker(sender)
         ops.starting(settings, forks=forks)
         runtime.prepare(settings)
         if not forks:
             ops.ready(runtime.start(settings))
-    except (WeightsUnavailable, ConfigError) as exc:
+    except (WeightsUnavailable, ConfigError, BrokerIncompatible) as exc:
         log.critical("worker cannot start: %s", exc)
         raise SystemExit(f"worker cannot start: {exc}") from exc
+
+
+def _check_broker(worker: Any) -> None:
+    """Refuse to start on a transport that cannot keep the no-loss guarantee."""
+    expected = transport_for(_redis.url)
+    configured = str(app.conf.broker_transport or "")
+    if configured != expected:
+        raise ConfigError(
+            f"broker_transport is {configured!r}, not {expected!r}: kombu's own Redis "
+            "transport can lose a message when a worker dies (see docs/reliability.md)"
+        )
+    url = str(app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+        raise ConfigError(f"the broker must be Redis (REDIS_URL), not {url.split(':')[0]}")
+    from worker.broker import compat
+
+    compat.check()
 
 
 @signals.worker_process_init.connect

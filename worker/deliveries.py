@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "imgqueue-deliveries-"
 
 
-def delivery_key(task_id: str, retries: int) -> str:
-    return f"{KEY_PREFIX}{task_id}-{retries}"
+def delivery_key(task_id: str, retries: int, key_prefix: str = "") -> str:
+    return f"{key_prefix}{KEY_PREFIX}{task_id}-{retries}"
 
 
 def counter_ttl(settings: Settings) -> int:
@@ -108,7 +108,7 @@ def tracked(
     Only a message the broker marks `redelivered` can have been started before (kombu sets
     the flag whenever it restores an unacknowledged message), so only those pay for the check.
     """
-    suspect = redelivered and started_before(client, task_id, retries)
+    suspect = redelivered and started_before(client, task_id, retries, settings)
     # A suspect waiting longer than the visibility timeout would be restored and delivered
     # again while it waits (a cascade after a Redis restart, when acks of the old connection
     # never arrive): keep the wait for earlier acks well inside that timeout.
@@ -117,9 +117,9 @@ def tracked(
         yield record_start(client, task_id, retries, settings)
 
 
-def started_before(client: redis.Redis, task_id: str, retries: int) -> bool:
+def started_before(client: redis.Redis, task_id: str, retries: int, settings: Settings) -> bool:
     try:
-        return bool(client.exists(delivery_key(task_id, retries)))
+        return bool(client.exists(delivery_key(task_id, retries, settings.redis_key_prefix)))
     except redis.RedisError:
         return False
 
@@ -130,7 +130,7 @@ def record_start(client: redis.Redis, task_id: str, retries: int, settings: Sett
     Returns the delivery number (1 for the first). When Redis cannot be reached the job runs
     uncounted: its result could not be stored either, so it will be delivered again anyway.
     """
-    key = delivery_key(task_id, retries)
+    key = delivery_key(task_id, retries, settings.redis_key_prefix)
     try:
         pipe = client.pipeline(transaction=True)
         pipe.incr(key)

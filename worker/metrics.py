@@ -48,6 +48,17 @@ IMAGES = Counter("imgqueue_images_inferred_total", "Images run through the model
 IMAGES_PER_SECOND = Gauge(
     "imgqueue_images_per_second", f"Images inferred per second over the last {_RATE_WINDOW_S:g}s"
 )
+DEAD_LETTERS = Counter(
+    "imgqueue_dead_lettered_total",
+    "Messages this worker moved to the dead-letter list, by reason",
+    ["reason"],
+)
+RETURNED = Counter(
+    "imgqueue_messages_returned_total",
+    "Messages this worker returned to their queues, by why (dead consumer, lost reply, "
+    "visibility timeout)",
+    ["why"],
+)
 MODEL_LOAD = Gauge("imgqueue_model_load_seconds", "Time to load and warm up the model")
 READY = Gauge("imgqueue_ready", "1 once the model is loaded and warmed up")
 
@@ -96,6 +107,17 @@ def observe_job(
     total = (timings_ms or {}).get("total")
     if isinstance(total, int | float):
         JOB_DURATION.observe(total / 1000.0)
+
+
+def observe_dead_letter(reason: str) -> None:
+    """The transport's `on_dead_letter` hook."""
+    DEAD_LETTERS.labels(reason=reason).inc()
+
+
+def observe_broker_event(event: str, count: int) -> None:
+    """The transport's `on_event` hook: messages returned to their queues, and why."""
+    if event.startswith("returned_"):
+        RETURNED.labels(why=event.removeprefix("returned_")).inc(count)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from producer.connections import RedisConfig, RedisConfigError
 from producer.contract import DEFAULT_REDIS_URL
 from worker.errors import ConfigError
 
@@ -33,6 +34,8 @@ class Settings:
     """The worker's configuration; build it with `Settings.from_env()`."""
 
     redis_url: str = DEFAULT_REDIS_URL
+    redis_sentinel_master: str = ""  # sentinel:// only: the master's name
+    redis_key_prefix: str = ""  # kombu's global_keyprefix, for broker and results alike
     model: str = "resnet50"
     model_weights: str = "IMAGENET1K_V2"
     preprocess: str = "IMAGENET1K_V2"
@@ -61,8 +64,15 @@ class Settings:
     fetch_allow_networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
 
     result_expires: int = 86_400
-    visibility_timeout: int = 3_600
+    result_failure_expires: int | None = None  # None: RESULT_EXPIRES
+    visibility_timeout: int = 3_600  # last resort for a live but hung job; see docs
     max_deliveries: int = 3
+    # The delivery layer (worker/broker): a process silent this long is dead, and any live
+    # worker returns its messages to their queues.
+    dead_worker_timeout: float = 15.0
+    broker_poll_interval: float = 0.5  # idle wait on the first queue before checking all lists
+    max_message_bytes: int = 1024 * 1024
+    dead_letter_limit: int = 10_000
     result_cache: bool = True
     result_cache_ttl: int = 86_400
     metrics_port: int = 0
@@ -100,8 +110,18 @@ class Settings:
             raise ConfigError(f"PRECISION must be one of {', '.join(PRECISIONS)}")
         if self.image_root is not None and not self.image_root.is_dir():
             raise ConfigError(f"IMAGE_ROOT {str(self.image_root)!r} is not a directory")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        try:
+            self.redis_config.validate()
+        except RedisConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+        if not 1 <= self.dead_worker_timeout <= 3600:
+            raise ConfigError("DEAD_WORKER_TIMEOUT must be within 1..3600 seconds")
+        if not 0.01 <= self.broker_poll_interval <= 10:
+            raise ConfigError("BROKER_POLL_INTERVAL must be within 0.01..10 seconds")
+        if self.max_message_bytes < 1024 or self.dead_letter_limit < 1:
+            raise ConfigError("MAX_MESSAGE_BYTES must be >= 1024 and DEAD_LETTER_LIMIT >= 1")
+        if self.result_failure_expires is not None and self.result_failure_expires < 0:
+            raise ConfigError("RESULT_FAILURE_EXPIRES must not be negative")
         for name in ("max_batch_size", "concurrency", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
@@ -115,6 +135,10 @@ class Settings:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
             raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
+
+    @property
+    def redis_config(self) -> RedisConfig:
+        return RedisConfig(self.redis_url, self.redis_sentinel_master, self.redis_key_prefix)
 
     @property
     def expects_gpu(self) -> bool:
@@ -134,7 +158,7 @@ class Settings:
 def _parse(name: str, raw: str) -> object:
     kind = {f.name: f.type for f in fields(Settings)}[name]
     try:
-        if kind == "int":
+        if kind in ("int", "int | None"):
             return int(raw)
         if kind == "float":
             return float(raw)

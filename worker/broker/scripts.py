@@ -1,0 +1,234 @@
+"""The delivery layer's Redis keys and Lua scripts: every move of a message is one atomic step.
+
+Keys, each after `<REDIS_KEY_PREFIX>imgqueue:` (docs/reliability.md has the full table):
+
+    consumers            ZSET  consumer id -> its last heartbeat (Redis server time)
+    inboxes:<cid>        HASH  inbox list -> the queue list it takes from
+    inbox:<cid>:<list>   LIST  messages popped from <list>, not yet claimed (normally 0 or 1)
+    unacked:<cid>        HASH  delivery tag -> "<queue list>\\n<message marked redelivered>"
+    unacked-at:<cid>     ZSET  delivery tag -> delivery time (server time)
+    dead-letters         LIST  producer.deadletters entries, newest first
+    sweep-lock           STRING  one sweep per interval across all workers
+
+A message is always in exactly one of: a queue list, an inbox, an unacked hash, the
+dead-letter list. A consumer id belongs to one channel of one process; when its heartbeat
+stops, any live worker's sweep returns its inboxes and unacked messages to their queues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from producer.contract import BROKER_KEY_PREFIX, DEAD_LETTERS_KEY
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one consumer id under one key prefix."""
+
+    prefix: str  # REDIS_KEY_PREFIX (kombu's global_keyprefix), may be ""
+    cid: str
+
+    @property
+    def base(self) -> str:
+        return self.prefix + BROKER_KEY_PREFIX
+
+    @property
+    def consumers(self) -> str:
+        return self.base + "consumers"
+
+    @property
+    def inboxes(self) -> str:
+        return f"{self.base}inboxes:{self.cid}"
+
+    def inbox(self, queue_list: str) -> str:
+        return f"{self.base}inbox:{self.cid}:{queue_list}"
+
+    @property
+    def unacked(self) -> str:
+        return f"{self.base}unacked:{self.cid}"
+
+    @property
+    def unacked_at(self) -> str:
+        return f"{self.base}unacked-at:{self.cid}"
+
+    @property
+    def dead_letters(self) -> str:
+        return self.prefix + DEAD_LETTERS_KEY
+
+    @property
+    def sweep_lock(self) -> str:
+        return self.base + "sweep-lock"
+
+    def queue_list(self, name: str) -> str:
+        """A queue list's real key: kombu prefixes them with global_keyprefix."""
+        return self.prefix + name
+
+
+# Helpers shared by the scripts. P is `<prefix>imgqueue:`; an unacked value is
+# "<queue list key>\n<message>" (JSON has no raw newline, and queue names carry none).
+_LIB = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function return_entry(v)
+  local nl = string.find(v, '\\n', 1, true)
+  if not nl then return 0 end
+  redis.call('RPUSH', string.sub(v, 1, nl - 1), string.sub(v, nl + 1))
+  return 1
+end
+local function return_inboxes(inboxes)
+  local n = 0
+  local map = redis.call('HGETALL', inboxes)
+  for i = 1, #map, 2 do
+    while redis.call('LMOVE', map[i], map[i + 1], 'LEFT', 'RIGHT') do n = n + 1 end
+  end
+  return n
+end
+local function return_unacked(unacked, at)
+  local n = 0
+  local tags = redis.call('ZRANGE', at, 0, -1)
+  -- Newest first, so the oldest message ends at the head (the right end) of its list.
+  for i = #tags, 1, -1 do
+    local v = redis.call('HGET', unacked, tags[i])
+    if v then n = n + return_entry(v) end
+    redis.call('HDEL', unacked, tags[i])
+  end
+  local rest = redis.call('HVALS', unacked)
+  for i = 1, #rest do n = n + return_entry(rest[i]) end
+  redis.call('DEL', unacked, at)
+  return n
+end
+local function return_consumer(P, consumers, cid)
+  local inboxes = P .. 'inboxes:' .. cid
+  local n = return_inboxes(inboxes)
+  n = n + return_unacked(P .. 'unacked:' .. cid, P .. 'unacked-at:' .. cid)
+  redis.call('DEL', inboxes)
+  redis.call('ZREM', consumers, cid)
+  return n
+end
+"""
+
+# KEYS: source list, its inbox, source list, its inbox, ... (highest priority first).
+# Returns {pair index (1-based), message} for the first message moved, or nil.
+FETCH = """
+for i = 1, #KEYS, 2 do
+  local item = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'RIGHT', 'LEFT')
+  if item then return {(i + 1) / 2, item} end
+end
+return false
+"""
+
+# KEYS: inbox, unacked, unacked-at. ARGV: message as popped, delivery tag, unacked value.
+# 0 when the message is no longer in the inbox (a sweep returned it to its queue meanwhile).
+CLAIM = (
+    _LIB
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], now(), ARGV[2])
+return 1
+"""
+)
+
+# KEYS: unacked, unacked-at. ARGV: delivery tag. Back to the head of its queue.
+REQUEUE = (
+    _LIB
+    + """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if v then return return_entry(v) end
+return 0
+"""
+)
+
+# Dead-letter a message still in an inbox. KEYS: inbox, dead-letters.
+# ARGV: message as popped, entry, list cap. Returns -1 if it had left the inbox, else the
+# number of oldest entries dropped to stay under the cap.
+DEAD_LETTER_FROM_INBOX = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return -1 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+local dropped = 0
+while redis.call('LLEN', KEYS[2]) > tonumber(ARGV[3]) do
+  redis.call('RPOP', KEYS[2])
+  dropped = dropped + 1
+end
+return dropped
+"""
+
+# Dead-letter an unacked message. KEYS: unacked, unacked-at, dead-letters.
+# ARGV: delivery tag, entry, list cap.
+DEAD_LETTER_UNACKED = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+local dropped = 0
+while redis.call('LLEN', KEYS[3]) > tonumber(ARGV[3]) do
+  redis.call('RPOP', KEYS[3])
+  dropped = dropped + 1
+end
+return dropped
+"""
+
+# Heartbeat. KEYS: consumers, inboxes:<cid>. ARGV: cid, then inbox, queue list pairs.
+# Returns 0 when the consumer was not registered (first beat, or declared dead meanwhile).
+BEAT = (
+    _LIB
+    + """
+local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now(), ARGV[1])
+if #ARGV > 1 then redis.call('HSET', KEYS[2], unpack(ARGV, 2)) end
+if known then return 1 end
+return 0
+"""
+)
+
+# Return everything a consumer holds and forget it (a channel closing cleanly).
+# KEYS: consumers. ARGV: P, cid.
+RELEASE = (
+    _LIB
+    + """
+return return_consumer(ARGV[1], KEYS[1], ARGV[2])
+"""
+)
+
+# A live consumer's own inboxes back to their queues: replies lost with a connection.
+# KEYS: inboxes:<cid>.
+RECONCILE = (
+    _LIB
+    + """
+return return_inboxes(KEYS[1])
+"""
+)
+
+# The sweep, at most once per lock period across all workers. KEYS: consumers, sweep-lock.
+# ARGV: P, dead-after seconds, visibility timeout seconds, lock ms.
+# Returns nil when another worker swept recently, else
+# {returned by visibility timeout, dead cid, messages returned, dead cid, ...}.
+SWEEP = (
+    _LIB
+    + """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then return false end
+local P, t = ARGV[1], now()
+local out = {0}
+for _, cid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t - tonumber(ARGV[2]))) do
+  table.insert(out, cid)
+  table.insert(out, return_consumer(P, KEYS[1], cid))
+end
+local expired = 0
+for _, cid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local unacked, at = P .. 'unacked:' .. cid, P .. 'unacked-at:' .. cid
+  local tags = redis.call('ZRANGEBYSCORE', at, '-inf', t - tonumber(ARGV[3]))
+  for i = #tags, 1, -1 do
+    local v = redis.call('HGET', unacked, tags[i])
+    if v then expired = expired + return_entry(v) end
+    redis.call('HDEL', unacked, tags[i])
+    redis.call('ZREM', at, tags[i])
+  end
+end
+out[1] = expired
+return out
+"""
+)
