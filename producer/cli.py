@@ -1,4 +1,4 @@
-"""Command line: `python -m producer submit|result ...` (also installed as `imgqueue`).
+"""Command line: `python -m producer submit|result|dead-letters ...` (also `imgqueue`).
 
 Exit status: 0 when every job succeeded (or was only submitted), 1 when any job failed,
 2 for usage errors, 3 when Redis was unreachable or results did not arrive in time.
@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import TextIO
 
 from producer.client import Client, Outcome
-from producer.contract import DEFAULT_TOP_K, IMAGE_EXTENSIONS, MAX_TOP_K
+from producer.contract import (
+    DEFAULT_TOP_K,
+    IMAGE_EXTENSIONS,
+    MAX_PRIORITY,
+    MAX_TOP_K,
+    MIN_PRIORITY,
+)
+from producer.deadletters import DeadLetters
 from producer.errors import ProducerError
 from producer.render import add_subparser as add_render
 
@@ -83,7 +90,7 @@ def cmd_submit(client: Client, ns: argparse.Namespace) -> int:
     if not sources:
         print("error: no sources to submit", file=sys.stderr)
         return EXIT_USAGE
-    ids = client.submit_many(sources, top_k=ns.top_k)
+    ids = client.submit_many(sources, top_k=ns.top_k, queue=ns.queue, priority=ns.priority)
     if not ns.wait:
         for task_id in ids:
             print(task_id, flush=True)
@@ -103,6 +110,44 @@ def cmd_result(client: Client, ns: argparse.Namespace) -> int:
     return EXIT_JOB_FAILED if any_failed else EXIT_OK
 
 
+def cmd_dead_letters(client: Client, ns: argparse.Namespace) -> int:
+    letters = DeadLetters(client.redis, client.config)
+    if ns.action == "list":
+        entries = letters.read(ns.limit)
+        for entry in entries:
+            if ns.json:
+                print(json.dumps(entry.to_dict(), sort_keys=True), flush=True)
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.at))
+                print(
+                    f"{entry.id[:12]}  {when}  {entry.queue:<12} {entry.reason:<13} {entry.detail}"
+                )
+        if not ns.json:
+            print(f"{len(entries)} shown, {letters.count()} in all", file=sys.stderr)
+        return EXIT_OK
+    if not ns.ids and not ns.all:
+        print(f"error: give dead-letter ids, or --all to {ns.action} every one", file=sys.stderr)
+        return EXIT_USAGE
+    ids = None if ns.all else ns.ids
+    if ns.action == "requeue":
+        done, problems = letters.requeue(ids)
+    else:
+        done, problems = letters.purge(ids)
+    print(f"{ns.action}d {done}")
+    for problem in problems:
+        print(f"not {ns.action}d: {problem}", file=sys.stderr)
+    return EXIT_JOB_FAILED if problems else EXIT_OK
+
+
+def _priority(text: str) -> int:
+    value = int(text)
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(
+            f"priority must be within {MIN_PRIORITY} (highest) .. {MAX_PRIORITY} (lowest)"
+        )
+    return value
+
+
 def _top_k(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_TOP_K:
@@ -115,11 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--redis-url", default=None, help="broker and result backend (default: $REDIS_URL)"
     )
+    parser.add_argument(
+        "--sentinel-master",
+        default=None,
+        help="master name, for a sentinel:// URL (default: $REDIS_SENTINEL_MASTER)",
+    )
+    parser.add_argument(
+        "--key-prefix", default=None, help="prefix of every key (default: $REDIS_KEY_PREFIX)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("submit", help="enqueue image URLs or paths; prints task ids")
     p.add_argument("sources", nargs="+", help="URL, path, directory (recursive) or - for stdin")
     p.add_argument("--top-k", type=_top_k, default=DEFAULT_TOP_K)
+    p.add_argument("--queue", default=None, help="queue to send to (default: celery)")
+    p.add_argument(
+        "--priority",
+        type=_priority,
+        default=None,
+        help=f"{MIN_PRIORITY} (highest, the default) .. {MAX_PRIORITY} (lowest)",
+    )
     p.add_argument("--wait", action="store_true", help="print one JSON result per line")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for all")
     p.add_argument("--progress", action="store_true", help="progress bar even off a terminal")
@@ -131,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=None, help="seconds to wait for all")
     r.add_argument("--progress", action="store_true", help="progress bar even off a terminal")
     r.set_defaults(func=cmd_result)
+
+    d = sub.add_parser(
+        "dead-letters",
+        help="list, requeue or purge messages no worker could run",
+        description="Messages a worker refused (not JSON, no envelope, undecodable body, "
+        "unknown task, too large, rejected) wait in the dead-letter list; nothing retries "
+        "them by itself.",
+    )
+    d.add_argument("action", choices=("list", "requeue", "purge"))
+    d.add_argument(
+        "ids", nargs="*", help="entry ids (or their first characters), for requeue/purge"
+    )
+    d.add_argument("--all", action="store_true", help="requeue or purge every entry")
+    d.add_argument("--limit", type=int, default=100, help="entries to list, newest first")
+    d.add_argument("--json", action="store_true", help="list as JSON lines")
+    d.set_defaults(func=cmd_dead_letters)
     add_render(sub)  # offline: needs no Redis
     return parser
 
@@ -141,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         offline: int = ns.offline(ns)
         return offline
     try:
-        with Client(ns.redis_url) as client:
+        with Client(
+            ns.redis_url, sentinel_master=ns.sentinel_master, key_prefix=ns.key_prefix
+        ) as client:
             code: int = ns.func(client, ns)
             return code
     except ProducerError as exc:

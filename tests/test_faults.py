@@ -1,9 +1,9 @@
 """Faults inflicted on real processes: killed workers, poison jobs, SIGTERM, Redis restarts, load.
 
 Every test here runs against its own private redis-server (with AOF, so it can be restarted
-like a production Redis), never the session's or the machine's. VISIBILITY_TIMEOUT is 3 s so a
-job held by a killed worker comes back within seconds; the stand-in model (MODEL=sleep:Nms)
-makes "mid-inference" a window of known length.
+like a production Redis), never the session's or the machine's. DEAD_WORKER_TIMEOUT is 3 s so a
+job held by a killed worker comes back within seconds (tests/test_delivery.py shows the
+defaults); the stand-in model (MODEL=sleep:Nms) makes "mid-inference" a window of known length.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import redis
 
 from producer import Client
 from producer.errors import BrokerUnavailable, ResultTimeout
-from tests.support import RedisServer, WorkerFactory, WorkerProcess, wait_for
+from tests.support import RedisServer, WorkerFactory, WorkerProcess, held_messages, wait_for
 from worker.deliveries import Gate, delivery_key
-from worker.inbox import REGISTRY
 
-VISIBILITY = 3
+DEAD_AFTER = 3
 POISON = "test-poison"
 
 
@@ -44,7 +43,7 @@ def fault_workers(
     env = {
         **worker_env,
         "REDIS_URL": fault_redis.url(),
-        "VISIBILITY_TIMEOUT": str(VISIBILITY),
+        "DEAD_WORKER_TIMEOUT": str(DEAD_AFTER),
         "MODEL": "sleep:20ms",
         "TEST_POISON_SOURCE": POISON,
     }
@@ -91,9 +90,9 @@ def test_sigkill_mid_batch_every_job_completes_elsewhere(
 
 
 def stuck(client: Client, ids: list[str]) -> list[tuple[str, str, int, bool, bool]]:
-    """Unfinished jobs: (id, state, starts, in the unacked hash, in the queue)."""
+    """Unfinished jobs: (id, state, starts, claimed by a consumer, in the queue)."""
     st = states(client, ids)
-    unacked = b" ".join(client.redis.hvals("unacked"))
+    unacked = b" ".join(held_messages(client.redis))
     queued = b" ".join(client.redis.lrange("celery", 0, -1))
     return [
         (t, st[t], delivery_counts(client, [t])[0], t.encode() in unacked, t.encode() in queued)
@@ -138,44 +137,41 @@ def test_poison_job_is_capped_and_does_not_block_others(
 def test_message_in_a_dead_workers_inbox_is_recovered(
     fault_workers: WorkerFactory, fclient: Client
 ) -> None:
-    """The state a SIGKILL leaves: a popped message in the inbox of a process now gone."""
+    """The state a SIGKILL leaves: a popped message in the inbox of a consumer now silent."""
     task_id = fclient.submit("cat.jpg", top_k=1)
-    dead = "imgqueue-inbox-gone-1-deadbeef"
-    assert fclient.redis.lmove("celery", dead, "RIGHT", "LEFT")
-    fclient.redis.hset(REGISTRY, dead, "celery")  # registered, but its alive key has expired
+    r = fclient.redis
+    dead, inbox = "gone-1-deadbeef", "imgqueue:inbox:gone-1-deadbeef:celery"
+    assert r.lmove("celery", inbox, "RIGHT", "LEFT")
+    r.hset(f"imgqueue:inboxes:{dead}", inbox, "celery")
+    r.zadd("imgqueue:consumers", {dead: 1.0})  # its last heartbeat: long ago
     worker = fault_workers.start()
     assert fclient.result(task_id, timeout=30)["source"] == "cat.jpg"
-    assert not fclient.redis.exists(dead)
-    assert fclient.redis.hkeys(REGISTRY) == [k for k in fclient.redis.hkeys(REGISTRY) if k != dead]
-    assert "returned 1 message(s) from dead worker inbox" in worker.log()
+    assert not r.exists(inbox) and not r.exists(f"imgqueue:inboxes:{dead}")
+    assert r.zscore("imgqueue:consumers", dead) is None
+    assert f"consumer {dead} is dead" in worker.log()
 
 
 def test_finished_jobs_leave_nothing_in_inboxes_or_unacked(
     fault_workers: WorkerFactory, fclient: Client
 ) -> None:
-    """A message is in the inbox or in the unacked hash, never both; in neither once acked."""
+    """A message is in an inbox or claimed, never both; in neither once acked."""
     fault_workers.start(MAX_BATCH_SIZE="4")
     ids = fclient.submit_many(["cat.jpg", "rocket.jpg"] * 20, top_k=1)
     wait_for(lambda: count(fclient, ids, "SUCCESS") == len(ids), 60, "all jobs done")
     r = fclient.redis
 
     def settled() -> bool:
-        inboxes = [k.decode() for k in r.hkeys(REGISTRY)]
-        return (
-            bool(inboxes)
-            and all(r.llen(inbox) == 0 for inbox in inboxes)
-            and r.hlen("unacked") == 0
-            and r.zcard("unacked_index") == 0
-        )
+        consumers = r.zrange("imgqueue:consumers", 0, -1)
+        return bool(consumers) and not held_messages(r) and not r.keys("imgqueue:unacked*")
 
-    wait_for(settled, 10, "inboxes and the unacked hash to empty")
+    wait_for(settled, 10, "inboxes and claims to empty")
 
 
 def test_sigterm_warm_shutdown_finishes_or_requeues(
     fault_workers: WorkerFactory, fclient: Client
 ) -> None:
-    # A long visibility timeout: only a proper requeue at shutdown lets the jobs finish in time.
-    slow = {"VISIBILITY_TIMEOUT": "600", "MODEL": "sleep:500ms"}
+    # Long timeouts: only a proper requeue at shutdown lets the jobs finish in time.
+    slow = {"VISIBILITY_TIMEOUT": "600", "DEAD_WORKER_TIMEOUT": "300", "MODEL": "sleep:500ms"}
     first = fault_workers.start(CONCURRENCY="4", PREFETCH_MULTIPLIER="4", **slow)
     ids = fclient.submit_many(["rocket.jpg"] * 24, top_k=1)
     wait_for(lambda: count(fclient, ids, "STARTED") >= 4, 30, "jobs running")

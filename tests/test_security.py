@@ -13,6 +13,7 @@ import redis
 from celery import Celery
 
 from producer import Client, JobFailed
+from producer.deadletters import DeadLetters
 from producer.errors import BrokerUnavailable
 from tests.support import RedisServer, WorkerFactory, free_port, wait_for
 from worker.celery_app import app as worker_app
@@ -35,9 +36,12 @@ def test_pickled_messages_are_refused_not_run(
         pickled = evil.send_task("classify", args=["cat.jpg"]).id
     finally:
         evil.close()
-    wait_for(lambda: "untrusted content of type pickle" in worker.log(), 30, "the refusal")
+    # Refused by the transport before Celery sees it: dead-lettered, never deserialized.
+    wait_for(lambda: "is not accepted (JSON only)" in worker.log(), 30, "the refusal")
     assert client.result(client.submit("cat.jpg"), timeout=60)["source"] == "cat.jpg"
     assert client.status(pickled).state == "PENDING"  # never deserialized, never run
+    letters = DeadLetters(client.redis, client.config).read()
+    assert [(e.reason, pickled in e.message.decode()) for e in letters] == [("bad-body", True)]
     assert worker.alive()
 
 

@@ -3,8 +3,10 @@
 Every consuming channel has a consumer id and a thread that, every `dead_after / 5` seconds:
 1. beats: its id's score in `imgqueue:consumers` becomes Redis's clock (one Lua call), and
    its inboxes are (re-)registered, so a sweep can always find them;
-2. returns its own inboxes to their queues when no fetch is in flight: a popped message whose
-   reply was lost with a connection would otherwise sit there while this process lives;
+2. returns its own inboxes to their queues: a popped message whose reply was lost with a
+   connection would otherwise sit there while this process lives. A fetch in flight may lose
+   its message to this; the channel's claim then finds it gone and skips it, and the message
+   is fetched again from the head of its queue;
 3. sweeps, at most once per period across all workers (a lock in Redis): every consumer whose
    beat is older than `dead_after` is dead, and its inboxes and unacknowledged messages go back
    to the head of their queues; a live consumer's message older than the visibility timeout
@@ -95,8 +97,7 @@ class Liveness:
                 return
             try:
                 self.beat()
-                if not channel._in_poll:
-                    self._return_own_inboxes()
+                self._return_own_inboxes()
                 self.sweep()
                 if self._failing:
                     log.info("heartbeat of %s restored", self.keys.cid)
