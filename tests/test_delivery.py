@@ -213,7 +213,8 @@ def test_priorities_run_highest_first_from_a_backlog(
         for line in worker.log().splitlines()
         if "job {" in line
     ]
-    expected = [t for _, t in sorted(zip([p or 0 for p in order], ids), key=lambda x: x[0])]
+    ranked = sorted(zip([p or 0 for p in order], ids, strict=True), key=lambda pair: pair[0])
+    expected = [task_id for _, task_id in ranked]
     assert ran == expected
 
 
