@@ -78,3 +78,30 @@ def test_each_state_is_published_for_pubsub_waiters(backend: ResultBackend) -> N
     wait_for(got_one, 5, "the published state")
     assert received[0]["status"] == "SUCCESS"
     pubsub.close()
+
+
+def test_a_failure_is_never_overwritten_by_a_late_started_or_retry(
+    backend: ResultBackend,
+) -> None:
+    backend.mark_as_failure("t-5", ValueError("the image is corrupt"))
+    # A redelivered duplicate starting, or retrying, after the job has already failed.
+    backend.store_result("t-5", {"pid": 3}, states.STARTED)
+    backend.mark_as_retry("t-5", ValueError("transient"))
+    meta = _stored(backend, "t-5")
+    assert meta["status"] == "FAILURE"
+    assert "corrupt" in str(meta["result"])
+
+
+def test_result_failure_expires_is_honoured(redis_server: RedisServer) -> None:
+    url = redis_server.url(DB)
+    app = Celery("backend-test", backend=f"worker.backend:ResultBackend+{url}")
+    app.conf.update(result_expires=600, result_failure_expires=60)
+    backend = app.backend
+    try:
+        backend.mark_as_failure("t-6", ValueError("bad"))
+        backend.store_result("t-7", {"predictions": []}, states.SUCCESS)
+        assert 0 < backend.client.ttl(backend.get_key_for_task("t-6")) <= 60
+        assert 60 < backend.client.ttl(backend.get_key_for_task("t-7")) <= 600
+    finally:
+        redis.Redis.from_url(url).flushdb()
+        app.close()
