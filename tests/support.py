@@ -133,6 +133,58 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+class SentinelCluster:
+    """A master, a replica and one sentinel (`redis-server --sentinel`), on loopback ports."""
+
+    master_name = "mymaster"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.master = RedisServer(workdir / "master").start()
+        self.replica = RedisServer(
+            workdir / "replica", extra=["--replicaof", "127.0.0.1", str(self.master.port)]
+        ).start()
+        self.port = free_port()
+        conf = workdir / "sentinel" / "sentinel.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {conf.parent}\n"
+            f"sentinel monitor {self.master_name} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.master_name} 1000\n"
+            f"sentinel failover-timeout {self.master_name} 5000\n"
+        )
+        exe = shutil.which("redis-server") or "redis-server"
+        self.sentinel = subprocess.Popen(
+            [exe, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.admin = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
+        wait_for(self._ready, 30, "the sentinel to see the master and its replica", 0.2)
+
+    def _ready(self) -> bool:
+        try:
+            replicas = self.admin.execute_command("SENTINEL", "REPLICAS", self.master_name)
+        except redis.RedisError:
+            return False
+        link = redis.Redis(port=self.replica.port).info("replication")
+        return bool(replicas) and link.get("master_link_status") == "up"
+
+    def url(self, db: int = 0) -> str:
+        return f"sentinel://127.0.0.1:{self.port}/{db}"
+
+    def master_port(self) -> int:
+        _, port = self.admin.execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
+        )
+        return int(port)
+
+    def stop(self) -> None:
+        self.sentinel.terminate()
+        self.sentinel.wait(10)
+        self.admin.close()
+        self.replica.stop()
+        self.master.stop()
+
+
 class WorkerProcess:
     """One real `celery -A <app> worker` process (the project's `worker` app), logging to a file."""
 
