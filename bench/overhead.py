@@ -1,9 +1,13 @@
-"""`python -m bench.overhead [--jobs N] [KEY=VALUE ...]`: the queue's own cost per job.
+"""`python -m bench.overhead [--jobs N] [--baseline REF] [KEY=VALUE ...]`: the queue's cost per job.
 
 One worker with the zero-latency stand-in model (`MODEL=sleep:0ms` unless given), N jobs of the
 sample photos pushed at once; prints jobs/s and the CPU time per job of the worker process and
 of redis-server (from /proc, Linux only). KEY=VALUE pairs go to the worker's environment, e.g.
 `MAX_BATCH_SIZE=1` or `TASK_EVENTS=true`, to compare settings.
+
+`--baseline REF` also runs the workers of another commit (e.g. `--baseline HEAD~3`, extracted
+with `git archive`), alternating baseline and current for `--rounds` rounds on the same Redis,
+and prints the ratios current/baseline: the run's own answer to "did this change cost?".
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
+import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.images import SAMPLES
 from bench.service import Cluster
+from tests.support import ROOT
 
 
 def cpu_seconds(pid: int) -> float:
@@ -25,9 +33,43 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class Cost:
+    jobs_per_s: float
+    worker_ms: float  # worker CPU per job
+    redis_ms: float  # redis-server CPU per job
+    failed: int
+
+
+def measure(
+    cluster: Cluster, root: Path, names: list[str], jobs: list[str], env: dict[str, str]
+) -> Cost:
+    with cluster.workers(1, root=root, **env) as (worker,):
+        cluster.burst(names * 4)  # warm-up: threads, connections
+        redis_pid = cluster.redis.proc.pid if cluster.redis.proc else None
+        w0 = cpu_seconds(worker.pid)
+        r0 = cpu_seconds(redis_pid) if redis_pid else 0.0
+        run = cluster.burst(jobs)
+        worker_ms = (cpu_seconds(worker.pid) - w0) * 1000 / run.jobs
+        redis_ms = ((cpu_seconds(redis_pid) - r0) if redis_pid else 0.0) * 1000 / run.jobs
+    return Cost(run.throughput, worker_ms, redis_ms, run.failed)
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """The tree of `ref`, extracted (no .git), to run its workers from."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__)
     p.add_argument("--jobs", type=int, default=400)
+    p.add_argument("--baseline", default=None, help="a git ref to compare against")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds with --baseline")
     p.add_argument("env", nargs="*", help="KEY=VALUE settings for the worker")
     args = p.parse_args()
     overrides = {"MODEL": "sleep:0ms", **dict(item.split("=", 1) for item in args.env)}
@@ -39,22 +81,40 @@ def main() -> None:
         shutil.copy(sample, root / "samples" / sample.name)
     names = [f"samples/{s.name}" for s in samples]
     jobs = (names * (args.jobs // len(names) + 1))[: args.jobs]
+    trees = {"current": ROOT}
+    if args.baseline:
+        trees = {"baseline": checkout(args.baseline, work / "baseline"), "current": ROOT}
+    rounds = args.rounds if args.baseline else 1
+    costs: dict[str, list[Cost]] = {name: [] for name in trees}
     cluster = Cluster(work, root)
     try:
-        with cluster.workers(1, **overrides) as (worker,):
-            cluster.burst(names * 4)  # warm-up: threads, connections
-            redis_pid = cluster.redis.proc.pid if cluster.redis.proc else None
-            w0 = cpu_seconds(worker.pid)
-            r0 = cpu_seconds(redis_pid) if redis_pid else 0.0
-            run = cluster.burst(jobs)
-            worker_ms = (cpu_seconds(worker.pid) - w0) * 1000 / run.jobs
-            redis_ms = ((cpu_seconds(redis_pid) - r0) if redis_pid else 0.0) * 1000 / run.jobs
+        for _ in range(rounds):
+            for name, tree in trees.items():
+                costs[name].append(measure(cluster, tree, names, jobs, overrides))
     finally:
         cluster.close()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"settings: {overrides}")
-    print(f"{run.jobs} jobs, {run.failed} failed: {run.throughput:.1f} jobs/s")
-    print(f"CPU per job: worker {worker_ms:.2f} ms, redis-server {redis_ms:.2f} ms")
+    print(f"settings: {overrides}; {args.jobs} jobs per run, {rounds} round(s)")
+    for name, runs in costs.items():
+        for i, c in enumerate(runs):
+            print(
+                f"{name:>8} run {i + 1}: {c.jobs_per_s:6.1f} jobs/s, CPU per job: worker "
+                f"{c.worker_ms:.2f} ms, redis-server {c.redis_ms:.2f} ms, {c.failed} failed"
+            )
+    if args.baseline:
+        med = {
+            name: {
+                "jobs/s": statistics.median(c.jobs_per_s for c in runs),
+                "worker ms": statistics.median(c.worker_ms for c in runs),
+                "redis ms": statistics.median(c.redis_ms for c in runs),
+            }
+            for name, runs in costs.items()
+        }
+        for key in ("jobs/s", "worker ms", "redis ms"):
+            base, cur = med["baseline"][key], med["current"][key]
+            print(
+                f"median {key:>9}: baseline {base:.2f}, current {cur:.2f}, ratio {cur / base:.3f}"
+            )
 
 
 if __name__ == "__main__":

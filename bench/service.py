@@ -55,13 +55,17 @@ class Cluster:
         self.client = Client(self.redis.url(0))
 
     def env(self, **overrides: str) -> dict[str, str]:
+        return self.env_for(ROOT, **overrides)
+
+    def env_for(self, root: Path, **overrides: str) -> dict[str, str]:
+        """A worker's environment, running from the source tree `root`."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
         env.update(
             REDIS_URL=self.redis.url(0),
             MODEL_WEIGHTS="random:0",
             IMAGE_ROOT=str(self.image_root),
             # The repository first; keep what the caller had (e.g. packages carried to a host).
-            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+            PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p),
             # Repeated images would be answered from the result cache: measure the model path.
             RESULT_CACHE="false",
         )
@@ -69,10 +73,15 @@ class Cluster:
         return env
 
     @contextmanager
-    def workers(self, count: int, **overrides: str) -> Iterator[list[WorkerProcess]]:
+    def workers(
+        self, count: int, root: Path = ROOT, **overrides: str
+    ) -> Iterator[list[WorkerProcess]]:
+        """`root`: the source tree the workers run from (this one, or a baseline checkout)."""
         redis.Redis.from_url(self.redis.url(0)).flushdb()
         started = [
-            WorkerProcess(self.env(**overrides), self.workdir / f"w{i}.log", f"bench{i}")
+            WorkerProcess(
+                self.env_for(root, **overrides), self.workdir / f"w{i}.log", f"bench{i}", root=root
+            )
             for i in range(count)
         ]
         try:

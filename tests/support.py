@@ -162,7 +162,9 @@ class SentinelCluster:
 
     def _ready(self) -> bool:
         try:
-            replicas = self.admin.execute_command("SENTINEL", "REPLICAS", self.master_name)
+            replicas = self.admin.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "REPLICAS", self.master_name
+            )
         except redis.RedisError:
             return False
         link = redis.Redis(port=self.replica.port).info("replication")
@@ -172,7 +174,7 @@ class SentinelCluster:
         return f"sentinel://127.0.0.1:{self.port}/{db}"
 
     def master_port(self) -> int:
-        _, port = self.admin.execute_command(
+        _, port = self.admin.execute_command(  # type: ignore[no-untyped-call]
             "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
         )
         return int(port)
@@ -186,7 +188,10 @@ class SentinelCluster:
 
 
 class WorkerProcess:
-    """One real `celery -A <app> worker` process (the project's `worker` app), logging to a file."""
+    """One real `celery -A <app> worker` process (the project's `worker` app), logging to a file.
+
+    `root` is the source tree it runs from (another checkout, for A/B benchmarks).
+    """
 
     def __init__(
         self,
@@ -195,6 +200,7 @@ class WorkerProcess:
         name: str,
         extra_args: list[str] | None = None,
         app: str = "worker",
+        root: Path = ROOT,
     ):
         self.log_path = log_path
         self.name = name
@@ -216,7 +222,7 @@ class WorkerProcess:
         ]
         self.proc = subprocess.Popen(
             cmd,
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
