@@ -67,6 +67,7 @@ _CONTRACT = (
     "task_track_started",  # no effect: celery-batches never stores STARTED
     "result_expires",
     "result_backend_always_retry",
+    "broker_transport",
     "broker_transport_options",
     "result_backend_transport_options",
     "broker_connection_retry_on_startup",

@@ -133,6 +133,62 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def fake_old_redis(version: str = "6.0.16") -> Iterator[int]:
+    """A loopback TCP server speaking just enough RESP to pass for an old Redis: HELLO (RESP3,
+    as redis-py 8 asks), PING, INFO, CLIENT and SELECT answer; anything else is an error.
+    Yields its port."""
+
+    def serve(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                if not line.startswith(b"*"):
+                    continue
+                parts = []
+                for _ in range(int(line[1:])):
+                    size = int(reader.readline()[1:])
+                    parts.append(reader.read(size + 2)[:-2].upper())
+                command = parts[0] if parts else b""
+                if command == b"HELLO":
+                    reply = b"%1\r\n+proto\r\n:3\r\n"
+                elif command == b"PING":
+                    reply = b"+PONG\r\n"
+                elif command == b"INFO":
+                    body = f"# Server\r\nredis_version:{version}\r\n".encode()
+                    reply = b"$%d\r\n%s\r\n" % (len(body), body)
+                elif command in (b"CLIENT", b"SELECT"):
+                    reply = b"+OK\r\n"
+                else:
+                    reply = b"-ERR not a real Redis\r\n"
+                conn.sendall(reply)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(2)
+        listener.close()
+
+
 class SentinelCluster:
     """A master, a replica and one sentinel (`redis-server --sentinel`), on loopback ports."""
 

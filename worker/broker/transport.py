@@ -114,10 +114,17 @@ class Channel(kombu_redis.Channel):
         return self._raw
 
     def _check_server(self) -> None:
-        where = repr(self.pool)
+        pool = self.pool
+        service = getattr(pool, "service_name", None)
+        kwargs = pool.connection_kwargs
+        where = (
+            f"the Sentinel master {service!r}"
+            if service
+            else f"{kwargs.get('host') or kwargs.get('path')}:{kwargs.get('port', '')}"
+        )
         if where in _servers_checked:
             return
-        compat.check_redis(self.raw_client().info("server"), _safe(where))
+        compat.check_redis(self.raw_client().info("server"), where)
         _servers_checked.add(where)
 
     # -- consuming ---------------------------------------------------------------------------
@@ -370,10 +377,6 @@ def _redelivered(payload: dict[str, Any]) -> dict[str, Any]:
     properties["delivery_info"] = info
     marked["properties"] = properties
     return marked
-
-
-def _safe(text: str) -> str:
-    return text.split("password=", 1)[0]
 
 
 class Transport(kombu_redis.Transport):
