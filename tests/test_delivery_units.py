@@ -19,7 +19,7 @@ from worker.errors import ConfigError
 from worker.settings import Settings
 
 DB = 9
-RULES = envelope.Rules(max_bytes=4096, known_tasks=frozenset({"classify"}))
+RULES = envelope.Rules(max_bytes=1 << 20, known_tasks=frozenset({"classify"}))
 
 
 def task_message(**changes: Any) -> dict[str, Any]:
@@ -59,6 +59,11 @@ def test_a_celery_task_message_passes() -> None:
         (b"", "not-json"),
         (b'"a string"', "not-json"),
         (b"\xff\xfe", "not-json"),
+        (b"[" * 100_000, "not-json"),
+        (
+            json.dumps(task_message(body=base64.b64encode(b"[" * 50_000).decode())).encode(),
+            "bad-body",
+        ),
         (json.dumps({"body": "e30="}).encode(), "bad-envelope"),
         (json.dumps(task_message(properties=[])).encode(), "bad-envelope"),
         (json.dumps(task_message(headers="x")).encode(), "bad-envelope"),
@@ -78,7 +83,7 @@ def test_a_celery_task_message_passes() -> None:
         (json.dumps(task_message(headers={"task": "rm -rf", "id": "t"})).encode(), "unknown-task"),
         (
             json.dumps(
-                task_message(headers={"task": "classify", "id": "t", "pad": "x" * 5000})
+                task_message(headers={"task": "classify", "id": "t", "pad": "x" * (1 << 20)})
             ).encode(),
             "too-large",
         ),

@@ -46,7 +46,8 @@ def parse(raw: bytes, rules: Rules, *, task_queue: bool) -> dict[str, Any]:
         raise Junk("too-large", f"{len(raw)} bytes, over MAX_MESSAGE_BYTES={rules.max_bytes}")
     try:
         payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: "[[[[..." nested deeper than the decoder allows.
         raise Junk("not-json", f"not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise Junk("not-json", f"a JSON {type(payload).__name__}, not an object")
@@ -89,7 +90,7 @@ def _check_task(
         raise Junk("bad-body", f"content encoding {payload.get('content-encoding')!r}")
     try:
         decoded = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise Junk("bad-body", f"body is not JSON: {exc}") from None
     if "task" in headers:  # protocol 2: body is [args, kwargs, embed]
         name, task_id = headers.get("task"), headers.get("id")
