@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 from producer import Client
 from producer.contract import queue_list
@@ -231,6 +232,15 @@ def test_many_queues_from_the_api_and_the_cli(
     assert {o.state for o in dclient.wait([*bulk, gpu], timeout=60)} == {"SUCCESS"}
     bad = cli(dredis.url(), "submit", "--priority", "10", "cat.jpg")
     assert bad.returncode == 2 and "priority" in bad.stderr
+    # A plain Celery client (kombu's default priority steps 0, 3, 6, 9, as Flower's "apply")
+    # writes priority 5 to the list of step 3: consumed too.
+    plain = Celery("plain", broker=dredis.url(), set_as_current=False)
+    plain.conf.update(task_serializer="json")
+    try:
+        sent = plain.send_task("classify", args=["cat.jpg"], queue="bulk", priority=5).id
+    finally:
+        plain.close()
+    assert dclient.result(sent, timeout=30)["source"] == "cat.jpg"
 
 
 def test_killed_workers_jobs_finish_on_a_standby_within_60s_at_defaults(
@@ -341,3 +351,27 @@ def test_a_redis_older_than_6_2_is_refused_at_start(dworkers: WorkerFactory) -> 
         assert worker.proc.wait(60) != 0
     assert "Redis 6.2 or newer is needed (BLMOVE, LMOVE); 127.0.0.1:" in worker.log()
     assert "runs Redis 6.0.16" in worker.log()
+
+
+def test_a_synchronous_get_claims_like_the_consumer(dclient: Client, dredis: RedisServer) -> None:
+    """kombu's `basic_get` (Queue.get, `celery amqp`) goes through the same claim and ack."""
+    from kombu import Connection, Queue
+
+    r = dclient.redis
+    r.flushdb()
+    task_id = dclient.submit("cat.jpg", top_k=1, queue="sync", priority=5)
+    with Connection(dredis.url(), transport="worker.broker:Transport") as conn:
+        channel = conn.channel()
+        queue = Queue("sync", channel=channel)
+        message = queue.get(no_ack=False)
+        assert message is not None and message.headers["id"] == task_id
+        claimed = r.hvals(f"imgqueue:unacked:{channel.cid}")
+        assert len(claimed) == 1 and claimed[0].startswith(b"sync\x06\x165\n")
+        message.ack()
+        assert not r.exists(f"imgqueue:unacked:{channel.cid}")
+        assert queue.get(no_ack=False) is None
+        r.lpush("sync", b"junk")
+        assert queue.get(no_ack=False) is None  # dead-lettered, not returned
+        assert dead_letter_reasons(dclient) == ["not-json"]
+        channel.close()
+    assert r.zscore("imgqueue:consumers", channel.cid) is None  # deregistered at close

@@ -24,12 +24,11 @@ MIN_REDIS = (6, 2)  # BLMOVE and LMOVE
 _EXTENDED: list[tuple[Any, str]] = [
     (kombu_redis.Channel, "_brpop_start"),
     (kombu_redis.Channel, "_brpop_read"),
-    (kombu_redis.Channel, "_q_for_pri"),
+    (kombu_redis.Channel, "sep"),
     (kombu_redis.Channel, "_in_poll"),
     (kombu_redis.Channel, "_brpop_sent_at"),
     (kombu_redis.Channel, "_flush_brpop_reauth"),
     (kombu_redis.Channel, "from_transport_options"),
-    (kombu_redis.Channel, "priority_steps"),
     (kombu_redis.Channel, "global_keyprefix"),
     (kombu_redis.Channel, "pool"),
     (kombu_redis.Channel, "active_queues"),

@@ -53,6 +53,8 @@ _OPTIONS = (
     "on_event",
 )
 _servers_checked: set[str] = set()
+# kombu clamps every priority to 0..9 and names the list after the step it falls in.
+ALL_PRIORITIES = range(10)
 
 
 class Channel(kombu_redis.Channel):
@@ -138,14 +140,22 @@ class Channel(kombu_redis.Channel):
             self._noack_queues.discard(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
-    def _plan(self) -> list[tuple[str, str, str]]:
-        """(queue, list key, inbox key) for every list consumed, highest priority first."""
-        queues = self._queue_cycle.consume(len(self.active_queues))
+    def _list(self, queue: str, priority: int) -> str:
+        return f"{queue}{self.sep}{priority}" if priority else queue
+
+    def _plan(self, queues: list[str] | None = None) -> list[tuple[str, str, str]]:
+        """(queue, list key, inbox key) for every list consumed, highest priority first.
+
+        Every list a kombu client can write (priorities 0-9, whatever its priority steps),
+        not only this channel's steps: a sender's steps may differ from ours.
+        """
+        if queues is None:
+            queues = self._queue_cycle.consume(len(self.active_queues))
         return [
             (queue, self.keys.queue_list(lst), self.keys.inbox(lst))
-            for pri in self.priority_steps
+            for pri in ALL_PRIORITIES
             for queue in queues
-            for lst in (self._q_for_pri(queue, pri),)
+            for lst in (self._list(queue, pri),)
         ]
 
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -154,11 +164,7 @@ class Channel(kombu_redis.Channel):
         plan = self._plan()
         if not plan:
             return
-        new = {inbox: lst for _, lst, inbox in plan if inbox not in self._known_inboxes}
-        if new:
-            # The heartbeat must know an inbox before anything can land in it.
-            self.liveness.register(new)
-            self._known_inboxes.update(new)
+        self._register(plan)
         connection = self.client.connection
         if self._blocking:
             first = str(self.active_queues[0])
@@ -209,59 +215,58 @@ class Channel(kombu_redis.Channel):
             self._flush_brpop_reauth()
 
     def _deliver_popped(self, queue: str, lst: str, inbox: str, item: bytes) -> bool:
-        try:
-            payload = envelope.parse(item, self.rules, task_queue=queue not in self._noack_queues)
-        except envelope.Junk as junk:
-            self._dead_letter_popped(queue, lst, inbox, item, junk)
-            raise Empty() from None
         if queue not in self.connection._callbacks:
             raise Empty()  # no consumer any more; the heartbeat returns the inbox
-        client = self.raw_client()
-        if queue in self._noack_queues:
-            if not client.lrem(inbox, 1, item):  # type: ignore[arg-type]
-                raise Empty()
-        else:
-            tag = uuid.uuid4().hex  # ours: a sender's tag may be missing or reused
-            payload["properties"]["delivery_tag"] = tag
-            entry = lst + "\n" + json.dumps(_redelivered(payload), separators=(",", ":"))
-            keys = [inbox, self.keys.unacked, self.keys.unacked_at]
-            if not self._claim(keys=keys, args=[item, tag, entry], client=client):
-                log.debug("message left %s before its claim (returned by a sweep)", inbox)
-                raise Empty()
+        payload = self._take(queue, lst, inbox, item, no_ack=queue in self._noack_queues)
+        if payload is None:
+            raise Empty()
         self.connection._deliver(payload, queue)
         return True
 
-    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
-        """Synchronous get, with the same claim (kombu's would pop with RPOP)."""
-        plan = [
-            (queue, self.keys.queue_list(lst), self.keys.inbox(lst))
-            for pri in self.priority_steps
-            for lst in (self._q_for_pri(queue, pri),)
-        ]
-        new = {inbox: lst for _, lst, inbox in plan if inbox not in self._known_inboxes}
-        if new:
-            self.liveness.register(new)
-            self._known_inboxes.update(new)
-        keys = [k for _, lst, inbox in plan for k in (lst, inbox)]
-        reply = self.raw_client().eval(scripts.FETCH, len(keys), *keys)
-        if not reply:
-            return None
-        _, lst, inbox = plan[int(reply[0]) - 1]
-        item = reply[1]
+    def _take(
+        self, queue: str, lst: str, inbox: str, item: bytes, *, no_ack: bool
+    ) -> dict[str, Any] | None:
+        """Check a popped message and claim it (or, without acks, just take it from the inbox).
+
+        None when it was dead-lettered, or had already left the inbox (a sweep returned it to
+        its queue meanwhile: it will be fetched again, by us or another worker).
+        """
         try:
             payload = envelope.parse(item, self.rules, task_queue=not no_ack)
         except envelope.Junk as junk:
             self._dead_letter_popped(queue, lst, inbox, item, junk)
             return None
+        client = self.raw_client()
         if no_ack:
-            self.raw_client().lrem(inbox, 1, item)
-        else:
-            tag = uuid.uuid4().hex
-            payload["properties"]["delivery_tag"] = tag
-            entry = lst + "\n" + json.dumps(_redelivered(payload), separators=(",", ":"))
-            keys = [inbox, self.keys.unacked, self.keys.unacked_at]
-            if not self._claim(keys=keys, args=[item, tag, entry], client=self.raw_client()):
-                return None
+            return payload if client.lrem(inbox, 1, item) else None  # type: ignore[arg-type]
+        tag = uuid.uuid4().hex  # ours: a sender's tag may be missing or reused
+        payload["properties"]["delivery_tag"] = tag
+        entry = lst + "\n" + json.dumps(_redelivered(payload), separators=(",", ":"))
+        keys = [inbox, self.keys.unacked, self.keys.unacked_at]
+        if not self._claim(keys=keys, args=[item, tag, entry], client=client):
+            log.debug("message left %s before its claim (returned by a sweep)", inbox)
+            return None
+        return payload
+
+    def _register(self, plan: list[tuple[str, str, str]]) -> None:
+        new = {inbox: lst for _, lst, inbox in plan if inbox not in self._known_inboxes}
+        if new:
+            # The heartbeat must know an inbox before anything can land in it.
+            self.liveness.register(new)
+            self._known_inboxes.update(new)
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """Synchronous get, with the same claim (kombu's would pop with RPOP)."""
+        plan = self._plan([queue])
+        self._register(plan)
+        keys = [k for _, lst, inbox in plan for k in (lst, inbox)]
+        reply = self.raw_client().eval(scripts.FETCH, len(keys), *keys)
+        if not reply:
+            return None
+        _, lst, inbox = plan[int(reply[0]) - 1]
+        payload = self._take(queue, lst, inbox, reply[1], no_ack=no_ack)
+        if payload is None:
+            return None
         message = self.Message(payload, channel=self)
         if not no_ack:
             self.qos.append(message, message.delivery_tag)
