@@ -38,6 +38,10 @@ _transport = {
     "max_message_bytes": settings.max_message_bytes,
     "dead_letter_limit": settings.dead_letter_limit,
     "known_tasks": TASK_NAMES,
+    # A half-open connection must fail a heartbeat or a claim, not hang it: well above the
+    # idle BLMOVE wait (BROKER_POLL_INTERVAL), well below DEAD_WORKER_TIMEOUT's 15 s.
+    "socket_timeout": 10.0,
+    "socket_connect_timeout": 5.0,
     "on_settled": deliveries.GATE.settled,
     "on_dead_letter": metrics.observe_dead_letter,
     "on_event": metrics.observe_broker_event,

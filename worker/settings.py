@@ -116,8 +116,8 @@ class Settings:
             raise ConfigError(str(exc)) from exc
         if not 1 <= self.dead_worker_timeout <= 3600:
             raise ConfigError("DEAD_WORKER_TIMEOUT must be within 1..3600 seconds")
-        if not 0.01 <= self.broker_poll_interval <= 10:
-            raise ConfigError("BROKER_POLL_INTERVAL must be within 0.01..10 seconds")
+        if not 0.01 <= self.broker_poll_interval <= 5:
+            raise ConfigError("BROKER_POLL_INTERVAL must be within 0.01..5 seconds")
         if self.max_message_bytes < 1024 or self.dead_letter_limit < 1:
             raise ConfigError("MAX_MESSAGE_BYTES must be >= 1024 and DEAD_LETTER_LIMIT >= 1")
         if self.result_failure_expires is not None and self.result_failure_expires < 0:
