@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError
 from producer.connections import RedisConfig, RedisConfigError
 from producer.contract import DEFAULT_QUEUE, DEFAULT_TOP_K, MAX_PRIORITY, MIN_PRIORITY, TASK_NAME
 from producer.errors import BrokerUnavailable, JobFailed, ProducerError, ResultTimeout
+from producer.redaction import display_url
 
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _POLL_MIN_S = 0.01
@@ -189,6 +190,9 @@ class Client:
                         producer=producer,
                         # Lets workers measure queue wait (imgqueue_queue_wait_seconds).
                         headers={"sent_at": time.time()},
+                        # What Celery logs and Flower shows instead of the arguments: no
+                        # credentials or signed query strings from the source.
+                        argsrepr=repr([display_url(str(source))]),
                         **options,
                     )
                     ids.append(res.id)

@@ -373,7 +373,7 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parsed = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(parsed.query)
-        parts = [p for p in parsed.path.split("/") if p]
+        parts = [urllib.parse.unquote(p) for p in parsed.path.split("/") if p]
         with self.lock:
             key = "hits:" + self.path
             self.counters[key] = self.counters.get(key, 0) + 1

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import cache, health, joblog
+from producer.redaction import display_url
+from worker import cache, health
 from worker.errors import ConfigError
 from worker.ops import PER_TASK_LOGGERS, RedactingFilter, configure_logging
 from worker.settings import Settings
@@ -74,7 +75,7 @@ def test_cache_reuse_keeps_this_jobs_source() -> None:
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
-    assert joblog.redact_url(url) == expected
+    assert display_url(url) == expected
 
 
 def test_redacting_filter_covers_any_log_line() -> None:

@@ -24,15 +24,16 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from worker.errors import FetchFailed, SourceNotAllowed, SourceNotFound, TooLarge
+from producer.redaction import redact_text
+from worker import urls
+from worker.addresses import IPAddress, IPNetwork, blocked_reason
+from worker.errors import FetchFailed, InvalidArguments, SourceNotAllowed, SourceNotFound, TooLarge
 from worker.files import read_file, too_large
-from worker.settings import IPNetwork, Settings
+from worker.settings import Settings
 
 USER_AGENT = "imgqueue-worker/0.1"
 _CHUNK = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _OPAQUE_SCHEMES = frozenset({"data", "javascript", "file", "mailto", "blob", "about", "jar"})
 
 
@@ -47,7 +48,10 @@ def fetch(source: str, settings: Settings) -> Fetched:
     """The source's bytes, or a documented error."""
     if not isinstance(source, str) or not source:
         raise SourceNotAllowed("the source must be a non-empty string")
-    scheme = urlsplit(source).scheme.lower()
+    try:
+        scheme = urlsplit(source).scheme.lower()
+    except ValueError:
+        raise InvalidArguments("the source is neither a URL nor a path") from None
     # "data:", "javascript:" ... carry no "//"; anything else with a colon may be a file name.
     if scheme and ("://" in source or scheme in _OPAQUE_SCHEMES):
         if scheme not in ("http", "https"):
@@ -60,22 +64,9 @@ def fetch(source: str, settings: Settings) -> Fetched:
 # -- URLs ----------------------------------------------------------------------------------------
 
 
-def address_blocked(
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow: Iterable[IPNetwork]
-) -> bool:
-    """True for addresses a fetch must not reach: anything not globally routable."""
-    allow = tuple(allow)
-    if any(ip.version == net.version and ip in net for net in allow):
-        return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or (
-            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None
-        )
-        if embedded is not None:
-            return address_blocked(embedded, allow)
-    if ip.version == 4 and ip in _CGNAT:
-        return True
-    return not ip.is_global or ip.is_multicast
+def address_blocked(ip: IPAddress, allow: Iterable[IPNetwork]) -> bool:
+    """True for addresses a fetch must not reach (see worker.addresses)."""
+    return blocked_reason(ip, allow) is not None
 
 
 def vetted_addresses(host: str, port: int, settings: Settings) -> list[str]:
@@ -91,9 +82,10 @@ def vetted_addresses(host: str, port: int, settings: Settings) -> list[str]:
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for addr in addresses:
         ip = ipaddress.ip_address(addr.split("%", 1)[0])
-        if address_blocked(ip, settings.fetch_allow_networks):
+        why = blocked_reason(ip, settings.fetch_allow_networks)
+        if why is not None:
             raise SourceNotAllowed(
-                f"host {host!r} resolves to {ip}, a non-public address; "
+                f"host {host!r} resolves to {ip}, a non-public address: {why}; "
                 "allow it with FETCH_ALLOW_NETWORKS"
             )
     return addresses
@@ -101,27 +93,24 @@ def vetted_addresses(host: str, port: int, settings: Settings) -> list[str]:
 
 def fetch_url(url: str, settings: Settings) -> Fetched:
     deadline = time.monotonic() + settings.fetch_total_timeout
+    target = urls.parse(url)
     for _hop in range(settings.fetch_max_redirects + 1):
-        status, location, data = _get_once(url, settings, deadline)
+        status, location, data = _get_once(target, settings, deadline)
         if status in _REDIRECTS and location:
-            url = urljoin(url, location)
-            if urlsplit(url).scheme.lower() not in ("http", "https"):
-                raise SourceNotAllowed(f"redirect to a forbidden scheme: {url!r}")
+            try:
+                url = urljoin(url, location)
+            except ValueError:
+                raise SourceNotAllowed("the server redirected to a malformed URL") from None
+            target = urls.parse(url, redirect=True)
             continue
-        return Fetched(data, "url", url)
+        return Fetched(data, "url", target.shown)
     raise FetchFailed(f"more than {settings.fetch_max_redirects} redirects (FETCH_MAX_REDIRECTS)")
 
 
-def _get_once(url: str, settings: Settings, deadline: float) -> tuple[int, str | None, bytes]:
-    parts = urlsplit(url)
-    host = parts.hostname
-    if not host:
-        raise SourceNotAllowed(f"URL has no host: {url!r}")
-    secure = parts.scheme.lower() == "https"
-    try:
-        port = parts.port or (443 if secure else 80)
-    except ValueError:
-        raise SourceNotAllowed(f"URL has an invalid port: {url!r}") from None
+def _get_once(
+    target: urls.SourceURL, settings: Settings, deadline: float
+) -> tuple[int, str | None, bytes]:
+    host, port, secure, url = target.host, target.port, target.secure, target.shown
     address = vetted_addresses(host, port, settings)[0]
     remaining = deadline - time.monotonic()
     if remaining <= 0:
@@ -132,9 +121,8 @@ def _get_once(url: str, settings: Settings, deadline: float) -> tuple[int, str |
     watchdog = threading.Timer(remaining, _cut, args=(conn,))
     watchdog.daemon = True
     watchdog.start()
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {
-        "Host": parts.netloc.rsplit("@", 1)[-1],
+        "Host": target.host_header,
         "User-Agent": USER_AGENT,
         "Accept": "image/*",
         # No compression: a small gzip body must not inflate past the byte cap in one read.
@@ -144,7 +132,9 @@ def _get_once(url: str, settings: Settings, deadline: float) -> tuple[int, str |
     try:
         conn.connect()
         conn.timeout = settings.fetch_read_timeout
-        conn.request("GET", path, headers=headers, preload_content=False, decode_content=False)
+        conn.request(
+            "GET", target.target, headers=headers, preload_content=False, decode_content=False
+        )
         resp = conn.getresponse()
         closers.append(resp.close)
         _check_deadline(deadline)  # the watchdog may have cut the headers short
@@ -225,5 +215,5 @@ def _read_capped(resp: urllib3.BaseHTTPResponse, cap: int, deadline: float) -> b
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc)
+    text = redact_text(str(exc))
     return text if len(text) <= 200 else text[:200] + "..."

@@ -11,38 +11,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from celery.exceptions import Retry
 
+from producer.redaction import display_url, redact_text
 from worker import metrics
 from worker.errors import ClassifyError
 
 log = logging.getLogger("imgqueue.jobs")
 
 SENT_AT_HEADER = "sent_at"
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
-
-
-def redact_url(url: str) -> str:
-    """A URL without its user:password and with its query string blanked (signed URLs)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        query = "REDACTED" if parts.query else ""
-        return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
-    except ValueError:
-        return "<unparseable URL>"
-
-
-def redact(text: str) -> str:
-    """Every URL inside `text` redacted, e.g. in an error message that quotes the source."""
-    return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
 @dataclass
@@ -69,7 +51,9 @@ def _queue_wait(request: Any, now: float) -> float | None:
 @contextlib.contextmanager
 def track(request: Any, args: tuple[Any, ...]) -> Iterator[Job]:
     """Wrap one task execution; logs and counts however it ends, then lets it end so."""
-    source = args[0] if args and isinstance(args[0], str) else None
+    # Shown, never raw: no credentials, no query, at most MAX_SHOWN characters, whatever the
+    # length check (in the task) will say about it.
+    source = display_url(args[0]) if args and isinstance(args[0], str) else None
     job = Job(
         id=str(getattr(request, "id", "")),
         source=source,
@@ -103,7 +87,7 @@ def _finish(job: Job, outcome: str, error_type: str | None, error: str | None) -
         log.exception("metrics update failed")
     line: dict[str, Any] = {
         "id": job.id,
-        "source": redact(job.source) if job.source is not None else None,
+        "source": job.source,
         "outcome": outcome,
         "retries": job.retries,
         "elapsed_ms": round((time.perf_counter() - job.started) * 1000.0, 3),
@@ -112,7 +96,7 @@ def _finish(job: Job, outcome: str, error_type: str | None, error: str | None) -
         line["queue_wait_ms"] = round(job.queue_wait * 1000.0, 3)
     if error_type is not None:
         line["error_type"] = error_type
-        line["error"] = redact(error or "")[:300]
+        line["error"] = redact_text(error or "")[:300]
     if outcome == "success":
         line.update(cached=cached, batch_size=result.get("batch_size"), timings_ms=timings)
     log.info("job %s", json.dumps(line, sort_keys=True))

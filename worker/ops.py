@@ -8,7 +8,8 @@ from typing import Any
 
 from celery import signals
 
-from worker import health, joblog, metrics
+from producer.redaction import redact_text
+from worker import health, metrics
 from worker.runtime import Runtime
 from worker.settings import Settings
 
@@ -61,7 +62,7 @@ class RedactingFilter(logging.Filter):
         except Exception:
             return True
         if "://" in message:
-            redacted = joblog.redact(message)
+            redacted = redact_text(message)
             if redacted != message:
                 record.msg, record.args = redacted, None
         return True

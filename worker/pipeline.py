@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
+from producer.redaction import display_url
 from worker import cache
 from worker.errors import InvalidArguments
 from worker.fetch import fetch
@@ -62,6 +63,7 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     """Classify one source; raises a ClassifyError subclass for bad input."""
     settings, model = rt.settings, rt.classifier
     rt.enter_task_thread()
+    shown = display_url(source, limit=None)  # results never carry credentials or a query
     t0 = time.perf_counter()
     with rt.batcher.upcoming():
         fetched = fetch(source, settings)
@@ -69,7 +71,7 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
         description = model.describe()
         entry = cache.lookup(fetched.data, top_k, description, settings)
         if entry.stored is not None:
-            return entry.reuse(source, t1 - t0, t0)
+            return entry.reuse(shown, t1 - t0, t0)
         decoded, tensor = _to_tensor(fetched.data, settings, model)
         t2 = time.perf_counter()
         future = rt.batcher.submit(tensor)
@@ -78,7 +80,7 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     predictions = model.postprocess(probabilities, top_k)
     t4 = time.perf_counter()
     result: dict[str, Any] = {
-        "source": source,
+        "source": shown,
         **description,
         "predictions": [p.to_dict() for p in predictions],
         "image": {"width": decoded.width, "height": decoded.height, "format": decoded.format},
