@@ -198,7 +198,12 @@ def test_secrets_never_reach_logs_errors_results_or_metrics(
     host = http_base.removeprefix("http://")
     good = client.submit(TRICKY.format(host=host, path="cat.jpg"))
     bad = client.submit(TRICKY.format(host=host, path="status/404"))
+    huge = client.submit("x" * 100_000 + ".jpg")  # over the length limit
     result = client.result(good, timeout=60)
+    with pytest.raises(JobFailed, match="longer than 8192"):
+        client.result(huge, timeout=60)
+    line = next(x for x in worker.log().splitlines() if f'"id": "{huge}"' in x)
+    assert len(line) < 1500  # the source was cut before anything logged it
     with pytest.raises(JobFailed) as failure:
         client.result(bad, timeout=60)
     assert result["source"] == f"{http_base}/cat.jpg?REDACTED"
