@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from producer.redaction import display_url
 from worker import cache, health
@@ -41,8 +42,9 @@ def test_cache_key_covers_bytes_model_and_top_k() -> None:
         key(settings=Settings(draft_decode=not Settings().draft_decode)),
     ]
     assert len({base, *variants}) == len(variants) + 1
-    # Device and source are not part of it: same bytes from a URL or a file, CPU or GPU.
-    assert key(device="cuda:0") == base
+    # Device and source are not part of it: same bytes from a URL or a file, CPU or GPU
+    # (unless the GPU decodes the JPEG itself).
+    assert key(device="cuda:0", settings=Settings(gpu_decode=False)) == base
 
 
 def test_cache_can_be_turned_off() -> None:
@@ -146,3 +148,42 @@ def test_worker_processes_shorten_openmp_spinning(given: dict[str, str], expecte
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == expected
+
+
+def test_cache_key_covers_every_setting_that_changes_an_outcome() -> None:
+    model = {"model": "resnet50", "weights": "w", "preprocess": "p", "precision": "fp32"}
+    base = cache.cache_key(b"img", 5, model, Settings())
+    for changed in (
+        Settings(allowed_formats=("JPEG",)),
+        Settings(max_image_pixels=1000),
+        Settings(max_image_bytes=1000),
+        Settings(draft_decode=False),
+        Settings(redis_key_prefix="t1:"),
+    ):
+        assert cache.cache_key(b"img", 5, model, changed) != base
+    on_gpu = {**model, "device": "cuda:0"}
+    assert cache.cache_key(b"img", 5, on_gpu, Settings()) != base  # nvJPEG decodes there
+    assert cache.cache_key(b"img", 5, on_gpu, Settings(gpu_decode=False)) == base
+    assert cache.cache_key(b"img", 5, model, Settings(gpu_decode=False)) == base
+
+
+def test_a_forged_cache_entry_is_ignored(redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, model="resnet50")
+    model = {"model": "resnet50", "weights": "w", "preprocess": "p", "precision": "fp32"}
+    key = cache.cache_key(b"forged", 2, model, settings)
+    r = redis.Redis.from_url(redis_url)
+    good = {**model, "predictions": [{"index": 1, "label": "a", "probability": 0.5}] * 2}
+    try:
+        for forged in (
+            {**good, "weights": "someone else's"},
+            {**good, "predictions": [{"index": 1, "label": "a", "probability": 7}] * 2},
+            {**good, "predictions": "<script>"},
+            ["not", "a", "result"],
+        ):
+            r.set(key, json.dumps(forged))
+            assert cache.lookup(b"forged", 2, model, settings).stored is None
+        r.set(key, json.dumps(good))
+        assert cache.lookup(b"forged", 2, model, settings).stored == good
+    finally:
+        r.delete(key)
+        r.close()

@@ -51,19 +51,38 @@ def enabled(settings: Settings) -> bool:
     )
 
 
+# Bump when decoding or preprocessing changes what a given image gives.
+PIPELINE_VERSION = 2
+
+
 def cache_key(data: bytes, top_k: int, model: dict[str, Any], settings: Settings) -> str:
+    """Everything that can change a job's outcome: the model setup, and the settings that
+    decide whether an image is refused at all (a stricter worker must not be served a result
+    a laxer one stored)."""
     identity = {
+        "pipeline": PIPELINE_VERSION,
         "model": model.get("model"),
         "weights": model.get("weights"),
         "preprocess": model.get("preprocess"),
         "precision": model.get("precision"),
+        # Not the device: the same precision gives the same answer on CPU and GPU; but the
+        # decoder (nvJPEG on a GPU) changes pixels, as draft decoding does.
+        "decoder": _decoder(model, settings),
         "draft_decode": settings.draft_decode,
+        "allowed_formats": sorted(settings.allowed_formats),
+        "max_image_pixels": settings.max_image_pixels,
+        "max_image_bytes": settings.max_image_bytes,
         "top_k": top_k,
     }
     h = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     h.update(b"\0")
     h.update(data)
     return settings.redis_key_prefix + KEY_PREFIX + h.hexdigest()
+
+
+def _decoder(model: dict[str, Any], settings: Settings) -> str:
+    on_gpu = str(model.get("device", "")).startswith("cuda")
+    return "nvjpeg" if on_gpu and settings.gpu_decode else "pillow"
 
 
 @dataclass
@@ -114,4 +133,26 @@ def lookup(data: bytes, top_k: int, model: dict[str, Any], settings: Settings) -
     except (redis.RedisError, ValueError) as exc:
         log.warning("result cache: lookup failed (%s); running the model", exc)
         stored = None
+    if stored is not None and not _plausible(stored, top_k, model):
+        log.warning("result cache: ignoring a malformed entry %s; running the model", key[-12:])
+        stored = None
     return Entry(key, stored, settings, time.perf_counter() - started)
+
+
+def _plausible(stored: Any, top_k: int, model: dict[str, Any]) -> bool:
+    """What this worker would have stored: its model, top_k well-formed predictions."""
+    if not isinstance(stored, dict):
+        return False
+    if any(stored.get(k) != model.get(k) for k in ("model", "weights", "precision")):
+        return False
+    predictions = stored.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != top_k:
+        return False
+    return all(
+        isinstance(p, dict)
+        and isinstance(p.get("index"), int)
+        and isinstance(p.get("label"), str)
+        and isinstance(p.get("probability"), int | float)
+        and 0.0 <= p["probability"] <= 1.0
+        for p in predictions
+    )
