@@ -30,6 +30,8 @@ ERROR_TYPES: dict[str, str] = {
     "TooLarge": "the image is over the byte or pixel limit",
     "NotAnImage": "the bytes are not a decodable image (empty, truncated, corrupt)",
     "UnsupportedFormat": "the image format is outside the allowed list",
+    "InferenceUnavailable": "the worker's model stopped working (its inference thread died or "
+    "hung); retried on another worker first",
     "JobLost": "the job was delivered too many times without finishing (its worker kept dying)",
     "InternalError": "an unexpected worker error; the message says more",
 }

@@ -11,7 +11,7 @@ import torch
 
 from producer import Client
 from tests.support import WorkerFactory, wait_for
-from worker.batcher import Batcher
+from worker.batcher import Batcher, InferenceDead, is_fatal
 
 
 class GatedModel:
@@ -131,3 +131,40 @@ def test_setup_runs_on_the_inference_thread_and_its_errors_surface() -> None:
 
     with pytest.raises(OSError, match="unreadable"):
         Batcher(lambda b: b, 2, 0.0, setup=broken)
+
+
+def test_a_fatal_error_kills_the_batcher_and_fails_every_waiter_at_once() -> None:
+    calls: list[int] = []
+
+    def infer(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(batch.shape[0])
+        if len(calls) == 2:
+            raise SystemError("the model is gone")
+        return batch
+
+    deaths: list[BaseException] = []
+    batcher = Batcher(infer, max_batch_size=1, max_delay=0.0)
+    batcher.on_death = deaths.append
+    assert batcher.submit(_item(1)).result(5)[1] == 1
+    futures = [batcher.submit(_item(i)) for i in range(5)]
+    for future in futures:
+        with pytest.raises(InferenceDead, match="the model is gone"):
+            future.result(5)  # not left waiting: failed when the thread died
+    with pytest.raises(InferenceDead):
+        batcher.submit(_item(9))
+    assert len(deaths) == 1 and isinstance(deaths[0], SystemError)
+
+
+def test_ordinary_errors_stay_with_their_batch_and_hangs_can_be_declared() -> None:
+    assert not is_fatal(ValueError("a bad input")) and is_fatal(MemoryError())
+    assert is_fatal(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    model = GatedModel()
+    batcher = Batcher(model, max_batch_size=1, max_delay=0.0)
+    stuck = batcher.submit(_item(1))
+    assert model.entered.wait(5)
+    waiting = batcher.submit(_item(2))
+    batcher.declare_dead(TimeoutError("no batch finished"))  # what a job's timeout does
+    with pytest.raises(InferenceDead):
+        waiting.result(5)
+    model.release.set()
+    stuck.result(5)  # the batch in flight still ends

@@ -8,6 +8,7 @@ defaults); the stand-in model (MODEL=sleep:Nms) makes "mid-inference" a window o
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -277,3 +278,28 @@ def test_gate_runs_a_suspect_alone_once_earlier_jobs_are_acknowledged() -> None:
     gate.settled("a")
     second.join(5)
     assert events == ["a runs", "s runs"]
+
+
+def test_a_dead_inference_thread_fails_fast_and_the_worker_exits(
+    fault_workers: WorkerFactory, fclient: Client, tmp_path: Path
+) -> None:
+    """Inference raises a fatal error (TEST_FATAL_INFERENCE_AFTER): the waiting jobs fail at
+    once with InferenceUnavailable and retry elsewhere, the worker stops being ready and exits
+    with status 1 for its supervisor to restart it."""
+    ready = tmp_path / "ready.json"
+    doomed = fault_workers.start(
+        TEST_FATAL_INFERENCE_AFTER="3", READY_FILE=str(ready), MODEL="sleep:200ms"
+    )
+    assert ready.exists()
+    ids = fclient.submit_many(["cat.jpg"] * 30, top_k=1)
+    started = time.monotonic()
+    assert doomed.proc.wait(60) == 1
+    assert time.monotonic() - started < 30
+    assert not ready.exists()
+    log = doomed.log()
+    assert "the inference thread died" in log
+    lines = [json.loads(x.split(" job ", 1)[1]) for x in log.splitlines() if " job {" in x]
+    retried = [x for x in lines if x["outcome"] == "retry"]
+    assert retried and {x["error_type"] for x in retried} == {"InferenceUnavailable"}
+    fault_workers.start()  # what its supervisor does
+    assert {o.state for o in fclient.wait(ids, timeout=60)} == {"SUCCESS"}

@@ -23,6 +23,18 @@ log = logging.getLogger(__name__)
 InferFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+class InferenceDead(Exception):
+    """Raised when the inference thread has died (or hung): no batch will run in this process."""
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Errors after which this process's model cannot be trusted to run another batch."""
+    if not isinstance(exc, Exception) or isinstance(exc, MemoryError | SystemError):
+        return True
+    # A CUDA fault poisons the context: every later call fails too.
+    return "CUDA error" in str(exc) or type(exc).__name__ == "AcceleratorError"
+
+
 @dataclass
 class _Item:
     tensor: torch.Tensor
@@ -41,11 +53,18 @@ class Batcher:
         device: torch.device | None = None,
         setup: Callable[[], None] | None = None,
     ) -> None:
-        """`setup`, if given, runs first on the inference thread; its errors raise here."""
+        """`setup`, if given, runs first on the inference thread; its errors raise here.
+
+        After a fatal error (see `is_fatal`) the batcher is dead: every waiting and later
+        submit fails with InferenceDead at once, and `on_death` is called once.
+        """
         self.infer = infer
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay = max(0.0, max_delay)
         self.on_batch = on_batch
+        self.on_death: Callable[[BaseException], None] | None = None
+        self.dead: BaseException | None = None
+        self._death_lock = threading.Lock()
         self.device = device
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
@@ -59,11 +78,40 @@ class Batcher:
 
     def submit(self, tensor: torch.Tensor) -> Future[tuple[torch.Tensor, int]]:
         """Queue one preprocessed input; the future gives (its output row, the batch size)."""
-        if self._stopped:
-            raise RuntimeError("batcher is stopped")
         item = _Item(tensor)
-        self._queue.put(item)
+        with self._death_lock:  # so no item lands after the queue was failed at death
+            if self.dead is not None:
+                raise InferenceDead(f"the inference thread died: {self.dead!r}")
+            if self._stopped:
+                raise RuntimeError("batcher is stopped")
+            self._queue.put(item)
         return item.future
+
+    def declare_dead(self, exc: BaseException, items: list[_Item] | None = None) -> None:
+        """Fail every waiting job and stop accepting new ones (also for a hung thread)."""
+        with self._death_lock:
+            if self.dead is not None:
+                return
+            self.dead = exc
+            self._stopped = True
+        error = InferenceDead(f"the inference thread died: {exc!r}")
+        pending = list(items or [])
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                pending.append(item)
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(error)
+        log.critical("inference thread dead (%r): %d waiting job(s) failed", exc, len(pending))
+        if self.on_death is not None:
+            try:
+                self.on_death(exc)
+            except Exception:
+                log.exception("on_death hook failed")
 
     @contextlib.contextmanager
     def upcoming(self) -> Iterator[None]:
@@ -124,11 +172,22 @@ class Batcher:
             self._ready.set_exception(exc)
             return
         self._ready.set_result(None)
+        try:
+            self._run()
+        except BaseException as exc:  # anything outside a batch: the loop is gone
+            self.declare_dead(exc)
+
+    def _run(self) -> None:
         while (items := self._collect()) is not None:
             started = time.perf_counter()
             try:
                 outputs = self.infer(self._stack(items))
-            except BaseException as exc:  # handed to every waiter; the loop itself survives
+            except BaseException as exc:
+                if is_fatal(exc):
+                    self.declare_dead(exc, items)
+                    return
+                # An ordinary error belongs to this batch: handed to its waiters, and the loop
+                # itself survives.
                 log.exception("inference failed for a batch of %d", len(items))
                 for item in items:
                     item.future.set_exception(exc)

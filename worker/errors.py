@@ -48,6 +48,12 @@ class UnsupportedFormat(ClassifyError):
     """Raised when an image's format is outside the allowed list."""
 
 
+class InferenceUnavailable(ClassifyError):
+    """Raised when the worker's inference thread died or hung; the job is retried elsewhere."""
+
+    transient = True
+
+
 class JobLost(ClassifyError):
     """Raised when a job was delivered more times than allowed without finishing."""
 

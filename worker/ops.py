@@ -7,11 +7,14 @@ import os
 from typing import Any
 
 from celery import signals
+from celery.platforms import EX_FAILURE
 
 from producer.redaction import redact_text
 from worker import health, metrics
 from worker.runtime import Runtime
 from worker.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # The worker's main process: what the ready file names, also when forked children load models.
 _main_pid = os.getpid()
@@ -39,12 +42,26 @@ def ready(rt: Runtime) -> Runtime:
     """After load and warm-up: count batches, publish the load time, report ready."""
     _serve(rt.settings)
     rt.batcher.on_batch = metrics.observe_batch
+    rt.batcher.on_death = lambda exc: inference_died(rt.settings, exc)
     metrics.MODEL_LOAD.set(rt.load_seconds)
     metrics.READY.set(1)
     model = rt.classifier
     info = {"pid": _main_pid, "model": model.name, "weights": model.weights_id}
     health.mark_ready(rt.settings.ready_file, info)
     return rt
+
+
+def inference_died(settings: Settings, exc: BaseException) -> None:
+    """The model is gone: not ready any more, and the worker exits (code 1) so that its
+    supervisor restarts it. Jobs already waiting failed with InferenceUnavailable and retry
+    on other workers."""
+    log.critical("the inference thread died (%r): this worker is no longer ready and exits", exc)
+    metrics.READY.set(0)
+    health.mark_stopped(settings.ready_file)
+    from celery.worker import state
+
+    # What Celery's own SIGTERM handler sets; its loop raises WorkerShutdown(1) next turn.
+    state.should_stop = EX_FAILURE
 
 
 def stopping(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from torch import Tensor
@@ -10,7 +11,8 @@ from torch import Tensor
 from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
 from producer.redaction import display_url
 from worker import cache
-from worker.errors import InvalidArguments
+from worker.batcher import InferenceDead
+from worker.errors import InferenceUnavailable, InvalidArguments
 from worker.fetch import fetch
 from worker.imaging import Decoded, decode, probe
 from worker.model import ImageModel
@@ -59,6 +61,21 @@ def _to_tensor(data: bytes, settings: Settings, model: ImageModel) -> tuple[Deco
     return decoded, tensor
 
 
+def _infer(rt: Runtime, tensor: Tensor) -> tuple[Tensor, int]:
+    """The job's row of its batch; InferenceUnavailable when the inference thread is gone."""
+    timeout = rt.settings.inference_timeout
+    try:
+        return rt.batcher.submit(tensor).result(timeout=timeout)
+    except FutureTimeout:
+        # Hung, not dead: no thread can be killed, so the process gives up on its model.
+        rt.batcher.declare_dead(TimeoutError(f"no batch finished within {timeout:g}s"))
+        raise InferenceUnavailable(
+            f"inference did not answer within INFERENCE_TIMEOUT={timeout:g}s"
+        ) from None
+    except InferenceDead as exc:
+        raise InferenceUnavailable(str(exc)) from None
+
+
 def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     """Classify one source; raises a ClassifyError subclass for bad input."""
     settings, model = rt.settings, rt.classifier
@@ -74,8 +91,7 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
             return entry.reuse(shown, t1 - t0, t0)
         decoded, tensor = _to_tensor(fetched.data, settings, model)
         t2 = time.perf_counter()
-        future = rt.batcher.submit(tensor)
-    probabilities, batch_size = future.result()
+        probabilities, batch_size = _infer(rt, tensor)
     t3 = time.perf_counter()
     predictions = model.postprocess(probabilities, top_k)
     t4 = time.perf_counter()

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -88,8 +89,16 @@ def start(settings: Settings) -> Runtime:
             model.warm_up(settings.effective_batch_size)
             loaded.append(model)
 
+        batches = itertools.count(1)
+        fatal_after = settings.test_fatal_inference_after
+
+        def infer(batch: torch.Tensor) -> torch.Tensor:
+            if fatal_after and next(batches) >= fatal_after:
+                raise SystemError("TEST_FATAL_INFERENCE_AFTER: a simulated fatal error (tests)")
+            return loaded[0].infer(batch)
+
         batcher = Batcher(
-            lambda batch: loaded[0].infer(batch),
+            infer,
             settings.effective_batch_size,
             settings.max_batch_delay_ms / 1000.0,
             setup=load,

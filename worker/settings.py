@@ -82,8 +82,12 @@ class Settings:
     # Off by default: three events per job cost ~15% throughput on a 2-core CPU. Flower turns
     # them on at runtime anyway; the compose file sets TASK_EVENTS=true.
     task_events: bool = False
+    # A job waits this long for its batch before the inference thread counts as hung.
+    inference_timeout: float = 120.0
     # Tests only: a job whose source equals this SIGKILLs its own worker process (empty: off).
     test_poison_source: str = ""
+    # Tests only: inference raises a fatal error from the Nth batch on (0: off).
+    test_fatal_inference_after: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +124,8 @@ class Settings:
             raise ConfigError("BROKER_POLL_INTERVAL must be within 0.01..5 seconds")
         if self.max_message_bytes < 1024 or self.dead_letter_limit < 1:
             raise ConfigError("MAX_MESSAGE_BYTES must be >= 1024 and DEAD_LETTER_LIMIT >= 1")
+        if self.inference_timeout <= 0:
+            raise ConfigError("INFERENCE_TIMEOUT must be positive")
         if self.result_failure_expires is not None and self.result_failure_expires < 0:
             raise ConfigError("RESULT_FAILURE_EXPIRES must not be negative")
         for name in ("max_batch_size", "concurrency", "max_image_bytes", "max_image_pixels"):

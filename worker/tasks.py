@@ -10,7 +10,7 @@ from celery import Task
 from producer.contract import TASK_NAME
 from worker import deliveries, joblog, pipeline, runtime
 from worker.celery_app import app, settings
-from worker.errors import ClassifyError, FetchFailed, InternalError
+from worker.errors import ClassifyError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,12 @@ def _classify(self: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict
     deliveries.maybe_poison(source, settings)
     try:
         return pipeline.classify(source, top_k, runtime.get(settings))
-    except FetchFailed as exc:
+    except ClassifyError as exc:
         if exc.transient and self.request.retries < settings.fetch_retries:
-            # Exponential backoff (FETCH_RETRY_BACKOFF x 1, 2, 4 ...) for resets, timeouts, 5xx.
+            # Exponential backoff (FETCH_RETRY_BACKOFF x 1, 2, 4 ...) for resets, timeouts,
+            # 5xx, and for a worker whose model stopped (another worker then takes it).
             countdown = settings.fetch_retry_backoff * 2**self.request.retries
             raise self.retry(countdown=countdown, exc=exc) from exc
-        raise
-    except ClassifyError:
         raise
     except Exception as exc:
         log.exception("unexpected error classifying %r", source)
