@@ -216,3 +216,25 @@ def test_retry_is_logged_and_counted(
     assert [o["outcome"] for o in outcomes] == ["retry", "success"]
     assert outcomes[0]["error_type"] == "FetchFailed" and outcomes[1]["retries"] == 1
     assert samples(ops_env["METRICS_PORT"])[("imgqueue_jobs_total", (("outcome", "retry"),))] >= 1
+
+
+def test_idle_connections_take_no_thread_and_no_job_from_the_worker(
+    worker: WorkerProcess, client: Client, ops_env: dict[str, str]
+) -> None:
+    """2,000 connections that never send a request, while jobs run and probes come in."""
+    port = int(ops_env["METRICS_PORT"])
+    warm = client.submit_many(["cat.jpg"] * 32, top_k=1)  # every task thread started
+    assert {o.state for o in client.wait(warm, timeout=60)} == {"SUCCESS"}
+    threads = len(os.listdir(f"/proc/{worker.pid}/task"))
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2000)]
+    try:
+        ids = client.submit_many(["cat.jpg", "rocket.jpg"] * 10, top_k=1)
+        assert get(f"http://127.0.0.1:{port}/ready") == (200, "ready\n")  # not locked out
+        assert {o.state for o in client.wait(ids, timeout=60)} == {"SUCCESS"}
+        assert len(os.listdir(f"/proc/{worker.pid}/task")) <= threads + 2
+        open_fds = len(os.listdir(f"/proc/{worker.pid}/fd"))
+        assert open_fds < 600  # the cap (256) bounds the descriptors they can hold
+    finally:
+        for sock in idle:
+            sock.close()
+    assert get(f"http://127.0.0.1:{port}/metrics")[0] == 200

@@ -1,13 +1,13 @@
 """Prometheus metrics for one worker process, served over HTTP on METRICS_PORT (0: off).
 
-The same small server answers `/ready` (200 once the model is loaded and warmed up, else 503)
-and `/healthz` (200 while the process runs), so a container needs one port for both.
+The same small server (worker/endpoint.py, bounded: one thread, timeouts, a connection cap)
+answers `/ready` (200 once the model is loaded and warmed up, else 503) and `/healthz` (200
+while the process runs), so a container needs one port for both.
 """
 
 from __future__ import annotations
 
 import collections
-import http.server
 import logging
 import threading
 import time
@@ -16,6 +16,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+
+from worker.endpoint import Endpoint, Route
 
 log = logging.getLogger(__name__)
 
@@ -120,57 +122,42 @@ def observe_broker_event(event: str, count: int) -> None:
         RETURNED.labels(why=event.removeprefix("returned_")).inc(count)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    is_ready: Callable[[], bool]
-
-    def log_message(self, *args: Any) -> None:
-        pass  # scrapes every few seconds would drown the job log
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
-        elif path == "/ready":
-            ready = self.is_ready()
-            self._send(200 if ready else 503, b"ready\n" if ready else b"loading\n")
-        elif path in ("/healthz", "/live"):
-            self._send(200, b"ok\n")
-        else:
-            self._send(404, b"not found: try /metrics, /ready or /healthz\n")
-
-    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+_TEXT = "text/plain; charset=utf-8"
+_server: Endpoint | None = None
 
 
-_server: http.server.ThreadingHTTPServer | None = None
+def routes(is_ready: Callable[[], bool]) -> dict[str, Route]:
+    def ready() -> tuple[int, bytes, str]:
+        ok = is_ready()
+        return (200, b"ready\n", _TEXT) if ok else (503, b"loading\n", _TEXT)
+
+    return {
+        "/metrics": lambda: (200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST),
+        "/ready": ready,
+        "/healthz": lambda: (200, b"ok\n", _TEXT),
+        "/live": lambda: (200, b"ok\n", _TEXT),
+    }
 
 
 def serve(addr: str, port: int, is_ready: Callable[[], bool]) -> int | None:
     """Start the HTTP endpoint once per process; returns its port, or None if it cannot bind."""
     global _server
     if _server is not None:
-        return int(_server.server_address[1])
-    handler = type("Handler", (_Handler,), {"is_ready": staticmethod(is_ready)})
+        return _server.port
+    server = Endpoint(addr, port, routes(is_ready))
     try:
-        server = http.server.ThreadingHTTPServer((addr, port), handler)
+        bound = server.start()
     except OSError as exc:
         # E.g. several pool processes on one port: jobs matter more than metrics.
         log.warning("metrics endpoint not started on %s:%d: %s", addr, port, exc)
         return None
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     _server = server
-    log.info("metrics on http://%s:%d/metrics (also /ready, /healthz)", addr, port)
-    return port
+    log.info("metrics on http://%s:%d/metrics (also /ready, /healthz)", addr, bound)
+    return bound
 
 
 def shutdown() -> None:
     global _server
     if _server is not None:
-        _server.shutdown()
-        _server.server_close()
+        _server.stop()
         _server = None
