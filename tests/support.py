@@ -75,11 +75,14 @@ class RedisServer:
         port: int | None = None,
         extra: list[str] | None = None,
         password: str | None = None,
+        config: Path | None = None,
     ):
+        """`config`: a redis.conf to start from (the command line overrides port, dir, ...)."""
         self.workdir = workdir
         self.port = port or free_port()
         self.extra = extra or []
         self.password = password
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -94,6 +97,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 exe,
+                *([str(self.config)] if self.config else []),
                 "--port",
                 str(self.port),
                 "--bind",

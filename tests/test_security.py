@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import uuid
@@ -15,7 +16,7 @@ from celery import Celery
 from producer import Client, JobFailed
 from producer.deadletters import DeadLetters
 from producer.errors import BrokerUnavailable
-from tests.support import RedisServer, WorkerFactory, free_port, wait_for
+from tests.support import ROOT, RedisServer, WorkerFactory, free_port, wait_for
 from worker.celery_app import app as worker_app
 
 
@@ -197,3 +198,58 @@ def test_rediss_url_with_certificate_checks(
     plain = url.split("?", 1)[0] + "?ssl_cert_reqs=required"
     with Client(plain) as untrusting, pytest.raises(BrokerUnavailable):
         untrusting.status("x")
+
+
+def test_redis_users_give_producers_no_way_to_forge_results(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """deploy/redis.conf's ACL users on a real Redis: the worker runs jobs, the producer submits
+    and reads, and cannot write a result, a cache entry or the delivery layer's keys."""
+    from producer.contract import result_key
+
+    # The shipped `user` lines, exactly (the rest of that file points at /data).
+    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
+    users = tmp_path / "users.conf"
+    users.write_text("\n".join(line for line in shipped if line.startswith("user ")) + "\n")
+    server = RedisServer(tmp_path / "acl", config=users).start()
+    base = f"127.0.0.1:{server.port}/0"
+    factory = WorkerFactory(
+        {
+            **worker_env,
+            "REDIS_URL": f"redis://worker:imgqueue-worker-dev@{base}",
+            "MODEL": "sleep:5ms",
+        },
+        tmp_path,
+    )
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port, username="producer", password="wrong").ping()
+        assert redis.Redis(port=server.port).ping()  # the default user: health checks only
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            redis.Redis(port=server.port).get("celery-task-meta-x")
+        factory.start()
+        with Client(f"redis://producer:imgqueue-producer-dev@{base}") as producer:
+            task_id = producer.submit("cat.jpg", top_k=1, priority=5)
+            assert producer.result(task_id, timeout=60)["source"] == "cat.jpg"
+            r = producer.redis
+            forged = json.dumps({"status": "SUCCESS", "result": {"predictions": []}})
+            for attempt in (
+                lambda: r.set(result_key(task_id), forged),
+                lambda: r.set(result_key("another-job"), forged),
+                lambda: r.set("imgqueue:result-cache:" + "0" * 64, "{}"),
+                lambda: r.set(f"imgqueue-deliveries-{task_id}-0", 99),
+                lambda: r.hset("imgqueue:unacked:someone", "tag", "x"),
+                lambda: r.zadd("imgqueue:consumers", {"fake": 1.0}),
+                lambda: r.delete("celery"),
+                lambda: r.eval("return redis.call('SET', KEYS[1], ARGV[1])", 1, "k", "v"),
+                lambda: r.publish("celery-task-meta-x", forged),
+                lambda: r.flushdb(),
+            ):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    attempt()
+            assert json.loads(r.get(result_key(task_id)) or b"{}")["status"] == "SUCCESS"
+        admin = redis.Redis(port=server.port, username="admin", password="imgqueue-admin-dev")
+        assert admin.keys("imgqueue:consumers")  # operators see everything
+    finally:
+        factory.stop_all()
+        server.stop()
