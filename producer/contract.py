@@ -27,7 +27,9 @@ ERROR_TYPES: dict[str, str] = {
     "SourceNotAllowed": "the source is a forbidden scheme, address, or a path outside IMAGE_ROOT",
     "SourceNotFound": "the file does not exist or the URL answered 404/410",
     "FetchFailed": "the URL could not be fetched (network error, timeout, HTTP error)",
-    "TooLarge": "the image is over the byte or pixel limit",
+    "TooLarge": "the image is over the byte or pixel limit, or needs more memory to decode "
+    "than DECODE_MEMORY_LIMIT",
+    "DecodeTimeout": "decoding the image took longer than its deadline (a costly or crafted file)",
     "NotAnImage": "the bytes are not a decodable image (empty, truncated, corrupt)",
     "UnsupportedFormat": "the image format is outside the allowed list",
     "InferenceUnavailable": "the worker's model stopped working (its inference thread died or "

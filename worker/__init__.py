@@ -11,6 +11,16 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from worker.celery_app import app
+from typing import Any
 
 __all__ = ["app"]
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A worker` reads `worker.app`; importing a light module (worker.imaging in a
+    # decode process, say) must not build the Celery app or load torch.
+    if name == "app":
+        from worker.celery_app import app
+
+        return app
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

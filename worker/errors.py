@@ -44,6 +44,10 @@ class NotAnImage(ClassifyError):
     """Raised when bytes cannot be decoded as an image (empty, truncated, corrupt)."""
 
 
+class DecodeTimeout(ClassifyError):
+    """Raised when decoding an image takes longer than its deadline (DECODE_TIMEOUT)."""
+
+
 class UnsupportedFormat(ClassifyError):
     """Raised when an image's format is outside the allowed list."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,6 +17,9 @@ Image.MAX_IMAGE_PIXELS = None
 
 #: Longest side over shortest side beyond which an image is refused (see _check_size).
 MAX_ASPECT_RATIO = 100
+#: Pillow decodes RLE-compressed BMPs in pure Python, about 1 s per megapixel: larger ones
+#: would only ever end at the decode deadline, so they are refused from the header.
+MAX_BMP_RLE_PIXELS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,13 @@ def decode(
     max_pixels: int,
     allowed_formats: tuple[str, ...],
     draft_size: int | None = None,
+    on_header: Callable[[int, int, str], None] | None = None,
 ) -> Decoded:
     """Decode image bytes to RGB, honouring EXIF orientation.
 
     `draft_size`, when given, lets the JPEG decoder shrink by 1/2, 1/4 or 1/8 while decoding,
-    never below that many pixels on the shorter side.
+    never below that many pixels on the shorter side. `on_header` hears the size and format
+    once the header passed its checks, before any pixel is decoded.
     """
     if not data:
         raise NotAnImage("the file is empty")
@@ -51,6 +57,9 @@ def decode(
                 raise UnsupportedFormat(f"image format {fmt} is not allowed")
             width, height = image.size
             _check_size(width, height, max_pixels)
+            _check_slow_decoder(image, width * height)
+            if on_header is not None:
+                on_header(width, height, fmt)
             if draft_size and fmt in ("JPEG", "MPO"):
                 _draft(image, draft_size)
             image.load()  # the first frame only, for animations
@@ -102,6 +111,15 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+def _check_slow_decoder(image: Image.Image, pixels: int) -> None:
+    tiles = getattr(image, "tile", None) or []  # ImageFile only
+    if pixels > MAX_BMP_RLE_PIXELS and any(tile[0] == "bmp_rle" for tile in tiles):
+        raise TooLarge(
+            f"RLE-compressed BMP of {pixels} pixels: over {MAX_BMP_RLE_PIXELS}, whose "
+            "decoder is too slow (convert it to PNG)"
+        )
+
+
 def sniff_format(data: bytes) -> str | None:
     """The name of the format Pillow would recognise from the first bytes, without parsing."""
     Image.init()
@@ -145,6 +163,21 @@ def _draft(image: Image.Image, min_side: int) -> None:
     # draft() picks the largest reduction that keeps the image at least this big.
     scale = min_side / short
     image.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
+
+
+def shrink(image: Image.Image, short_side: int | None) -> Image.Image:
+    """Resize so the shorter side is `short_side`, exactly as torchvision's `Resize(size)` does
+    on a PIL image (same output size, PIL's bilinear filter): the weights' transforms then find
+    nothing left to resize, and the pixels are the reference ones."""
+    if not short_side:
+        return image
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = short_side, int(short_side * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return image
+    return image.resize((new_w, new_h), Image.Resampling.BILINEAR)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -15,9 +15,7 @@ from worker.batcher import InferenceDead
 from worker.errors import InferenceUnavailable, InvalidArguments
 from worker.fetch import fetch
 from worker.imaging import Decoded, decode, probe
-from worker.model import ImageModel
 from worker.runtime import Runtime
-from worker.settings import Settings
 
 _KWARGS = frozenset({"top_k"})
 
@@ -46,17 +44,30 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def _to_tensor(data: bytes, settings: Settings, model: ImageModel) -> tuple[Decoded, Tensor]:
+def _to_tensor(data: bytes, rt: Runtime) -> tuple[Decoded, Tensor]:
+    settings, model, pool = rt.settings, rt.classifier, rt.decoder
     max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
     decoded, tensor = None, None
     if model.device.type == "cuda":
         # On a GPU, JPEGs decode there; anything else (or any GPU failure) goes through Pillow.
-        decoded = probe(data, max_pixels=max_pixels, allowed_formats=formats)
+        # The header is still read in a decode process: parsing it is where files attack.
+        decoded = (pool.probe if pool else probe)(
+            data, max_pixels=max_pixels, allowed_formats=formats
+        )
         if decoded is not None and decoded.format == "JPEG":
             tensor = model.preprocess_encoded(data)
     if decoded is None or tensor is None:
         draft = model.resize_size if settings.draft_decode else None
-        decoded = decode(data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft)
+        if pool is not None:
+            decoded = pool.decode(
+                data,
+                max_pixels=max_pixels,
+                allowed_formats=formats,
+                draft_size=draft,
+                resize=model.shrink_size,
+            )
+        else:
+            decoded = decode(data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft)
         tensor = model.preprocess(decoded.image)
     return decoded, tensor
 
@@ -89,7 +100,7 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
         entry = cache.lookup(fetched.data, top_k, description, settings)
         if entry.stored is not None:
             return entry.reuse(shown, t1 - t0, t0)
-        decoded, tensor = _to_tensor(fetched.data, settings, model)
+        decoded, tensor = _to_tensor(fetched.data, rt)
         t2 = time.perf_counter()
         probabilities, batch_size = _infer(rt, tensor)
     t3 = time.perf_counter()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from worker.batcher import Batcher
 from worker.model import ImageModel, build_model
 from worker.model.weights import WeightsSource, resolve
+from worker.sandbox import DecodePool, default_limits
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Runtime:
     classifier: ImageModel
     batcher: Batcher
     load_seconds: float
+    decoder: DecodePool | None = None  # None: DECODE_SANDBOX=false, decode in this process
 
     def enter_task_thread(self) -> None:
         """Once per task thread, before its first torch op: keep it to one intra-op thread.
@@ -105,7 +107,18 @@ def start(settings: Settings) -> Runtime:
         )
         classifier = loaded[0]
         batcher.device = classifier.device
-        _runtime = Runtime(settings, classifier, batcher, time.perf_counter() - started)
+        decoder = None
+        if settings.decode_sandbox:
+            decoder = DecodePool(
+                default_limits(
+                    settings.decode_processes,
+                    settings.decode_memory_limit,
+                    settings.decode_timeout,
+                    settings.decode_seconds_per_megapixel,
+                )
+            )
+        load_seconds = time.perf_counter() - started
+        _runtime = Runtime(settings, classifier, batcher, load_seconds, decoder)
         log.info(
             "model ready: %s weights=%s device=%s precision=%s batch<=%d in %.1fs",
             classifier.name,
@@ -128,4 +141,6 @@ def stop() -> None:
     with _lock:
         if _runtime is not None:
             _runtime.batcher.stop()
+            if _runtime.decoder is not None:
+                _runtime.decoder.close()
             _runtime = None

@@ -51,6 +51,14 @@ class Settings:
     draft_decode: bool = True  # JPEG decoder shrinks 1/2..1/8, never below the resize size
     gpu_decode: bool = True  # CUDA only: JPEGs decoded by nvJPEG, Pillow as the fallback
 
+    # Decoding runs in DECODE_PROCESSES child processes (worker/sandbox), each limited to
+    # DECODE_MEMORY_LIMIT bytes of address space (0: sized from the machine), with a deadline
+    # of DECODE_TIMEOUT for the header plus DECODE_SECONDS_PER_MEGAPIXEL of image area.
+    decode_sandbox: bool = True
+    decode_processes: int = 0
+    decode_memory_limit: int = 0
+    decode_timeout: float = 1.0
+    decode_seconds_per_megapixel: float = 0.1
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     allowed_formats: tuple[str, ...] = DEFAULT_FORMATS
@@ -124,6 +132,12 @@ class Settings:
             raise ConfigError("BROKER_POLL_INTERVAL must be within 0.01..5 seconds")
         if self.max_message_bytes < 1024 or self.dead_letter_limit < 1:
             raise ConfigError("MAX_MESSAGE_BYTES must be >= 1024 and DEAD_LETTER_LIMIT >= 1")
+        if self.decode_timeout <= 0 or self.decode_seconds_per_megapixel < 0:
+            raise ConfigError("DECODE_TIMEOUT must be positive, DECODE_SECONDS_PER_MEGAPIXEL >= 0")
+        if self.decode_processes < 0 or (
+            self.decode_memory_limit and self.decode_memory_limit < 128 * 1024 * 1024
+        ):
+            raise ConfigError("DECODE_PROCESSES must be >= 0, DECODE_MEMORY_LIMIT >= 128 MiB")
         if self.inference_timeout <= 0:
             raise ConfigError("INFERENCE_TIMEOUT must be positive")
         if self.result_failure_expires is not None and self.result_failure_expires < 0:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torchvision.transforms import InterpolationMode
 
 from worker.errors import ConfigError
 from worker.model.bf16 import bf16_pays, cpu_has_native_bf16, to_bf16
@@ -113,6 +114,12 @@ class Classifier:
                 return model
             return bf16
         return model
+
+    @property
+    def shrink_size(self) -> int | None:
+        """The resize a decode process can do for the transforms (see ImageModel)."""
+        bilinear = self.transforms.interpolation == InterpolationMode.BILINEAR
+        return self.resize_size if bilinear else None
 
     @property
     def weights_id(self) -> str:

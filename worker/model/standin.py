@@ -50,6 +50,10 @@ class SleepModel:
     def weights_id(self) -> str:
         return "none"
 
+    @property
+    def shrink_size(self) -> int | None:
+        return self.resize_size  # its preprocess ignores the pixels: send few of them
+
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.name,
