@@ -37,11 +37,17 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _OPAQUE_SCHEMES = frozenset({"data", "javascript", "file", "mailto", "blob", "about", "jar"})
 
 
-@dataclass(frozen=True)
+@dataclass
 class Fetched:
+    """A source's bytes. They may be tens of megabytes, so the job drops them (`release`) as
+    soon as it ends: a failed job's traceback can outlive it, and it holds every frame."""
+
     data: bytes
     kind: str  # "file" or "url"
     final: str  # the path read, or the URL after redirects
+
+    def release(self) -> None:
+        self.data = b""
 
 
 def fetch(source: str, settings: Settings) -> Fetched:

@@ -66,8 +66,8 @@ def decode(
             # In place: the default returns a full copy even when nothing needs turning.
             ImageOps.exif_transpose(image, in_place=True)
             return Decoded(to_rgb(image), width, height, fmt)
-    except (UnsupportedFormat, TooLarge):
-        raise
+    except (UnsupportedFormat, TooLarge, MemoryError):
+        raise  # MemoryError: a decode process reports it against its limit
     except UnidentifiedImageError:
         other = sniff_format(data)
         if other and other not in _openers(allowed):  # an allowed format that failed: corrupt

@@ -13,7 +13,7 @@ from producer.redaction import display_url
 from worker import cache
 from worker.batcher import InferenceDead
 from worker.errors import InferenceUnavailable, InvalidArguments
-from worker.fetch import fetch
+from worker.fetch import Fetched, fetch
 from worker.imaging import Decoded, decode, probe
 from worker.runtime import Runtime
 
@@ -44,7 +44,8 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def _to_tensor(data: bytes, rt: Runtime) -> tuple[Decoded, Tensor]:
+def _to_tensor(fetched: Fetched, rt: Runtime) -> tuple[Decoded, Tensor]:
+    # `fetched.data` is read where used, never bound to a name: see Fetched.release.
     settings, model, pool = rt.settings, rt.classifier, rt.decoder
     max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
     decoded, tensor = None, None
@@ -52,22 +53,24 @@ def _to_tensor(data: bytes, rt: Runtime) -> tuple[Decoded, Tensor]:
         # On a GPU, JPEGs decode there; anything else (or any GPU failure) goes through Pillow.
         # The header is still read in a decode process: parsing it is where files attack.
         decoded = (pool.probe if pool else probe)(
-            data, max_pixels=max_pixels, allowed_formats=formats
+            fetched.data, max_pixels=max_pixels, allowed_formats=formats
         )
         if decoded is not None and decoded.format == "JPEG":
-            tensor = model.preprocess_encoded(data)
+            tensor = model.preprocess_encoded(fetched.data)
     if decoded is None or tensor is None:
         draft = model.resize_size if settings.draft_decode else None
         if pool is not None:
             decoded = pool.decode(
-                data,
+                fetched,
                 max_pixels=max_pixels,
                 allowed_formats=formats,
                 draft_size=draft,
                 resize=model.shrink_size,
             )
         else:
-            decoded = decode(data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft)
+            decoded = decode(
+                fetched.data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft
+            )
         tensor = model.preprocess(decoded.image)
     return decoded, tensor
 
@@ -95,12 +98,15 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     t0 = time.perf_counter()
     with rt.batcher.upcoming():
         fetched = fetch(source, settings)
-        t1 = time.perf_counter()
-        description = model.describe()
-        entry = cache.lookup(fetched.data, top_k, description, settings)
-        if entry.stored is not None:
-            return entry.reuse(shown, t1 - t0, t0)
-        decoded, tensor = _to_tensor(fetched.data, rt)
+        try:
+            t1 = time.perf_counter()
+            description = model.describe()
+            entry = cache.lookup(fetched.data, top_k, description, settings)
+            if entry.stored is not None:
+                return entry.reuse(shown, t1 - t0, t0)
+            decoded, tensor = _to_tensor(fetched, rt)
+        finally:
+            fetched.release()
         t2 = time.perf_counter()
         probabilities, batch_size = _infer(rt, tensor)
     t3 = time.perf_counter()

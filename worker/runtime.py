@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from worker.batcher import Batcher
 from worker.model import ImageModel, build_model
 from worker.model.weights import WeightsSource, resolve
-from worker.sandbox import DecodePool, default_limits
+from worker.sandbox.pool import DecodePool, default_limits
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from typing import Any
 from PIL import Image
 
 from worker import errors
+from worker.fetch import Fetched
 from worker.imaging import Decoded
 from worker.sandbox import child
 
@@ -78,19 +79,33 @@ class DecodePool:
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(limits.processes)
         self._closed = False
+        self._children: set[_Child] = set()
         for _ in range(limits.processes):
-            self._idle.put(_Child(self._ctx, limits))
+            self._idle.put(self._spawn())
+
+    def _spawn(self) -> _Child:
+        fresh = _Child(self._ctx, self.limits)
+        self._children.add(fresh)
+        return fresh
+
+    def pids(self) -> list[int]:
+        """The decode processes now running (for tests and operators)."""
+        return [c.proc.pid for c in list(self._children) if c.proc.pid and c.proc.is_alive()]
 
     def decode(
         self,
-        data: bytes,
+        source: Fetched | bytes,
         *,
         max_pixels: int,
         allowed_formats: tuple[str, ...],
         draft_size: int | None,
         resize: int | None,
     ) -> Decoded:
-        """Decoded and shrunk to `resize` (the shorter side), or a named error."""
+        """Decoded and shrunk to `resize` (the shorter side), or a named error.
+
+        Pass the Fetched holder rather than its bytes where they are large: then no frame of
+        a failed job's traceback keeps them alive.
+        """
         request = {
             "op": "decode",
             "max_pixels": max_pixels,
@@ -99,7 +114,7 @@ class DecodePool:
             "resize": resize,
         }
         with self._child() as (worker, fail):
-            reply = self._ask(worker, fail, request, data, self.limits.timeout)
+            reply = self._ask(worker, fail, request, source, self.limits.timeout)
             if reply[0] == "header":
                 _, width, height, _fmt = reply
                 budget = self.limits.timeout + self.limits.seconds_per_megapixel * (
@@ -133,9 +148,13 @@ class DecodePool:
         self._closed = True
         while True:
             try:
-                self._idle.get_nowait().kill()
+                self._retire(self._idle.get_nowait())
             except queue.Empty:
                 return
+
+    def _retire(self, worker: _Child) -> None:
+        self._children.discard(worker)
+        worker.kill()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -148,8 +167,11 @@ class DecodePool:
         try:
             try:
                 worker = self._idle.get_nowait()
+                if not worker.proc.is_alive():  # died while idle (an outside OOM kill, say)
+                    self._retire(worker)
+                    worker = self._spawn()
             except queue.Empty:
-                worker = _Child(self._ctx, self.limits)  # the one a failure retired
+                worker = self._spawn()  # in place of one a failure retired
             yield worker, fail
         except (EOFError, OSError, BrokenPipeError) as exc:
             fail[0] = True
@@ -160,16 +182,21 @@ class DecodePool:
         finally:
             if worker is not None:
                 if fail[0] or self._closed:
-                    worker.kill()
+                    self._retire(worker)
                 else:
                     self._idle.put(worker)
             self._slots.release()
 
     def _ask(
-        self, worker: _Child, fail: list[bool], request: dict[str, Any], data: bytes, budget: float
+        self,
+        worker: _Child,
+        fail: list[bool],
+        request: dict[str, Any],
+        source: Fetched | bytes,
+        budget: float,
     ) -> tuple[Any, ...]:
         worker.conn.send(request)
-        worker.conn.send_bytes(data)
+        worker.conn.send_bytes(source.data if isinstance(source, Fetched) else source)
         return self._wait(worker, fail, budget)
 
     def _wait(self, worker: _Child, fail: list[bool], budget: float) -> tuple[Any, ...]:
