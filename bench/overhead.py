@@ -2,8 +2,8 @@
 
 One worker with the zero-latency stand-in model (`MODEL=sleep:0ms` unless given), N jobs of the
 sample photos pushed at once; prints jobs/s and the CPU time per job of the worker process (with
-its decode processes) and of redis-server (from /proc, Linux only). KEY=VALUE pairs go to the worker's environment, e.g.
-`MAX_BATCH_SIZE=1` or `TASK_EVENTS=true`, to compare settings.
+its decode processes) and of redis-server (from /proc, Linux only). KEY=VALUE pairs go to the
+worker's environment, e.g. `MAX_BATCH_SIZE=1` or `TASK_EVENTS=true`, to compare settings.
 
 `--baseline REF` also runs the workers of another commit (e.g. `--baseline HEAD~3`, extracted
 with `git archive`), alternating baseline and current for `--rounds` rounds on the same Redis,
