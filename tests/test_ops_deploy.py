@@ -69,6 +69,9 @@ def test_compose_services() -> None:
     conf = (ROOT / conf_mount.split(":")[0]).read_text()
     assert re.search(r"^appendonly yes$", conf, re.M)
     assert re.search(r"^maxmemory-policy noeviction$", conf, re.M)
+    assert re.search(r"^user default on nopass .* -@all \+ping", conf, re.M)
+    producer_url = services["producer"]["environment"]["REDIS_URL"]
+    assert producer_url.startswith("redis://producer:")
 
     gpu = services["worker"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
@@ -78,7 +81,8 @@ def test_compose_services() -> None:
     for worker in (gpu, cpu):
         # `--scale worker=N` needs no fixed name and no published host port.
         assert "container_name" not in worker and "ports" not in worker
-        assert worker["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        # The worker ACL user of deploy/redis.conf.
+        assert worker["environment"]["REDIS_URL"].startswith("redis://worker:")
         assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.health"]
         assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "flower" in services["flower"]["command"]

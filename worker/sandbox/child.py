@@ -17,6 +17,11 @@ from typing import Any
 MIB = 1024 * 1024
 
 
+def serve(fd: int, memory_limit: int, recycle_rss: int) -> None:
+    """The process's whole life: requests on the socket `fd` until it closes."""
+    main(Connection(fd), memory_limit, recycle_rss)
+
+
 def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
     if memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import queue
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from PIL import Image
@@ -34,7 +37,6 @@ from PIL import Image
 from worker import errors
 from worker.fetch import Fetched
 from worker.imaging import Decoded
-from worker.sandbox import child
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +52,31 @@ class Limits:
 
 
 class _Child:
-    def __init__(self, ctx: Any, limits: Limits) -> None:
-        self.conn, theirs = ctx.Pipe()
+    """One decode process: a fresh interpreter (never a fork of this threaded process, and
+    possible from a prefork pool's daemonic children, where multiprocessing refuses)."""
+
+    def __init__(self, limits: Limits) -> None:
+        ours, theirs = socket.socketpair()
         recycle = max(256 * MIB, limits.memory_limit // 4)
-        self.proc = ctx.Process(
-            target=child.main,
-            args=(theirs, limits.memory_limit, recycle),
-            name="imgqueue-decode",
-            daemon=True,
+        code = f"from worker.sandbox.child import serve; serve({theirs.fileno()}, "
+        code += f"{limits.memory_limit}, {recycle})"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=(theirs.fileno(),), close_fds=True
         )
-        self.proc.start()
         theirs.close()
+        self.conn = Connection(ours.detach())
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):
             self.proc.kill()
-            self.proc.join(5)
+            self.proc.wait(5)
         with contextlib.suppress(Exception):
             self.conn.close()
 
@@ -75,7 +86,6 @@ class DecodePool:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._ctx = multiprocessing.get_context("spawn")  # never fork a threaded process
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(limits.processes)
         self._closed = False
@@ -84,13 +94,13 @@ class DecodePool:
             self._idle.put(self._spawn())
 
     def _spawn(self) -> _Child:
-        fresh = _Child(self._ctx, self.limits)
+        fresh = _Child(self.limits)
         self._children.add(fresh)
         return fresh
 
     def pids(self) -> list[int]:
         """The decode processes now running (for tests and operators)."""
-        return [c.proc.pid for c in list(self._children) if c.proc.pid and c.proc.is_alive()]
+        return [c.pid for c in list(self._children) if c.alive()]
 
     def decode(
         self,
@@ -167,7 +177,7 @@ class DecodePool:
         try:
             try:
                 worker = self._idle.get_nowait()
-                if not worker.proc.is_alive():  # died while idle (an outside OOM kill, say)
+                if not worker.alive():  # died while idle (an outside OOM kill, say)
                     self._retire(worker)
                     worker = self._spawn()
             except queue.Empty:
@@ -175,7 +185,7 @@ class DecodePool:
             yield worker, fail
         except (EOFError, OSError, BrokenPipeError) as exc:
             fail[0] = True
-            code = worker.proc.exitcode if worker is not None else None
+            code = worker.exitcode() if worker is not None else None
             raise errors.NotAnImage(
                 f"the image decoder crashed on this image ({_how(code)})"
             ) from exc
