@@ -220,3 +220,23 @@ def test_secrets_never_reach_logs_errors_results_or_metrics(
     ]:
         leaked = [s for s in SECRETS if s in text]
         assert not leaked, f"{where} shows {leaked}"
+
+
+def test_malformed_urls_fail_at_once_through_a_worker(
+    loud_worker: tuple[WorkerProcess, int], client: Client
+) -> None:
+    """Not retried as a transient fetch error, not an InternalError: one try, a named error."""
+    worker, _ = loud_worker
+    for url in ("http://exa mple.com/x.jpg", "http://[::1/x.jpg", "http://a..b/x.jpg"):
+        started = time.monotonic()
+        task_id = client.submit(url)
+        with pytest.raises(JobFailed) as failure:
+            client.result(task_id, timeout=30)
+        assert failure.value.error_type == "InvalidArguments", url
+        assert time.monotonic() - started < 5
+        lines = [
+            json.loads(x.split(" job ", 1)[1])
+            for x in worker.log().splitlines()
+            if " job {" in x and task_id in x
+        ]
+        assert [line["outcome"] for line in lines] == ["failure"]  # one try, no retry

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -23,6 +24,11 @@ def serve(fd: int, memory_limit: int, recycle_rss: int) -> None:
 
 
 def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
+    # A supervisor stopping the worker signals its whole process group (systemd, a terminal's
+    # Ctrl-C): the decodes of jobs the worker still finishes must not die with it. This
+    # process ends when the worker closes the socket, or exits, or kills it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -39,6 +45,9 @@ def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
         except (EOFError, OSError):
             return
         pixels = b""
+        # A backstop for when the worker itself is gone and cannot kill us: SIGALRM ends the
+        # process after the longest deadline the worker could have given this request.
+        signal.alarm(max(1, int(request.get("deadline", 60)) + 5))
         try:
             reply, pixels = _handle(imaging, request, data, conn)
         except MemoryError:
@@ -46,6 +55,7 @@ def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
         except Exception as exc:  # worker.errors carry their type; anything else is corrupt
             own = exc.__class__.__module__ == "worker.errors"
             reply = ("error", type(exc).__name__ if own else "NotAnImage", str(exc) or repr(exc))
+        signal.alarm(0)
         del data
         recycle = _rss() > recycle_rss
         conn.send((*reply, recycle))

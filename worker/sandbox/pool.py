@@ -122,15 +122,13 @@ class DecodePool:
             "formats": allowed_formats,
             "draft_size": draft_size,
             "resize": resize,
+            "deadline": self._budget(max_pixels),
         }
         with self._child() as (worker, fail):
             reply = self._ask(worker, fail, request, source, self.limits.timeout)
             if reply[0] == "header":
                 _, width, height, _fmt = reply
-                budget = self.limits.timeout + self.limits.seconds_per_megapixel * (
-                    width * height / 1e6
-                )
-                reply = self._wait(worker, fail, budget)
+                reply = self._wait(worker, fail, self._budget(width * height))
             if reply[0] == "done":
                 _, width, height, fmt, size, recycle = reply
                 pixels = worker.conn.recv_bytes()
@@ -142,7 +140,12 @@ class DecodePool:
         self, data: bytes, *, max_pixels: int, allowed_formats: tuple[str, ...]
     ) -> Decoded | None:
         """The header checks only (for decoders other than Pillow), or None."""
-        request = {"op": "probe", "max_pixels": max_pixels, "formats": allowed_formats}
+        request = {
+            "op": "probe",
+            "max_pixels": max_pixels,
+            "formats": allowed_formats,
+            "deadline": self.limits.timeout,
+        }
         with self._child() as (worker, fail):
             reply = self._ask(worker, fail, request, data, self.limits.timeout)
             if reply[0] == "probed":
@@ -153,6 +156,9 @@ class DecodePool:
                 self._maybe_recycle(worker, fail, reply[-1])
                 return None
             raise self._error(worker, fail, reply)
+
+    def _budget(self, pixels: int) -> float:
+        return self.limits.timeout + self.limits.seconds_per_megapixel * pixels / 1e6
 
     def close(self) -> None:
         self._closed = True
