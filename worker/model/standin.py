@@ -52,7 +52,7 @@ class SleepModel:
 
     @property
     def shrink_size(self) -> int | None:
-        return self.resize_size  # its preprocess ignores the pixels: send few of them
+        return 16  # its preprocess ignores the pixels: send few, cheaply
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -1,10 +1,12 @@
-"""A decode process: image bytes in, a small RGB image out, under an address-space limit.
+"""A decode process: image bytes in, a small RGB image out, under a memory limit and a clock.
 
-It imports Pillow and worker.imaging only (no torch, no Celery). Per request it replies with
-the header (size and format) as soon as it is read, so the parent can time the decode by the
-image's area, then with the pixels already shrunk to what the weights' transforms resize to.
-After a request that grew it past its recycle size it exits, so a hostile file's memory goes
-back to the system with it.
+It imports Pillow and worker.imaging only (no torch, no Celery). Each request carries its
+deadline: `timeout` seconds to read the header, then that plus `per_mp` seconds per megapixel
+of the size the header declares. The process enforces it on itself with a real-time timer whose
+signal (SIGALRM, default action) ends it, even inside C code holding the GIL; the worker sees
+it die and reports DecodeTimeout. The pixels come back already shrunk to what the weights'
+transforms resize to. After a request that grew it past its recycle size it exits, so a
+hostile file's memory goes back to the system with it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ def serve(fd: int, memory_limit: int, recycle_rss: int) -> None:
 def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
     # A supervisor stopping the worker signals its whole process group (systemd, a terminal's
     # Ctrl-C): the decodes of jobs the worker still finishes must not die with it. This
-    # process ends when the worker closes the socket, or exits, or kills it.
+    # process ends when the worker closes the socket, or kills it, or by its own deadline.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
     if memory_limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -45,17 +48,15 @@ def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
         except (EOFError, OSError):
             return
         pixels = b""
-        # A backstop for when the worker itself is gone and cannot kill us: SIGALRM ends the
-        # process after the longest deadline the worker could have given this request.
-        signal.alarm(max(1, int(request.get("deadline", 60)) + 5))
+        _deadline(request["timeout"])
         try:
-            reply, pixels = _handle(imaging, request, data, conn)
+            reply, pixels = _handle(imaging, request, data)
         except MemoryError:
             reply = ("error", "TooLarge", _no_memory(memory_limit))
         except Exception as exc:  # worker.errors carry their type; anything else is corrupt
             own = exc.__class__.__module__ == "worker.errors"
             reply = ("error", type(exc).__name__ if own else "NotAnImage", str(exc) or repr(exc))
-        signal.alarm(0)
+        _deadline(0)
         del data
         recycle = _rss() > recycle_rss
         conn.send((*reply, recycle))
@@ -65,24 +66,28 @@ def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
             return
 
 
-def _handle(
-    imaging: Any, request: dict[str, Any], data: bytes, conn: Connection
-) -> tuple[tuple[Any, ...], bytes]:
+def _handle(imaging: Any, request: dict[str, Any], data: bytes) -> tuple[tuple[Any, ...], bytes]:
     limits = {"max_pixels": request["max_pixels"], "allowed_formats": request["formats"]}
     if request["op"] == "probe":
         probed = imaging.probe(data, **limits)
         if probed is None:
             return ("none",), b""
         return ("probed", probed.width, probed.height, probed.format), b""
+
+    def on_header(width: int, height: int, _fmt: str) -> None:
+        _deadline(request["timeout"] + request["per_mp"] * width * height / 1e6)
+
     decoded = imaging.decode(
-        data,
-        draft_size=request.get("draft_size"),
-        on_header=lambda w, h, fmt: conn.send(("header", w, h, fmt)),
-        **limits,
+        data, draft_size=request.get("draft_size"), on_header=on_header, **limits
     )
     image = imaging.shrink(decoded.image, request.get("resize"))
     done = ("done", decoded.width, decoded.height, decoded.format, image.size)
     return done, image.tobytes()
+
+
+def _deadline(seconds: float) -> None:
+    """From now, `seconds` of wall time until SIGALRM ends this process (0: no deadline)."""
+    signal.setitimer(signal.ITIMER_REAL, max(0.0, seconds))
 
 
 def _rss() -> int:

@@ -8,7 +8,8 @@ that. Here (the approach of imgproxy and Thumbor):
 - each decode runs in one of DECODE_PROCESSES child processes (worker/sandbox/child.py), whose
   address space is capped at DECODE_MEMORY_LIMIT: an image needing more fails as TooLarge;
 - the header must be read within DECODE_TIMEOUT, the pixels within that plus
-  DECODE_SECONDS_PER_MEGAPIXEL per megapixel; past it the child is killed (DecodeTimeout);
+  DECODE_SECONDS_PER_MEGAPIXEL per megapixel; the child's own timer ends it past that, and
+  the job fails as DecodeTimeout;
 - the children are the memory budget: a job finding them all busy waits for one, it does not
   fail, so concurrent huge images cannot run the worker out of memory;
 - a child that crashes takes only its own job with it (NotAnImage), and is replaced;
@@ -22,11 +23,11 @@ import contextlib
 import logging
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -41,6 +42,9 @@ from worker.imaging import Decoded
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+# How long past a request's longest possible deadline the worker waits for a child that has
+# neither answered nor ended itself (stopped, say) before killing it.
+_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class Limits:
     memory_limit: int  # bytes of address space per child
     timeout: float  # to read the header
     seconds_per_megapixel: float
+
+    def longest(self, pixels: int) -> float:
+        """The deadline of an image of `pixels`."""
+        return self.timeout + self.seconds_per_megapixel * pixels / 1e6
 
 
 class _Child:
@@ -70,8 +78,11 @@ class _Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def exitcode(self) -> int | None:
-        return self.proc.poll()
+    def ended(self) -> int | None:
+        """Its exit status once it has ended by itself (negative: the signal), else None."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return self.proc.wait(1)
+        return None
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):
@@ -93,15 +104,6 @@ class DecodePool:
         for _ in range(limits.processes):
             self._idle.put(self._spawn())
 
-    def _spawn(self) -> _Child:
-        fresh = _Child(self.limits)
-        self._children.add(fresh)
-        return fresh
-
-    def pids(self) -> list[int]:
-        """The decode processes now running (for tests and operators)."""
-        return [c.pid for c in list(self._children) if c.alive()]
-
     def decode(
         self,
         source: Fetched | bytes,
@@ -116,49 +118,28 @@ class DecodePool:
         Pass the Fetched holder rather than its bytes where they are large: then no frame of
         a failed job's traceback keeps them alive.
         """
-        request = {
-            "op": "decode",
-            "max_pixels": max_pixels,
-            "formats": allowed_formats,
-            "draft_size": draft_size,
-            "resize": resize,
-            "deadline": self._budget(max_pixels),
-        }
-        with self._child() as (worker, fail):
-            reply = self._ask(worker, fail, request, source, self.limits.timeout)
-            if reply[0] == "header":
-                _, width, height, _fmt = reply
-                reply = self._wait(worker, fail, self._budget(width * height))
-            if reply[0] == "done":
-                _, width, height, fmt, size, recycle = reply
-                pixels = worker.conn.recv_bytes()
-                self._maybe_recycle(worker, fail, recycle)
-                return Decoded(Image.frombytes("RGB", size, pixels), width, height, fmt)
-            raise self._error(worker, fail, reply)
+        request = {"op": "decode", "draft_size": draft_size, "resize": resize}
+        reply, pixels = self._run(request, source, max_pixels, allowed_formats)
+        if reply[0] != "done":
+            raise _error(reply)
+        _, width, height, fmt, size = reply
+        return Decoded(Image.frombytes("RGB", size, pixels), width, height, fmt)
 
     def probe(
         self, data: bytes, *, max_pixels: int, allowed_formats: tuple[str, ...]
     ) -> Decoded | None:
         """The header checks only (for decoders other than Pillow), or None."""
-        request = {
-            "op": "probe",
-            "max_pixels": max_pixels,
-            "formats": allowed_formats,
-            "deadline": self.limits.timeout,
-        }
-        with self._child() as (worker, fail):
-            reply = self._ask(worker, fail, request, data, self.limits.timeout)
-            if reply[0] == "probed":
-                _, width, height, fmt, recycle = reply
-                self._maybe_recycle(worker, fail, recycle)
-                return Decoded(Image.new("RGB", (1, 1)), width, height, fmt)
-            if reply[0] == "none":
-                self._maybe_recycle(worker, fail, reply[-1])
-                return None
-            raise self._error(worker, fail, reply)
+        reply, _ = self._run({"op": "probe"}, data, max_pixels, allowed_formats)
+        if reply[0] == "none":
+            return None
+        if reply[0] != "probed":
+            raise _error(reply)
+        _, width, height, fmt = reply
+        return Decoded(Image.new("RGB", (1, 1)), width, height, fmt)
 
-    def _budget(self, pixels: int) -> float:
-        return self.limits.timeout + self.limits.seconds_per_megapixel * pixels / 1e6
+    def pids(self) -> list[int]:
+        """The decode processes now running (for tests and operators)."""
+        return [c.pid for c in list(self._children) if c.alive()]
 
     def close(self) -> None:
         self._closed = True
@@ -168,79 +149,95 @@ class DecodePool:
             except queue.Empty:
                 return
 
-    def _retire(self, worker: _Child) -> None:
-        self._children.discard(worker)
-        worker.kill()
-
     # -- plumbing ----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _child(self) -> Iterator[tuple[_Child, list[bool]]]:
-        """A child to talk to; waits while all are busy. `fail[0] = True` retires it."""
-        self._slots.acquire()
-        worker: _Child | None = None
-        fail = [False]
-        try:
-            try:
-                worker = self._idle.get_nowait()
-                if not worker.alive():  # died while idle (an outside OOM kill, say)
-                    self._retire(worker)
-                    worker = self._spawn()
-            except queue.Empty:
-                worker = self._spawn()  # in place of one a failure retired
-            yield worker, fail
-        except (EOFError, OSError, BrokenPipeError) as exc:
-            fail[0] = True
-            code = worker.exitcode() if worker is not None else None
-            raise errors.NotAnImage(
-                f"the image decoder crashed on this image ({_how(code)})"
-            ) from exc
-        finally:
-            if worker is not None:
-                if fail[0] or self._closed:
-                    self._retire(worker)
-                else:
-                    self._idle.put(worker)
-            self._slots.release()
-
-    def _ask(
+    def _run(
         self,
-        worker: _Child,
-        fail: list[bool],
         request: dict[str, Any],
         source: Fetched | bytes,
-        budget: float,
-    ) -> tuple[Any, ...]:
-        worker.conn.send(request)
-        worker.conn.send_bytes(source.data if isinstance(source, Fetched) else source)
-        return self._wait(worker, fail, budget)
+        max_pixels: int,
+        allowed_formats: tuple[str, ...],
+    ) -> tuple[tuple[Any, ...], bytes]:
+        """One request to a free child (waiting for one): its reply (less the recycle flag)
+        and pixels."""
+        request.update(
+            max_pixels=max_pixels,
+            formats=allowed_formats,
+            timeout=self.limits.timeout,
+            per_mp=self.limits.seconds_per_megapixel,
+        )
+        with self._slot() as (child, keep):
+            try:
+                child.conn.send(request)
+                child.conn.send_bytes(source.data if isinstance(source, Fetched) else source)
+                if not child.conn.poll(self.limits.longest(max_pixels) + _GRACE):
+                    raise _timed_out(self.limits)  # alive but silent: stopped, say
+                reply: tuple[Any, ...] = child.conn.recv()
+                pixels = child.conn.recv_bytes() if reply[0] == "done" else b""
+            except (EOFError, OSError) as exc:
+                code = child.ended()
+                if code == -signal.SIGALRM:
+                    raise _timed_out(self.limits) from None
+                raise errors.NotAnImage(
+                    f"the image decoder crashed on this image ({_how(code)})"
+                ) from exc
+            if reply[-1]:  # it grew too big and exits by itself: replace it
+                keep[0] = False
+            return reply[:-1], pixels
 
-    def _wait(self, worker: _Child, fail: list[bool], budget: float) -> tuple[Any, ...]:
-        started = time.monotonic()
-        if not worker.conn.poll(budget):
-            fail[0] = True
-            raise errors.DecodeTimeout(
-                f"decoding took longer than its {budget:.1f}s deadline (DECODE_TIMEOUT, "
-                "DECODE_SECONDS_PER_MEGAPIXEL); the image is too costly to decode"
-            )
-        reply: tuple[Any, ...] = worker.conn.recv()
-        log.debug("decode child answered %s in %.3fs", reply[0], time.monotonic() - started)
-        return reply
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[tuple[_Child, list[bool]]]:
+        """A child to talk to, waiting while all are busy. It goes back to the pool unless
+        the request failed or `keep[0]` was cleared; then a fresh one takes its place."""
+        self._slots.acquire()
+        child: _Child | None = None
+        keep = [True]
+        try:
+            try:
+                child = self._idle.get_nowait()
+                if not child.alive():  # died while idle (an outside OOM kill, say)
+                    self._retire(child)
+                    child = self._spawn()
+            except queue.Empty:
+                child = self._spawn()  # in place of one a failure retired
+            yield child, keep
+        except BaseException:
+            keep[0] = False
+            raise
+        finally:
+            if child is not None:
+                if keep[0] and not self._closed:
+                    self._idle.put(child)
+                else:
+                    self._retire(child)
+            self._slots.release()
 
-    def _maybe_recycle(self, worker: _Child, fail: list[bool], recycle: bool) -> None:
-        if recycle:
-            fail[0] = True  # it exits by itself; a fresh one takes its place
+    def _spawn(self) -> _Child:
+        fresh = _Child(self.limits)
+        self._children.add(fresh)
+        return fresh
 
-    def _error(self, worker: _Child, fail: list[bool], reply: tuple[Any, ...]) -> Exception:
-        self._maybe_recycle(worker, fail, bool(reply[-1]))
-        if reply[0] != "error":
-            fail[0] = True
-            return errors.InternalError(f"unexpected reply from a decode process: {reply[0]!r}")
-        _, kind, message, _recycle = reply
-        cls = getattr(errors, kind, None)
-        if not (isinstance(cls, type) and issubclass(cls, errors.ClassifyError)):
-            cls = errors.NotAnImage
-        return cls(message)
+    def _retire(self, child: _Child) -> None:
+        self._children.discard(child)
+        child.kill()
+
+
+def _timed_out(limits: Limits) -> errors.DecodeTimeout:
+    return errors.DecodeTimeout(
+        f"decoding took longer than its deadline (DECODE_TIMEOUT={limits.timeout:g}s plus "
+        f"DECODE_SECONDS_PER_MEGAPIXEL={limits.seconds_per_megapixel:g}s per megapixel): the "
+        "image is too costly to decode"
+    )
+
+
+def _error(reply: tuple[Any, ...]) -> Exception:
+    if reply[0] != "error":
+        return errors.InternalError(f"unexpected reply from a decode process: {reply[0]!r}")
+    _, kind, message = reply
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.ClassifyError)):
+        cls = errors.NotAnImage
+    return cls(message)
 
 
 def _how(code: int | None) -> str:
