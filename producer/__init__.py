@@ -8,7 +8,8 @@
 Importing this package never imports torch or the worker.
 """
 
-from producer.client import Client, Outcome
+from typing import Any
+
 from producer.contract import ERROR_TYPES, TASK_NAME
 from producer.errors import BrokerUnavailable, JobFailed, ProducerError, ResultTimeout
 
@@ -22,3 +23,13 @@ __all__ = [
     "ProducerError",
     "ResultTimeout",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The Client pulls in Celery; modules that only need the contract or the connection
+    # settings (a health check, a decode process) import this package without it.
+    if name in ("Client", "Outcome"):
+        from producer import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'producer' has no attribute {name!r}")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import redis
-from redis.sentinel import Sentinel
+if TYPE_CHECKING:
+    import redis
 
 from producer.contract import (
     BROKER_KEY_PREFIX,
@@ -118,6 +118,9 @@ class RedisConfig:
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A redis-py client; through the sentinels to the current master for sentinel://."""
+        import redis
+        from redis.sentinel import Sentinel
+
         if not self.sentinel:
             return redis.Redis.from_url(self.url, **kwargs)
         first = self._first()
