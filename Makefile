@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv lint test demo bench all clean
+.PHONY: venv lint test test-fast demo bench all clean
 
 venv:
 	bash scripts/bootstrap.sh
@@ -14,6 +14,10 @@ lint:
 
 test:
 	bash scripts/test.sh
+
+# The unit tier: no worker processes, under a minute. `make test` (and CI) run everything.
+test-fast:
+	$(PY) -m pytest -m "not processes" -q
 
 demo:
 	bash scripts/demo.sh

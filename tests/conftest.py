@@ -12,6 +12,14 @@ from producer import Client
 from tests.support import ROOT, SAMPLES, RedisServer, WorkerFactory, http_server
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts real worker processes needs `worker_env`: mark it, so the fast
+    tier (`make test-fast`) can leave those out."""
+    for item in items:
+        if "worker_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.processes)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private redis-server for the whole run: never the machine's shared one."""

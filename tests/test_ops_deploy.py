@@ -149,3 +149,17 @@ def test_producer_dockerfile_installs_no_torch() -> None:
     assert not any("[worker" in r or "torch" in r for r in runs)
     entry = next(rest for word, rest in steps if word == "ENTRYPOINT")
     assert entry == '["imgqueue"]' and "imgqueue" in pyproject()["project"]["scripts"]
+
+
+def test_the_package_builds_without_a_warning_of_ours(tmp_path: Path) -> None:
+    """pyproject.toml: an SPDX `license` string, nothing setuptools deprecates."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    assert "Deprecat" not in text and "project.license" not in text, text[-2000:]
+    assert list(tmp_path.glob("imgqueue-*.whl"))
