@@ -1,4 +1,4 @@
-"""Command line: `python -m producer submit|result|dead-letters ...` (also `imgqueue`).
+"""Command line: `python -m producer submit|result|status|dead-letters ...` (also `imgqueue`).
 
 Exit status: 0 when every job succeeded (or was only submitted), 1 when any job failed,
 2 for usage errors, 3 when Redis was unreachable or results did not arrive in time.
@@ -139,6 +139,18 @@ def cmd_dead_letters(client: Client, ns: argparse.Namespace) -> int:
     return EXIT_JOB_FAILED if problems else EXIT_OK
 
 
+def cmd_status(client: Client, ns: argparse.Namespace) -> int:
+    from producer import status
+
+    queues = ns.queue or [q.strip() for q in os.environ.get("QUEUES", "celery").split(",")]
+    state = status.gather(client, [q for q in queues if q], timeout=ns.timeout)
+    if ns.json:
+        print(json.dumps(state, sort_keys=True))
+    else:
+        print(status.render(state))
+    return EXIT_OK
+
+
 def _priority(text: str) -> int:
     value = int(text)
     if not MIN_PRIORITY <= value <= MAX_PRIORITY:
@@ -207,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, default=100, help="entries to list, newest first")
     d.add_argument("--json", action="store_true", help="list as JSON lines")
     d.set_defaults(func=cmd_dead_letters)
+
+    st = sub.add_parser(
+        "status", help="queues (depth, in flight), workers, dead letters, recent throughput"
+    )
+    st.add_argument(
+        "--queue", action="append", help="a queue to show even with no worker (default $QUEUES)"
+    )
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    st.add_argument("--timeout", type=float, default=1.5, help="seconds to wait for workers")
+    st.set_defaults(func=cmd_status)
     add_render(sub)  # offline: needs no Redis
     return parser
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from celery.worker.control import inspect_command
 
 from producer.contract import DEFAULT_QUEUE, TASK_NAMES
 from worker import deliveries, metrics, ops, runtime
@@ -88,6 +89,12 @@ app.conf.update(
 def _pool_forks(pool: Any) -> bool:
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     return "prefork" in name or name == "processes"
+
+
+@inspect_command()
+def imgqueue_info(state: Any, **_: Any) -> dict[str, Any]:
+    """`imgqueue status` asks every worker this: its model, device, readiness, recent jobs."""
+    return ops.info(settings)
 
 
 @signals.after_setup_logger.connect

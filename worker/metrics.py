@@ -68,7 +68,7 @@ _recent: collections.deque[tuple[float, int]] = collections.deque()
 _recent_lock = threading.Lock()
 
 
-def _images_per_second() -> float:
+def images_per_second() -> float:
     cutoff = time.monotonic() - _RATE_WINDOW_S
     with _recent_lock:
         while _recent and _recent[0][0] < cutoff:
@@ -76,7 +76,7 @@ def _images_per_second() -> float:
         return sum(n for _, n in _recent) / _RATE_WINDOW_S
 
 
-IMAGES_PER_SECOND.set_function(_images_per_second)
+IMAGES_PER_SECOND.set_function(images_per_second)
 
 
 def observe_batch(size: int, seconds: float) -> None:
@@ -88,6 +88,18 @@ def observe_batch(size: int, seconds: float) -> None:
         _recent.append((time.monotonic(), size))
 
 
+_finished: collections.deque[float] = collections.deque()
+
+
+def jobs_last_minute() -> int:
+    """Jobs this process finished (any outcome) in the last 60 s."""
+    cutoff = time.monotonic() - _RATE_WINDOW_S
+    with _recent_lock:
+        while _finished and _finished[0] < cutoff:
+            _finished.popleft()
+        return len(_finished)
+
+
 def observe_job(
     outcome: str,
     error_type: str | None,
@@ -96,6 +108,8 @@ def observe_job(
     cached: bool | None,
 ) -> None:
     JOBS.labels(outcome=outcome).inc()
+    with _recent_lock:
+        _finished.append(time.monotonic())
     if error_type:
         FAILURES.labels(error_type=error_type).inc()
     if queue_wait is not None:

@@ -10,7 +10,7 @@ from celery import signals
 from celery.platforms import EX_FAILURE
 
 from producer.redaction import redact_text
-from worker import health, metrics
+from worker import health, metrics, runtime
 from worker.runtime import Runtime
 from worker.settings import Settings
 
@@ -62,6 +62,24 @@ def inference_died(settings: Settings, exc: BaseException) -> None:
 
     # What Celery's own SIGTERM handler sets; its loop raises WorkerShutdown(1) next turn.
     state.should_stop = EX_FAILURE
+
+
+def info(settings: Settings) -> dict[str, Any]:
+    """What `imgqueue status` shows of this worker (the `imgqueue_info` control command)."""
+    rt = runtime.current()
+    model = rt.classifier if rt is not None else None
+    return {
+        "pid": os.getpid(),
+        "ready": health.is_ready(),
+        "model": model.name if model else settings.model,
+        "weights": model.weights_id if model else settings.model_weights,
+        "device": str(model.device) if model else settings.device,
+        "precision": model.precision if model else settings.precision,
+        "pool": settings.pool,
+        "concurrency": settings.effective_concurrency,
+        "jobs_last_minute": metrics.jobs_last_minute(),
+        "images_per_second": round(metrics.images_per_second(), 2),
+    }
 
 
 def stopping(settings: Settings) -> None:

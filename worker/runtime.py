@@ -131,6 +131,12 @@ def start(settings: Settings) -> Runtime:
         return _runtime
 
 
+def current() -> Runtime | None:
+    """This process's runtime if its model is loaded (the main process of a prefork pool has
+    none)."""
+    return _runtime
+
+
 def get(settings: Settings) -> Runtime:
     """The process's runtime, started on first use if no startup hook ran (e.g. other pools)."""
     return _runtime or start(settings)

@@ -1,0 +1,122 @@
+"""How much work is waiting: queue depth over every priority list, messages in flight, dead
+letters, live consumers. Read straight from the delivery layer's keys (docs/reliability.md).
+
+One scrape costs O(queues + consumers) commands, never a SCAN of the keyspace: queues are the
+ones named (QUEUES, default `celery`) plus every list a live worker consumes (each registers
+its inboxes), and in-flight messages are read per live consumer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from producer.connections import RedisConfig
+from producer.contract import (
+    CONSUMERS_KEY,
+    DEAD_LETTERS_KEY,
+    PRIORITY_SEPARATOR,
+    PRIORITY_STEPS,
+    queue_list,
+)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    name: str
+    by_priority: dict[int, int]  # waiting messages per priority (0 highest)
+    in_flight: int  # delivered to a worker, not yet acknowledged
+
+    @property
+    def depth(self) -> int:
+        return sum(self.by_priority.values())
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    queues: list[QueueStats]
+    dead_letters: int
+    consumers: int  # live: heartbeat within `dead_after` seconds
+    stale_consumers: int  # silent longer: their messages go back at the next sweep
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queues": {
+                q.name: {
+                    "depth": q.depth,
+                    "in_flight": q.in_flight,
+                    "by_priority": {str(p): n for p, n in q.by_priority.items() if n},
+                }
+                for q in self.queues
+            },
+            "dead_letters": self.dead_letters,
+            "consumers": self.consumers,
+            "stale_consumers": self.stale_consumers,
+            **self.extra,
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def queue_of(list_key: str, prefix: str = "") -> str:
+    """The queue a list belongs to: `celery\\x06\\x163` -> `celery`."""
+    name = list_key[len(prefix) :] if prefix and list_key.startswith(prefix) else list_key
+    return name.split(PRIORITY_SEPARATOR, 1)[0]
+
+
+def snapshot(
+    client: Any,
+    config: RedisConfig,
+    queues: list[str] | tuple[str, ...] = ("celery",),
+    dead_after: float = 15.0,
+) -> Snapshot:
+    """The state of every queue named or consumed, in a few round trips."""
+    prefix = config.key_prefix
+    consumers_key = prefix + CONSUMERS_KEY
+    now_s, now_us = client.time()
+    now = float(now_s) + float(now_us) / 1e6
+    members = client.zrange(consumers_key, 0, -1, withscores=True)
+    live = [(_text(cid), score) for cid, score in members if now - float(score) <= dead_after]
+    base = config.key("")
+    with client.pipeline(transaction=False) as pipe:
+        for cid, _ in members:
+            pipe.hgetall(f"{base}inboxes:{_text(cid)}")
+            pipe.hvals(f"{base}unacked:{_text(cid)}")
+        per_consumer = pipe.execute()
+    names = dict.fromkeys(queues)
+    flight: Counter[str] = Counter()
+    inboxes: list[tuple[str, str]] = []
+    for inbox_map, claims in zip(per_consumer[::2], per_consumer[1::2], strict=True):
+        for inbox, source in inbox_map.items():
+            queue = queue_of(_text(source), prefix)
+            if queue.endswith(".pidbox"):
+                continue  # the replies of `celery inspect`, not work
+            names.setdefault(queue)
+            inboxes.append((_text(inbox), queue))
+        for value in claims:
+            source = _text(value).split("\n", 1)[0]
+            flight[queue_of(source, prefix)] += 1
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            for priority in PRIORITY_STEPS:
+                pipe.llen(prefix + queue_list(name, priority))
+        for inbox, _queue in inboxes:
+            pipe.llen(inbox)
+        pipe.llen(prefix + DEAD_LETTERS_KEY)
+        counts = pipe.execute()
+    steps = len(PRIORITY_STEPS)
+    for i, (_inbox, queue) in enumerate(inboxes):
+        flight[queue] += int(counts[len(names) * steps + i])
+    stats = [
+        QueueStats(
+            name,
+            {p: int(counts[q * steps + j]) for j, p in enumerate(PRIORITY_STEPS)},
+            flight[name],
+        )
+        for q, name in enumerate(names)
+    ]
+    return Snapshot(stats, int(counts[-1]), len(live), len(members) - len(live))
