@@ -8,6 +8,11 @@ if ! command -v redis-server >/dev/null; then
     echo "redis-server is not installed; installing it" >&2
     apt-get install -y -qq redis-server >/dev/null
 fi
+if ! command -v promtool >/dev/null; then
+    # The alert-rule tests run Prometheus's promtool (Debian's prometheus package).
+    echo "promtool is not installed; installing prometheus" >&2
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
