@@ -20,35 +20,35 @@ import time
 import uuid
 from typing import Any
 
-# `worker` first: it sets OMP_WAIT_POLICY before torch loads, as in the real worker process.
-from worker import celery_app as project
-from worker.fetch import fetch
-from worker.imaging import decode
-from worker.model import ImageModel, build_model
-from worker.model.weights import resolve
-from worker.pipeline import validate_args
+# OpenMP's spin setting before torch loads, as in the real worker process.
+from worker.context import configure_openmp
 
-import torch  # isort: skip
-from celery import Celery, signals  # isort: skip
-from celery_batches import Batches  # type: ignore[import-untyped, import-not-found, unused-ignore]
+configure_openmp()
+
+from worker.celery_app import create_app  # noqa: E402
+from worker.fetch import fetch  # noqa: E402
+from worker.imaging import decode  # noqa: E402
+from worker.model import ImageModel, build_model  # noqa: E402
+from worker.model.weights import resolve  # noqa: E402
+from worker.pipeline import validate_args  # noqa: E402
+from worker.settings import Settings  # noqa: E402
+
+import torch  # noqa: E402  # isort: skip
+from celery import Celery  # noqa: E402  # isort: skip
+from celery_batches import (  # type: ignore[import-untyped, import-not-found, unused-ignore]  # noqa: E402
+    Batches,
+)
 
 QUEUE = "imgqueue-batches"
 TASK_NAME = "imgqueue.classify_batches"
 
-settings = project.settings
+settings = Settings.from_env()
+# The project's app, only to copy its task contract: its hooks act for its own worker only.
+project = create_app(settings)
 flush_every = settings.effective_batch_size
 flush_interval = float(os.environ.get("BATCHES_FLUSH_MS", "10")) / 1000.0
 concurrency = int(os.environ.get("BATCHES_CONCURRENCY", "1"))
 prefetch = int(os.environ.get("BATCHES_PREFETCH", str(2 * flush_every)))
-
-# Importing `worker` connected the project's startup hooks to every worker in this process:
-# they would load a second model and start the in-process batcher. This app loads its own.
-for signal, receiver in (
-    (signals.worker_init, project._on_worker_init),
-    (signals.worker_process_init, project._on_worker_process_init),
-    (signals.worker_shutdown, project._on_worker_shutdown),
-):
-    signal.disconnect(receiver)
 
 app = Celery(
     "imgqueue-batches",
@@ -73,7 +73,7 @@ _CONTRACT = (
     "broker_connection_retry_on_startup",
 )
 app.conf.update(
-    {key: project.app.conf[key] for key in _CONTRACT},
+    {key: project.conf[key] for key in _CONTRACT},
     task_default_queue=QUEUE,
     worker_concurrency=concurrency,
     # celery-batches only fills a batch from prefetched messages: prefetch >= flush_every.

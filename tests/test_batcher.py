@@ -143,8 +143,7 @@ def test_a_fatal_error_kills_the_batcher_and_fails_every_waiter_at_once() -> Non
         return batch
 
     deaths: list[BaseException] = []
-    batcher = Batcher(infer, max_batch_size=1, max_delay=0.0)
-    batcher.on_death = deaths.append
+    batcher = Batcher(infer, max_batch_size=1, max_delay=0.0, on_death=deaths.append)
     assert batcher.submit(_item(1)).result(5)[1] == 1
     futures = [batcher.submit(_item(i)) for i in range(5)]
     for future in futures:

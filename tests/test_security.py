@@ -17,11 +17,12 @@ from producer import Client, JobFailed
 from producer.deadletters import DeadLetters
 from producer.errors import BrokerUnavailable
 from tests.support import ROOT, RedisServer, WorkerFactory, free_port, wait_for
-from worker.celery_app import app as worker_app
+from worker.celery_app import create_app
+from worker.settings import Settings
 
 
 def test_worker_accepts_json_only() -> None:
-    conf = worker_app.conf
+    conf = create_app(Settings()).conf
     assert conf.accept_content == ["json"]
     assert conf.result_accept_content == ["json"]
     assert conf.task_serializer == conf.result_serializer == "json"

@@ -52,6 +52,7 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
         device: torch.device | None = None,
         setup: Callable[[], None] | None = None,
+        on_death: Callable[[BaseException], None] | None = None,
     ) -> None:
         """`setup`, if given, runs first on the inference thread; its errors raise here.
 
@@ -62,7 +63,7 @@ class Batcher:
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay = max(0.0, max_delay)
         self.on_batch = on_batch
-        self.on_death: Callable[[BaseException], None] | None = None
+        self.on_death = on_death
         self.dead: BaseException | None = None
         self._death_lock = threading.Lock()
         self.device = device

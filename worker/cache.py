@@ -13,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from producer.connections import RedisConfig
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,19 +26,6 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "imgqueue:result-cache:"
 # Parts of a result that describe this job rather than the image and the model.
 _PER_JOB = ("source", "timings_ms", "cached", "batch_size")
-
-_clients: dict[RedisConfig, redis.Redis] = {}
-_clients_lock = threading.Lock()
-
-
-def _client(settings: Settings) -> redis.Redis:
-    config = settings.redis_config
-    with _clients_lock:
-        if config not in _clients:
-            _clients[config] = config.client(
-                socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
-            )
-        return _clients[config]
 
 
 def enabled(settings: Settings) -> bool:
@@ -93,6 +78,7 @@ class Entry:
     stored: dict[str, Any] | None
     settings: Settings
     lookup_seconds: float = 0.0
+    client: redis.Redis | None = None
 
     def reuse(self, source: str, fetch_seconds: float, started: float) -> dict[str, Any]:
         """The stored result as this job's: its source, its timings, marked as cached."""
@@ -110,25 +96,30 @@ class Entry:
     def store(self, result: dict[str, Any]) -> dict[str, Any]:
         """Remember a fresh result (best-effort) and return it marked as not cached."""
         result["cached"] = False
-        if self.key is None:
+        if self.key is None or self.client is None:
             return result
         body = {k: v for k, v in result.items() if k not in _PER_JOB}
         try:
-            _client(self.settings).set(
-                self.key, json.dumps(body), ex=self.settings.result_cache_ttl
-            )
+            self.client.set(self.key, json.dumps(body), ex=self.settings.result_cache_ttl)
         except redis.RedisError as exc:
             log.warning("result cache: cannot store (%s); results are unaffected", exc)
         return result
 
 
-def lookup(data: bytes, top_k: int, model: dict[str, Any], settings: Settings) -> Entry:
-    if not enabled(settings):
+def lookup(
+    client: redis.Redis | None,
+    data: bytes,
+    top_k: int,
+    model: dict[str, Any],
+    settings: Settings,
+) -> Entry:
+    """`client`: the process's (Runtime.cache_client); None when the cache is off."""
+    if client is None or not enabled(settings):
         return Entry(None, None, settings)
     started = time.perf_counter()
     key = cache_key(data, top_k, model, settings)
     try:
-        raw = _client(settings).get(key)
+        raw = client.get(key)
         stored = json.loads(raw) if raw else None
     except (redis.RedisError, ValueError) as exc:
         log.warning("result cache: lookup failed (%s); running the model", exc)
@@ -136,7 +127,7 @@ def lookup(data: bytes, top_k: int, model: dict[str, Any], settings: Settings) -
     if stored is not None and not _plausible(stored, top_k, model):
         log.warning("result cache: ignoring a malformed entry %s; running the model", key[-12:])
         stored = None
-    return Entry(key, stored, settings, time.perf_counter() - started)
+    return Entry(key, stored, settings, time.perf_counter() - started, client)
 
 
 def _plausible(stored: Any, top_k: int, model: dict[str, Any]) -> bool:

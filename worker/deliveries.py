@@ -96,12 +96,14 @@ class Gate:
             self._cond.notify_all()
 
 
-GATE = Gate()
-
-
 @contextmanager
 def tracked(
-    client: Any, task_id: str, retries: int, settings: Settings, redelivered: bool = True
+    gate: Gate,
+    client: Any,
+    task_id: str,
+    retries: int,
+    settings: Settings,
+    redelivered: bool = True,
 ) -> Iterator[int]:
     """Run a job's body counted, and alone if it was started before; yields its delivery number.
 
@@ -112,8 +114,8 @@ def tracked(
     # A suspect waiting longer than the visibility timeout would be restored and delivered
     # again while it waits (a cascade after a Redis restart, when acks of the old connection
     # never arrive): keep the wait for earlier acks well inside that timeout.
-    GATE.settle_timeout = min(10.0, settings.visibility_timeout / 4)
-    with GATE.alone(task_id) if suspect else GATE.shared(task_id):
+    gate.settle_timeout = min(10.0, settings.visibility_timeout / 4)
+    with gate.alone(task_id) if suspect else gate.shared(task_id):
         yield record_start(client, task_id, retries, settings)
 
 

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,23 +21,15 @@ from typing import Any
 
 from worker.settings import Settings
 
-_ready = threading.Event()
-
-
-def is_ready() -> bool:
-    return _ready.is_set()
-
 
 def mark_loading(ready_file: Path | None) -> None:
     """At start: whatever a previous run left behind says nothing about this one."""
-    _ready.clear()
     if ready_file is not None:
         with contextlib.suppress(FileNotFoundError):
             ready_file.unlink()
 
 
 def mark_ready(ready_file: Path | None, info: dict[str, Any]) -> None:
-    _ready.set()
     if ready_file is not None:
         ready_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = ready_file.with_name(ready_file.name + ".tmp")

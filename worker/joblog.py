@@ -19,8 +19,8 @@ from typing import Any
 from celery.exceptions import Retry
 
 from producer.redaction import display_url, redact_text
-from worker import metrics
 from worker.errors import ClassifyError
+from worker.metrics import Metrics
 
 log = logging.getLogger("imgqueue.jobs")
 
@@ -49,7 +49,7 @@ def _queue_wait(request: Any, now: float) -> float | None:
 
 
 @contextlib.contextmanager
-def track(request: Any, args: tuple[Any, ...]) -> Iterator[Job]:
+def track(request: Any, args: tuple[Any, ...], metrics: Metrics) -> Iterator[Job]:
     """Wrap one task execution; logs and counts however it ends, then lets it end so."""
     # Shown, never raw: no credentials, no query, at most MAX_SHOWN characters, whatever the
     # length check (in the task) will say about it.
@@ -74,10 +74,12 @@ def track(request: Any, args: tuple[Any, ...]) -> Iterator[Job]:
         outcome, error_type, error = "failure", "InternalError", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        _finish(job, outcome, error_type, error)
+        _finish(job, outcome, error_type, error, metrics)
 
 
-def _finish(job: Job, outcome: str, error_type: str | None, error: str | None) -> None:
+def _finish(
+    job: Job, outcome: str, error_type: str | None, error: str | None, metrics: Metrics
+) -> None:
     result = job.result or {}
     timings = result.get("timings_ms")
     cached = result.get("cached") if outcome == "success" else None

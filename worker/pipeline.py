@@ -101,7 +101,7 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
         try:
             t1 = time.perf_counter()
             description = model.describe()
-            entry = cache.lookup(fetched.data, top_k, description, settings)
+            entry = cache.lookup(rt.cache_client, fetched.data, top_k, description, settings)
             if entry.stored is not None:
                 return entry.reuse(shown, t1 - t0, t0)
             decoded, tensor = _to_tensor(fetched, rt)

@@ -1,7 +1,8 @@
-"""The per-process resources: settings, the loaded model and its batcher.
+"""The model side of a worker process: the loaded model, its batcher, its decoders.
 
 `prepare` runs in the worker's main process before any fork (files only, never CUDA);
-`start` runs once per process that executes tasks, after the fork for prefork pools.
+`start` runs once per process that executes tasks, after the fork for prefork pools. The
+process's Context (worker/context.py) holds the result; nothing here is global.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis
+
+from worker import cache
 from worker.batcher import Batcher
 from worker.model import ImageModel, build_model
 from worker.model.weights import WeightsSource, resolve
@@ -28,6 +33,7 @@ class Runtime:
     batcher: Batcher
     load_seconds: float
     decoder: DecodePool | None = None  # None: DECODE_SANDBOX=false, decode in this process
+    cache_client: redis.Redis | None = None  # the result cache's (None: RESULT_CACHE off)
 
     def enter_task_thread(self) -> None:
         """Once per task thread, before its first torch op: keep it to one intra-op thread.
@@ -42,111 +48,102 @@ class Runtime:
             torch.set_num_threads(1)
             _task_thread.ready = True
 
+    def stop(self) -> None:
+        self.batcher.stop()
+        if self.decoder is not None:
+            self.decoder.close()
+        if self.cache_client is not None:
+            self.cache_client.close()
 
-_lock = threading.Lock()
+
 _task_thread = threading.local()
-_weights: WeightsSource | None = None
-_runtime: Runtime | None = None
 
 
 def prepare(settings: Settings) -> WeightsSource | None:
     """Check (and download into the cache) the configured weights; raises WeightsUnavailable."""
-    global _weights
     if settings.model.startswith("sleep:"):
         log.warning("MODEL=%s: a stand-in model, results are not real", settings.model)
         return None
-    _weights = resolve(settings.model_weights, settings.preprocess)
-    if _weights.pretrained is False:
+    weights = resolve(settings.model_weights, settings.preprocess)
+    if weights.pretrained is False:
         log.warning(
             "MODEL_WEIGHTS=%s: RANDOM WEIGHTS, labels are meaningless; results say so",
             settings.model_weights,
         )
-    return _weights
+    return weights
 
 
-def start(settings: Settings) -> Runtime:
-    """Load the model once for this process, warm it up, and start its batcher."""
-    global _runtime
-    with _lock:
-        if _runtime is not None:
-            return _runtime
-        started = time.perf_counter()
-        source = _weights
-        if source is None and not settings.model.startswith("sleep:"):
-            source = resolve(settings.model_weights, settings.preprocess)
-        loaded: list[ImageModel] = []
-        import torch
+def start(
+    settings: Settings,
+    weights: WeightsSource | None = None,
+    *,
+    on_batch: Callable[[int, float], None] | None = None,
+    on_death: Callable[[BaseException], None] | None = None,
+) -> Runtime:
+    """Load the model, warm it up, and start its batcher (once per process: Context.load)."""
+    started = time.perf_counter()
+    source = weights
+    if source is None and not settings.model.startswith("sleep:"):
+        source = resolve(settings.model_weights, settings.preprocess)
+    loaded: list[ImageModel] = []
+    import torch
 
-        threads = torch.get_num_threads()
+    threads = torch.get_num_threads()
 
-        def load() -> None:
-            # On the inference thread: an OpenMP thread team made by another thread (here,
-            # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
-            torch.set_num_threads(threads)
-            model = build_model(
-                settings.model, source, settings.device, settings.precision, settings.gpu_decode
-            )
-            model.warm_up()
-            # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
-            model.warm_up(settings.effective_batch_size)
-            loaded.append(model)
-
-        batches = itertools.count(1)
-        fatal_after = settings.test_fatal_inference_after
-
-        def infer(batch: torch.Tensor) -> torch.Tensor:
-            if fatal_after and next(batches) >= fatal_after:
-                raise SystemError("TEST_FATAL_INFERENCE_AFTER: a simulated fatal error (tests)")
-            return loaded[0].infer(batch)
-
-        batcher = Batcher(
-            infer,
-            settings.effective_batch_size,
-            settings.max_batch_delay_ms / 1000.0,
-            setup=load,
+    def load() -> None:
+        # On the inference thread: an OpenMP thread team made by another thread (here,
+        # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
+        torch.set_num_threads(threads)
+        model = build_model(
+            settings.model, source, settings.device, settings.precision, settings.gpu_decode
         )
-        classifier = loaded[0]
-        batcher.device = classifier.device
-        decoder = None
-        if settings.decode_sandbox:
-            decoder = DecodePool(
-                default_limits(
-                    settings.decode_processes,
-                    settings.decode_memory_limit,
-                    settings.decode_timeout,
-                    settings.decode_seconds_per_megapixel,
-                )
+        model.warm_up()
+        # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
+        model.warm_up(settings.effective_batch_size)
+        loaded.append(model)
+
+    batches = itertools.count(1)
+    fatal_after = settings.test_fatal_inference_after
+
+    def infer(batch: torch.Tensor) -> torch.Tensor:
+        if fatal_after and next(batches) >= fatal_after:
+            raise SystemError("TEST_FATAL_INFERENCE_AFTER: a simulated fatal error (tests)")
+        return loaded[0].infer(batch)
+
+    batcher = Batcher(
+        infer,
+        settings.effective_batch_size,
+        settings.max_batch_delay_ms / 1000.0,
+        on_batch=on_batch,
+        setup=load,
+        on_death=on_death,
+    )
+    classifier = loaded[0]
+    batcher.device = classifier.device
+    decoder = None
+    if settings.decode_sandbox:
+        decoder = DecodePool(
+            default_limits(
+                settings.decode_processes,
+                settings.decode_memory_limit,
+                settings.decode_timeout,
+                settings.decode_seconds_per_megapixel,
             )
-        load_seconds = time.perf_counter() - started
-        _runtime = Runtime(settings, classifier, batcher, load_seconds, decoder)
-        log.info(
-            "model ready: %s weights=%s device=%s precision=%s batch<=%d in %.1fs",
-            classifier.name,
-            classifier.weights_id,
-            classifier.device,
-            classifier.precision,
-            batcher.max_batch_size,
-            _runtime.load_seconds,
         )
-        return _runtime
-
-
-def current() -> Runtime | None:
-    """This process's runtime if its model is loaded (the main process of a prefork pool has
-    none)."""
-    return _runtime
-
-
-def get(settings: Settings) -> Runtime:
-    """The process's runtime, started on first use if no startup hook ran (e.g. other pools)."""
-    return _runtime or start(settings)
-
-
-def stop() -> None:
-    global _runtime
-    with _lock:
-        if _runtime is not None:
-            _runtime.batcher.stop()
-            if _runtime.decoder is not None:
-                _runtime.decoder.close()
-            _runtime = None
+    cache_client = None
+    if cache.enabled(settings):
+        cache_client = settings.redis_config.client(
+            socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
+        )
+    load_seconds = time.perf_counter() - started
+    rt = Runtime(settings, classifier, batcher, load_seconds, decoder, cache_client)
+    log.info(
+        "model ready: %s weights=%s device=%s precision=%s batch<=%d in %.1fs",
+        classifier.name,
+        classifier.weights_id,
+        classifier.device,
+        classifier.precision,
+        batcher.max_batch_size,
+        rt.load_seconds,
+    )
+    return rt

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 from producer.connections import RedisConfig, RedisConfigError
 from producer.contract import DEFAULT_REDIS_URL
@@ -24,6 +25,46 @@ DEFAULT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Parsers: each setting declares its own (starlette's `Config(cast=...)`), raising ValueError.
+T = TypeVar("T")
+
+
+def boolean(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def lower(raw: str) -> str:
+    return raw.lower()
+
+
+def upper(raw: str) -> str:
+    return raw.upper()
+
+
+def path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+def formats(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip().upper() for p in raw.split(",") if p.strip())
+
+
+def networks(raw: str) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
+
+
+def env(default: T, parse: Callable[[str], T]) -> T:
+    """A setting read from the environment variable of its upper-cased name by `parse`."""
+    if isinstance(default, list | dict | set):
+        raise TypeError("mutable defaults are not settings")
+    made: T = field(default=default, metadata={"parse": parse})
+    return made
+
+
 def _gpu_visible() -> bool:
     # Only for picking defaults in the parent process: a device node check never touches CUDA.
     return os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES") != ""
@@ -33,79 +74,88 @@ def _gpu_visible() -> bool:
 class Settings:
     """The worker's configuration; build it with `Settings.from_env()`."""
 
-    redis_url: str = DEFAULT_REDIS_URL
-    redis_sentinel_master: str = ""  # sentinel:// only: the master's name
-    redis_key_prefix: str = ""  # kombu's global_keyprefix, for broker and results alike
-    model: str = "resnet50"
-    model_weights: str = "IMAGENET1K_V2"
-    preprocess: str = "IMAGENET1K_V2"
-    device: str = "auto"
-    precision: str = "auto"  # fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
-    image_root: Path | None = None
+    redis_url: str = env(DEFAULT_REDIS_URL, str)
+    redis_sentinel_master: str = env("", str)  # sentinel:// only: the master's name
+    redis_key_prefix: str = env("", str)  # kombu's global_keyprefix, for broker and results alike
+    model: str = env("resnet50", str)
+    model_weights: str = env("IMAGENET1K_V2", str)
+    preprocess: str = env("IMAGENET1K_V2", str)
+    device: str = env("auto", lower)
+    # auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
+    precision: str = env("auto", lower)
+    image_root: Path | None = env(None, path)
 
-    pool: str = "threads"
-    max_batch_size: int = 0  # 0: per device, see effective_batch_size
-    max_batch_delay_ms: float = 5.0
-    concurrency: int = 0  # 0: twice the batch size, so one batch decodes while one infers
-    prefetch_multiplier: int = 1
-    draft_decode: bool = True  # JPEG decoder shrinks 1/2..1/8, never below the resize size
-    gpu_decode: bool = True  # CUDA only: JPEGs decoded by nvJPEG, Pillow as the fallback
+    pool: str = env("threads", lower)
+    max_batch_size: int = env(0, int)  # 0: per device, see effective_batch_size
+    max_batch_delay_ms: float = env(5.0, float)
+    # 0: twice the batch size, so one batch decodes while one infers
+    concurrency: int = env(0, int)
+    prefetch_multiplier: int = env(1, int)
+    # The JPEG decoder shrinks 1/2..1/8, never below the resize size (docs/performance.md)
+    draft_decode: bool = env(True, boolean)
+    # CUDA only: JPEGs decoded by nvJPEG, Pillow as the fallback
+    gpu_decode: bool = env(True, boolean)
 
     # Decoding runs in DECODE_PROCESSES child processes (worker/sandbox), each limited to
     # DECODE_MEMORY_LIMIT bytes of address space (0: sized from the machine), with a deadline
     # of DECODE_TIMEOUT for the header plus DECODE_SECONDS_PER_MEGAPIXEL of image area.
-    decode_sandbox: bool = True
-    decode_processes: int = 0
-    decode_memory_limit: int = 0
-    decode_timeout: float = 1.0
-    decode_seconds_per_megapixel: float = 0.1
-    max_image_bytes: int = 50 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    allowed_formats: tuple[str, ...] = DEFAULT_FORMATS
+    decode_sandbox: bool = env(True, boolean)
+    decode_processes: int = env(0, int)
+    decode_memory_limit: int = env(0, int)
+    decode_timeout: float = env(1.0, float)
+    decode_seconds_per_megapixel: float = env(0.1, float)
+    max_image_bytes: int = env(50 * 1024 * 1024, int)
+    max_image_pixels: int = env(64_000_000, int)
+    allowed_formats: tuple[str, ...] = env(DEFAULT_FORMATS, formats)
 
-    fetch_connect_timeout: float = 5.0
-    fetch_read_timeout: float = 10.0
-    fetch_total_timeout: float = 30.0
-    fetch_max_redirects: int = 5
-    fetch_retries: int = 3
-    fetch_retry_backoff: float = 1.0  # first retry delay in seconds; doubles each retry
-    fetch_allow_networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
+    fetch_connect_timeout: float = env(5.0, float)
+    fetch_read_timeout: float = env(10.0, float)
+    fetch_total_timeout: float = env(30.0, float)
+    fetch_max_redirects: int = env(5, int)
+    fetch_retries: int = env(3, int)
+    # First retry delay in seconds; doubles each retry
+    fetch_retry_backoff: float = env(1.0, float)
+    fetch_allow_networks: tuple[IPNetwork, ...] = env((), networks)
 
-    result_expires: int = 86_400
-    result_failure_expires: int | None = None  # None: RESULT_EXPIRES
-    visibility_timeout: int = 3_600  # last resort for a live but hung job; see docs
-    max_deliveries: int = 3
+    result_expires: int = env(86_400, int)
+    result_failure_expires: int | None = env(None, int)  # None: RESULT_EXPIRES
+    visibility_timeout: int = env(3_600, int)  # last resort for a live but hung job; see docs
+    max_deliveries: int = env(3, int)
     # The delivery layer (worker/broker): a process silent this long is dead, and any live
     # worker returns its messages to their queues.
-    dead_worker_timeout: float = 15.0
-    broker_poll_interval: float = 0.5  # idle wait on the first queue before checking all lists
-    max_message_bytes: int = 1024 * 1024
-    dead_letter_limit: int = 10_000
-    result_cache: bool = True
-    result_cache_ttl: int = 86_400
-    metrics_port: int = 0
-    metrics_addr: str = "0.0.0.0"
-    ready_file: Path | None = None
-    log_level: str = ""  # empty: Celery's -l; set, it wins over -l
+    dead_worker_timeout: float = env(15.0, float)
+    # Idle wait on the first queue before checking all lists again
+    broker_poll_interval: float = env(0.5, float)
+    max_message_bytes: int = env(1024 * 1024, int)
+    dead_letter_limit: int = env(10_000, int)
+    result_cache: bool = env(True, boolean)
+    result_cache_ttl: int = env(86_400, int)
+    metrics_port: int = env(0, int)
+    metrics_addr: str = env("0.0.0.0", str)
+    ready_file: Path | None = env(None, path)
+    log_level: str = env("", upper)  # empty: Celery's -l; set, it wins over -l
     # Off by default: three events per job cost ~15% throughput on a 2-core CPU. Flower turns
     # them on at runtime anyway; the compose file sets TASK_EVENTS=true.
-    task_events: bool = False
+    task_events: bool = env(False, boolean)
     # A job waits this long for its batch before the inference thread counts as hung.
-    inference_timeout: float = 120.0
+    inference_timeout: float = env(120.0, float)
     # Tests only: a job whose source equals this SIGKILLs its own worker process (empty: off).
-    test_poison_source: str = ""
+    test_poison_source: str = env("", str)
     # Tests only: inference raises a fatal error from the Nth batch on (0: off).
-    test_fatal_inference_after: int = 0
+    test_fatal_inference_after: int = env(0, int)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
+        source = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = env.get(f.name.upper())
+            raw = source.get(f.name.upper())
             if raw is None or raw.strip() == "":
                 continue
-            values[f.name] = _parse(f.name, raw.strip())
+            try:
+                values[f.name] = f.metadata["parse"](raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{f.name.upper()}={raw.strip()!r} is invalid: {exc}") from exc
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -173,29 +223,3 @@ class Settings:
     @property
     def effective_concurrency(self) -> int:
         return self.concurrency or max(4, 2 * self.effective_batch_size)
-
-
-def _parse(name: str, raw: str) -> object:
-    kind = {f.name: f.type for f in fields(Settings)}[name]
-    try:
-        if kind in ("int", "int | None"):
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("expected true or false")
-        if kind == "Path | None":
-            return Path(raw).expanduser()
-        if name == "allowed_formats":
-            return tuple(p.strip().upper() for p in raw.split(",") if p.strip())
-        if name == "fetch_allow_networks":
-            return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
-        if name in ("precision", "device", "log_level", "pool"):
-            return raw.lower() if name != "log_level" else raw.upper()
-        return raw
-    except ValueError as exc:
-        raise ConfigError(f"{name.upper()}={raw!r} is invalid: {exc}") from exc

@@ -1,0 +1,77 @@
+"""What one worker process holds, in one object instead of module globals.
+
+The process-start hooks (worker/celery_app.py) build it: `worker_init` in the worker's main
+process, then `worker_process_init` again in every forked pool child, which starts with fresh
+metrics and loads its own model. Tasks reach it as `task.app.context`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from worker.deliveries import Gate
+from worker.metrics import Metrics
+from worker.settings import Settings
+
+if TYPE_CHECKING:  # both import torch; a context exists before the model is wanted
+    from worker.model.weights import WeightsSource
+    from worker.runtime import Runtime
+
+
+def configure_openmp(environ: os._Environ[str] | dict[str, str] | None = None) -> None:
+    """Shorten OpenMP's idle spinning; must run before anything imports torch.
+
+    OpenMP (GNU libgomp, as in torch's wheels) reads these once, when torch loads it. An idle
+    OpenMP thread spins ~300,000 times before it sleeps, on the cores the task threads need for
+    decoding the next batch. 10,000 spins still bridge the gaps between the operators of one
+    forward pass but not the waits between batches: int8 1024x768, one worker on 2 cores,
+    48 -> 57 img/s (docs/performance.md). Setting either variable yourself leaves both to you.
+    """
+    env = os.environ if environ is None else environ
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env["GOMP_SPINCOUNT"] = "10000"
+
+
+@dataclass
+class Context:
+    settings: Settings
+    main_pid: int  # the worker's main process: what the ready file names, also in children
+    metrics: Metrics = field(default_factory=Metrics)
+    gate: Gate = field(default_factory=Gate)  # suspect jobs run alone (worker/deliveries.py)
+    ready: threading.Event = field(default_factory=threading.Event)
+    weights: WeightsSource | None = None  # checked in the main process, before any fork
+    runtime: Runtime | None = None  # the model, its batcher and decoders, once loaded
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def forked(self) -> Context:
+        """The context of a pool child: the same settings and weights, nothing else shared."""
+        return Context(self.settings, self.main_pid, weights=self.weights)
+
+    def load(self) -> Runtime:
+        """Load the model once for this process (idempotent, thread-safe)."""
+        with self._lock:
+            if self.runtime is None:
+                from worker import runtime
+
+                self.runtime = runtime.start(
+                    self.settings,
+                    self.weights,
+                    on_batch=self.metrics.observe_batch,
+                    on_death=self._on_inference_death,
+                )
+            return self.runtime
+
+    def _on_inference_death(self, exc: BaseException) -> None:
+        from worker import ops
+
+        ops.inference_died(self, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.runtime is not None:
+                self.runtime.stop()
+                self.runtime = None
+        self.metrics.shutdown()
