@@ -135,10 +135,12 @@ def test_setup_runs_on_the_inference_thread_and_its_errors_surface() -> None:
 
 def test_a_fatal_error_kills_the_batcher_and_fails_every_waiter_at_once() -> None:
     calls: list[int] = []
+    all_queued = threading.Event()
 
     def infer(batch: torch.Tensor) -> torch.Tensor:
         calls.append(batch.shape[0])
         if len(calls) == 2:
+            all_queued.wait(5)  # die with the other four still waiting in the queue
             raise SystemError("the model is gone")
         return batch
 
@@ -146,11 +148,14 @@ def test_a_fatal_error_kills_the_batcher_and_fails_every_waiter_at_once() -> Non
     batcher = Batcher(infer, max_batch_size=1, max_delay=0.0, on_death=deaths.append)
     assert batcher.submit(_item(1)).result(5)[1] == 1
     futures = [batcher.submit(_item(i)) for i in range(5)]
+    all_queued.set()
     for future in futures:
         with pytest.raises(InferenceDead, match="the model is gone"):
             future.result(5)  # not left waiting: failed when the thread died
     with pytest.raises(InferenceDead):
         batcher.submit(_item(9))
+    # on_death runs after the waiters are failed, on the dying thread.
+    wait_for(lambda: deaths, 5, "on_death to be called")
     assert len(deaths) == 1 and isinstance(deaths[0], SystemError)
 
 
