@@ -15,10 +15,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from producer.client import Client, Outcome
+from producer.client import DEFAULT_BULK_SIZE, Client, Outcome
 from producer.contract import (
     DEFAULT_TOP_K,
     IMAGE_EXTENSIONS,
+    MAX_BULK_IMAGES,
     MAX_PRIORITY,
     MAX_TOP_K,
     MIN_PRIORITY,
@@ -90,7 +91,9 @@ def cmd_submit(client: Client, ns: argparse.Namespace) -> int:
     if not sources:
         print("error: no sources to submit", file=sys.stderr)
         return EXIT_USAGE
-    ids = client.submit_many(sources, top_k=ns.top_k, queue=ns.queue, priority=ns.priority)
+    ids = client.submit_many(
+        sources, top_k=ns.top_k, queue=ns.queue, priority=ns.priority, bulk_size=ns.bulk_size
+    )
     if not ns.wait:
         for task_id in ids:
             print(task_id, flush=True)
@@ -167,6 +170,13 @@ def _top_k(text: str) -> int:
     return value
 
 
+def _bulk_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_BULK_IMAGES:
+        raise argparse.ArgumentTypeError(f"bulk-size must be within 1..{MAX_BULK_IMAGES}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgqueue", description=__doc__)
     parser.add_argument(
@@ -191,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_priority,
         default=None,
         help=f"{MIN_PRIORITY} (highest, the default) .. {MAX_PRIORITY} (lowest)",
+    )
+    p.add_argument(
+        "--bulk-size",
+        type=_bulk_size,
+        default=DEFAULT_BULK_SIZE,
+        help=f"images per message (default {DEFAULT_BULK_SIZE}; 1: one message per image, "
+        "for workers older than classify_many)",
     )
     p.add_argument("--wait", action="store_true", help="print one JSON result per line")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for all")

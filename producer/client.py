@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,15 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from producer.connections import RedisConfig, RedisConfigError
-from producer.contract import DEFAULT_QUEUE, DEFAULT_TOP_K, MAX_PRIORITY, MIN_PRIORITY, TASK_NAME
+from producer.contract import (
+    BULK_TASK_NAME,
+    DEFAULT_QUEUE,
+    DEFAULT_TOP_K,
+    MAX_BULK_IMAGES,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    TASK_NAME,
+)
 from producer.errors import BrokerUnavailable, JobFailed, ProducerError, ResultTimeout
 from producer.redaction import display_url
 
@@ -26,6 +35,9 @@ TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.5
 _MGET_CHUNK = 500
+DEFAULT_BULK_SIZE = 64
+# Well under the workers' MAX_MESSAGE_BYTES (1 MiB by default), whatever the sources' lengths.
+_BULK_MAX_SOURCE_CHARS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -126,9 +138,14 @@ class Client:
         queue: str = DEFAULT_QUEUE,
         sentinel_master: str | None = None,
         key_prefix: str | None = None,
+        bulk_size: int = DEFAULT_BULK_SIZE,
     ) -> None:
         """`redis_url`, `sentinel_master` and `key_prefix` default to REDIS_URL,
-        REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX (see producer.connections)."""
+        REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX (see producer.connections). `bulk_size`:
+        images per message in `submit_many` (1: one `classify` message per image)."""
+        if not 1 <= bulk_size <= MAX_BULK_IMAGES:
+            raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
+        self.bulk_size = bulk_size
         try:
             self.config = RedisConfig.from_env(
                 url=redis_url, sentinel_master=sentinel_master, key_prefix=key_prefix
@@ -174,32 +191,64 @@ class Client:
         top_k: int = DEFAULT_TOP_K,
         queue: str | None = None,
         priority: int | None = None,
+        bulk_size: int | None = None,
     ) -> list[str]:
-        """Enqueue many sources over one connection; returns their task ids in order."""
+        """Enqueue many sources over one connection; returns their task ids in order.
+
+        Up to `bulk_size` (default: the client's) sources travel in one `classify_many`
+        message; each still gets its own task id, result and state, read as for `submit`.
+        """
         check_priority(priority)
+        size = self.bulk_size if bulk_size is None else bulk_size
+        if not 1 <= size <= MAX_BULK_IMAGES:
+            raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
+        listed = [str(s) for s in sources]
         ids: list[str] = []
-        options = {} if priority is None else {"priority": priority}
+        options: dict[str, Any] = {"queue": queue or self.queue}
+        if priority is not None:
+            options["priority"] = priority
         try:
             with self.celery.producer_or_acquire() as producer:
-                for source in sources:
-                    res = self.celery.send_task(
-                        TASK_NAME,
-                        args=[str(source)],
-                        kwargs={"top_k": top_k},
-                        queue=queue or self.queue,
-                        producer=producer,
-                        # Lets workers measure queue wait (imgqueue_queue_wait_seconds).
-                        headers={"sent_at": time.time()},
-                        # What Celery logs and Flower shows instead of the arguments: no
-                        # credentials or signed query strings from the source.
-                        argsrepr=repr([display_url(str(source))]),
-                        **options,
-                    )
-                    ids.append(res.id)
+                if size == 1 or len(listed) == 1:
+                    for source in listed:
+                        ids.append(self._send_one(producer, source, top_k, options))
+                else:
+                    for chunk in _chunks(listed, size):
+                        ids += self._send_bulk(producer, chunk, top_k, options)
         except (OperationalError, redis.ConnectionError, OSError) as exc:
             # kombu wraps connection errors in OperationalError once its publish retries end.
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
         return ids
+
+    def _send_one(self, producer: Any, source: str, top_k: int, options: dict[str, Any]) -> str:
+        res = self.celery.send_task(
+            TASK_NAME,
+            args=[source],
+            kwargs={"top_k": top_k},
+            producer=producer,
+            # Lets workers measure queue wait (imgqueue_queue_wait_seconds).
+            headers={"sent_at": time.time()},
+            # What Celery logs and Flower show instead of the arguments: no credentials or
+            # signed query strings from the source.
+            argsrepr=repr([display_url(source)]),
+            **options,
+        )
+        return str(res.id)
+
+    def _send_bulk(
+        self, producer: Any, sources: list[str], top_k: int, options: dict[str, Any]
+    ) -> list[str]:
+        images = [{"id": str(uuid.uuid4()), "source": source} for source in sources]
+        self.celery.send_task(
+            BULK_TASK_NAME,
+            args=[images],
+            kwargs={"top_k": top_k},
+            producer=producer,
+            headers={"sent_at": time.time()},
+            argsrepr=f"[{len(images)} images, first {display_url(sources[0])!r}]",
+            **options,
+        )
+        return [image["id"] for image in images]
 
     # -- results -----------------------------------------------------------------------------
 
@@ -265,3 +314,17 @@ class Client:
 
     def _safe_url(self) -> str:
         return self.config.safe_url()
+
+
+def _chunks(sources: list[str], size: int) -> Iterator[list[str]]:
+    """Runs of at most `size` sources and about _BULK_MAX_SOURCE_CHARS characters."""
+    chunk: list[str] = []
+    chars = 0
+    for source in sources:
+        if chunk and (len(chunk) == size or chars + len(source) > _BULK_MAX_SOURCE_CHARS):
+            yield chunk
+            chunk, chars = [], 0
+        chunk.append(source)
+        chars += len(source)
+    if chunk:
+        yield chunk

@@ -6,8 +6,13 @@ Everything here is plain data: importing it never pulls Celery's worker side or 
 from __future__ import annotations
 
 TASK_NAME = "classify"
+# Many images in one message: args `[[{"id": ..., "source": ..., "top_k"?: ...}, ...]]`,
+# kwargs `{"top_k": ...}`. Each image's result is stored under its own id, as if `classify`
+# had run with that task id (docs: "Bulk messages").
+BULK_TASK_NAME = "classify_many"
+MAX_BULK_IMAGES = 1000
 # Every task a worker runs; a message naming another one is dead-lettered as `unknown-task`.
-TASK_NAMES = (TASK_NAME,)
+TASK_NAMES = (TASK_NAME, BULK_TASK_NAME)
 DEFAULT_QUEUE = "celery"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 

@@ -137,6 +137,26 @@ def test_poison_job_is_capped_and_does_not_block_others(
     assert max(delivery_counts(fclient, goods)) <= 2
 
 
+@pytest.mark.slow
+def test_a_bulk_message_that_kills_its_worker_is_split_and_only_the_culprit_is_lost(
+    fault_workers: WorkerFactory, fclient: Client
+) -> None:
+    fault_workers.start()
+    goods = ["cat.jpg", "coffee.jpg", "rocket.jpg"]
+    ids = fclient.submit_many([*goods, POISON], top_k=1)  # one bulk message
+
+    def poison_done() -> bool:
+        keep_alive(fault_workers, 1)
+        return fclient.status(ids[-1]).done
+
+    wait_for(poison_done, 90, "the poison image to be capped", interval=0.5)
+    assert fclient.status(ids[-1]).error_type == "JobLost"
+    results = list(fclient.wait(ids[:-1], timeout=60))
+    assert {o.state for o in results} == {"SUCCESS"}
+    # The redelivered bulk went on as single jobs under the same ids.
+    assert all(count >= 1 for count in delivery_counts(fclient, ids[:-1]))
+
+
 def test_message_in_a_dead_workers_inbox_is_recovered(
     fault_workers: WorkerFactory, fclient: Client
 ) -> None:

@@ -55,6 +55,7 @@ class _AtomicStore:
 
         def _get_result_meta(self, **kwargs: Any) -> dict[str, Any]: ...
         def encode(self, data: Any) -> Any: ...
+        def encode_result(self, result: Any, state: str) -> Any: ...
         def get_key_for_task(self, task_id: str) -> Any: ...
         def ensure(self, fun: Any, args: Any, **policy: Any) -> Any: ...
 
@@ -79,6 +80,30 @@ class _AtomicStore:
         key = self.get_key_for_task(task_id)
         self.ensure(self._store_unless_final, (key, value, state))
         return result
+
+    def store_many(self, entries: list[tuple[str, Any, str]]) -> None:
+        """Final states of many jobs, `(task_id, result or exception, state)`, in one round
+        trip (a bulk message's images), each stored as `_store_result` would."""
+        values = []
+        for task_id, result, state in entries:
+            meta = self._get_result_meta(
+                result=self.encode_result(result, state), state=state, traceback=None, request=None
+            )
+            meta["task_id"] = task_id
+            value = self.encode(meta)
+            if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+                raise BackendStoreError("value too large for Redis backend", task_id=task_id)
+            values.append((self.get_key_for_task(task_id), value, state))
+        if values:
+            self.ensure(self._store_all_unless_final, (values,))
+
+    def _store_all_unless_final(self, values: list[tuple[Any, Any, str]]) -> None:
+        # Built inside the retried call: a pipeline that failed is reset and must be rebuilt.
+        pipe = self.client.pipeline(transaction=False)
+        for key, value, state in values:
+            expires = self.failure_expires if state == states.FAILURE else self.expires
+            self._store_script(keys=[key], args=[value, int(expires or 0), state], client=pipe)
+        pipe.execute()
 
     @cached_property
     def _store_script(self) -> Any:

@@ -37,9 +37,10 @@ class Job:
     queue_wait: float | None
     started: float = field(default_factory=time.perf_counter)
     result: dict[str, Any] | None = None
+    bulk: str | None = None  # the id of the bulk message that carried this image
 
 
-def _queue_wait(request: Any, now: float) -> float | None:
+def queue_wait(request: Any, now: float) -> float | None:
     sent_at = getattr(request, SENT_AT_HEADER, None)
     if not isinstance(sent_at, int | float) or isinstance(sent_at, bool):
         return None
@@ -58,7 +59,7 @@ def track(request: Any, args: tuple[Any, ...], metrics: Metrics) -> Iterator[Job
         id=str(getattr(request, "id", "")),
         source=source,
         retries=int(getattr(request, "retries", 0) or 0),
-        queue_wait=_queue_wait(request, time.time()),
+        queue_wait=queue_wait(request, time.time()),
     )
     outcome, error_type, error = "success", None, None
     try:
@@ -74,12 +75,13 @@ def track(request: Any, args: tuple[Any, ...], metrics: Metrics) -> Iterator[Job
         outcome, error_type, error = "failure", "InternalError", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        _finish(job, outcome, error_type, error, metrics)
+        record(job, outcome, error_type, error, metrics)
 
 
-def _finish(
+def record(
     job: Job, outcome: str, error_type: str | None, error: str | None, metrics: Metrics
 ) -> None:
+    """Count and log one finished job (or one image of a bulk message)."""
     result = job.result or {}
     timings = result.get("timings_ms")
     cached = result.get("cached") if outcome == "success" else None
@@ -94,6 +96,8 @@ def _finish(
         "retries": job.retries,
         "elapsed_ms": round((time.perf_counter() - job.started) * 1000.0, 3),
     }
+    if job.bulk is not None:
+        line["bulk"] = job.bulk
     if job.queue_wait is not None:
         line["queue_wait_ms"] = round(job.queue_wait * 1000.0, 3)
     if error_type is not None:

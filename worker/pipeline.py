@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -75,11 +77,11 @@ def _to_tensor(fetched: Fetched, rt: Runtime) -> tuple[Decoded, Tensor]:
     return decoded, tensor
 
 
-def _infer(rt: Runtime, tensor: Tensor) -> tuple[Tensor, int]:
+def _wait(rt: Runtime, future: Future[tuple[Tensor, int]]) -> tuple[Tensor, int]:
     """The job's row of its batch; InferenceUnavailable when the inference thread is gone."""
     timeout = rt.settings.inference_timeout
     try:
-        return rt.batcher.submit(tensor).result(timeout=timeout)
+        return future.result(timeout=timeout)
     except FutureTimeout:
         # Hung, not dead: no thread can be killed, so the process gives up on its model.
         rt.batcher.declare_dead(TimeoutError(f"no batch finished within {timeout:g}s"))
@@ -90,40 +92,70 @@ def _infer(rt: Runtime, tensor: Tensor) -> tuple[Tensor, int]:
         raise InferenceUnavailable(str(exc)) from None
 
 
-def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
-    """Classify one source; raises a ClassifyError subclass for bad input."""
+@dataclass
+class Submitted:
+    """A job whose input waits in the batcher: what `finish` needs to make its result."""
+
+    shown: str
+    top_k: int
+    description: dict[str, Any]
+    entry: cache.Entry
+    decoded: Decoded
+    future: Future[tuple[Tensor, int]]
+    t0: float
+    t1: float
+    t2: float
+
+
+def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
+    """Fetch, look up the cache, decode and hand the input to the batcher: a cached result
+    at once, or a Submitted job. Raises a ClassifyError subclass for bad input. Call inside
+    `rt.batcher.upcoming()`."""
     settings, model = rt.settings, rt.classifier
-    rt.enter_task_thread()
     shown = display_url(source, limit=None)  # results never carry credentials or a query
     t0 = time.perf_counter()
-    with rt.batcher.upcoming():
-        fetched = fetch(source, settings)
-        try:
-            t1 = time.perf_counter()
-            description = model.describe()
-            entry = cache.lookup(rt.cache_client, fetched.data, top_k, description, settings)
-            if entry.stored is not None:
-                return entry.reuse(shown, t1 - t0, t0)
-            decoded, tensor = _to_tensor(fetched, rt)
-        finally:
-            fetched.release()
-        t2 = time.perf_counter()
-        probabilities, batch_size = _infer(rt, tensor)
+    fetched = fetch(source, settings)
+    try:
+        t1 = time.perf_counter()
+        description = model.describe()
+        entry = cache.lookup(rt.cache_client, fetched.data, top_k, description, settings)
+        if entry.stored is not None:
+            return entry.reuse(shown, t1 - t0, t0)
+        decoded, tensor = _to_tensor(fetched, rt)
+    finally:
+        fetched.release()
+    t2 = time.perf_counter()
+    future = rt.batcher.submit(tensor)
+    return Submitted(shown, top_k, description, entry, decoded, future, t0, t1, t2)
+
+
+def finish(job: Submitted, rt: Runtime) -> dict[str, Any]:
+    """Wait for the job's batch and build its result (stored in the cache)."""
+    probabilities, batch_size = _wait(rt, job.future)
     t3 = time.perf_counter()
-    predictions = model.postprocess(probabilities, top_k)
+    predictions = rt.classifier.postprocess(probabilities, job.top_k)
     t4 = time.perf_counter()
+    decoded = job.decoded
     result: dict[str, Any] = {
-        "source": shown,
-        **description,
+        "source": job.shown,
+        **job.description,
         "predictions": [p.to_dict() for p in predictions],
         "image": {"width": decoded.width, "height": decoded.height, "format": decoded.format},
         "batch_size": batch_size,
         "timings_ms": {
-            "fetch": _ms(t1 - t0),
-            "preprocess": _ms(t2 - t1),
-            "inference": _ms(t3 - t2),
+            "fetch": _ms(job.t1 - job.t0),
+            "preprocess": _ms(job.t2 - job.t1),
+            "inference": _ms(t3 - job.t2),
             "postprocess": _ms(t4 - t3),
-            "total": _ms(t4 - t0),
+            "total": _ms(t4 - job.t0),
         },
     }
-    return entry.store(result)
+    return job.entry.store(result)
+
+
+def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
+    """Classify one source; raises a ClassifyError subclass for bad input."""
+    rt.enter_task_thread()
+    with rt.batcher.upcoming():
+        job = submit(source, top_k, rt)
+        return job if isinstance(job, dict) else finish(job, rt)

@@ -1,16 +1,19 @@
-"""The `classify` task: a thin wrapper around worker.pipeline, registered by create_app."""
+"""The tasks, thin wrappers registered by create_app: `classify` (worker.pipeline) and
+`classify_many` (worker.bulk)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
 
-from producer.contract import TASK_NAME
-from worker import deliveries, joblog
-from worker.errors import ClassifyError, InternalError
+from producer.contract import BULK_TASK_NAME, TASK_NAME
+from producer.redaction import display_url
+from worker import bulk, deliveries, joblog
+from worker.errors import ClassifyError, InternalError, InvalidArguments, JobLost
 
 if TYPE_CHECKING:
     from worker.celery_app import ImgqueueApp
@@ -22,6 +25,10 @@ log = logging.getLogger(__name__)
 def register(app: ImgqueueApp) -> None:
     # throws: expected input errors are logged as one line, without a traceback.
     app.task(name=TASK_NAME, bind=True, throws=(ClassifyError,))(classify)
+    # max_retries=None: FETCH_RETRIES bounds the retries of each image (see classify_many).
+    app.task(name=BULK_TASK_NAME, bind=True, throws=(ClassifyError,), max_retries=None)(
+        classify_many
+    )
 
 
 def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -71,3 +78,108 @@ def _classify(
     except Exception as exc:
         log.exception("unexpected error classifying %r", source)
         raise InternalError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
+    """Many images, one message: each image's result or error is stored under its own id."""
+    ctx = _context(self)
+    settings, request = ctx.settings, self.request
+    client = self.app.backend.client
+    try:
+        images, outcome = bulk.parse(args, kwargs)
+    except InvalidArguments as invalid:
+        # Whoever polls these images' ids learns why, instead of waiting forever.
+        self.app.backend.store_many([(i, invalid, "FAILURE") for i in bulk.ids_in(args)])
+        raise
+    for task_id, error in outcome.failures.items():
+        log.warning("bulk %s: image %s rejected: %s", request.id, task_id, error)
+    done = bulk.finished_ids(client, images, settings.redis_key_prefix)
+    todo = [i for i in images if i.id not in done]
+    started: dict[str, float] = {}
+    redelivered = bool((request.delivery_info or {}).get("redelivered", True))
+    try:
+        with deliveries.tracked(
+            ctx.gate, client, request.id, request.retries, settings, redelivered
+        ) as delivery:
+            if delivery > 1:
+                # Started before and never finished: its worker died, maybe because of one of
+                # these images. Each goes on as its own `classify` job under its own id, so
+                # delivery counting and MAX_DELIVERIES single out the culprit alone.
+                _split(self, todo)
+                return {**outcome.summary(len(done)), "split": len(todo)}
+            for image in todo:
+                deliveries.maybe_poison(image.source, settings)
+            bulk.run(todo, ctx.load(), outcome, started)
+    except JobLost as exc:
+        outcome.failures.update((i.id, exc) for i in todo)
+    _store(self, ctx, images, outcome, started)
+    retry = [i for i in todo if i.id in outcome.transient]
+    if retry and request.retries < settings.fetch_retries:
+        # Only the images that failed transiently, with the same backoff as `classify`.
+        countdown = settings.fetch_retry_backoff * 2**request.retries
+        first = next(iter(outcome.transient.values()))
+        raise self.retry(
+            args=[[i.to_dict() for i in retry]], kwargs={}, countdown=countdown, exc=first
+        )
+    return outcome.summary(len(done))
+
+
+def _store(
+    task: Task,
+    ctx: Context,
+    images: list[bulk.Image],
+    outcome: bulk.Outcome,
+    started: dict[str, float],
+) -> None:
+    """Every image's final state in one round trip, then its job line and metrics."""
+    final = task.request.retries >= ctx.settings.fetch_retries
+    if final:  # no retry left: transient errors are final too
+        outcome.failures.update(outcome.transient)
+        outcome.transient.clear()
+    entries: list[tuple[str, Any, str]] = [
+        (task_id, result, "SUCCESS") for task_id, result in outcome.results.items()
+    ]
+    entries += [(task_id, exc, "FAILURE") for task_id, exc in outcome.failures.items()]
+    task.app.backend.store_many(entries)
+    wait = joblog.queue_wait(task.request, time.time())
+    sources = {i.id: i.source for i in images}
+    for task_id, ended, error_type, error, result in _records(outcome):
+        job = joblog.Job(
+            id=task_id,
+            source=display_url(sources.get(task_id, "")) or None,
+            retries=task.request.retries,
+            queue_wait=wait,
+            started=started.get(task_id, time.perf_counter()),
+            result=result,
+            bulk=task.request.id,
+        )
+        joblog.record(job, ended, error_type, error, ctx.metrics)
+
+
+def _records(outcome: bulk.Outcome) -> Any:
+    for task_id, result in outcome.results.items():
+        yield task_id, "success", None, None, result
+    for task_id, exc in outcome.failures.items():
+        yield task_id, "failure", type(exc).__name__, str(exc), None
+    for task_id, exc in outcome.transient.items():
+        yield task_id, "retry", type(exc).__name__, str(exc), None
+
+
+def _split(task: Task, images: list[bulk.Image]) -> None:
+    info = task.request.delivery_info or {}
+    options: dict[str, Any] = {"queue": info.get("routing_key") or None}
+    priority = info.get("priority")
+    if priority is not None:
+        options["priority"] = priority
+    with task.app.producer_or_acquire() as producer:
+        for image in images:
+            task.app.send_task(
+                TASK_NAME,
+                args=[image.source],
+                kwargs={"top_k": image.top_k},
+                task_id=image.id,
+                producer=producer,
+                argsrepr=repr([display_url(image.source)]),
+                **options,
+            )
+    log.warning("bulk %s redelivered: split into %d single jobs", task.request.id, len(images))

@@ -1,0 +1,168 @@
+"""Bulk messages: many images in one message, each with its own task id, result and state.
+
+A bulk message costs Celery and Redis one delivery, one ack and one start for all its images;
+each image then goes through the same steps as a `classify` job (worker/pipeline.py) and its
+result is stored under its own id, exactly as `classify` would store it. Plain functions: the
+task (worker/tasks.py) does the Celery parts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from producer.contract import DEFAULT_TOP_K, MAX_BULK_IMAGES, MAX_TOP_K, RESULT_KEY_PREFIX
+from worker.errors import ClassifyError, InternalError, InvalidArguments
+
+MAX_ID_CHARS = 255
+
+
+@dataclass
+class Image:
+    """One image of a bulk message."""
+
+    id: str
+    source: str
+    top_k: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "source": self.source, "top_k": self.top_k}
+
+
+@dataclass
+class Outcome:
+    """What became of a bulk message's images."""
+
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> result
+    failures: dict[str, ClassifyError] = field(default_factory=dict)  # id -> final error
+    transient: dict[str, ClassifyError] = field(default_factory=dict)  # id -> retryable error
+    invalid: int = 0  # items without a usable id: nothing can be stored for them
+
+    def summary(self, skipped: int) -> dict[str, int]:
+        return {
+            "succeeded": len(self.results),
+            "failed": len(self.failures),
+            "retrying": len(self.transient),
+            "skipped": skipped,
+            "invalid": self.invalid,
+        }
+
+
+def parse(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Image], Outcome]:
+    """The message's images, and an Outcome holding the items that fail validation alone.
+
+    Raises InvalidArguments when the message as a whole is outside the contract.
+    """
+    unknown = sorted(set(kwargs) - {"top_k"})
+    if unknown:
+        raise InvalidArguments(f"unknown keyword argument(s): {', '.join(unknown)}")
+    if len(args) != 1 or not isinstance(args[0], list):
+        raise InvalidArguments("expected one positional argument: a list of images")
+    items = args[0]
+    if not 1 <= len(items) <= MAX_BULK_IMAGES:
+        raise InvalidArguments(f"a bulk message holds 1..{MAX_BULK_IMAGES} images")
+    default_k = kwargs.get("top_k", DEFAULT_TOP_K)
+    if not _valid_k(default_k):
+        raise InvalidArguments(f"top_k must be an integer within 1..{MAX_TOP_K}")
+    images: list[Image] = []
+    outcome = Outcome()
+    seen: set[str] = set()
+    for item in items:
+        task_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(task_id, str) or not _valid_id(task_id) or task_id in seen:
+            outcome.invalid += 1
+            continue
+        seen.add(task_id)
+        try:
+            images.append(_image(task_id, item, default_k))
+        except InvalidArguments as exc:
+            outcome.failures[task_id] = exc
+    return images, outcome
+
+
+def ids_in(args: tuple[Any, ...]) -> list[str]:
+    """The usable image ids of a message that failed validation as a whole (best effort)."""
+    items = args[0] if len(args) == 1 and isinstance(args[0], list) else []
+    ids = [i.get("id") for i in items[:MAX_BULK_IMAGES] if isinstance(i, dict)]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, str) and _valid_id(i)))
+
+
+def _valid_k(k: Any) -> bool:
+    return isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_TOP_K
+
+
+def _valid_id(task_id: str) -> bool:
+    return 0 < len(task_id) <= MAX_ID_CHARS and task_id.isprintable()
+
+
+def _image(task_id: str, item: dict[str, Any], default_k: int) -> Image:
+    unknown = sorted(set(item) - {"id", "source", "top_k"})
+    if unknown:
+        raise InvalidArguments(f"unknown image field(s): {', '.join(unknown)}")
+    source = item.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidArguments("source must be a non-empty string")
+    if len(source) > 8192:
+        raise InvalidArguments("source is longer than 8192 characters")
+    top_k = item.get("top_k", default_k)
+    if not _valid_k(top_k):
+        raise InvalidArguments(f"top_k must be an integer within 1..{MAX_TOP_K}, got {top_k!r}")
+    return Image(task_id, source, top_k)
+
+
+def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[str]:
+    """Images that already have a final result (a redelivered message skips them)."""
+    if not images:
+        return set()
+    raws = client.mget([f"{key_prefix}{RESULT_KEY_PREFIX}{i.id}" for i in images])
+    done = set()
+    for image, raw in zip(images, raws, strict=True):
+        if raw is None:
+            continue
+        try:
+            status = json.loads(raw).get("status")
+        except (ValueError, AttributeError):
+            continue
+        if status in ("SUCCESS", "FAILURE"):
+            done.add(image.id)
+    return done
+
+
+def run(images: list[Image], rt: Any, outcome: Outcome, started: dict[str, float]) -> None:
+    """Classify the images: every input goes to the batcher before any result is awaited, so
+    one message fills batches by itself. Fills `outcome`; `started` gets each image's start."""
+    from worker import pipeline  # imports torch
+
+    rt.enter_task_thread()
+    submitted: list[tuple[Image, pipeline.Submitted]] = []
+    with rt.batcher.upcoming():
+        for image in images:
+            started[image.id] = time.perf_counter()
+            try:
+                job = pipeline.submit(image.source, image.top_k, rt)
+            except ClassifyError as exc:
+                _failed(outcome, image, exc)
+                continue
+            except Exception as exc:
+                _failed(outcome, image, InternalError(f"{type(exc).__name__}: {exc}"))
+                continue
+            if isinstance(job, dict):
+                outcome.results[image.id] = job
+            else:
+                submitted.append((image, job))
+    for image, job in submitted:
+        try:
+            outcome.results[image.id] = pipeline.finish(job, rt)
+        except ClassifyError as exc:
+            _failed(outcome, image, exc)
+        except Exception as exc:
+            _failed(outcome, image, InternalError(f"{type(exc).__name__}: {exc}"))
+
+
+def _failed(outcome: Outcome, image: Image, exc: ClassifyError) -> None:
+    if exc.transient:
+        outcome.transient[image.id] = exc
+    else:
+        outcome.failures[image.id] = exc
