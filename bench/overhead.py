@@ -5,6 +5,9 @@ sample photos pushed at once; prints jobs/s and the CPU time per job of the work
 its decode processes) and of redis-server (from /proc, Linux only). KEY=VALUE pairs go to the
 worker's environment, e.g. `MAX_BATCH_SIZE=1` or `TASK_EVENTS=true`, to compare settings.
 
+`--bulk N` measures single-image messages against bulk messages of N images (`classify_many`),
+alternating for `--rounds` rounds, and prints the ratios bulk/single.
+
 `--baseline REF` also runs the workers of another commit (e.g. `--baseline HEAD~3`, extracted
 with `git archive`), alternating baseline and current for `--rounds` rounds on the same Redis,
 and prints the ratios current/baseline: the run's own answer to "did this change cost?".
@@ -54,14 +57,19 @@ class Cost:
 
 
 def measure(
-    cluster: Cluster, root: Path, names: list[str], jobs: list[str], env: dict[str, str]
+    cluster: Cluster,
+    root: Path,
+    names: list[str],
+    jobs: list[str],
+    env: dict[str, str],
+    bulk_size: int = 1,
 ) -> Cost:
     with cluster.workers(1, root=root, **env) as (worker,):
-        cluster.burst(names * 4)  # warm-up: threads, connections
+        cluster.burst(names * 4, bulk_size)  # warm-up: threads, connections
         redis_pid = cluster.redis.proc.pid if cluster.redis.proc else None
         w0 = cpu_seconds(worker.pid)
         r0 = cpu_seconds(redis_pid) if redis_pid else 0.0
-        run = cluster.burst(jobs)
+        run = cluster.burst(jobs, bulk_size)
         worker_ms = (cpu_seconds(worker.pid) - w0) * 1000 / run.jobs
         redis_ms = ((cpu_seconds(redis_pid) - r0) if redis_pid else 0.0) * 1000 / run.jobs
     return Cost(run.throughput, worker_ms, redis_ms, run.failed)
@@ -82,6 +90,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=400)
     p.add_argument("--baseline", default=None, help="a git ref to compare against")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds with --baseline")
+    p.add_argument("--bulk", type=int, default=0, help="compare with bulk messages of N images")
     p.add_argument("env", nargs="*", help="KEY=VALUE settings for the worker")
     args = p.parse_args()
     overrides = {"MODEL": "sleep:0ms", **dict(item.split("=", 1) for item in args.env)}
@@ -93,27 +102,33 @@ def main() -> None:
         shutil.copy(sample, root / "samples" / sample.name)
     names = [f"samples/{s.name}" for s in samples]
     jobs = (names * (args.jobs // len(names) + 1))[: args.jobs]
-    trees = {"current": ROOT}
+    # name -> (tree, images per message)
+    runs_of: dict[str, tuple[Path, int]] = {"current": (ROOT, 1)}
     if args.baseline:
-        trees = {"baseline": checkout(args.baseline, work / "baseline"), "current": ROOT}
-    rounds = args.rounds if args.baseline else 1
-    costs: dict[str, list[Cost]] = {name: [] for name in trees}
+        base = checkout(args.baseline, work / "baseline")
+        runs_of = {"baseline": (base, 1), "current": (ROOT, 1)}
+    elif args.bulk > 1:
+        runs_of = {"baseline": (ROOT, 1), "current": (ROOT, args.bulk)}
+    rounds = args.rounds if len(runs_of) > 1 else 1
+    costs: dict[str, list[Cost]] = {name: [] for name in runs_of}
     cluster = Cluster(work, root)
     try:
         for _ in range(rounds):
-            for name, tree in trees.items():
-                costs[name].append(measure(cluster, tree, names, jobs, overrides))
+            for name, (tree, size) in runs_of.items():
+                costs[name].append(measure(cluster, tree, names, jobs, overrides, size))
     finally:
         cluster.close()
         shutil.rmtree(work, ignore_errors=True)
     print(f"settings: {overrides}; {args.jobs} jobs per run, {rounds} round(s)")
+    if args.bulk > 1 and not args.baseline:
+        print(f"baseline: one image per message; current: {args.bulk} images per message")
     for name, runs in costs.items():
         for i, c in enumerate(runs):
             print(
                 f"{name:>8} run {i + 1}: {c.jobs_per_s:6.1f} jobs/s, CPU per job: worker "
                 f"{c.worker_ms:.2f} ms, redis-server {c.redis_ms:.2f} ms, {c.failed} failed"
             )
-    if args.baseline:
+    if len(runs_of) > 1:
         med = {
             name: {
                 "jobs/s": statistics.median(c.jobs_per_s for c in runs),
@@ -123,9 +138,9 @@ def main() -> None:
             for name, runs in costs.items()
         }
         for key in ("jobs/s", "worker ms", "redis ms"):
-            base, cur = med["baseline"][key], med["current"][key]
+            was, now = med["baseline"][key], med["current"][key]
             print(
-                f"median {key:>9}: baseline {base:.2f}, current {cur:.2f}, ratio {cur / base:.3f}"
+                f"median {key:>9}: baseline {was:.2f}, current {now:.2f}, ratio {now / was:.3f}"
             )
 
 

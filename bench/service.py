@@ -98,13 +98,16 @@ class Cluster:
 
     # -- load patterns -----------------------------------------------------------------------
 
-    def burst(self, names: list[str]) -> Run:
-        """Submit everything at once; time from the first submit to the last stored result."""
+    def burst(self, names: list[str], bulk_size: int = 1) -> Run:
+        """Submit everything at once (one message per image, or `bulk_size` images per
+        message); time from the first submit to the last stored result."""
         submitted: dict[str, float] = {}
         first = time.time()
-        for name in names:
-            (task_id,) = self.client.submit_many([name], top_k=5)
-            submitted[task_id] = time.time()
+        for i in range(0, len(names), bulk_size):
+            chunk = names[i : i + bulk_size]
+            ids = self.client.submit_many(chunk, top_k=5, bulk_size=bulk_size)
+            now = time.time()
+            submitted.update((task_id, now) for task_id in ids)
         return self._collect(submitted, first)
 
     def closed_loop(self, names: list[str], window: int) -> Run:

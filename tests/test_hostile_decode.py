@@ -22,6 +22,7 @@ from producer import Client, JobFailed
 from tests import corpus
 from tests.support import SAMPLES, WorkerFactory, WorkerProcess, wait_for
 from worker.errors import DecodeTimeout, NotAnImage
+from worker.fetch import Fetched
 from worker.sandbox.pool import DecodePool, Limits, default_limits
 from worker.settings import DEFAULT_FORMATS, Settings
 
@@ -192,5 +193,31 @@ def test_a_deadline_and_a_crash_cost_one_job_and_the_pool_recovers() -> None:
             pool.decode(corpus.tiff_strip_table(8 * MIB), resize=None, **kwargs)
         killer.join()
         assert pool.decode(cat, resize=None, **kwargs).width == 451  # a fresh child
+    finally:
+        pool.close()
+
+
+def test_a_chunk_of_images_costs_only_its_culprit() -> None:
+    """Bulk messages decode several images per round trip; a crafted one among them still
+    fails alone (its deadline ends the child, the rest are decoded again one at a time)."""
+    pool = DecodePool(Limits(1, 0, timeout=0.3, seconds_per_megapixel=0.0))
+    cat = (SAMPLES / "cat.jpg").read_bytes()
+    kwargs = {"max_pixels": 64_000_000, "allowed_formats": DEFAULT_FORMATS, "draft_size": None}
+
+    def chunk(*datas: bytes) -> list[Fetched]:
+        return [Fetched(d, "file", "x") for d in datas]
+
+    try:
+        fine = pool.decode_many(chunk(cat, b"not an image", cat), resize=232, **kwargs)
+        assert [type(r).__name__ for r in fine] == ["Decoded", "NotAnImage", "Decoded"]
+        assert fine[0].image.size == (348, 232)  # type: ignore[union-attr]
+        before = set(pool.pids())
+        flood = corpus.png_chunk_flood(8 * MIB)
+        started = time.monotonic()
+        mixed = pool.decode_many(chunk(cat, flood, cat), resize=None, **kwargs)
+        assert [type(r).__name__ for r in mixed] == ["Decoded", "DecodeTimeout", "Decoded"]
+        assert time.monotonic() - started < 3.0
+        assert set(pool.pids()) != before  # the child that ran out of time was replaced
+        assert pool.decode(cat, resize=None, **kwargs).width == 451
     finally:
         pool.close()

@@ -130,6 +130,11 @@ def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[
     return done
 
 
+# Images decoded per round trip to a decode process, and the bytes they may hold at once.
+DECODE_CHUNK = 16
+DECODE_CHUNK_BYTES = 8 * 1024 * 1024
+
+
 def run(images: list[Image], rt: Any, outcome: Outcome, started: dict[str, float]) -> None:
     """Classify the images: every input goes to the batcher before any result is awaited, so
     one message fills batches by itself. Fills `outcome`; `started` gets each image's start."""
@@ -137,28 +142,74 @@ def run(images: list[Image], rt: Any, outcome: Outcome, started: dict[str, float
 
     rt.enter_task_thread()
     submitted: list[tuple[Image, pipeline.Submitted]] = []
+    # Chunks through one decode process (one round trip each) where Pillow decodes on the
+    # CPU; on CUDA JPEGs decode on the GPU, one by one as for single jobs.
+    chunked = rt.decoder is not None and rt.classifier.device.type != "cuda"
     with rt.batcher.upcoming():
+        chunk: list[tuple[Image, pipeline.Prepared]] = []
+        held = 0
         for image in images:
             started[image.id] = time.perf_counter()
+            job: dict[str, Any] | pipeline.Submitted | pipeline.Prepared
             try:
-                job = pipeline.submit(image.source, image.top_k, rt)
-            except ClassifyError as exc:
-                _failed(outcome, image, exc)
-                continue
+                if not chunked:
+                    job = pipeline.submit(image.source, image.top_k, rt)
+                else:
+                    job = pipeline.prepare(image.source, image.top_k, rt)
             except Exception as exc:
-                _failed(outcome, image, InternalError(f"{type(exc).__name__}: {exc}"))
+                _failed(outcome, image, _as_error(exc))
                 continue
             if isinstance(job, dict):
                 outcome.results[image.id] = job
-            else:
+            elif isinstance(job, pipeline.Submitted):
                 submitted.append((image, job))
-    for image, job in submitted:
+            else:
+                chunk.append((image, job))
+                held += len(job.fetched.data)
+                if len(chunk) == DECODE_CHUNK or held >= DECODE_CHUNK_BYTES:
+                    submitted += _decode_chunk(chunk, rt, outcome)
+                    chunk, held = [], 0
+        if chunk:
+            submitted += _decode_chunk(chunk, rt, outcome)
+    for image, done in submitted:
         try:
-            outcome.results[image.id] = pipeline.finish(job, rt)
-        except ClassifyError as exc:
-            _failed(outcome, image, exc)
+            outcome.results[image.id] = pipeline.finish(done, rt)
         except Exception as exc:
-            _failed(outcome, image, InternalError(f"{type(exc).__name__}: {exc}"))
+            _failed(outcome, image, _as_error(exc))
+
+
+def _decode_chunk(chunk: list[tuple[Image, Any]], rt: Any, outcome: Outcome) -> list[Any]:
+    from worker import pipeline
+
+    settings, model = rt.settings, rt.classifier
+    try:
+        decoded = rt.decoder.decode_many(
+            [job.fetched for _, job in chunk],
+            max_pixels=settings.max_image_pixels,
+            allowed_formats=settings.allowed_formats,
+            draft_size=model.resize_size if settings.draft_decode else None,
+            resize=model.shrink_size,
+        )
+    finally:
+        for _, job in chunk:
+            job.fetched.release()
+    out = []
+    for (image, job), result in zip(chunk, decoded, strict=True):
+        if isinstance(result, ClassifyError):
+            _failed(outcome, image, result)
+            continue
+        try:
+            tensor = model.preprocess(result.image)
+            out.append((image, pipeline.submit_decoded(job, result, tensor, rt)))
+        except Exception as exc:
+            _failed(outcome, image, _as_error(exc))
+    return out
+
+
+def _as_error(exc: Exception) -> ClassifyError:
+    if isinstance(exc, ClassifyError):
+        return exc
+    return InternalError(f"{type(exc).__name__}: {exc}")
 
 
 def _failed(outcome: Outcome, image: Image, exc: ClassifyError) -> None:

@@ -93,6 +93,19 @@ def _wait(rt: Runtime, future: Future[tuple[Tensor, int]]) -> tuple[Tensor, int]
 
 
 @dataclass
+class Prepared:
+    """A job fetched and not found in the cache: its bytes wait to be decoded."""
+
+    shown: str
+    top_k: int
+    description: dict[str, Any]
+    entry: cache.Entry
+    fetched: Fetched
+    t0: float
+    t1: float
+
+
+@dataclass
 class Submitted:
     """A job whose input waits in the batcher: what `finish` needs to make its result."""
 
@@ -107,26 +120,47 @@ class Submitted:
     t2: float
 
 
-def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
-    """Fetch, look up the cache, decode and hand the input to the batcher: a cached result
-    at once, or a Submitted job. Raises a ClassifyError subclass for bad input. Call inside
-    `rt.batcher.upcoming()`."""
+def prepare(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Prepared:
+    """Fetch and look up the cache: a cached result at once, or the fetched job. Raises a
+    ClassifyError subclass for bad input. The caller releases `.fetched` once decoded."""
     settings, model = rt.settings, rt.classifier
     shown = display_url(source, limit=None)  # results never carry credentials or a query
     t0 = time.perf_counter()
     fetched = fetch(source, settings)
+    t1 = time.perf_counter()
     try:
-        t1 = time.perf_counter()
         description = model.describe()
         entry = cache.lookup(rt.cache_client, fetched.data, top_k, description, settings)
-        if entry.stored is not None:
-            return entry.reuse(shown, t1 - t0, t0)
-        decoded, tensor = _to_tensor(fetched, rt)
-    finally:
+    except BaseException:
         fetched.release()
+        raise
+    if entry.stored is not None:
+        fetched.release()
+        return entry.reuse(shown, t1 - t0, t0)
+    return Prepared(shown, top_k, description, entry, fetched, t0, t1)
+
+
+def submit_decoded(job: Prepared, decoded: Decoded, tensor: Tensor, rt: Runtime) -> Submitted:
+    """Hand a decoded, preprocessed input to the batcher."""
     t2 = time.perf_counter()
     future = rt.batcher.submit(tensor)
-    return Submitted(shown, top_k, description, entry, decoded, future, t0, t1, t2)
+    return Submitted(
+        job.shown, job.top_k, job.description, job.entry, decoded, future, job.t0, job.t1, t2
+    )
+
+
+def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
+    """Fetch, look up the cache, decode and hand the input to the batcher: a cached result
+    at once, or a Submitted job. Raises a ClassifyError subclass for bad input. Call inside
+    `rt.batcher.upcoming()`."""
+    job = prepare(source, top_k, rt)
+    if isinstance(job, dict):
+        return job
+    try:
+        decoded, tensor = _to_tensor(job.fetched, rt)
+    finally:
+        job.fetched.release()
+    return submit_decoded(job, decoded, tensor, rt)
 
 
 def finish(job: Submitted, rt: Runtime) -> dict[str, Any]:

@@ -47,16 +47,25 @@ def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        pixels = b""
-        _deadline(request["timeout"])
-        try:
-            reply, pixels = _handle(imaging, request, data)
-        except MemoryError:
-            reply = ("error", "TooLarge", _no_memory(memory_limit))
-        except Exception as exc:  # worker.errors carry their type; anything else is corrupt
-            own = exc.__class__.__module__ == "worker.errors"
-            reply = ("error", type(exc).__name__ if own else "NotAnImage", str(exc) or repr(exc))
-        _deadline(0)
+        if request["op"] == "decode_many":
+            # Several images, one round trip: the replies as a list, then each one's pixels.
+            inputs = [data] + [conn.recv_bytes() for _ in range(request["count"] - 1)]
+            del data
+            replies, outputs = [], []
+            for i in range(len(inputs)):
+                reply, pixels = _one(imaging, request, inputs[i], memory_limit)
+                inputs[i] = b""
+                replies.append(reply)
+                outputs.append(pixels)
+            recycle = _rss() > recycle_rss
+            conn.send((replies, recycle))
+            for reply, pixels in zip(replies, outputs, strict=True):
+                if reply[0] == "done":
+                    conn.send_bytes(pixels)
+            if recycle:
+                return
+            continue
+        reply, pixels = _one(imaging, request, data, memory_limit)
         del data
         recycle = _rss() > recycle_rss
         conn.send((*reply, recycle))
@@ -64,6 +73,23 @@ def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
             conn.send_bytes(pixels)
         if recycle:
             return
+
+
+def _one(
+    imaging: Any, request: dict[str, Any], data: bytes, memory_limit: int
+) -> tuple[tuple[Any, ...], bytes]:
+    """One image under its own deadline: ("done", ...) and pixels, or ("error", type, text)."""
+    pixels = b""
+    _deadline(request["timeout"])
+    try:
+        reply, pixels = _handle(imaging, request, data)
+    except MemoryError:
+        reply = ("error", "TooLarge", _no_memory(memory_limit))
+    except Exception as exc:  # worker.errors carry their type; anything else is corrupt
+        own = exc.__class__.__module__ == "worker.errors"
+        reply = ("error", type(exc).__name__ if own else "NotAnImage", str(exc) or repr(exc))
+    _deadline(0)
+    return reply, pixels
 
 
 def _handle(imaging: Any, request: dict[str, Any], data: bytes) -> tuple[tuple[Any, ...], bytes]:

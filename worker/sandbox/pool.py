@@ -125,6 +125,61 @@ class DecodePool:
         _, width, height, fmt, size = reply
         return Decoded(Image.frombytes("RGB", size, pixels), width, height, fmt)
 
+    def decode_many(
+        self,
+        sources: list[Fetched],
+        *,
+        max_pixels: int,
+        allowed_formats: tuple[str, ...],
+        draft_size: int | None,
+        resize: int | None,
+    ) -> list[Decoded | errors.ClassifyError]:
+        """`decode` for several images in one round trip to one child (bulk messages), each
+        under its own deadline. Should the child die on one of them, they are decoded again
+        one at a time, so that only the culprit fails."""
+        options = {"draft_size": draft_size, "resize": resize}
+        request = {"op": "decode_many", "count": len(sources), **options}
+        self._prepare(request, max_pixels, allowed_formats)
+        budget = len(sources) * self.limits.longest(max_pixels) + _GRACE
+        try:
+            with self._slot() as (child, keep):
+                try:
+                    child.conn.send(request)
+                    for source in sources:
+                        child.conn.send_bytes(source.data)
+                    if not child.conn.poll(budget):
+                        raise _timed_out(self.limits)
+                    replies, recycle = child.conn.recv()
+                    pixels = [child.conn.recv_bytes() if r[0] == "done" else b"" for r in replies]
+                except (EOFError, OSError) as exc:
+                    raise _ChildDied from exc
+                keep[0] = not recycle
+        except (_ChildDied, errors.DecodeTimeout):
+            log.warning("a decode process ended during %d images: one at a time", len(sources))
+            return [self._decode_or_error(s, max_pixels, allowed_formats, options) for s in sources]
+        out: list[Decoded | errors.ClassifyError] = []
+        for reply, data in zip(replies, pixels, strict=True):
+            if reply[0] != "done":
+                out.append(_error(reply))
+                continue
+            _, width, height, fmt, size = reply
+            out.append(Decoded(Image.frombytes("RGB", size, data), width, height, fmt))
+        return out
+
+    def _decode_or_error(
+        self,
+        source: Fetched,
+        max_pixels: int,
+        allowed_formats: tuple[str, ...],
+        options: dict[str, Any],
+    ) -> Decoded | errors.ClassifyError:
+        try:
+            return self.decode(
+                source, max_pixels=max_pixels, allowed_formats=allowed_formats, **options
+            )
+        except errors.ClassifyError as exc:
+            return exc
+
     def probe(
         self, data: bytes, *, max_pixels: int, allowed_formats: tuple[str, ...]
     ) -> Decoded | None:
@@ -160,12 +215,7 @@ class DecodePool:
     ) -> tuple[tuple[Any, ...], bytes]:
         """One request to a free child (waiting for one): its reply (less the recycle flag)
         and pixels."""
-        request.update(
-            max_pixels=max_pixels,
-            formats=allowed_formats,
-            timeout=self.limits.timeout,
-            per_mp=self.limits.seconds_per_megapixel,
-        )
+        self._prepare(request, max_pixels, allowed_formats)
         with self._slot() as (child, keep):
             try:
                 child.conn.send(request)
@@ -184,6 +234,16 @@ class DecodePool:
             if reply[-1]:  # it grew too big and exits by itself: replace it
                 keep[0] = False
             return reply[:-1], pixels
+
+    def _prepare(
+        self, request: dict[str, Any], max_pixels: int, allowed_formats: tuple[str, ...]
+    ) -> None:
+        request.update(
+            max_pixels=max_pixels,
+            formats=allowed_formats,
+            timeout=self.limits.timeout,
+            per_mp=self.limits.seconds_per_megapixel,
+        )
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[tuple[_Child, list[bool]]]:
@@ -222,6 +282,10 @@ class DecodePool:
         child.kill()
 
 
+class _ChildDied(Exception):
+    """Raised when a decode process ends or stops answering in the middle of a request."""
+
+
 def _timed_out(limits: Limits) -> errors.DecodeTimeout:
     return errors.DecodeTimeout(
         f"decoding took longer than its deadline (DECODE_TIMEOUT={limits.timeout:g}s plus "
@@ -230,7 +294,7 @@ def _timed_out(limits: Limits) -> errors.DecodeTimeout:
     )
 
 
-def _error(reply: tuple[Any, ...]) -> Exception:
+def _error(reply: tuple[Any, ...]) -> errors.ClassifyError:
     if reply[0] != "error":
         return errors.InternalError(f"unexpected reply from a decode process: {reply[0]!r}")
     _, kind, message = reply
