@@ -107,7 +107,7 @@ def test_prefetch_leaves_work_for_a_second_worker(workers: WorkerFactory, client
     """One worker must not hoard the queue: a worker that starts later still gets jobs."""
     env = {"MODEL": "sleep:200ms", "MAX_BATCH_SIZE": "1", "MODEL_WEIGHTS": "random:0"}
     first = workers.start(**env)
-    ids = client.submit_many(["cat.jpg"] * 40, top_k=1)
+    ids = client.submit_many(["cat.jpg"] * 40, top_k=1, bulk_size=1)  # one message each
     second = workers.start(**env)
     outcomes = list(client.wait(ids, timeout=120))
     assert all(o.ok for o in outcomes)

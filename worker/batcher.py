@@ -3,6 +3,12 @@
 Task threads fetch, decode and preprocess concurrently, then hand their tensor to `submit`,
 which returns a Future. One inference thread per process takes whatever is ready, up to
 `max_batch_size`, waiting at most `max_delay` after the first item for others to arrive.
+
+On CUDA, task threads may hand over JPEG bytes instead (`submit_encoded`): the inference thread
+decodes the whole batch at once on the GPU (`decode_encoded`, on a side stream), and launches
+the next batch's decode while the current forward pass runs, before it waits for its outputs.
+An image the GPU cannot decode fails its future with GpuDecodeFailed: its task thread decodes
+it with Pillow and submits the tensor.
 """
 
 from __future__ import annotations
@@ -15,12 +21,20 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
+# A batch in, probabilities out: on the CPU, or on the GPU not yet synchronised (the batcher
+# moves them to the CPU when it hands the rows out).
 InferFn = Callable[[torch.Tensor], torch.Tensor]
+DecodeFn = Callable[[list[bytes]], list["torch.Tensor | None"]]
+
+
+class GpuDecodeFailed(Exception):
+    """Raised when the GPU could not decode an image handed over as bytes: decode it on the CPU."""
 
 
 class InferenceDead(Exception):
@@ -37,8 +51,9 @@ def is_fatal(exc: BaseException) -> bool:
 
 @dataclass
 class _Item:
-    tensor: torch.Tensor
+    tensor: torch.Tensor | None
     future: Future[tuple[torch.Tensor, int]] = field(default_factory=Future)
+    encoded: bytes | None = None  # JPEG bytes for the inference thread to decode
 
 
 class Batcher:
@@ -53,6 +68,7 @@ class Batcher:
         device: torch.device | None = None,
         setup: Callable[[], None] | None = None,
         on_death: Callable[[BaseException], None] | None = None,
+        decode_encoded: DecodeFn | None = None,
     ) -> None:
         """`setup`, if given, runs first on the inference thread; its errors raise here.
 
@@ -64,6 +80,8 @@ class Batcher:
         self.max_delay = max(0.0, max_delay)
         self.on_batch = on_batch
         self.on_death = on_death
+        self.decode_encoded = decode_encoded
+        self._side_stream: Any = None  # CUDA only: where batches decode
         self.dead: BaseException | None = None
         self._death_lock = threading.Lock()
         self.device = device
@@ -77,9 +95,24 @@ class Batcher:
         self._thread.start()
         self._ready.result()
 
+    @property
+    def accepts_encoded(self) -> bool:
+        """True where JPEG bytes may be submitted as they are (a CUDA model with GPU decode)."""
+        return self.decode_encoded is not None and self._on_cuda
+
+    @property
+    def _on_cuda(self) -> bool:
+        return self.device is not None and self.device.type == "cuda"
+
     def submit(self, tensor: torch.Tensor) -> Future[tuple[torch.Tensor, int]]:
         """Queue one preprocessed input; the future gives (its output row, the batch size)."""
-        item = _Item(tensor)
+        return self._put(_Item(tensor))
+
+    def submit_encoded(self, data: bytes) -> Future[tuple[torch.Tensor, int]]:
+        """Queue JPEG bytes, decoded with their batch on the GPU (see module doc)."""
+        return self._put(_Item(None, encoded=data))
+
+    def _put(self, item: _Item) -> Future[tuple[torch.Tensor, int]]:
         with self._death_lock:  # so no item lands after the queue was failed at death
             if self.dead is not None:
                 raise InferenceDead(f"the inference thread died: {self.dead!r}")
@@ -160,9 +193,37 @@ class Batcher:
 
     def _stack(self, items: list[_Item]) -> torch.Tensor:
         # GPU-decoded inputs are already on the device; Pillow fallbacks are on the CPU.
+        tensors = [i.tensor for i in items if i.tensor is not None]
         if self.device is None:
-            return torch.stack([i.tensor for i in items])
-        return torch.stack([i.tensor.to(self.device, non_blocking=True) for i in items])
+            return torch.stack(tensors)
+        return torch.stack([t.to(self.device, non_blocking=True) for t in tensors])
+
+    def _decode(self, items: list[_Item]) -> list[_Item]:
+        """Decode the batch's encoded inputs at once; returns the items left to infer."""
+        encoded = [i for i in items if i.encoded is not None]
+        if not encoded:
+            return items
+        assert self.decode_encoded is not None
+        datas = [i.encoded or b"" for i in encoded]
+        if self._on_cuda:
+            if self._side_stream is None:
+                self._side_stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+            with torch.cuda.stream(self._side_stream):
+                tensors = self.decode_encoded(datas)
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self._side_stream)  # the forward pass reads what it wrote
+            for t in tensors:
+                if t is not None:
+                    t.record_stream(current)  # used there: not to be reused before
+        else:
+            tensors = self.decode_encoded(datas)
+        for item, tensor in zip(encoded, tensors, strict=True):
+            item.encoded = None
+            if tensor is None:
+                item.future.set_exception(GpuDecodeFailed("the GPU could not decode this image"))
+            else:
+                item.tensor = tensor
+        return [i for i in items if i.tensor is not None]
 
     def _loop(self) -> None:
         try:
@@ -179,21 +240,82 @@ class Batcher:
             self.declare_dead(exc)
 
     def _run(self) -> None:
+        if self.accepts_encoded:
+            self._run_overlapped()
+            return
         while (items := self._collect()) is not None:
             started = time.perf_counter()
             try:
-                outputs = self.infer(self._stack(items))
+                items = self._decode(items)
+                outputs = self.infer(self._stack(items)) if items else None
             except BaseException as exc:
-                if is_fatal(exc):
-                    self.declare_dead(exc, items)
+                if self._failed(exc, items):
                     return
-                # An ordinary error belongs to this batch: handed to its waiters, and the loop
-                # itself survives.
-                log.exception("inference failed for a batch of %d", len(items))
-                for item in items:
-                    item.future.set_exception(exc)
                 continue
-            for row, item in enumerate(items):
-                item.future.set_result((outputs[row], len(items)))
-            if self.on_batch is not None:
-                self.on_batch(len(items), time.perf_counter() - started)
+            if outputs is not None:
+                self._deliver(items, outputs, started)
+
+    def _run_overlapped(self) -> None:
+        """The CUDA loop: batch N+1 is collected and decoded while batch N's forward pass runs
+        (the launch returns before the GPU is done; `_deliver` waits for it)."""
+        in_flight: tuple[list[_Item], torch.Tensor, float] | None = None
+        while True:
+            items = self._collect() if in_flight is None else self._collect_ready()
+            if items is None and in_flight is None:
+                return
+            launched = None
+            if items:
+                started = time.perf_counter()
+                try:
+                    items = self._decode(items)
+                    if items:
+                        launched = (items, self.infer(self._stack(items)), started)
+                except BaseException as exc:
+                    if self._failed(exc, items, in_flight[0] if in_flight else []):
+                        return
+            if in_flight is not None:
+                try:
+                    self._deliver(*in_flight)
+                except BaseException as exc:
+                    if self._failed(exc, in_flight[0], launched[0] if launched else []):
+                        return
+            in_flight = launched
+            if items is None and in_flight is None:
+                return  # stopped
+
+    def _collect_ready(self) -> list[_Item] | None:
+        """What is queued now, without waiting (a batch is in flight); [] when nothing."""
+        items: list[_Item] = []
+        while len(items) < self.max_batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                return items or None
+            items.append(item)
+        return items
+
+    def _deliver(self, items: list[_Item], outputs: torch.Tensor, started: float) -> None:
+        outputs = outputs.cpu()  # waits for the GPU; a no-op on the CPU
+        for row, item in enumerate(items):
+            item.future.set_result((outputs[row], len(items)))
+        if self.on_batch is not None:
+            self.on_batch(len(items), time.perf_counter() - started)
+
+    def _failed(
+        self, exc: BaseException, items: list[_Item], in_flight: list[_Item] | None = None
+    ) -> bool:
+        """A batch's error: True when fatal (the loop must end; `in_flight`, another batch
+        not yet delivered, fails with it)."""
+        if is_fatal(exc):
+            self.declare_dead(exc, items + (in_flight or []))
+            return True
+        # An ordinary error belongs to this batch: handed to its waiters, and the loop
+        # itself survives.
+        log.exception("inference failed for a batch of %d", len(items))
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(exc)
+        return False
