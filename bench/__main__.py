@@ -31,6 +31,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--scaling", default="1,2,4", help="worker counts for the stand-in")
     p.add_argument("--service-sweep", default="", help="batch sizes for end-to-end runs, 1,4,8")
     p.add_argument("--workers", type=int, default=1, help="worker processes for the service runs")
+    p.add_argument("--bulk", type=int, default=0, help="also bulk messages of N images")
     p.add_argument("--sizes", default=",".join(SIZES), help="image sizes, e.g. 1024x768")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     return p.parse_args()
@@ -106,6 +107,13 @@ def main() -> None:
                         run.throughput / seed,
                         ">= 2.5 (default), >= 4 (int8)",
                     )
+                    if args.bulk > 1:
+                        bulk = cluster.burst(files, args.bulk)
+                        label = f"service, bulk {args.bulk}, {args.workers} worker(s)"
+                        report.add(label, precision, size, bulk.throughput)
+                        report.ratio(
+                            f"bulk / single, {key}", bulk.throughput / run.throughput, "> 1"
+                        )
                 if precision == default:
                     idle = cluster.idle_latency("samples/cat.jpg", 7)
                     report.add(

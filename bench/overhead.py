@@ -139,9 +139,7 @@ def main() -> None:
         }
         for key in ("jobs/s", "worker ms", "redis ms"):
             was, now = med["baseline"][key], med["current"][key]
-            print(
-                f"median {key:>9}: baseline {was:.2f}, current {now:.2f}, ratio {now / was:.3f}"
-            )
+            print(f"median {key:>9}: baseline {was:.2f}, current {now:.2f}, ratio {now / was:.3f}")
 
 
 if __name__ == "__main__":

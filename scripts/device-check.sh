@@ -18,8 +18,17 @@ export MODEL_WEIGHTS=random:0
     redis-server --version
     # GPU path tests that need no Redis: the classifier on cuda, fp16, nvJPEG decode.
     $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
-    for workers in 1 4; do
-        timeout 240 $PY -m bench --device cuda --also none --sizes 1024x768 --images 2048 \
-            --scaling "" --workers "$workers" --out "$OUT/bench-w$workers" 2>&1 | tail -30
+    # Model only, fp16, batch 64 and 256 (no decoding, no queue).
+    $PY -c 'import time, torch; from worker.model.classifier import Classifier; from worker.model.weights import resolve
+m = Classifier(resolve("random:0"), "cuda", "fp16")
+for b in (64, 256):
+    x = torch.zeros(b, 3, 224, 224, device="cuda"); m.infer(x); torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(20): m.infer(x)
+    torch.cuda.synchronize(); print(f"model only fp16 batch {b}: {20 * b / (time.perf_counter() - t):.0f} img/s")'
+    # End to end, single-image and bulk messages, 1, 4 and 8 worker processes.
+    for workers in 1 4 8; do
+        timeout 150 $PY -m bench --device cuda --also none --sizes 1024x768,4032x3024 \
+            --images 1024 --bulk 64 --scaling "" --workers "$workers" \
+            --out "$OUT/bench-w$workers" 2>&1 | tail -30
     done
 } 2>&1 | tee "$OUT/device-check.log"

@@ -11,7 +11,7 @@ import torch
 
 from producer import Client
 from tests.support import WorkerFactory, wait_for
-from worker.batcher import Batcher, InferenceDead, is_fatal
+from worker.batcher import Batcher, GpuDecodeFailed, InferenceDead, is_fatal
 
 
 class GatedModel:
@@ -172,3 +172,76 @@ def test_ordinary_errors_stay_with_their_batch_and_hangs_can_be_declared() -> No
         waiting.result(5)
     model.release.set()
     stuck.result(5)  # the batch in flight still ends
+
+
+def _decode_fake(datas: list[bytes]) -> list[torch.Tensor | None]:
+    """Stands in for the GPU's batched decode: b"bad" cannot be decoded."""
+    return [None if d == b"bad" else torch.full((3,), float(d)) for d in datas]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_encoded_inputs_decode_with_their_batch_and_failures_go_back(overlap: bool) -> None:
+    decoded: list[int] = []
+
+    def decode(datas: list[bytes]) -> list[torch.Tensor | None]:
+        decoded.append(len(datas))
+        return _decode_fake(datas)
+
+    batcher = Batcher(
+        lambda b: b * 2, max_batch_size=8, max_delay=0.2, decode_encoded=decode, overlap=overlap
+    )
+    try:
+        with batcher.upcoming():
+            futures = [batcher.submit_encoded(d) for d in (b"1", b"bad", b"3")]
+            futures.append(batcher.submit(_item(4)))  # a Pillow-decoded input in the same batch
+        assert float(futures[0].result(5)[0][0]) == 2.0
+        with pytest.raises(GpuDecodeFailed):
+            futures[1].result(5)
+        assert float(futures[2].result(5)[0][0]) == 6.0
+        assert float(futures[3].result(5)[0][0]) == 8.0
+        assert futures[0].result(5)[1] == 3  # the batch held the three decodable inputs
+        assert decoded == [3]  # one call for the batch's encoded inputs
+    finally:
+        batcher.stop()
+
+
+def test_the_overlapped_loop_keeps_order_and_fails_in_flight_batches_on_death() -> None:
+    gate = threading.Event()
+
+    def infer(batch: torch.Tensor) -> torch.Tensor:
+        if bool((batch == 9).any()):
+            gate.wait(5)  # the rest of the doomed ones queue up or go in flight meanwhile
+            raise SystemError("the device is gone")
+        return batch + 1
+
+    batcher = Batcher(infer, max_batch_size=2, max_delay=0.0, overlap=True)
+    try:
+        first = [batcher.submit(_item(i)) for i in range(4)]
+        assert [float(f.result(5)[0][0]) for f in first] == [1.0, 2.0, 3.0, 4.0]
+        doomed = [batcher.submit(_item(9)) for _ in range(3)]
+        gate.set()
+        for future in doomed:
+            with pytest.raises(InferenceDead):
+                future.result(5)  # none left waiting, in flight or queued
+    finally:
+        batcher.stop()
+
+
+def test_gpu_jpeg_decoder_batches_and_isolates_a_bad_image() -> None:
+    """The batched decode path on the CPU (torchvision decodes a list of JPEGs there too)."""
+    from PIL import Image
+    from torchvision.models import ResNet50_Weights
+
+    from tests.support import SAMPLES
+    from worker.model.gpu_decode import GpuJpegDecoder
+
+    transforms = ResNet50_Weights.IMAGENET1K_V2.transforms()
+    decoder = GpuJpegDecoder(torch.device("cpu"), transforms)
+    paths = sorted(SAMPLES.glob("*.jpg"))
+    datas = [p.read_bytes() for p in paths]
+    out = decoder.decode_batch([datas[0], b"\xff\xd8 not really a jpeg", *datas[1:]])
+    assert out[1] is None and all(t is not None for i, t in enumerate(out) if i != 1)
+    for path, tensor in zip(paths, [out[0], *out[2:]], strict=True):
+        assert tensor is not None and tensor.shape == (3, 224, 224)
+        reference = transforms(Image.open(path).convert("RGB"))
+        assert float((tensor - reference).abs().mean()) < 0.05, path.name

@@ -59,3 +59,29 @@ def test_nvjpeg_decode_matches_pillow_closely() -> None:
 def test_gpu_decode_falls_back_for_non_jpeg() -> None:
     model = Classifier(resolve("random:0"), "cuda", "fp16", gpu_decode=True)
     assert model.preprocess_encoded(b"\x89PNG\r\n\x1a\n" + b"\0" * 64) is None
+
+
+def test_batched_gpu_decode_through_the_batcher_with_a_pillow_fallback() -> None:
+    """JPEG bytes decoded a batch at a time on the inference thread, overlapped with the
+    forward pass; what nvJPEG cannot decode fails with GpuDecodeFailed for Pillow to take."""
+    from worker.batcher import Batcher, GpuDecodeFailed
+
+    model = Classifier(resolve("random:0"), "cuda", "fp16", gpu_decode=True)
+    batcher = Batcher(
+        model.launch, max_batch_size=8, max_delay=0.05, decode_encoded=model.decode_batch,
+        device=model.device,
+    )  # fmt: skip
+    try:
+        assert batcher.accepts_encoded
+        with batcher.upcoming():
+            futures = [batcher.submit_encoded(p.read_bytes()) for p in PHOTOS]
+            bad = batcher.submit_encoded(b"\xff\xd8 not a jpeg")
+        reference = model.infer(_pillow_batch(model, PHOTOS))
+        for future, want in zip(futures, reference, strict=True):
+            row, size = future.result(30)
+            assert size == len(PHOTOS) and row.device.type == "cpu"
+            assert len(_top5(row) & _top5(want)) >= 4
+        with pytest.raises(GpuDecodeFailed):
+            bad.result(30)
+    finally:
+        batcher.stop()

@@ -69,6 +69,7 @@ class Batcher:
         setup: Callable[[], None] | None = None,
         on_death: Callable[[BaseException], None] | None = None,
         decode_encoded: DecodeFn | None = None,
+        overlap: bool | None = None,
     ) -> None:
         """`setup`, if given, runs first on the inference thread; its errors raise here.
 
@@ -81,6 +82,7 @@ class Batcher:
         self.on_batch = on_batch
         self.on_death = on_death
         self.decode_encoded = decode_encoded
+        self._overlap = overlap  # None: on CUDA (see _run_overlapped)
         self._side_stream: Any = None  # CUDA only: where batches decode
         self.dead: BaseException | None = None
         self._death_lock = threading.Lock()
@@ -240,10 +242,17 @@ class Batcher:
             self.declare_dead(exc)
 
     def _run(self) -> None:
-        if self.accepts_encoded:
-            self._run_overlapped()
+        # Decided at the first batch: the device is known by the time anything is submitted.
+        if (items := self._collect()) is None:
             return
-        while (items := self._collect()) is not None:
+        if self._on_cuda if self._overlap is None else self._overlap:
+            self._run_overlapped(items)
+        else:
+            self._run_plain(items)
+
+    def _run_plain(self, first: list[_Item]) -> None:
+        items: list[_Item] | None = first
+        while items is not None:
             started = time.perf_counter()
             try:
                 items = self._decode(items)
@@ -251,18 +260,17 @@ class Batcher:
             except BaseException as exc:
                 if self._failed(exc, items):
                     return
-                continue
+                outputs = None
             if outputs is not None:
                 self._deliver(items, outputs, started)
+            items = self._collect()
 
-    def _run_overlapped(self) -> None:
+    def _run_overlapped(self, first: list[_Item]) -> None:
         """The CUDA loop: batch N+1 is collected and decoded while batch N's forward pass runs
         (the launch returns before the GPU is done; `_deliver` waits for it)."""
         in_flight: tuple[list[_Item], torch.Tensor, float] | None = None
+        items: list[_Item] | None = first
         while True:
-            items = self._collect() if in_flight is None else self._collect_ready()
-            if items is None and in_flight is None:
-                return
             launched = None
             if items:
                 started = time.perf_counter()
@@ -282,6 +290,9 @@ class Batcher:
             in_flight = launched
             if items is None and in_flight is None:
                 return  # stopped
+            items = self._collect() if in_flight is None else self._collect_ready()
+            if items is None and in_flight is None:
+                return
 
     def _collect_ready(self) -> list[_Item] | None:
         """What is queued now, without waiting (a batch is in flight); [] when nothing."""

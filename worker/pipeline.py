@@ -13,7 +13,7 @@ from torch import Tensor
 from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
 from producer.redaction import display_url
 from worker import cache
-from worker.batcher import InferenceDead
+from worker.batcher import GpuDecodeFailed, InferenceDead
 from worker.errors import InferenceUnavailable, InvalidArguments
 from worker.fetch import Fetched, fetch
 from worker.imaging import Decoded, decode, probe
@@ -48,33 +48,7 @@ def _ms(seconds: float) -> float:
 
 def _to_tensor(fetched: Fetched, rt: Runtime) -> tuple[Decoded, Tensor]:
     # `fetched.data` is read where used, never bound to a name: see Fetched.release.
-    settings, model, pool = rt.settings, rt.classifier, rt.decoder
-    max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
-    decoded, tensor = None, None
-    if model.device.type == "cuda":
-        # On a GPU, JPEGs decode there; anything else (or any GPU failure) goes through Pillow.
-        # The header is still read in a decode process: parsing it is where files attack.
-        decoded = (pool.probe if pool else probe)(
-            fetched.data, max_pixels=max_pixels, allowed_formats=formats
-        )
-        if decoded is not None and decoded.format == "JPEG":
-            tensor = model.preprocess_encoded(fetched.data)
-    if decoded is None or tensor is None:
-        draft = model.resize_size if settings.draft_decode else None
-        if pool is not None:
-            decoded = pool.decode(
-                fetched,
-                max_pixels=max_pixels,
-                allowed_formats=formats,
-                draft_size=draft,
-                resize=model.shrink_size,
-            )
-        else:
-            decoded = decode(
-                fetched.data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft
-            )
-        tensor = model.preprocess(decoded.image)
-    return decoded, tensor
+    return _on_cpu(fetched, rt)
 
 
 def _wait(rt: Runtime, future: Future[tuple[Tensor, int]]) -> tuple[Tensor, int]:
@@ -118,6 +92,7 @@ class Submitted:
     t0: float
     t1: float
     t2: float
+    encoded: bytes | None = None  # submitted as JPEG bytes: kept for a Pillow fallback
 
 
 def prepare(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Prepared:
@@ -157,15 +132,62 @@ def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
     if isinstance(job, dict):
         return job
     try:
+        if rt.batcher.accepts_encoded:
+            probed = _probe(job.fetched, rt)
+            if probed is not None and probed.format == "JPEG":
+                # Decoded with its batch on the GPU by the inference thread.
+                data = job.fetched.data
+                t2 = time.perf_counter()
+                future = rt.batcher.submit_encoded(data)
+                return Submitted(
+                    job.shown, top_k, job.description, job.entry, probed, future, job.t0,
+                    job.t1, t2, encoded=data,
+                )  # fmt: skip
         decoded, tensor = _to_tensor(job.fetched, rt)
     finally:
         job.fetched.release()
     return submit_decoded(job, decoded, tensor, rt)
 
 
+def _probe(fetched: Fetched, rt: Runtime) -> Decoded | None:
+    """The header checks, in a decode process: parsing it is where files attack."""
+    settings, pool = rt.settings, rt.decoder
+    max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
+    return (pool.probe if pool else probe)(
+        fetched.data, max_pixels=max_pixels, allowed_formats=formats
+    )
+
+
+def _on_cpu(source: Fetched | bytes, rt: Runtime) -> tuple[Decoded, Tensor]:
+    """Pillow, in a decode process (DECODE_SANDBOX) or here: every image on the CPU, and on
+    CUDA what the GPU does not decode (not a JPEG, or GpuDecodeFailed)."""
+    settings, model, pool = rt.settings, rt.classifier, rt.decoder
+    draft = model.resize_size if settings.draft_decode else None
+    max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
+    if pool is not None:
+        decoded = pool.decode(
+            source,
+            max_pixels=max_pixels,
+            allowed_formats=formats,
+            draft_size=draft,
+            resize=model.shrink_size,
+        )
+    else:
+        data = source.data if isinstance(source, Fetched) else source
+        decoded = decode(data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft)
+    return decoded, model.preprocess(decoded.image)
+
+
 def finish(job: Submitted, rt: Runtime) -> dict[str, Any]:
     """Wait for the job's batch and build its result (stored in the cache)."""
-    probabilities, batch_size = _wait(rt, job.future)
+    try:
+        probabilities, batch_size = _wait(rt, job.future)
+    except GpuDecodeFailed:
+        assert job.encoded is not None
+        job.decoded, tensor = _on_cpu(job.encoded, rt)
+        probabilities, batch_size = _wait(rt, rt.batcher.submit(tensor))
+    finally:
+        job.encoded = None
     t3 = time.perf_counter()
     predictions = rt.classifier.postprocess(probabilities, job.top_k)
     t4 = time.perf_counter()

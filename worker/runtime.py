@@ -108,7 +108,10 @@ def start(
     def infer(batch: torch.Tensor) -> torch.Tensor:
         if fatal_after and next(batches) >= fatal_after:
             raise SystemError("TEST_FATAL_INFERENCE_AFTER: a simulated fatal error (tests)")
-        return loaded[0].infer(batch)
+        return loaded[0].launch(batch)  # the batcher reads the outputs when it hands them out
+
+    def decode_encoded(datas: list[bytes]) -> list[torch.Tensor | None]:
+        return loaded[0].decode_batch(datas)
 
     batcher = Batcher(
         infer,
@@ -117,6 +120,9 @@ def start(
         on_batch=on_batch,
         setup=load,
         on_death=on_death,
+        # CUDA with GPU_DECODE: JPEG bytes go to the inference thread, decoded a batch at a
+        # time (the batcher uses it only on a CUDA device).
+        decode_encoded=decode_encoded if settings.gpu_decode else None,
     )
     classifier = loaded[0]
     batcher.device = classifier.device

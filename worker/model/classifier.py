@@ -156,15 +156,26 @@ class Classifier:
             return None
         return self._gpu_decoder(data)
 
-    def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        """A batch of preprocessed images to class probabilities (float32, on the CPU)."""
+    def decode_batch(self, datas: list[bytes]) -> list[torch.Tensor | None]:
+        """Many JPEGs decoded and transformed on the GPU at once; None where Pillow must."""
+        if self._gpu_decoder is None:
+            return [None] * len(datas)
+        return self._gpu_decoder.decode_batch(datas)
+
+    def launch(self, batch: torch.Tensor) -> torch.Tensor:
+        """`infer` without waiting: probabilities on the model's device (on a GPU, queued
+        work; reading them waits for it)."""
         with torch.inference_mode(), self._autocast():
             x = batch.to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
             if self._cpu_bf16:
                 x = x.to(torch.bfloat16)
             logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1).cpu()
+            return torch.softmax(logits.float(), dim=1)
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch of preprocessed images to class probabilities (float32, on the CPU)."""
+        return self.launch(batch).cpu()
 
     def postprocess(self, probabilities: torch.Tensor, top_k: int) -> list[Prediction]:
         """One row of probabilities to the top-k labels, most likely first."""

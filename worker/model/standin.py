@@ -71,6 +71,12 @@ class SleepModel:
     def preprocess_encoded(self, data: bytes) -> torch.Tensor | None:
         return None
 
+    def decode_batch(self, datas: list[bytes]) -> list[torch.Tensor | None]:
+        return [None] * len(datas)
+
+    def launch(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.infer(batch)
+
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         time.sleep(self.latency)
         return torch.full((batch.shape[0], NUM_CLASSES), 1.0 / NUM_CLASSES)
