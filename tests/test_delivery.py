@@ -60,7 +60,7 @@ def dworkers(
 
 @pytest.fixture
 def dclient(dredis: RedisServer) -> Iterator[Client]:
-    with Client(dredis.url()) as c:
+    with Client(dredis.url(), bulk_size=1) as c:  # the delivery layer, message by message
         yield c
 
 
@@ -312,7 +312,7 @@ def test_a_key_prefix_keeps_every_key_under_it_and_the_guarantee(
     prefix = "tenant1:"
     env = {"REDIS_KEY_PREFIX": prefix, "DEAD_WORKER_TIMEOUT": "3"}
     doomed = dworkers.start(MODEL="sleep:1000ms", extra_args=["-Q", "celery,bulk"], **env)
-    with Client(dredis.url(), key_prefix=prefix) as client:
+    with Client(dredis.url(), key_prefix=prefix, bulk_size=1) as client:
         ids = client.submit_many(["cat.jpg"] * 10, top_k=1, queue="bulk", priority=2)
         r = client.redis
         cid = consumer_of(r, doomed, prefix)

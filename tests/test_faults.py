@@ -55,7 +55,7 @@ def fault_workers(
 
 @pytest.fixture
 def fclient(fault_redis: RedisServer) -> Iterator[Client]:
-    with Client(fault_redis.url()) as c:
+    with Client(fault_redis.url(), bulk_size=1) as c:  # faults, message by message
         yield c
 
 
@@ -143,7 +143,7 @@ def test_a_bulk_message_that_kills_its_worker_is_split_and_only_the_culprit_is_l
 ) -> None:
     fault_workers.start()
     goods = ["cat.jpg", "coffee.jpg", "rocket.jpg"]
-    ids = fclient.submit_many([*goods, POISON], top_k=1)  # one bulk message
+    ids = fclient.submit_many([*goods, POISON], top_k=1, bulk_size=64)  # one bulk message
 
     def poison_done() -> bool:
         keep_alive(fault_workers, 1)
@@ -230,7 +230,7 @@ def test_redis_restart_under_load(
 
 def test_producer_wait_gives_a_clear_error_when_redis_stays_down(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "gone").start()
-    with Client(server.url()) as client:
+    with Client(server.url(), bulk_size=1) as client:
         task_id = client.submit("cat.jpg")  # no worker: it stays queued
         server.stop(signal.SIGKILL)
         started = time.monotonic()
@@ -324,4 +324,5 @@ def test_a_dead_inference_thread_fails_fast_and_the_worker_exits(
     retried = [x for x in lines if x["outcome"] == "retry"]
     assert retried and {x["error_type"] for x in retried} == {"InferenceUnavailable"}
     fault_workers.start()  # what its supervisor does
-    assert {o.state for o in fclient.wait(ids, timeout=60)} == {"SUCCESS"}
+    outcomes = list(fclient.wait(ids, timeout=60))
+    assert {o.state for o in outcomes} == {"SUCCESS"}, [o for o in outcomes if not o.ok][:3]

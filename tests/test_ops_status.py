@@ -24,7 +24,7 @@ from tests.support import ROOT, WorkerFactory, WorkerProcess, free_port, wait_fo
 @pytest.fixture(scope="module")
 def holding(workers: WorkerFactory, redis_url: str) -> Iterator[WorkerProcess]:
     worker = workers.start(MODEL="sleep:30000ms", CONCURRENCY="4", MAX_BATCH_SIZE="4")
-    with Client(redis_url) as c:
+    with Client(redis_url, bulk_size=1) as c:  # one message per job: 60 claims to count
         c.redis.lpush("celery", b"not a message")  # first, so taken before the jobs fill it
         wait_for(lambda: c.redis.llen("imgqueue:dead-letters") == 1, 30, "the dead letter")
         c.submit_many(["cat.jpg"] * 60, top_k=1)

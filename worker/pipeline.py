@@ -118,7 +118,7 @@ def prepare(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Prepared:
 def submit_decoded(job: Prepared, decoded: Decoded, tensor: Tensor, rt: Runtime) -> Submitted:
     """Hand a decoded, preprocessed input to the batcher."""
     t2 = time.perf_counter()
-    future = rt.batcher.submit(tensor)
+    future = _hand_over(rt, tensor)
     return Submitted(
         job.shown, job.top_k, job.description, job.entry, decoded, future, job.t0, job.t1, t2
     )
@@ -138,7 +138,7 @@ def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
                 # Decoded with its batch on the GPU by the inference thread.
                 data = job.fetched.data
                 t2 = time.perf_counter()
-                future = rt.batcher.submit_encoded(data)
+                future = _hand_over(rt, data)
                 return Submitted(
                     job.shown, top_k, job.description, job.entry, probed, future, job.t0,
                     job.t1, t2, encoded=data,
@@ -147,6 +147,17 @@ def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
     finally:
         job.fetched.release()
     return submit_decoded(job, decoded, tensor, rt)
+
+
+def _hand_over(rt: Runtime, item: Tensor | bytes) -> Future[tuple[Tensor, int]]:
+    """To the batcher (bytes: JPEG, to decode on the GPU); InferenceUnavailable when its
+    inference thread is gone, so the job retries on another worker."""
+    try:
+        if isinstance(item, bytes):
+            return rt.batcher.submit_encoded(item)
+        return rt.batcher.submit(item)
+    except InferenceDead as exc:
+        raise InferenceUnavailable(str(exc)) from None
 
 
 def _probe(fetched: Fetched, rt: Runtime) -> Decoded | None:
@@ -185,7 +196,7 @@ def finish(job: Submitted, rt: Runtime) -> dict[str, Any]:
     except GpuDecodeFailed:
         assert job.encoded is not None
         job.decoded, tensor = _on_cpu(job.encoded, rt)
-        probabilities, batch_size = _wait(rt, rt.batcher.submit(tensor))
+        probabilities, batch_size = _wait(rt, _hand_over(rt, tensor))
     finally:
         job.encoded = None
     t3 = time.perf_counter()
