@@ -16,13 +16,13 @@ from worker.errors import SourceNotAllowed, SourceNotFound, TooLarge
 from worker.settings import Settings
 
 
-def resolve_path(source: str, root: Path | None) -> Path:
+def resolve_path(source: str, root: Path | None, real_root: str | None = None) -> Path:
     """The real path of `source` (absolute, or relative to IMAGE_ROOT), if it lies inside root."""
     if root is None:
         raise SourceNotAllowed("local paths are disabled on this worker (IMAGE_ROOT is not set)")
     if "\x00" in source:
         raise SourceNotAllowed("the path contains a NUL byte")
-    real_root = os.path.realpath(root)
+    real_root = real_root or os.path.realpath(root)
     candidate = os.path.join(real_root, source)  # an absolute source replaces the root
     real = os.path.realpath(candidate)
     # commonpath, not startswith: /data/img2 must not pass as inside /data/img.
@@ -33,7 +33,9 @@ def resolve_path(source: str, root: Path | None) -> Path:
 
 def read_file(source: str, settings: Settings) -> tuple[Path, bytes]:
     """The real path and bytes of a local source, or a documented error."""
-    path = resolve_path(source, settings.image_root)
+    # Resolved once per read: the same answer for the check before the open and the one after.
+    real_root = os.path.realpath(settings.image_root or "/")
+    path = resolve_path(source, settings.image_root, real_root)
     try:
         # stat before open: a device or FIFO is refused without ever being opened.
         before = os.stat(path)
@@ -57,7 +59,7 @@ def read_file(source: str, settings: Settings) -> tuple[Path, bytes]:
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         _require_regular(info, source)
-        _require_confined(f.fileno(), settings.image_root, source)
+        _require_confined(f.fileno(), real_root, source)
         if info.st_size > settings.max_image_bytes:
             raise TooLarge(too_large(info.st_size, settings.max_image_bytes))
         data = f.read(settings.max_image_bytes + 1)
@@ -72,14 +74,14 @@ def _require_regular(info: os.stat_result, source: str) -> None:
         raise SourceNotAllowed(f"{source!r} is {kind}")
 
 
-def _require_confined(fd: int, root: Path | None, source: str) -> None:
+def _require_confined(fd: int, real_root: str, source: str) -> None:
     """Where the open file really is (Linux /proc), so a directory swapped for a symlink
-    between the check and the open cannot lead outside IMAGE_ROOT."""
+    between the check and the open cannot lead outside IMAGE_ROOT (`real_root`: its real
+    path)."""
     try:
         real = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return  # no /proc: the realpath check above stands alone
-    real_root = os.path.realpath(root or "/")
     if not os.path.isabs(real) or os.path.commonpath([real, real_root]) != real_root:
         raise SourceNotAllowed(f"{source!r} moved outside IMAGE_ROOT while opening")
 
