@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.contract import DEFAULT_TOP_K, MAX_BULK_IMAGES, MAX_TOP_K, RESULT_KEY_PREFIX
+from producer.contract import DEFAULT_TOP_K, MAX_BULK_IMAGES, MAX_TOP_K, result_key
 from worker.errors import ClassifyError, InternalError, InvalidArguments
 
 MAX_ID_CHARS = 255
@@ -116,7 +116,7 @@ def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[
     """Images that already have a final result (a redelivered message skips them)."""
     if not images:
         return set()
-    raws = client.mget([f"{key_prefix}{RESULT_KEY_PREFIX}{i.id}" for i in images])
+    raws = client.mget([result_key(i.id, key_prefix) for i in images])
     done = set()
     for image, raw in zip(images, raws, strict=True):
         if raw is None:
@@ -181,15 +181,9 @@ def run(images: list[Image], rt: Any, outcome: Outcome, started: dict[str, float
 def _decode_chunk(chunk: list[tuple[Image, Any]], rt: Any, outcome: Outcome) -> list[Any]:
     from worker import pipeline
 
-    settings, model = rt.settings, rt.classifier
+    model = rt.classifier
     try:
-        decoded = rt.decoder.decode_many(
-            [job.fetched for _, job in chunk],
-            max_pixels=settings.max_image_pixels,
-            allowed_formats=settings.allowed_formats,
-            draft_size=model.resize_size if settings.draft_decode else None,
-            resize=model.shrink_size,
-        )
+        decoded = pipeline.decode_chunk([job.fetched for _, job in chunk], rt)
     finally:
         for _, job in chunk:
             job.fetched.release()

@@ -147,7 +147,6 @@ def _connect_hooks(app: ImgqueueApp) -> None:
         """Main process, before the pool starts: check the weights; load now unless we fork."""
         if getattr(sender, "app", None) is not app:
             return
-        configure_openmp()
         for signal, receiver in (
             (signals.after_setup_logger, on_setup_logger),
             (signals.after_setup_logger, ops.redact_logs),
@@ -161,7 +160,7 @@ def _connect_hooks(app: ImgqueueApp) -> None:
             _check_broker(app)
             app.context = ctx = Context(settings, main_pid=os.getpid())
             ops.starting(ctx, forks=forks)
-            from worker import runtime  # imports torch: after configure_openmp
+            from worker import runtime  # imports torch: OpenMP was set at import_modules
 
             ctx.weights = runtime.prepare(settings)
             if not forks:

@@ -14,7 +14,7 @@ from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
 from producer.redaction import display_url
 from worker import cache
 from worker.batcher import GpuDecodeFailed, InferenceDead
-from worker.errors import InferenceUnavailable, InvalidArguments
+from worker.errors import ClassifyError, InferenceUnavailable, InvalidArguments
 from worker.fetch import Fetched, fetch
 from worker.imaging import Decoded, decode, probe
 from worker.runtime import Runtime
@@ -44,11 +44,6 @@ def validate_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, i
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
-
-
-def _to_tensor(fetched: Fetched, rt: Runtime) -> tuple[Decoded, Tensor]:
-    # `fetched.data` is read where used, never bound to a name: see Fetched.release.
-    return _on_cpu(fetched, rt)
 
 
 def _wait(rt: Runtime, future: Future[tuple[Tensor, int]]) -> tuple[Tensor, int]:
@@ -115,13 +110,15 @@ def prepare(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Prepared:
     return Prepared(shown, top_k, description, entry, fetched, t0, t1)
 
 
-def submit_decoded(job: Prepared, decoded: Decoded, tensor: Tensor, rt: Runtime) -> Submitted:
-    """Hand a decoded, preprocessed input to the batcher."""
+def submit_decoded(job: Prepared, decoded: Decoded, item: Tensor | bytes, rt: Runtime) -> Submitted:
+    """Hand a preprocessed input (or JPEG bytes, to decode on the GPU) to the batcher."""
     t2 = time.perf_counter()
-    future = _hand_over(rt, tensor)
+    future = _hand_over(rt, item)
+    encoded = item if isinstance(item, bytes) else None  # kept for a Pillow fallback
     return Submitted(
-        job.shown, job.top_k, job.description, job.entry, decoded, future, job.t0, job.t1, t2
-    )
+        job.shown, job.top_k, job.description, job.entry, decoded, future, job.t0, job.t1, t2,
+        encoded,
+    )  # fmt: skip
 
 
 def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
@@ -136,14 +133,8 @@ def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
             probed = _probe(job.fetched, rt)
             if probed is not None and probed.format == "JPEG":
                 # Decoded with its batch on the GPU by the inference thread.
-                data = job.fetched.data
-                t2 = time.perf_counter()
-                future = _hand_over(rt, data)
-                return Submitted(
-                    job.shown, top_k, job.description, job.entry, probed, future, job.t0,
-                    job.t1, t2, encoded=data,
-                )  # fmt: skip
-        decoded, tensor = _to_tensor(job.fetched, rt)
+                return submit_decoded(job, probed, job.fetched.data, rt)
+        decoded, tensor = _on_cpu(job.fetched, rt)
     finally:
         job.fetched.release()
     return submit_decoded(job, decoded, tensor, rt)
@@ -173,7 +164,7 @@ def _on_cpu(source: Fetched | bytes, rt: Runtime) -> tuple[Decoded, Tensor]:
     """Pillow, in a decode process (DECODE_SANDBOX) or here: every image on the CPU, and on
     CUDA what the GPU does not decode (not a JPEG, or GpuDecodeFailed)."""
     settings, model, pool = rt.settings, rt.classifier, rt.decoder
-    draft = model.resize_size if settings.draft_decode else None
+    draft = _draft_size(rt)
     max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
     if pool is not None:
         decoded = pool.decode(
@@ -187,6 +178,24 @@ def _on_cpu(source: Fetched | bytes, rt: Runtime) -> tuple[Decoded, Tensor]:
         data = source.data if isinstance(source, Fetched) else source
         decoded = decode(data, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft)
     return decoded, model.preprocess(decoded.image)
+
+
+def decode_chunk(sources: list[Fetched], rt: Runtime) -> list[Decoded | ClassifyError]:
+    """Several images through one decode process in one round trip (bulk messages; needs
+    DECODE_SANDBOX): each decoded, or its own error."""
+    settings, model, pool = rt.settings, rt.classifier, rt.decoder
+    assert pool is not None
+    return pool.decode_many(
+        sources,
+        max_pixels=settings.max_image_pixels,
+        allowed_formats=settings.allowed_formats,
+        draft_size=_draft_size(rt),
+        resize=model.shrink_size,
+    )
+
+
+def _draft_size(rt: Runtime) -> int | None:
+    return rt.classifier.resize_size if rt.settings.draft_decode else None
 
 
 def finish(job: Submitted, rt: Runtime) -> dict[str, Any]:
