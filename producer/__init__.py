@@ -11,7 +11,14 @@ Importing this package never imports torch or the worker.
 from typing import Any
 
 from producer.contract import ERROR_TYPES, TASK_NAME
-from producer.errors import BrokerUnavailable, JobFailed, ProducerError, ResultTimeout
+from producer.errors import (
+    BrokerUnavailable,
+    JobFailed,
+    ProducerError,
+    QueueFull,
+    RedisFull,
+    ResultTimeout,
+)
 
 __all__ = [
     "ERROR_TYPES",
@@ -21,6 +28,8 @@ __all__ = [
     "JobFailed",
     "Outcome",
     "ProducerError",
+    "QueueFull",
+    "RedisFull",
     "ResultTimeout",
 ]
 

@@ -1,7 +1,13 @@
-"""Command line: `python -m producer submit|result|status|dead-letters ...` (also `imgqueue`).
+"""Command line: `python -m producer submit|result|status|limits|dead-letters ...` (also
+`imgqueue`).
 
-Exit status: 0 when every job succeeded (or was only submitted), 1 when any job failed,
-2 for usage errors, 3 when Redis was unreachable or results did not arrive in time.
+Exit status:
+  0  every job succeeded (or was only submitted)
+  1  some job failed
+  2  usage error
+  3  Redis unreachable, or results did not arrive in time
+  4  Redis is full (maxmemory reached with noeviction): nothing was submitted
+  5  the queue is at the depth limit an operator set (`imgqueue limits`): nothing was submitted
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from producer.contract import (
     MIN_PRIORITY,
 )
 from producer.deadletters import DeadLetters
-from producer.errors import ProducerError
+from producer.errors import ProducerError, QueueFull, RedisFull
 from producer.render import add_subparser as add_render
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_REDIS_FULL, EXIT_QUEUE_FULL = 4, 5
 
 
 def expand_sources(args: Iterable[str], stdin: TextIO) -> Iterator[str]:
@@ -154,6 +161,52 @@ def cmd_status(client: Client, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_limits(client: Client, ns: argparse.Namespace) -> int:
+    import redis
+
+    from producer import limits
+    from producer.errors import BrokerUnavailable
+    from producer.queues import depth
+
+    r, config = client.redis, client.config
+    try:
+        if ns.action == "set":
+            limits.set_limit(r, config, ns.queue, ns.limit)
+            print(f"{ns.queue}: at most {ns.limit} messages waiting")
+            return EXIT_OK
+        if ns.action == "clear":
+            had = limits.clear_limit(r, config, ns.queue)
+            print(f"{ns.queue}: {'limit cleared' if had else 'had no limit'}")
+            return EXIT_OK
+        if ns.action == "get":
+            queue = ns.queue or client.queue
+            shown = {queue: limits.get_limit(r, config, queue)}
+        else:
+            shown = {q: limit for q, limit in limits.all_limits(r, config).items()}
+        rows = {q: {"limit": n, "depth": depth(r, config, q)} for q, n in shown.items()}
+    except redis.exceptions.NoPermissionError as exc:
+        print(f"error: {exc} (queue limits are set by the admin user)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise BrokerUnavailable(f"cannot reach Redis at {config.safe_url()}: {exc}") from exc
+    if ns.json:
+        print(json.dumps(rows if ns.action == "list" else rows[ns.queue or client.queue]))
+        return EXIT_OK
+    for name, row in rows.items():
+        limit = "no limit" if row["limit"] is None else f"limit {row['limit']}"
+        print(f"{name}: {limit}, {row['depth']} messages waiting")
+    if not rows:
+        print("no queue has a limit", file=sys.stderr)
+    return EXIT_OK
+
+
+def _limit(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("a limit is a number of messages, 0 or more")
+    return value
+
+
 def _priority(text: str) -> int:
     value = int(text)
     if not MIN_PRIORITY <= value <= MAX_PRIORITY:
@@ -246,6 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--timeout", type=float, default=1.5, help="seconds to wait for workers")
     st.set_defaults(func=cmd_status)
+
+    lim = sub.add_parser(
+        "limits",
+        help="per-queue depth limits: past one, submits are refused (exit 5)",
+        description="An operator's limit on the messages waiting in a queue (every priority; a "
+        "bulk message counts once). Clients check it before sending (re-read every few "
+        "seconds); plain Celery clients (send_task) are not checked. Setting one needs write "
+        "access to imgqueue:limits (the admin user of deploy/redis.conf).",
+    )
+    lim_sub = lim.add_subparsers(dest="action", required=True)
+    ls = lim_sub.add_parser("set", help="at most LIMIT messages may wait in QUEUE")
+    ls.add_argument("queue")
+    ls.add_argument("limit", type=_limit, help="messages (0: refuse every submit)")
+    lg = lim_sub.add_parser("get", help="a queue's limit and depth (default: celery)")
+    lg.add_argument("queue", nargs="?", default=None)
+    lg.add_argument("--json", action="store_true", help="one JSON object")
+    lc = lim_sub.add_parser("clear", help="remove a queue's limit")
+    lc.add_argument("queue")
+    ll = lim_sub.add_parser("list", help="every queue with a limit, and its depth")
+    ll.add_argument("--json", action="store_true", help="one JSON object")
+    lim.set_defaults(func=cmd_limits)
     add_render(sub)  # offline: needs no Redis
     return parser
 
@@ -261,6 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ) as client:
             code: int = ns.func(client, ns)
             return code
+    except RedisFull as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REDIS_FULL
+    except QueueFull as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_QUEUE_FULL
     except ProducerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -28,7 +28,15 @@ from producer.contract import (
     MIN_PRIORITY,
     TASK_NAME,
 )
-from producer.errors import BrokerUnavailable, JobFailed, ProducerError, ResultTimeout
+from producer.errors import (
+    BrokerUnavailable,
+    JobFailed,
+    ProducerError,
+    RedisFull,
+    ResultTimeout,
+)
+from producer.limits import Admission
+from producer.memory import is_out_of_memory, read_memory
 from producer.redaction import display_url
 
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
@@ -156,6 +164,8 @@ class Client:
         self.queue = queue
         self.celery = make_celery(self.config)
         self.redis = self.config.client()
+        # Queue depth limits an operator set (producer.limits), cached a few seconds.
+        self.admission = Admission(self.redis, self.config)
 
     def close(self) -> None:
         self.redis.close()
@@ -197,6 +207,10 @@ class Client:
 
         Up to `bulk_size` (default: the client's) sources travel in one `classify_many`
         message; each still gets its own task id, result and state, read as for `submit`.
+
+        Raises QueueFull, before sending anything, when the messages would take the queue past
+        its depth limit (producer.limits); RedisFull when Redis is at maxmemory (noeviction);
+        BrokerUnavailable when it cannot be reached.
         """
         check_priority(priority)
         size = self.bulk_size if bulk_size is None else bulk_size
@@ -204,21 +218,40 @@ class Client:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
         listed = [str(s) for s in sources]
         ids: list[str] = []
-        options: dict[str, Any] = {"queue": queue or self.queue}
+        target = queue or self.queue
+        options: dict[str, Any] = {"queue": target}
         if priority is not None:
             options["priority"] = priority
+        single = size == 1 or len(listed) == 1
+        # Every message is known before the first is sent: a refused call sends nothing.
+        messages = [[source] for source in listed] if single else list(_chunks(listed, size))
         try:
+            if messages:
+                self.admission.check(target, len(messages))
             with self.celery.producer_or_acquire() as producer:
-                if size == 1 or len(listed) == 1:
-                    for source in listed:
-                        ids.append(self._send_one(producer, source, top_k, options))
-                else:
-                    for chunk in _chunks(listed, size):
+                for chunk in messages:
+                    if single:
+                        ids.append(self._send_one(producer, chunk[0], top_k, options))
+                    else:
                         ids += self._send_bulk(producer, chunk, top_k, options)
-        except (OperationalError, redis.ConnectionError, OSError) as exc:
-            # kombu wraps connection errors in OperationalError once its publish retries end.
+        except (OperationalError, redis.ConnectionError, redis.ResponseError, OSError) as exc:
+            # kombu wraps connection errors, and Redis' OOM refusal, in OperationalError.
+            if is_out_of_memory(exc):
+                raise self._redis_full() from exc
+            if isinstance(exc, redis.ResponseError):
+                raise
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
         return ids
+
+    def _redis_full(self) -> RedisFull:
+        """RedisFull with INFO memory's numbers, where this user may read them."""
+        try:
+            memory = read_memory(self.redis)
+        except (redis.RedisError, OSError):
+            memory = None
+        if memory is None:
+            return RedisFull(None, None)
+        return RedisFull(memory.used_memory, memory.maxmemory, memory.maxmemory_policy)
 
     def _send_one(self, producer: Any, source: str, top_k: int, options: dict[str, Any]) -> str:
         res = self.celery.send_task(

@@ -23,3 +23,39 @@ class ResultTimeout(ProducerError):
 
 class BrokerUnavailable(ProducerError):
     """Raised when Redis cannot be reached for submitting or polling."""
+
+
+class RedisFull(ProducerError):
+    """Raised when Redis is at maxmemory and refuses new work (`maxmemory-policy noeviction`)."""
+
+    def __init__(
+        self, used_memory: int | None, maxmemory: int | None, policy: str | None = None
+    ) -> None:
+        from producer.memory import format_bytes
+
+        if used_memory is not None and maxmemory:
+            usage = f"used {format_bytes(used_memory)} of maxmemory {format_bytes(maxmemory)}"
+        else:  # INFO not allowed to this user: Redis' own words
+            usage = "used memory > maxmemory"
+        super().__init__(
+            f"Redis is full: {usage} ({policy or 'noeviction'}); new work is refused until "
+            "memory is freed or raised"
+        )
+        self.used_memory = used_memory
+        self.maxmemory = maxmemory
+        self.policy = policy
+
+
+class QueueFull(ProducerError):
+    """Raised when a submit would take a queue past the depth limit an operator set."""
+
+    def __init__(self, queue: str, depth: int, limit: int, adding: int) -> None:
+        super().__init__(
+            f"queue {queue!r} is full: {depth} messages waiting, limit {limit}; refused "
+            f"{adding} more (nothing was sent). Raise it with `imgqueue limits set {queue} N` "
+            f"or remove it with `imgqueue limits clear {queue}`"
+        )
+        self.queue = queue
+        self.depth = depth
+        self.limit = limit
+        self.adding = adding

@@ -1,5 +1,6 @@
 """How much work is waiting: queue depth over every priority list, messages in flight, dead
-letters, live consumers. Read straight from the delivery layer's keys (docs/reliability.md).
+letters, live consumers, and Redis' memory (INFO memory). Read straight from the delivery
+layer's keys (docs/reliability.md).
 
 One scrape costs O(queues + consumers) commands, never a SCAN of the keyspace: queues are the
 ones named (QUEUES, default `celery`) plus every list a live worker consumes (each registers
@@ -20,6 +21,7 @@ from producer.contract import (
     PRIORITY_STEPS,
     queue_list,
 )
+from producer.memory import MemoryInfo, read_memory
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Snapshot:
     consumers: int  # live: heartbeat within `dead_after` seconds
     stale_consumers: int  # silent longer: their messages go back at the next sweep
     extra: dict[str, Any] = field(default_factory=dict)
+    memory: MemoryInfo | None = None  # INFO memory; None where this user may not run INFO
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class Snapshot:
             "dead_letters": self.dead_letters,
             "consumers": self.consumers,
             "stale_consumers": self.stale_consumers,
+            "memory": self.memory.to_dict() if self.memory else None,
             **self.extra,
         }
 
@@ -66,6 +70,19 @@ def queue_of(list_key: str, prefix: str = "") -> str:
     """The queue a list belongs to: `celery\\x06\\x163` -> `celery`."""
     name = list_key[len(prefix) :] if prefix and list_key.startswith(prefix) else list_key
     return name.split(PRIORITY_SEPARATOR, 1)[0]
+
+
+def priority_lists(queue: str, prefix: str = "") -> list[str]:
+    """The ten lists holding `queue`'s waiting messages, priority 0 (highest) first."""
+    return [prefix + queue_list(queue, priority) for priority in PRIORITY_STEPS]
+
+
+def depth(client: Any, config: RedisConfig, queue: str) -> int:
+    """Messages waiting in `queue`, every priority: ten LLENs in one round trip."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in priority_lists(queue, config.key_prefix):
+            pipe.llen(key)
+        return sum(int(n) for n in pipe.execute())
 
 
 def snapshot(
@@ -102,8 +119,8 @@ def snapshot(
             flight[queue_of(source, prefix)] += 1
     with client.pipeline(transaction=False) as pipe:
         for name in names:
-            for priority in PRIORITY_STEPS:
-                pipe.llen(prefix + queue_list(name, priority))
+            for key in priority_lists(name, prefix):
+                pipe.llen(key)
         for inbox, _queue in inboxes:
             pipe.llen(inbox)
         pipe.llen(prefix + DEAD_LETTERS_KEY)
@@ -119,4 +136,6 @@ def snapshot(
         )
         for q, name in enumerate(names)
     ]
-    return Snapshot(stats, int(counts[-1]), len(live), len(members) - len(live))
+    return Snapshot(
+        stats, int(counts[-1]), len(live), len(members) - len(live), memory=read_memory(client)
+    )

@@ -8,6 +8,8 @@ summing what every worker would report:
     imgqueue_jobs_in_flight{queue}              delivered to a worker, not yet acknowledged
     imgqueue_dead_letters                       in the dead-letter list
     imgqueue_consumers{state="live"|"stale"}    worker channels by heartbeat
+    imgqueue_redis_used_memory_bytes            INFO memory's used_memory
+    imgqueue_redis_max_memory_bytes             its maxmemory (0: none set)
     imgqueue_exporter_up                        1 when the last scrape reached Redis
 
 Also `/queues` (the same as JSON, for KEDA's metrics-api scaler) and `/healthz`. Settings come
@@ -86,6 +88,18 @@ class QueueCollector:
         consumers.add_metric(["live"], snap.consumers)
         consumers.add_metric(["stale"], snap.stale_consumers)
         yield consumers
+        # No samples where this Redis user may not run INFO.
+        used = GaugeMetricFamily(
+            "imgqueue_redis_used_memory_bytes", "Redis memory in use (INFO memory used_memory)"
+        )
+        most = GaugeMetricFamily(
+            "imgqueue_redis_max_memory_bytes", "Redis maxmemory in bytes (0: no limit)"
+        )
+        if snap.memory is not None:
+            used.add_metric([], snap.memory.used_memory)
+            most.add_metric([], snap.memory.maxmemory)
+        yield used
+        yield most
 
 
 def routes(collector: QueueCollector) -> dict[str, Any]:
