@@ -187,6 +187,8 @@ def cmd_limits(client: Client, ns: argparse.Namespace) -> int:
     except redis.exceptions.NoPermissionError as exc:
         print(f"error: {exc} (queue limits are set by the admin user)", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except redis.exceptions.OutOfMemoryError as exc:  # HSET on a full Redis
+        raise client._redis_full() from exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise BrokerUnavailable(f"cannot reach Redis at {config.safe_url()}: {exc}") from exc
     if ns.json:
@@ -231,7 +233,9 @@ def _bulk_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgqueue", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="imgqueue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--redis-url", default=None, help="broker and result backend (default: $REDIS_URL)"
     )

@@ -125,6 +125,8 @@ def test_a_full_redis_is_redis_full_not_unreachable(server: RedisServer, r: redi
     assert out.returncode == 4, out.stderr
     assert "error: Redis is full: used " in out.stderr and "(noeviction)" in out.stderr
     assert "cannot reach" not in out.stderr and out.stdout == ""
+    out = cli(server.url(), "limits", "set", "celery", "10")  # a write too
+    assert out.returncode == 4 and "Redis is full" in out.stderr, out.stderr
 
     # More room: submitting works again, from the same client too.
     r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 64 * 1024 * 1024)
