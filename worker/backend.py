@@ -1,46 +1,102 @@
-"""The Redis result backend, storing each state change in one atomic round trip.
+"""The Redis result backend: every state change in one atomic round trip, a bulk in one call.
 
 Celery's key-value backend reads a job's stored state before every write, so that a late
 duplicate cannot overwrite a SUCCESS: a GET (and a JSON decode) then a SET + PUBLISH, two
-round trips per state and two states per job (STARTED, then the outcome). Here one Lua script
-does the same check and write inside Redis: half the round trips, and no window between the
-check and the write in which a duplicate could slip through.
+round trips per state. Here one Lua script does the check and the write inside Redis, and one
+call stores every final state of a bulk message (docs/capacity.md has what each costs).
 
 What a stored state may be replaced by: SUCCESS by nothing; FAILURE only by a SUCCESS (a
 redelivered copy that got through, or a dead letter requeued after a fix), never by a late
-STARTED or RETRY of a duplicate. A FAILURE expires after `result_failure_expires`
-(RESULT_FAILURE_EXPIRES), as Celery's own Redis backend does.
+STARTED or RETRY of a duplicate. STARTED is written only where nothing is stored yet (`SET NX`:
+one command, never published, since no waiter acts on it). A FAILURE expires after
+`result_failure_expires` (RESULT_FAILURE_EXPIRES), as Celery's own Redis backend does.
+
+A state is PUBLISHed on its key's channel (Celery's `AsyncResult.get()` listens there) only
+when someone subscribes: one `PUBSUB NUMSUB` per call instead of a PUBLISH per image.
+
+A full Redis (`maxmemory` with `noeviction`) refuses the write: the store waits and retries
+with backoff until memory returns, telling the worker through `on_full` (it stops fetching
+and reports not ready) instead of failing the job for a reason that is not its own.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import states
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-# KEYS[1]: the result key; ARGV[1]: the encoded meta; ARGV[2]: seconds to keep it (0: forever);
-# ARGV[3]: the new state.
-_STORE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' then
-    if meta['status'] == 'SUCCESS' then return 0 end
-    if meta['status'] == 'FAILURE' and ARGV[3] ~= 'SUCCESS' then return 0 end
+log = logging.getLogger(__name__)
+
+# KEYS: result keys. ARGV[1]: publish (1) or not (0); ARGV[2], ARGV[3]: seconds to keep a
+# FAILURE and any other state (0: forever); then per key: its state, its encoded meta. A key
+# whose old value is final and may not be replaced gets the old value back, with the expiry
+# of its state restarted. Returns how many keys took the new state.
+STORE = """
+local publish, stored, n = ARGV[1] == '1', {}, 0
+local function put(key, state, value)
+  local ttl = tonumber(state == 'FAILURE' and ARGV[2] or ARGV[3])
+  if ttl > 0 then return redis.call('SET', key, value, 'EX', ttl, 'GET') end
+  return redis.call('SET', key, value, 'GET')
+end
+for i = 1, #KEYS do
+  local state, value = ARGV[2 * i + 2], ARGV[2 * i + 3]
+  local old = put(KEYS[i], state, value)
+  local was = nil
+  if old then
+    local ok, meta = pcall(cjson.decode, old)
+    if ok and type(meta) == 'table' then was = meta['status'] end
+  end
+  if was == 'SUCCESS' or (was == 'FAILURE' and state ~= 'SUCCESS') then
+    put(KEYS[i], was, old)
+  else
+    n = n + 1
+    if publish then stored[#stored + 1] = i end
   end
 end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
+if #stored > 0 then
+  local channels = {}
+  for j, i in ipairs(stored) do channels[j] = KEYS[i] end
+  local subs = redis.call('PUBSUB', 'NUMSUB', unpack(channels))
+  for j = 2, #subs, 2 do
+    if subs[j] > 0 then
+      local i = stored[j / 2]
+      redis.call('PUBLISH', KEYS[i], ARGV[2 * i + 3])
+    end
+  end
 end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
+return n
 """
+
+# Backoff while Redis is full: first retry, and the longest wait between tries.
+FULL_FIRST_WAIT_S = 0.1
+FULL_MAX_WAIT_S = 5.0
+
+
+def is_full(exc: BaseException) -> bool:
+    """Redis refused a write because it is at maxmemory (noeviction)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and "maxmemory" in str(exc)
+    )
+
+
+@dataclass(frozen=True)
+class Started:
+    """A job's STARTED state, encoded: written with `SET NX` where no state is stored yet, in
+    the same round trip as its delivery count (worker/deliveries.py)."""
+
+    key: str
+    value: str | bytes
+    ttl: int
 
 
 class _AtomicStore:
@@ -50,6 +106,10 @@ class _AtomicStore:
     failure_expires: Any
     client: Any
     _MAX_STR_VALUE_SIZE: int
+    #: PUBLISH stored states to subscribers (off on a cluster: a publish is broadcast).
+    publish_states = True
+    #: Called with True when Redis refuses a write for lack of memory, False once one succeeds.
+    on_full: Callable[[bool], None] | None = None
 
     if TYPE_CHECKING:
 
@@ -72,46 +132,92 @@ class _AtomicStore:
             result=result, state=state, traceback=traceback, request=request
         )
         meta["task_id"] = bytes_to_str(task_id)
-        value = self.encode(meta)
-        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
-            raise BackendStoreError(
-                "value too large for Redis backend", state=state, task_id=task_id
-            )
+        value = self._checked(self.encode(meta), task_id, state)
         key = self.get_key_for_task(task_id)
-        self.ensure(self._store_unless_final, (key, value, state))
+        if state == states.STARTED:
+            self._while_full(self.ensure, self._store_started, (key, value))
+        else:
+            self._while_full(self.ensure, self._store_entries, ([(key, value, state)],))
         return result
 
+    def started(self, task_id: str, hostname: str | None) -> Started:
+        """The STARTED state Celery's tracer would store (`task_track_started`)."""
+        meta = self._get_result_meta(
+            result={"pid": os.getpid(), "hostname": hostname},
+            state=states.STARTED,
+            traceback=None,
+            request=None,
+        )
+        meta["task_id"] = task_id
+        key = bytes_to_str(self.get_key_for_task(task_id))
+        return Started(key, self.encode(meta), self._ttl(states.STARTED))
+
     def store_many(self, entries: list[tuple[str, Any, str]]) -> None:
-        """Final states of many jobs, `(task_id, result or exception, state)`, in one round
-        trip (a bulk message's images), each stored as `_store_result` would."""
+        """Final states of many jobs, `(task_id, result or exception, state)`, in one call
+        (a bulk message's images), each stored as `_store_result` would."""
         values = []
         for task_id, result, state in entries:
             meta = self._get_result_meta(
                 result=self.encode_result(result, state), state=state, traceback=None, request=None
             )
             meta["task_id"] = task_id
-            value = self.encode(meta)
-            if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
-                raise BackendStoreError("value too large for Redis backend", task_id=task_id)
+            value = self._checked(self.encode(meta), task_id, state)
             values.append((self.get_key_for_task(task_id), value, state))
         if values:
-            self.ensure(self._store_all_unless_final, (values,))
+            self._while_full(self.ensure, self._store_entries, (values,))
 
-    def _store_all_unless_final(self, values: list[tuple[Any, Any, str]]) -> None:
-        # Built inside the retried call: a pipeline that failed is reset and must be rebuilt.
-        pipe = self.client.pipeline(transaction=False)
-        for key, value, state in values:
-            expires = self.failure_expires if state == states.FAILURE else self.expires
-            self._store_script(keys=[key], args=[value, int(expires or 0), state], client=pipe)
-        pipe.execute()
+    def _checked(self, value: Any, task_id: str, state: str) -> Any:
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        return value
+
+    def _ttl(self, state: str) -> int:
+        return int((self.failure_expires if state == states.FAILURE else self.expires) or 0)
+
+    def _store_started(self, key: Any, value: Any) -> bool:
+        ttl = self._ttl(states.STARTED)
+        return bool(self.client.set(key, value, nx=True, ex=ttl or None))
+
+    def _store_entries(self, values: list[tuple[Any, Any, str]]) -> int:
+        keys = [key for key, _, _ in values]
+        args: list[Any] = [
+            1 if self.publish_states else 0,
+            self._ttl(states.FAILURE),
+            self._ttl(states.SUCCESS),
+        ]
+        for _, value, state in values:
+            args += [state, value]
+        return int(self._store_script(keys=keys, args=args))
 
     @cached_property
     def _store_script(self) -> Any:
-        return self.client.register_script(_STORE)
+        return self.client.register_script(STORE)
 
-    def _store_unless_final(self, key: bytes | str, value: str | bytes, state: str) -> bool:
-        expires = self.failure_expires if state == states.FAILURE else self.expires
-        return bool(self._store_script(keys=[key], args=[value, int(expires or 0), state]))
+    def _while_full(self, call: Callable[..., Any], *args: Any) -> Any:
+        """`call(*args)`, retried with backoff for as long as Redis is full."""
+        wait = FULL_FIRST_WAIT_S
+        full = False
+        while True:
+            try:
+                result = call(*args)
+            except redis.exceptions.ResponseError as exc:
+                if not is_full(exc):
+                    raise
+                if not full:
+                    log.warning("Redis is full, results wait until memory returns: %s", exc)
+                    full = True
+                if self.on_full is not None:
+                    self.on_full(True)
+                time.sleep(wait)
+                wait = min(wait * 2, FULL_MAX_WAIT_S)
+                continue
+            if full:
+                log.warning("Redis takes results again")
+            if full and self.on_full is not None:
+                self.on_full(False)
+            return result
 
 
 class ResultBackend(_AtomicStore, RedisBackend):

@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from worker.backend import Started
 from worker.errors import JobLost
 from worker.settings import Settings
 
@@ -104,11 +105,13 @@ def tracked(
     retries: int,
     settings: Settings,
     redelivered: bool = True,
+    started: Started | None = None,
 ) -> Iterator[int]:
     """Run a job's body counted, and alone if it was started before; yields its delivery number.
 
     Only a message the broker marks `redelivered` can have been started before (kombu sets
     the flag whenever it restores an unacknowledged message), so only those pay for the check.
+    `started`: the job's STARTED state, written in the same round trip as the count.
     """
     suspect = redelivered and started_before(client, task_id, retries, settings)
     # A suspect waiting longer than the visibility timeout would be restored and delivered
@@ -116,7 +119,7 @@ def tracked(
     # never arrive): keep the wait for earlier acks well inside that timeout.
     gate.settle_timeout = min(10.0, settings.visibility_timeout / 4)
     with gate.alone(task_id) if suspect else gate.shared(task_id):
-        yield record_start(client, task_id, retries, settings)
+        yield record_start(client, task_id, retries, settings, redelivered, started)
 
 
 def started_before(client: redis.Redis, task_id: str, retries: int, settings: Settings) -> bool:
@@ -126,18 +129,36 @@ def started_before(client: redis.Redis, task_id: str, retries: int, settings: Se
         return False
 
 
-def record_start(client: redis.Redis, task_id: str, retries: int, settings: Settings) -> int:
-    """Count one start of this job; raises JobLost when it is over MAX_DELIVERIES.
+def record_start(
+    client: redis.Redis,
+    task_id: str,
+    retries: int,
+    settings: Settings,
+    redelivered: bool = True,
+    started: Started | None = None,
+) -> int:
+    """Count one start of this job (and store its STARTED state); raises JobLost when it is
+    over MAX_DELIVERIES.
 
-    Returns the delivery number (1 for the first). When Redis cannot be reached the job runs
-    uncounted: its result could not be stored either, so it will be delivered again anyway.
+    Returns the delivery number (1 for the first). A first delivery sets its counter outright
+    (one command); a redelivery increments it. When Redis cannot count (unreachable, or full)
+    the job runs uncounted: its result waits for Redis anyway.
     """
     key = delivery_key(task_id, retries, settings.redis_key_prefix)
+    ttl = counter_ttl(settings)
     try:
-        pipe = client.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, counter_ttl(settings))
-        count = int(pipe.execute()[0])
+        pipe = client.pipeline(transaction=False)
+        if redelivered:
+            pipe.incr(key)
+            pipe.expire(key, ttl)
+        else:
+            pipe.set(key, 1, ex=ttl)
+        if started is not None:
+            pipe.set(started.key, started.value, nx=True, ex=started.ttl or None)
+        replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        count = int(replies[0]) if redelivered else 1
     except redis.RedisError as exc:
         log.warning("cannot count deliveries of %s: %s", task_id, exc)
         return 0

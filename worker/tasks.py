@@ -44,6 +44,7 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             request.retries,
             ctx.settings,
             redelivered,
+            self.app.backend.started(request.id, request.hostname),
         ):
             job.result = _classify(self, ctx, args, kwargs)
         return job.result
@@ -99,7 +100,13 @@ def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     redelivered = bool((request.delivery_info or {}).get("redelivered", True))
     try:
         with deliveries.tracked(
-            ctx.gate, client, request.id, request.retries, settings, redelivered
+            ctx.gate,
+            client,
+            request.id,
+            request.retries,
+            settings,
+            redelivered,
+            self.app.backend.started(request.id, request.hostname),
         ) as delivery:
             if delivery > 1:
                 # Started before and never finished: its worker died, maybe because of one of

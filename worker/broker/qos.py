@@ -32,7 +32,10 @@ class QoS(virtual.QoS):
             _skip("ack", message)
         else:
             keys = self.channel.keys
-            with self.channel.raw_client().pipeline() as pipe:
+            # No MULTI: both commands free memory, and a full Redis refuses every command
+            # queued in a MULTI (an ack must still go through). A claim left in the ZSET
+            # alone is harmless: the sweep skips tags without a message.
+            with self.channel.raw_client().pipeline(transaction=False) as pipe:
                 pipe.hdel(keys.unacked, delivery_tag)
                 pipe.zrem(keys.unacked_at, delivery_tag)
                 pipe.execute()

@@ -1,0 +1,233 @@
+"""`python -m bench.redis_cost [--jobs N] [--baseline REF] [--rounds R]`: Redis cost per image.
+
+One worker with the zero-latency stand-in model (`MODEL=sleep:0ms`) on a private redis-server.
+For bulk messages (64 images) and for one message per image it counts, from the first submit
+to the last stored result (the producer included, result polling excluded: completion is read
+from the worker's /metrics, not from Redis):
+
+- Redis CPU per image (`INFO cpu`, user + system);
+- commands per image (`INFO commandstats`, commands run inside scripts included), and the
+  commands that make up most of them;
+- bytes per image while queued (`used_memory` with N images queued and no worker), and bytes
+  of a stored result (`MEMORY USAGE` of result keys);
+- what `Client.wait` over the whole run adds to Redis CPU, per image waited on.
+
+`--baseline REF` runs the same measurement from another commit's tree (this file is copied
+into it), alternating baseline and current for `--rounds` rounds on fresh Redis servers, and
+prints the ratios current/baseline. `--json` prints one run's figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = {"bulk": 64, "single": 1}
+
+
+def _cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def _commands(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    out = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    io = client.info("stats")
+    # Reads: requests Redis read from a socket (a pipeline is one); bytes in and out.
+    out["@reads"] = int(io.get("total_reads_processed", 0))
+    out["@in_bytes"] = int(io["total_net_input_bytes"])
+    out["@out_bytes"] = int(io["total_net_output_bytes"])
+    return out
+
+
+def _jobs_done(port: int) -> float:
+    """Jobs the worker finished, from its /metrics: no Redis command to know it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("imgqueue_jobs_total{")
+    )
+
+
+def _wait_jobs(port: int, target: float, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while _jobs_done(port) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker did not finish {target:.0f} jobs in {timeout}s")
+        time.sleep(0.05)
+
+
+def measure(jobs: int, workdir: Path) -> dict[str, Any]:
+    """One run's figures for every mode (see the module doc)."""
+    from bench.images import SAMPLES
+    from producer import Client
+    from producer.contract import result_key
+    from tests.support import RedisServer, WorkerProcess, free_port
+
+    root = workdir / "images"
+    (root / "samples").mkdir(parents=True, exist_ok=True)
+    names = []
+    for sample in sorted(SAMPLES.glob("*.jpg")):
+        shutil.copy(sample, root / "samples" / sample.name)
+        names.append(f"samples/{sample.name}")
+    sources = (names * (jobs // len(names) + 1))[:jobs]
+    server = RedisServer(workdir / "redis").start()
+    raw = redis.Redis.from_url(server.url(0))
+    client = Client(server.url(0))
+    out: dict[str, Any] = {}
+    try:
+        for mode, size in MODES.items():
+            raw.flushall()
+            before = int(raw.info("memory")["used_memory"])
+            client.submit_many(sources, bulk_size=size)
+            queued = (int(raw.info("memory")["used_memory"]) - before) / jobs
+            raw.flushall()
+            port = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
+            env.update(
+                REDIS_URL=server.url(0),
+                MODEL="sleep:0ms",
+                MODEL_WEIGHTS="random:0",
+                IMAGE_ROOT=str(root),
+                PYTHONPATH=str(ROOT),
+                METRICS_PORT=str(port),
+                METRICS_ADDR="127.0.0.1",
+            )
+            worker = WorkerProcess(env, workdir / f"{mode}.log", f"cost-{mode}", root=ROOT)
+            try:
+                worker.wait_ready(timeout=180)
+                client.submit_many(names * 4, bulk_size=size)  # warm-up
+                done = len(names) * 4
+                _wait_jobs(port, done)
+                time.sleep(0.5)  # let the warm-up's acks and heartbeats settle
+                figures: dict[str, list[float]] = {"cpu": [], "wait_cpu": []}
+                counts: dict[str, int] = {}
+                for waited in (False, True):
+                    cpu0, cmd0 = _cpu(raw), _commands(raw)
+                    ids = client.submit_many(sources, bulk_size=size)
+                    if waited:
+                        for _ in client.wait(ids, timeout=900):
+                            pass
+                    done += jobs
+                    _wait_jobs(port, done)
+                    cpu1, cmd1 = _cpu(raw), _commands(raw)
+                    figures["wait_cpu" if waited else "cpu"].append(cpu1 - cpu0)
+                    if not waited:
+                        delta = {k: cmd1[k] - cmd0.get(k, 0) for k in cmd1}
+                        io = {k: delta.pop(k) / jobs for k in ("@reads", "@in_bytes", "@out_bytes")}
+                        counts = {k: v for k, v in delta.items() if k != "info" and v > 0}
+                        sizes = [raw.memory_usage(result_key(t)) or 0 for t in ids[:50]]
+                failed = sum(1 for t in ids if b'"FAILURE"' in (raw.get(result_key(t)) or b""))
+            finally:
+                worker.stop()
+            cpu = figures["cpu"][0]
+            out[mode] = {
+                "redis_cpu_ms": cpu * 1000 / jobs,
+                "commands": sum(counts.values()) / jobs,
+                "by_command": {k: v / jobs for k, v in sorted(counts.items(), key=lambda i: -i[1])},
+                "reads": io["@reads"],
+                "net_bytes": io["@in_bytes"] + io["@out_bytes"],
+                "queued_bytes": queued,
+                "result_bytes": statistics.mean(sizes),
+                "wait_cpu_ms": (figures["wait_cpu"][0] - cpu) * 1000 / jobs,
+                "failed": failed,
+            }
+    finally:
+        client.close()
+        raw.close()
+        server.stop()
+    return out
+
+
+def checkout(ref: str, into: Path) -> Path:
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    shutil.copy(Path(__file__), into / "bench" / "redis_cost.py")
+    return into
+
+
+def run_in(tree: Path, jobs: int) -> dict[str, Any]:
+    """One measurement from `tree` (its producer and worker), in a child process."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.redis_cost", "--json", "--jobs", str(jobs)],
+        cwd=tree,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _print_run(name: str, run: dict[str, Any]) -> None:
+    for mode, f in run.items():
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(f["by_command"].items())[:6])
+        print(
+            f"{name:>8} {mode:>6}: Redis CPU {f['redis_cpu_ms']:.4f} ms/image, "
+            f"{f['commands']:.2f} commands/image ({top}); {f.get('reads', 0):.2f} reads, "
+            f"{f.get('net_bytes', 0):.0f} B in+out per image; queued {f['queued_bytes']:.0f} B, "
+            f"result {f['result_bytes']:.0f} B; Client.wait +{f['wait_cpu_ms']:.4f} ms/image; "
+            f"{f['failed']} failed"
+        )
+
+
+KEYS = ("redis_cpu_ms", "commands", "queued_bytes", "result_bytes", "wait_cpu_ms")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.redis_cost", description=__doc__)
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--baseline", default=None, help="a git ref to compare against")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one run, as JSON (used by --baseline)")
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="imgqueue-redis-cost-"))
+    try:
+        if args.json:
+            print(json.dumps(measure(args.jobs, work / "run")))
+            return
+        trees = {"current": ROOT}
+        if args.baseline:
+            trees = {"baseline": checkout(args.baseline, work / "baseline"), "current": ROOT}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+        for _ in range(args.rounds):
+            for name, tree in trees.items():
+                runs[name].append(run_in(tree, args.jobs))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{args.jobs} images per run, stand-in model, one worker, {args.rounds} round(s)")
+    for name, done in runs.items():
+        for run in done:
+            _print_run(name, run)
+    if args.baseline:
+        for mode in MODES:
+            for key in KEYS:
+                was = statistics.median(r[mode][key] for r in runs["baseline"])
+                now = statistics.median(r[mode][key] for r in runs["current"])
+                ratio = now / was if was else float("nan")
+                print(f"{mode:>6} {key:>13}: baseline {was:.4f}, current {now:.4f}, x{ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
