@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgqueue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--redis-url", default=None, help="broker and result backend (default: $REDIS_URL)"
+        "--redis-url",
+        default=None,
+        help="the broker, and the results unless --result-url (default: $REDIS_URL)",
     )
     parser.add_argument(
         "--sentinel-master",
@@ -246,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--key-prefix", default=None, help="prefix of every key (default: $REDIS_KEY_PREFIX)"
+    )
+    parser.add_argument(
+        "--result-url",
+        default=None,
+        help="where results are read, e.g. redis-cluster://host:port,host:port (default: "
+        "$RESULT_URL, else --redis-url)",
+    )
+    parser.add_argument(
+        "--result-sentinel-master",
+        default=None,
+        help="master name, for a sentinel:// result URL (default: $RESULT_SENTINEL_MASTER)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -335,7 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return offline
     try:
         with Client(
-            ns.redis_url, sentinel_master=ns.sentinel_master, key_prefix=ns.key_prefix
+            ns.redis_url,
+            sentinel_master=ns.sentinel_master,
+            key_prefix=ns.key_prefix,
+            result_url=ns.result_url,
+            result_sentinel_master=ns.result_sentinel_master,
         ) as client:
             code: int = ns.func(client, ns)
             return code

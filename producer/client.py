@@ -17,8 +17,15 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
+from redis.exceptions import RedisClusterException
 
-from producer.connections import RedisConfig, RedisConfigError
+from producer.connections import (
+    RedisConfig,
+    RedisConfigError,
+    ResultStoreConfig,
+    mget,
+    result_store_errors,
+)
 from producer.contract import (
     BULK_TASK_NAME,
     DEFAULT_QUEUE,
@@ -147,10 +154,15 @@ class Client:
         sentinel_master: str | None = None,
         key_prefix: str | None = None,
         bulk_size: int = DEFAULT_BULK_SIZE,
+        result_url: str | None = None,
+        result_sentinel_master: str | None = None,
     ) -> None:
         """`redis_url`, `sentinel_master` and `key_prefix` default to REDIS_URL,
         REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX (see producer.connections). `bulk_size`:
-        images per message in `submit_many` (1: one `classify` message per image)."""
+        images per message in `submit_many` (1: one `classify` message per image).
+        `result_url` (default RESULT_URL, else the broker's) is where results are read, a
+        Redis Cluster included (`redis-cluster://host:port,...`), with
+        `result_sentinel_master` (default RESULT_SENTINEL_MASTER) for a sentinel:// one."""
         if not 1 <= bulk_size <= MAX_BULK_IMAGES:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
         self.bulk_size = bulk_size
@@ -158,17 +170,36 @@ class Client:
             self.config = RedisConfig.from_env(
                 url=redis_url, sentinel_master=sentinel_master, key_prefix=key_prefix
             )
+            self.result_config = ResultStoreConfig.from_env(
+                url=result_url, sentinel_master=result_sentinel_master, broker=self.config
+            )
         except RedisConfigError as exc:
             raise ProducerError(str(exc)) from exc
         self.redis_url = self.config.url
         self.queue = queue
         self.celery = make_celery(self.config)
-        self.redis = self.config.client()
+        self.redis = self.config.client()  # the broker
+        # The result store's client (a RedisCluster on a cluster), made on first use.
+        self._results: Any = self.redis if self.result_config == _same(self.config) else None
         # Queue depth limits an operator set (producer.limits), cached a few seconds.
         self.admission = Admission(self.redis, self.config)
 
+    @property
+    def results(self) -> Any:
+        """The result store's redis-py client; `self.redis` is the broker's."""
+        if self._results is None:
+            try:
+                self._results = self.result_config.client()
+            except RedisClusterException as exc:  # no node answered with the slots
+                raise BrokerUnavailable(
+                    f"cannot reach the result store at {self.result_config.safe_url()}: {exc}"
+                ) from exc
+        return self._results
+
     def close(self) -> None:
         self.redis.close()
+        if self._results is not None and self._results is not self.redis:
+            self._results.close()
         self.celery.close()
 
     def __enter__(self) -> Client:
@@ -339,10 +370,11 @@ class Client:
         try:
             for i in range(0, len(task_ids), _MGET_CHUNK):
                 chunk = task_ids[i : i + _MGET_CHUNK]
-                raws = self.redis.mget([self.config.result_key(t) for t in chunk])
+                raws = mget(self.results, [self.config.result_key(t) for t in chunk])
                 out.extend(parse_meta(t, r) for t, r in zip(chunk, raws, strict=True))
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
+        except _RESULT_ERRORS as exc:
+            where = self.result_config.safe_url()
+            raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
         return out
 
     def _safe_url(self) -> str:
@@ -361,3 +393,12 @@ def _chunks(sources: list[str], size: int) -> Iterator[list[str]]:
         chars += len(source)
     if chunk:
         yield chunk
+
+
+# Reading results while their store is down or failing over (a cluster's errors included).
+_RESULT_ERRORS: tuple[type[Exception], ...] = (*result_store_errors(), RedisClusterException)
+
+
+def _same(broker: RedisConfig) -> ResultStoreConfig:
+    """The result store that is the broker itself (RESULT_URL unset)."""
+    return ResultStoreConfig(broker.url, broker.sentinel_master, broker.key_prefix)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from producer.connections import mget
 from producer.contract import DEFAULT_TOP_K, MAX_BULK_IMAGES, MAX_TOP_K, result_key
 from worker.errors import ClassifyError, InternalError, InvalidArguments
 
@@ -116,7 +117,8 @@ def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[
     """Images that already have a final result (a redelivered message skips them)."""
     if not images:
         return set()
-    raws = client.mget([result_key(i.id, key_prefix) for i in images])
+    # One MGET, or on a Redis Cluster one per slot (the keys spread over the masters).
+    raws = mget(client, [result_key(i.id, key_prefix) for i in images])
     done = set()
     for image, raw in zip(images, raws, strict=True):
         if raw is None:

@@ -1,8 +1,9 @@
 """The result cache: the same image bytes through the same model setup give the same answer.
 
 Keyed by a sha256 over the image bytes and everything that shapes the predictions (model,
-weights, preprocessing, precision, draft decoding, top_k), stored in the result backend's Redis
-for RESULT_CACHE_TTL seconds. A hit skips decode, preprocess and inference; the result says
+weights, preprocessing, precision, draft decoding, top_k), stored in the result store
+(RESULT_URL, default REDIS_URL; one key per entry, so a Redis Cluster spreads them over its
+masters) for RESULT_CACHE_TTL seconds. A hit skips decode, preprocess and inference; the result says
 `"cached": true` and carries this job's own source and timings. The cache is best-effort: when
 Redis misbehaves the job simply runs the model. The stand-in model (MODEL=sleep:...) is never
 cached, since it exists to measure the queue.
@@ -18,14 +19,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# What a cache operation may raise: a Redis error, or a cluster client's own (no node reachable
+# to learn the slots from, a slot not covered during a failover).
+_ERRORS = (redis.RedisError, RedisClusterException)
+
 KEY_PREFIX = "imgqueue:result-cache:"
 # Parts of a result that describe this job rather than the image and the model.
 _PER_JOB = ("source", "timings_ms", "cached", "batch_size")
+
+
+def connect(settings: Settings) -> redis.Redis | None:
+    """A client of the result store for the cache (a `RedisCluster` on a cluster), or None
+    when it cannot be reached now: the cache is best-effort and must not stop a worker."""
+    try:
+        client: redis.Redis = settings.result_config.client(
+            socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
+        )
+    except _ERRORS as exc:
+        log.warning("result cache off in this process: the result store is away (%s)", exc)
+        return None
+    return client
 
 
 def enabled(settings: Settings) -> bool:
@@ -101,7 +120,7 @@ class Entry:
         body = {k: v for k, v in result.items() if k not in _PER_JOB}
         try:
             self.client.set(self.key, json.dumps(body), ex=self.settings.result_cache_ttl)
-        except redis.RedisError as exc:
+        except _ERRORS as exc:
             log.warning("result cache: cannot store (%s); results are unaffected", exc)
         return result
 
@@ -121,7 +140,7 @@ def lookup(
     try:
         raw = client.get(key)
         stored = json.loads(raw) if raw else None
-    except (redis.RedisError, ValueError) as exc:
+    except (*_ERRORS, ValueError) as exc:
         log.warning("result cache: lookup failed (%s); running the model", exc)
         stored = None
     if stored is not None and not _plausible(stored, top_k, model):

@@ -15,7 +15,7 @@ from celery import Celery, Task, signals
 from celery.worker.control import inspect_command
 
 from producer.contract import DEFAULT_QUEUE, TASK_NAMES
-from worker import ops
+from worker import ops, result_store
 from worker.broker import BrokerIncompatible, transport_for
 from worker.context import Context, configure_openmp
 from worker.errors import ConfigError, WeightsUnavailable
@@ -50,15 +50,12 @@ def app_of(task: Task) -> ImgqueueApp:
 
 def create_app(settings: Settings) -> ImgqueueApp:
     redis = settings.redis_config
-    backend = "SentinelResultBackend" if redis.sentinel else "ResultBackend"
-    # Celery's Redis result backend, one round trip per stored state (worker/backend.py).
+    # Celery's Redis result backend, one round trip per stored state (worker/backend.py), on
+    # RESULT_URL: the broker's Redis by default, or a Redis Cluster (worker/result_store.py).
     # With several sentinels the broker URL names the first: the transport gets them all as
     # an option (see worker.broker.transport.SentinelChannel).
-    app = ImgqueueApp(
-        "imgqueue",
-        broker=redis.url.split(";", 1)[0],
-        backend=f"worker.backend:{backend}+{redis.url}",
-    )
+    backend, backend_options = result_store.backend(settings)
+    app = ImgqueueApp("imgqueue", broker=redis.url.split(";", 1)[0], backend=backend)
     app.settings = settings
     # The delivery layer (worker/broker): reliable fetch, priorities, dead letters, heartbeats.
     transport: dict[str, Any] = {
@@ -99,7 +96,7 @@ def create_app(settings: Settings) -> ImgqueueApp:
         # PENDING.
         result_backend_always_retry=True,
         result_backend_max_retries=30,  # 10 ms doubling to 10 s per try: about four minutes
-        result_backend_transport_options=redis.backend_transport_options(),
+        result_backend_transport_options=backend_options,
         broker_connection_retry_on_startup=True,
         task_default_queue=DEFAULT_QUEUE,
         # Threads keep one model per process and feed its batcher; prefetch only what the

@@ -33,7 +33,8 @@ class Runtime:
     batcher: Batcher
     load_seconds: float
     decoder: DecodePool | None = None  # None: DECODE_SANDBOX=false, decode in this process
-    cache_client: redis.Redis | None = None  # the result cache's (None: RESULT_CACHE off)
+    # The result cache's, on the result store (None: RESULT_CACHE off, or the store was away)
+    cache_client: redis.Redis | None = None
 
     def enter_task_thread(self) -> None:
         """Once per task thread, before its first torch op: keep it to one intra-op thread.
@@ -138,9 +139,7 @@ def start(
         )
     cache_client = None
     if cache.enabled(settings):
-        cache_client = settings.redis_config.client(
-            socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
-        )
+        cache_client = cache.connect(settings)
     load_seconds = time.perf_counter() - started
     rt = Runtime(settings, classifier, batcher, load_seconds, decoder, cache_client)
     log.info(

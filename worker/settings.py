@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
-from producer.connections import RedisConfig, RedisConfigError
+from producer.connections import RedisConfig, RedisConfigError, ResultStoreConfig
 from producer.contract import DEFAULT_REDIS_URL
 from worker.errors import ConfigError
 
@@ -77,6 +77,13 @@ class Settings:
     redis_url: str = env(DEFAULT_REDIS_URL, str)
     redis_sentinel_master: str = env("", str)  # sentinel:// only: the master's name
     redis_key_prefix: str = env("", str)  # kombu's global_keyprefix, for broker and results alike
+    # Where results go (empty: REDIS_URL); may be a Redis Cluster (producer.connections).
+    result_url: str = env("", str)
+    result_sentinel_master: str = env("", str)  # empty: REDIS_SENTINEL_MASTER
+    # On a cluster: replicas that must have a final state before the job is acknowledged
+    # (None: 1 on a cluster, 0 elsewhere), and the longest wait for them.
+    result_wait_replicas: int | None = env(None, int)
+    result_wait_timeout_ms: int = env(1000, int)
     model: str = env("resnet50", str)
     model_weights: str = env("IMAGENET1K_V2", str)
     preprocess: str = env("IMAGENET1K_V2", str)
@@ -174,8 +181,18 @@ class Settings:
             raise ConfigError(f"IMAGE_ROOT {str(self.image_root)!r} is not a directory")
         try:
             self.redis_config.validate()
+            store = self.result_config
         except RedisConfigError as exc:
             raise ConfigError(str(exc)) from exc
+        if self.result_wait_replicas is not None and not 0 <= self.result_wait_replicas <= 16:
+            raise ConfigError("RESULT_WAIT_REPLICAS must be within 0..16")
+        if self.result_wait_replicas and not store.cluster:
+            raise ConfigError(
+                "RESULT_WAIT_REPLICAS applies to a Redis Cluster result store (RESULT_URL="
+                "redis-cluster://...); for Sentinel see docs/reliability.md"
+            )
+        if not 1 <= self.result_wait_timeout_ms <= 60_000:
+            raise ConfigError("RESULT_WAIT_TIMEOUT_MS must be within 1..60000")
         if not 1 <= self.dead_worker_timeout <= 3600:
             raise ConfigError("DEAD_WORKER_TIMEOUT must be within 1..3600 seconds")
         if not 0.01 <= self.broker_poll_interval <= 5:
@@ -209,6 +226,19 @@ class Settings:
     @property
     def redis_config(self) -> RedisConfig:
         return RedisConfig(self.redis_url, self.redis_sentinel_master, self.redis_key_prefix)
+
+    @property
+    def result_config(self) -> ResultStoreConfig:
+        """Where results are stored (validated; raises RedisConfigError)."""
+        return ResultStoreConfig.resolve(
+            self.redis_config, self.result_url, self.result_sentinel_master
+        )
+
+    @property
+    def effective_result_wait_replicas(self) -> int:
+        if self.result_wait_replicas is not None:
+            return self.result_wait_replicas
+        return 1 if self.result_config.cluster else 0
 
     @property
     def expects_gpu(self) -> bool:

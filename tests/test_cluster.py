@@ -1,0 +1,345 @@
+"""Results on a Redis Cluster (RESULT_URL=redis-cluster://...): queues on one Redis, results
+spread over the cluster's masters, durable across a master's SIGKILL, and the same guarantees
+(FAILURE never overwritten by a late STARTED, the result cache) as on one Redis.
+
+The cluster is real: six `redis-server --cluster-enabled yes` on loopback (three masters, a
+replica each), made one by `redis-cli --cluster create` (tests/cluster_support.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery, states
+
+from producer import Client
+from producer.cli import main as cli
+from producer.connections import (
+    RedisConfig,
+    RedisConfigError,
+    ResultStoreConfig,
+    is_cluster_client,
+    mget,
+)
+from producer.contract import result_key
+from tests.cluster_support import RedisClusterNodes
+from tests.support import ROOT, RedisServer, WorkerFactory, wait_for
+from worker import cache, result_store
+from worker.celery_app import create_app
+from worker.errors import ConfigError
+from worker.results_cluster import ClusterResultBackend
+from worker.settings import Settings
+
+SOURCES = ["cat.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg"]
+
+# -- RESULT_URL: parsing and validation (no cluster needed) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "nodes"),
+    [
+        ("redis-cluster://10.0.0.1:7000", [("10.0.0.1", 7000)]),
+        ("redis-cluster://a:7000,b:7001,c:7002/0", [("a", 7000), ("b", 7001), ("c", 7002)]),
+        ("redis-cluster://u:p%40ss@a:7000,b/", [("a", 7000), ("b", 6379)]),
+        ("rediss-cluster://a:7000,[::1]:7001?ssl_cert_reqs=required", [("a", 7000), ("::1", 7001)]),
+    ],
+)
+def test_cluster_urls_parse(url: str, nodes: list[tuple[str, int]]) -> None:
+    config = ResultStoreConfig.resolve(RedisConfig(), url)
+    assert config.cluster and config.nodes() == nodes
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://a:1", "RESULT_URL must start with"),
+        ("redis-cluster://a:7000,b:7001/1", "database 0 only"),
+        ("redis-cluster://a:7000,,b:7001", "bad node ''"),
+        ("redis-cluster://a:70000", "bad node 'a:70000'"),
+        ("redis-cluster://a:port", "bad node 'a:port'"),
+        ("redis-cluster://a:0", "port 0"),
+        ("redis-cluster://u:p@a:1,u:p@b:2", "once, before the first host"),
+        ("redis-cluster://a:1?ssl_ca_certs=/ca.pem", "ssl_* need rediss-cluster://"),
+        ("rediss-cluster://a:1?bogus=1", "unknown option(s) bogus"),
+        ("redis://a:1,b:2", "redis-cluster://host1:port,host2:port"),
+        ("sentinel://s:26379/0", "RESULT_SENTINEL_MASTER"),
+    ],
+)
+def test_malformed_result_urls_are_refused_saying_why(url: str, says: str) -> None:
+    with pytest.raises(RedisConfigError, match=r"RESULT_|REDIS_") as caught:
+        ResultStoreConfig.resolve(RedisConfig(), url)
+    assert says in str(caught.value)
+
+
+def test_result_url_defaults_to_the_broker_and_shares_its_prefix() -> None:
+    broker = RedisConfig("sentinel://s:26379/0", "mymaster", "t1:")
+    same = ResultStoreConfig.from_env({}, broker=broker)
+    assert (same.url, same.sentinel_master, same.key_prefix) == (broker.url, "mymaster", "t1:")
+    # A sentinel:// RESULT_URL takes REDIS_SENTINEL_MASTER unless RESULT_SENTINEL_MASTER says.
+    other = ResultStoreConfig.from_env({"RESULT_URL": "sentinel://t:26379/1"}, broker=broker)
+    assert other.sentinel_master == "mymaster"
+    named = ResultStoreConfig.from_env(
+        {"RESULT_URL": "sentinel://t:26379/1", "RESULT_SENTINEL_MASTER": "results"}, broker=broker
+    )
+    assert named.sentinel_master == "results"
+    cluster = ResultStoreConfig.from_env({"RESULT_URL": "redis-cluster://a:1"}, broker=broker)
+    assert cluster.key_prefix == "t1:" and cluster.result_key("x") == "t1:celery-task-meta-x"
+    with pytest.raises(RedisConfigError, match="RESULT_SENTINEL_MASTER is set but RESULT_URL"):
+        ResultStoreConfig.from_env({"RESULT_SENTINEL_MASTER": "x"}, broker=RedisConfig())
+    with pytest.raises(RedisConfigError, match="cluster fails over by itself"):
+        ResultStoreConfig.from_env(
+            {"RESULT_URL": "redis-cluster://a:1", "RESULT_SENTINEL_MASTER": "x"}, broker=broker
+        )
+    with pytest.raises(RedisConfigError, match="hash tag"):
+        ResultStoreConfig.resolve(RedisConfig(key_prefix="{tenant}:"), "redis-cluster://a:1")
+
+
+def test_passwords_are_masked() -> None:
+    config = ResultStoreConfig.resolve(RedisConfig(), "redis-cluster://u:s3cret@a:1,b:2/0")
+    assert config.safe_url() == "redis-cluster://u:***@a:1,b:2/0"
+    with pytest.raises(RedisConfigError) as caught:
+        ResultStoreConfig.resolve(RedisConfig(), "redis-cluster://u:s3cret@a:1,b:2/5")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_worker_settings_pick_the_backend_by_result_url() -> None:
+    plain = Settings.from_env({})
+    assert result_store.backend(plain)[0] == "worker.backend:ResultBackend+redis://localhost:6379/0"
+    assert plain.effective_result_wait_replicas == 0
+    env = {"RESULT_URL": "redis-cluster://a:7000,b:7001", "REDIS_KEY_PREFIX": "t1:"}
+    settings = Settings.from_env(env)
+    spec, options = result_store.backend(settings)
+    assert spec == "worker.results_cluster:ClusterResultBackend+redis-cluster://a:7000,b:7001"
+    assert options["wait_replicas"] == 1 and options["wait_timeout_ms"] == 1000
+    assert options["global_keyprefix"] == "t1:"
+    off = Settings.from_env({**env, "RESULT_WAIT_REPLICAS": "0"})
+    assert off.effective_result_wait_replicas == 0
+    sentinel = Settings.from_env(
+        {"RESULT_URL": "sentinel://s:26379/0", "REDIS_SENTINEL_MASTER": "m"}
+        | {"REDIS_URL": "sentinel://s:26379/0"}
+    )
+    assert result_store.backend(sentinel)[0].startswith("worker.backend:SentinelResultBackend+")
+    for bad, says in (
+        ({"RESULT_URL": "redis-cluster://a:1/3"}, "database 0 only"),
+        ({"RESULT_WAIT_REPLICAS": "1"}, "applies to a Redis Cluster"),
+        ({**env, "RESULT_WAIT_REPLICAS": "-1"}, "RESULT_WAIT_REPLICAS must be within"),
+        ({**env, "RESULT_WAIT_TIMEOUT_MS": "0"}, "RESULT_WAIT_TIMEOUT_MS must be within"),
+        ({"RESULT_WAIT_REPLICAS": "one"}, "RESULT_WAIT_REPLICAS='one' is invalid"),
+    ):
+        with pytest.raises(ConfigError, match=says):
+            Settings.from_env(bad)
+    # The app builds its backend without connecting (the client is made on first use).
+    app = create_app(settings)
+    try:
+        backend = app.backend
+        assert isinstance(backend, ClusterResultBackend)
+        assert backend.get_key_for_task("x") == b"t1:celery-task-meta-x"
+        assert (backend.wait_replicas, backend.wait_timeout_ms) == (1, 1000)
+    finally:
+        app.close()
+
+
+# -- a real cluster --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    nodes = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The queues' own Redis: one primary, apart from the cluster."""
+    server = RedisServer(tmp_path_factory.mktemp("cluster-broker")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backend(cluster: RedisClusterNodes) -> Iterator[ClusterResultBackend]:
+    app = Celery("cluster-backend-test", backend=f"{_BACKEND}+{cluster.url()}")
+    app.conf.update(result_expires=600, result_failure_expires=60)
+    instance = app.backend
+    assert isinstance(instance, ClusterResultBackend)
+    yield instance
+    app.close()
+
+
+_BACKEND = "worker.results_cluster:ClusterResultBackend"
+
+
+def by_master(cluster: RedisClusterNodes, keys: list[str]) -> dict[int, int]:
+    """How many of `keys` each live master holds (asked of each master directly)."""
+    out = {}
+    for port in cluster.master_ports():
+        with redis.Redis(port=port) as node, node.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+            # A key of another master's slot answers MOVED: not here.
+            replies = pipe.execute(raise_on_error=False)
+            out[port] = sum(1 for x in replies if not isinstance(x, Exception) and x)
+    return out
+
+
+@pytest.mark.processes
+def test_failure_is_never_overwritten_by_a_late_started_on_a_cluster(
+    backend: ClusterResultBackend, cluster: RedisClusterNodes
+) -> None:
+    ids = [f"f-{i}" for i in range(48)]  # enough keys to span every master
+    backend.store_many([(i, ValueError("the image is corrupt"), states.FAILURE) for i in ids])
+    keys = [backend.get_key_for_task(i).decode() for i in ids]
+    assert all(n > 0 for n in by_master(cluster, keys).values()), "keys on every master"
+    for task_id in ids[:8]:
+        # A redelivered duplicate starting, or retrying, after the job has already failed.
+        backend.store_result(task_id, {"pid": 3}, states.STARTED)
+        backend.mark_as_retry(task_id, ValueError("transient"))
+    backend.store_many([(i, {"late": True}, states.STARTED) for i in ids[8:16]])
+    metas = [json.loads(raw) for raw in mget(backend.client, keys)]
+    assert {m["status"] for m in metas} == {"FAILURE"}
+    assert all("corrupt" in str(m["result"]) for m in metas)
+    assert 0 < backend.client.ttl(keys[0]) <= 60  # RESULT_FAILURE_EXPIRES
+    # A FAILURE can still become a SUCCESS (a copy that got through); a SUCCESS is final.
+    backend.store_many([(i, {"predictions": [1]}, states.SUCCESS) for i in ids])
+    backend.mark_as_failure(ids[0], ValueError("late duplicate"))
+    backend.store_result(ids[1], {"pid": 4}, states.STARTED)
+    metas = [json.loads(raw) for raw in mget(backend.client, keys)]
+    assert {m["status"] for m in metas} == {"SUCCESS"}
+    assert 60 < backend.client.ttl(keys[0]) <= 600
+    # Every final state was confirmed by a replica (WAIT), and nothing was published.
+    assert backend.unconfirmed == 0
+    assert backend.get_task_meta(ids[2])["result"] == {"predictions": [1]}
+
+
+@pytest.mark.processes
+def test_the_result_cache_works_on_a_cluster(cluster: RedisClusterNodes) -> None:
+    settings = Settings.from_env({"RESULT_URL": cluster.url(), "REDIS_KEY_PREFIX": "c1:"})
+    client = cache.connect(settings)
+    assert client is not None and is_cluster_client(client)
+    model = {"model": "resnet50", "weights": "random:0", "preprocess": "x", "precision": "fp32"}
+    stored = []
+    for n in range(24):
+        data = f"image bytes {n}".encode()
+        entry = cache.lookup(client, data, 1, model, settings)
+        assert entry.stored is None and entry.key is not None  # a miss
+        prediction = {"index": n, "label": f"class {n}", "probability": 0.5}
+        entry.store({**model, "predictions": [prediction], "source": "a.jpg", "batch_size": 1})
+        hit = cache.lookup(client, data, 1, model, settings)
+        assert hit.stored is not None and hit.stored["predictions"] == [prediction]
+        assert hit.reuse("b.jpg", 0.0, time.perf_counter())["cached"] is True
+        stored.append(entry.key)
+    assert all(n > 0 for n in by_master(cluster, stored).values()), "entries on every master"
+    client.close()
+
+
+def cluster_env(
+    broker: RedisServer, cluster: RedisClusterNodes, image_root: Path
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "PYTEST"))}
+    env.update(
+        REDIS_URL=broker.url(),
+        RESULT_URL=cluster.url(),
+        MODEL="sleep:0ms",
+        MODEL_WEIGHTS="random:0",
+        IMAGE_ROOT=str(image_root),
+        DEVICE="cpu",
+        PYTHONPATH=str(ROOT),
+        DEAD_WORKER_TIMEOUT="5",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster_workers(
+    broker: RedisServer,
+    cluster: RedisClusterNodes,
+    image_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerFactory]:
+    factory = WorkerFactory(
+        cluster_env(broker, cluster, image_root), tmp_path_factory.mktemp("cluster-logs")
+    )
+    yield factory
+    factory.stop_all()
+
+
+def result_keys_on_the_broker(broker: RedisServer) -> list[Any]:
+    with redis.Redis.from_url(broker.url()) as client:
+        return list(client.scan_iter("*celery-task-meta-*"))
+
+
+@pytest.mark.processes
+def test_results_spread_over_every_master_and_read_back(
+    cluster: RedisClusterNodes, broker: RedisServer, cluster_workers: WorkerFactory
+) -> None:
+    cluster_workers.start()
+    with Client(broker.url(), result_url=cluster.url()) as client:
+        assert is_cluster_client(client.results) and not is_cluster_client(client.redis)
+        bulk = client.submit_many(SOURCES * 40, top_k=2)  # 160 images, 64 a message
+        single = client.submit_many(SOURCES * 6, top_k=2, bulk_size=1)
+        ids = bulk + single
+        outcomes = list(client.wait(ids, timeout=120))
+        assert {o.task_id for o in outcomes} == set(ids)
+        assert {o.state for o in outcomes} == {"SUCCESS"}
+        assert client.result(single[0], timeout=10)["source"] == SOURCES[0]
+    # Every master holds a share of the results; the broker holds none.
+    spread = by_master(cluster, [result_key(i) for i in ids])
+    assert sum(spread.values()) == len(ids) and all(n > 0 for n in spread.values()), spread
+    assert result_keys_on_the_broker(broker) == []
+    # The CLI reads them from the cluster too, with --result-url or RESULT_URL.
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli(["--redis-url", broker.url(), "--result-url", cluster.url(), "result", *ids[:5]])
+    assert code == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["id"], r["state"]) for r in lines] == [(i, "SUCCESS") for i in ids[:5]]
+
+
+@pytest.mark.processes
+@pytest.mark.slow
+def test_a_master_sigkilled_under_load_loses_no_job_and_no_result(
+    cluster: RedisClusterNodes, broker: RedisServer, cluster_workers: WorkerFactory
+) -> None:
+    worker = cluster_workers.workers[0] if cluster_workers.workers else cluster_workers.start()
+    with Client(broker.url(), result_url=cluster.url()) as client:
+        ids = client.submit_many(SOURCES * 200, top_k=1)  # 800 images in 13 messages
+        ids += client.submit_many(SOURCES * 16, top_k=1, bulk_size=1)  # and 64 single jobs
+
+        def finished() -> list[str]:
+            return [o.task_id for o in client._fetch(ids) if o.done]
+
+        wait_for(lambda: len(finished()) >= 64, 60, "the first results")
+        before = finished()
+        victim = cluster.master_ports()[0]
+        replica = cluster.kill_master(victim)
+        killed_at = time.monotonic()
+        assert len(before) < len(ids) - 300, "the kill must come while most jobs are in flight"
+        took = cluster.wait_failover(replica, timeout=60)
+
+        outcomes = list(client.wait(ids, timeout=180, reconnect_timeout=120))
+        assert {o.task_id for o in outcomes} == set(ids)
+        assert {o.state for o in outcomes} == {"SUCCESS"}
+        # Every result stored before the kill is still there (the replica had it: WAIT).
+        after = {o.task_id: o.state for o in client._fetch(before)}
+        assert set(after.values()) == {"SUCCESS"}
+        print(
+            f"{len(before)} of {len(ids)} done when master {victim} was SIGKILLed; replica "
+            f"{replica} promoted in {took:.1f}s; all done {time.monotonic() - killed_at:.1f}s "
+            "after the kill"
+        )
+    assert worker.alive()
+    # The old master, back, is a replica of the node that took over, which serves its slots.
+    cluster.restart(victim)
+    assert cluster.replica_of(replica) == victim
+    spread = by_master(cluster, [result_key(i) for i in ids])
+    assert sum(spread.values()) == len(ids) and replica in spread

@@ -1,0 +1,292 @@
+"""Results on a Redis Cluster (RESULT_URL=redis-cluster://...), apart from the broker.
+
+The queues stay on one primary (REDIS_URL); the results, the largest and busiest keys, spread
+over the cluster's masters by key: `celery-task-meta-<id>` hashes to one of 16384 slots (CRC16
+of the whole key, which has no hash tag), and each master owns a share of the slots.
+
+The store is worker/backend.py's (`STORE`: a SUCCESS is never replaced, a FAILURE only by a
+SUCCESS), with what a cluster changes:
+
+- **One script call per key.** A script may only touch keys of one slot, so a bulk message's
+  results go as one call per key, pipelined: one round trip to each master that owns some.
+- **No PUBLISH.** On a cluster a PUBLISH is broadcast to every node; pollers read keys
+  (`Client.wait`, any GET). Celery's `AsyncResult.get()` is therefore not served.
+- **Durable before acknowledged.** Replication is asynchronous: a master that acknowledges a
+  result and dies before its replica has it loses the result, while the job's message, acked
+  after the store, is gone too. So a final state is stored followed by `WAIT <replicas> <ms>`
+  on the same connection (WAIT counts that connection's writes), once per master written, in
+  the same round trip: the store returns once a replica has the result. A master that has no
+  live replica (its own was just promoted, say) cannot confirm: after RESULT_WAIT_TIMEOUT_MS
+  the store goes on, logs it, and stops waiting on that master for a few seconds.
+- **Failovers are waited through.** A lost connection, CLUSTERDOWN, TRYAGAIN, a slot with no
+  master yet: the topology is refreshed and the store retried with backoff (Celery's
+  `result_backend_always_retry`), so a job does not fail because a master died.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from functools import cached_property
+from typing import Any
+
+from celery import states
+from celery.backends.redis import RedisBackend, ResultConsumer
+from redis import exceptions as rexc
+
+from producer.connections import ResultStoreConfig, mget, result_store_errors
+from worker.backend import STORE, _AtomicStore
+
+log = logging.getLogger(__name__)
+
+# How long a master that could not confirm a result to a replica is not waited on, and how
+# often that is logged.
+DEGRADED_SECONDS = 5.0
+WARN_EVERY_SECONDS = 60.0
+# Rounds of redirects (a slot moved between masters) before the store is retried later.
+_MAX_ROUNDS = 5
+_FINAL = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
+
+
+class _Process:
+    """What the backends of one process share: Celery makes a backend per thread, but one
+    cluster client (thread-safe) serves them all, and a master found without a replica is
+    skipped by all."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.clients: dict[tuple[Any, ...], Any] = {}
+        self.degraded: dict[str, float] = {}  # master -> not waited on until (monotonic)
+        self.warned: dict[str, float] = {}  # master -> last warning (monotonic)
+
+    def client(self, config: ResultStoreConfig, **options: Any) -> Any:
+        key = (os.getpid(), config.url, *sorted(options.items()))
+        with self.lock:
+            client = self.clients.get(key)
+            if client is None:
+                client = self.clients[key] = config.client(**options)
+            return client
+
+
+_shared = _Process()
+
+
+class _KeysOnly(ResultConsumer):  # type: ignore[misc]
+    """Celery's pub/sub result consumer, for a store that publishes nothing: refuses to wait."""
+
+    def start(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "results on a Redis Cluster are read by key, not by pub/sub: poll "
+            "celery-task-meta-<id> (producer.Client.wait does)"
+        )
+
+    def on_after_fork(self) -> None:
+        self._reset_sync()
+
+    def consume_from(self, task_id: str) -> None:
+        pass
+
+    def cancel_for(self, task_id: str) -> None:
+        pass
+
+
+class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
+    """worker/backend.py's atomic store on a `redis.cluster.RedisCluster` (module doc).
+
+    `result_backend_transport_options`: `wait_replicas` (0: no WAIT), `wait_timeout_ms`,
+    `socket_timeout`, `socket_connect_timeout`, and `global_keyprefix` as for Redis.
+    """
+
+    ResultConsumer = _KeysOnly
+    publish_states = False
+    connection_errors: tuple[type[BaseException], ...]
+
+    def __init__(self, *args: Any, url: str | None = None, **kwargs: Any) -> None:
+        self.store_config = ResultStoreConfig(url or "")
+        self.store_config.validate()
+        super().__init__(*args, url=url, **kwargs)
+        # Failover errors count as connection errors: `ensure` and Celery's
+        # `result_backend_always_retry` (exception_safe_to_retry) retry them.
+        self.connection_errors = tuple(
+            dict.fromkeys((*self.connection_errors, *result_store_errors()))
+        )
+        options = self._transport_options
+        self.wait_replicas = int(options.get("wait_replicas", 1))
+        self.wait_timeout_ms = int(options.get("wait_timeout_ms", 1000))
+        self._sha = hashlib.sha1(STORE.encode()).hexdigest()
+        #: Stores that went on without a replica's confirmation.
+        self.unconfirmed = 0
+
+    def _params_from_url(self, url: str, defaults: dict[str, Any]) -> dict[str, Any]:
+        return dict(defaults)  # the cluster URL is ResultStoreConfig's to parse
+
+    def as_uri(self, include_password: bool = False) -> str:
+        return self.store_config.url if include_password else self.store_config.safe_url()
+
+    @cached_property
+    def client(self) -> Any:
+        options = self._transport_options
+        try:
+            return _shared.client(
+                self.store_config,
+                socket_timeout=float(options.get("socket_timeout", 10.0)),
+                socket_connect_timeout=float(options.get("socket_connect_timeout", 5.0)),
+            )
+        except rexc.RedisClusterException as exc:
+            # No node answered to tell the slots: a connection error, retried like one (the
+            # client is built again on the next access).
+            raise rexc.ConnectionError(f"cannot reach the result store's cluster: {exc}") from exc
+
+    @cached_property
+    def retry_policy(self) -> dict[str, Any]:
+        # `ensure`'s retries, the only ones a bulk store gets: long enough for a failover
+        # (cluster-node-timeout plus an election), about a minute.
+        policy: dict[str, Any] = {
+            "max_retries": 60,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        }
+        policy.update(self._transport_options.get("retry_policy", {}))
+        return policy
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        pass  # nothing to subscribe to
+
+    def mget(self, keys: list[Any]) -> list[Any]:
+        return mget(self.client, keys)
+
+    # -- the store ---------------------------------------------------------------------------
+
+    def _store_entries(self, values: list[tuple[Any, Any, str]]) -> int:
+        """Each `(key, value, state)` by its own script call on its key's master, then WAIT
+        there for final states; returns how many keys took the new state."""
+        client = self.client
+        stored = 0
+        todo = list(values)
+        for _ in range(_MAX_ROUNDS):
+            by_node: dict[str, tuple[Any, list[tuple[Any, Any, str]]]] = {}
+            for entry in todo:
+                node = client.get_node_from_key(entry[0])
+                by_node.setdefault(node.name, (node, []))[1].append(entry)
+            todo = []
+            for node, entries in by_node.values():
+                count, redirected = self._store_on_node(node, entries)
+                stored += count
+                todo += redirected
+            if not todo:
+                return stored
+            self._refresh()  # a slot moved: learn where
+        raise rexc.TryAgainError("result slots kept moving; the store is retried")
+
+    def _store_on_node(
+        self,
+        node: Any,
+        entries: list[tuple[Any, Any, str]],
+        asking: bool = False,
+        loaded: bool = False,
+    ) -> tuple[int, list[tuple[Any, Any, str]]]:
+        """One round trip to one master: the script per key, then WAIT when any state is
+        final. Returns the keys stored and the entries to send elsewhere (MOVED, ASK)."""
+        wait = self._replicas_to_wait(node, entries)
+        pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
+        for key, value, state in entries:
+            if asking:
+                pipe.execute_command("ASKING")
+            pipe.evalsha(
+                self._sha,
+                1,
+                key,
+                0,
+                self._ttl(states.FAILURE),
+                self._ttl(states.SUCCESS),
+                state,
+                value,
+            )
+        if wait:
+            pipe.execute_command("WAIT", wait, self.wait_timeout_ms)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (rexc.ConnectionError, rexc.TimeoutError):
+            self._refresh()  # the master may be gone: the retry asks who owns the slot now
+            raise
+        if asking:
+            replies = [r for i, r in enumerate(replies) if i % 2 == 1 or i >= 2 * len(entries)]
+        count = 0
+        redirected: list[tuple[Any, Any, str]] = []
+        unscripted: list[tuple[Any, Any, str]] = []
+        asked: dict[str, tuple[Any, list[tuple[Any, Any, str]]]] = {}
+        for entry, reply in zip(entries, replies, strict=False):
+            if isinstance(reply, rexc.NoScriptError) and not loaded:
+                unscripted.append(entry)
+            elif isinstance(reply, rexc.MovedError | rexc.TryAgainError):
+                redirected.append(entry)  # MovedError is an AskError: test it first
+            elif isinstance(reply, rexc.AskError):
+                target = self.client.nodes_manager.get_node(reply.host, reply.port)
+                if target is None:
+                    redirected.append(entry)
+                else:
+                    asked.setdefault(target.name, (target, []))[1].append(entry)
+            elif isinstance(reply, Exception):
+                raise reply  # CLUSTERDOWN, OOM, ...: `ensure` and `_while_full` decide
+            else:
+                count += int(reply)
+        if wait:
+            self._confirmed(node, replies[-1], wait)
+        if unscripted:
+            # A promoted replica has no scripts cached: load it there and send those again.
+            self.client.get_redis_connection(node).script_load(STORE)
+            more, moved = self._store_on_node(node, unscripted, asking, loaded=True)
+            count += more
+            redirected += moved
+        for target, again in asked.values():
+            more, moved = self._store_on_node(target, again, asking=True)
+            count += more
+            redirected += moved
+        return count, redirected
+
+    def _replicas_to_wait(self, node: Any, entries: list[tuple[Any, Any, str]]) -> int:
+        if self.wait_replicas <= 0 or not any(state in _FINAL for _, _, state in entries):
+            return 0
+        until = _shared.degraded.get(node.name)
+        if until is not None and time.monotonic() < until:
+            return 0
+        return self.wait_replicas
+
+    def _confirmed(self, node: Any, reply: Any, wanted: int) -> None:
+        if isinstance(reply, Exception):
+            raise reply
+        if int(reply) >= wanted:
+            if _shared.degraded.pop(node.name, None) is not None:
+                log.warning("result store: master %s confirms results to replicas again", node.name)
+            return
+        self.unconfirmed += 1
+        now = time.monotonic()
+        with _shared.lock:
+            _shared.degraded[node.name] = now + DEGRADED_SECONDS
+            last = _shared.warned.get(node.name)
+            warn = last is None or now - last >= WARN_EVERY_SECONDS
+            if warn:
+                _shared.warned[node.name] = now
+        if warn:
+            log.warning(
+                "result store: master %s confirmed a result to %d of %d replica(s) within "
+                "%d ms (RESULT_WAIT_TIMEOUT_MS): going on without; its results are at risk "
+                "until a replica syncs. Waiting on it again every %.0f s.",
+                node.name,
+                int(reply),
+                wanted,
+                self.wait_timeout_ms,
+                DEGRADED_SECONDS,
+            )
+
+    def _refresh(self) -> None:
+        """Ask the cluster which master owns which slots (best effort: during a failover no
+        node may answer yet, and the retry will ask again)."""
+        try:
+            self.client.nodes_manager.initialize()
+        except (rexc.RedisError, rexc.RedisClusterException) as exc:
+            log.debug("result store: cannot refresh the cluster's slots yet: %s", exc)
