@@ -11,13 +11,15 @@ are the workers' jobs of the last minute x 60 (every image of a bulk message sto
 result); bytes per result the mean `MEMORY USAGE` of up to 20 result keys RANDOMKEY returns
 (never a keyspace scan), or 1,300 bytes (a top-5 result) when it finds none. Expiry is left
 out (RESULT_EXPIRES frees results as new ones come): the estimate is the pessimistic one.
+Where RESULT_URL puts results apart (a Redis Cluster, say), the estimate is the result
+store's, per master (producer.store_memory), and the broker's line shows its memory only.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from producer import memory
+from producer import memory, store_memory
 from producer.client import Client
 from producer.queues import snapshot
 
@@ -37,7 +39,9 @@ def gather(client: Client, queues: list[str], timeout: float = 1.5) -> dict[str,
     out = snap.to_dict()
     out["workers"] = dict(sorted(workers.items()))
     out["jobs_last_minute"] = jobs
-    if snap.memory is not None:
+    if store_memory.apart(client.result_config, client.config):  # RESULT_URL elsewhere
+        out["result_store"] = store_memory.summary(client, jobs * 60.0)
+    elif snap.memory is not None:
         size, measured = memory.result_bytes(client.redis, client.config)
         hours = memory.hours_left(snap.memory, jobs * 60.0, size)
         out["memory"].update(
@@ -103,4 +107,6 @@ def render(status: dict[str, Any]) -> str:
     jobs = status["jobs_last_minute"]
     lines.append(f"throughput: {jobs} jobs in the last minute ({jobs / 60:.1f}/s)")
     lines.append(render_memory(status.get("memory")))
+    if status.get("result_store"):
+        lines.append(store_memory.render(status["result_store"]))
     return "\n".join(lines)

@@ -31,11 +31,13 @@ from producer.connections import (
     mget,
 )
 from producer.contract import result_key
+from producer.status import gather, render
 from tests.cluster_support import RedisClusterNodes
 from tests.support import ROOT, RedisServer, WorkerFactory, wait_for
 from worker import cache, result_store
 from worker.celery_app import create_app
 from worker.errors import ConfigError
+from worker.exporter import QueueCollector
 from worker.results_cluster import ClusterResultBackend
 from worker.settings import Settings
 
@@ -303,6 +305,35 @@ def test_results_spread_over_every_master_and_read_back(
     assert code == 0
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(r["id"], r["state"]) for r in lines] == [(i, "SUCCESS") for i in ids[:5]]
+
+
+@pytest.mark.processes
+def test_status_and_the_exporter_show_each_master_of_the_result_store(
+    cluster: RedisClusterNodes, broker: RedisServer
+) -> None:
+    with Client(broker.url(), result_url=cluster.url()) as client:
+        status = gather(client, ["celery"], timeout=0.2)
+    store = status["result_store"]
+    assert store["cluster"] is True and "error" not in store
+    assert sorted(int(m["node"].rsplit(":", 1)[1]) for m in store["masters"]) == sorted(
+        cluster.master_ports()
+    )
+    assert all(m["used_memory"] > 0 for m in store["masters"])
+    text = render(status)
+    assert f"results: Redis Cluster {cluster.url()}, 3 master(s)" in text
+    # The broker's memory line no longer estimates results it does not hold.
+    assert "result_bytes" not in (status["memory"] or {})
+    collector = QueueCollector(redis.Redis.from_url(broker.url()), RedisConfig(), ["celery"], 15)
+    collector.results = ResultStoreConfig.resolve(RedisConfig(), cluster.url())
+    samples = {
+        (sample.name, sample.labels.get("node")): sample.value
+        for family in collector.collect()
+        if family.name.startswith("imgqueue_result_store_")
+        for sample in family.samples
+    }
+    nodes = {f"127.0.0.1:{p}" for p in cluster.master_ports()}
+    assert {n for name, n in samples if name.endswith("used_memory_bytes")} == nodes
+    assert {n for name, n in samples if name.endswith("max_memory_bytes")} == nodes
 
 
 @pytest.mark.processes

@@ -10,10 +10,13 @@ summing what every worker would report:
     imgqueue_consumers{state="live"|"stale"}    worker channels by heartbeat
     imgqueue_redis_used_memory_bytes            INFO memory's used_memory
     imgqueue_redis_max_memory_bytes             its maxmemory (0: none set)
+    imgqueue_result_store_used_memory_bytes{node}   where RESULT_URL puts results apart from
+    imgqueue_result_store_max_memory_bytes{node}    the broker: each master's, a cluster's too
     imgqueue_exporter_up                        1 when the last scrape reached Redis
 
 Also `/queues` (the same as JSON, for KEDA's metrics-api scaler) and `/healthz`. Settings come
-from the environment: REDIS_URL (+ REDIS_SENTINEL_MASTER, REDIS_KEY_PREFIX), QUEUES (comma
+from the environment: REDIS_URL (+ REDIS_SENTINEL_MASTER, REDIS_KEY_PREFIX), RESULT_URL
+(+ RESULT_SENTINEL_MASTER; only its memory is read, never a result), QUEUES (comma
 separated; queues a live worker consumes are found by themselves), EXPORTER_PORT (9809),
 EXPORTER_ADDR (0.0.0.0), DEAD_WORKER_TIMEOUT (15). It imports neither torch nor Celery.
 """
@@ -33,7 +36,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
-from producer.connections import RedisConfig
+from producer import store_memory
+from producer.connections import RedisConfig, ResultStoreConfig
 from producer.queues import Snapshot, snapshot
 from worker.endpoint import Endpoint
 
@@ -42,6 +46,10 @@ log = logging.getLogger("imgqueue.exporter")
 
 class QueueCollector:
     """Reads Redis on every scrape (a few pipelined round trips)."""
+
+    #: The result store, where RESULT_URL puts results apart from the broker (else None).
+    results: ResultStoreConfig | None = None
+    _results_client: Any = None
 
     def __init__(self, client: Any, config: RedisConfig, queues: list[str], dead_after: float):
         self.client, self.config, self.queues, self.dead_after = client, config, queues, dead_after
@@ -100,6 +108,36 @@ class QueueCollector:
             most.add_metric([], snap.memory.maxmemory)
         yield used
         yield most
+        yield from self._result_store()
+
+    def _result_store(self) -> Iterator[GaugeMetricFamily]:
+        """Each result store master's memory (no samples unless RESULT_URL is apart)."""
+        used = GaugeMetricFamily(
+            "imgqueue_result_store_used_memory_bytes",
+            "Memory in use on each master of the result store (RESULT_URL)",
+            labels=["node"],
+        )
+        most = GaugeMetricFamily(
+            "imgqueue_result_store_max_memory_bytes",
+            "maxmemory of each master of the result store (0: no limit)",
+            labels=["node"],
+        )
+        if self.results is not None:
+            try:
+                if self._results_client is None:  # connects: a cluster is asked its slots
+                    self._results_client = self.results.client(
+                        socket_connect_timeout=5, socket_timeout=5
+                    )
+                nodes = store_memory.read(self._results_client)
+            except Exception as exc:  # the store down: no samples, keep serving
+                log.warning("result store scrape failed: %s", exc)
+                nodes = []
+            for node in nodes:
+                if node.memory is not None:
+                    used.add_metric([node.node], node.memory.used_memory)
+                    most.add_metric([node.node], node.memory.maxmemory)
+        yield used
+        yield most
 
 
 def routes(collector: QueueCollector) -> dict[str, Any]:
@@ -130,9 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     queues = [q.strip() for q in os.environ.get("QUEUES", "celery").split(",") if q.strip()]
     dead_after = float(os.environ.get("DEAD_WORKER_TIMEOUT", "15"))
     client = config.client(socket_connect_timeout=5, socket_timeout=5)
-    endpoint = Endpoint(
-        ns.addr, ns.port, routes(QueueCollector(client, config, queues, dead_after))
-    )
+    collector = QueueCollector(client, config, queues, dead_after)
+    results = ResultStoreConfig.from_env(broker=config)
+    if store_memory.apart(results, config):
+        collector.results = results
+    endpoint = Endpoint(ns.addr, ns.port, routes(collector))
     port = endpoint.start()
     log.info(
         "exporting queue metrics of %s on http://%s:%d/metrics", config.safe_url(), ns.addr, port
