@@ -336,6 +336,47 @@ def test_status_and_the_exporter_show_each_master_of_the_result_store(
     assert {n for name, n in samples if name.endswith("max_memory_bytes")} == nodes
 
 
+def shipped_users(path: Path) -> dict[str, list[str]]:
+    """The `user` lines of a shipped config: name -> rules."""
+    lines = [line.split() for line in path.read_text().splitlines() if line.startswith("user ")]
+    return {fields[1]: fields[2:] for fields in lines}
+
+
+@pytest.mark.processes
+def test_the_shipped_acl_users_work_on_every_cluster_node(
+    cluster: RedisClusterNodes, broker: RedisServer
+) -> None:
+    users = shipped_users(ROOT / "deploy/redis-cluster.conf")
+    # The same users as the broker's (plus the replicas' own): one set of passwords.
+    assert {k: v for k, v in users.items() if k != "replica"} == shipped_users(
+        ROOT / "deploy/redis.conf"
+    )
+    for port in cluster.live_ports():  # ACLs are per node: every node gets them
+        with redis.Redis(port=port) as node:
+            for name, rules in users.items():
+                if name != "default":  # the tests' own connections use it
+                    node.execute_command("ACL", "SETUSER", name, *rules)
+    hosts = cluster.url().split("://", 1)[1]
+    ids = [f"acl-{n}" for n in range(30)]
+    app = Celery("acl", backend=f"{_BACKEND}+redis-cluster://worker:imgqueue-worker-dev@{hosts}")
+    try:
+        backend = app.backend
+        backend.store_many([(i, {"predictions": []}, states.SUCCESS) for i in ids])
+        assert backend.unconfirmed == 0  # WAIT is allowed, and answered
+    finally:
+        app.close()
+    producer_url = f"redis-cluster://producer:imgqueue-producer-dev@{hosts}"
+    with Client(broker.url(), result_url=producer_url) as client:
+        assert {o.state for o in client._fetch(ids)} == {"SUCCESS"}
+        for forge in (
+            lambda: client.results.set(result_key(ids[0]), "{}"),
+            lambda: client.results.delete(result_key(ids[0])),
+            lambda: client.results.eval("return 1", 1, result_key(ids[0])),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                forge()
+
+
 @pytest.mark.processes
 @pytest.mark.slow
 def test_a_master_sigkilled_under_load_loses_no_job_and_no_result(
