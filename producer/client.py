@@ -50,6 +50,10 @@ TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.5
 _MGET_CHUNK = 500
+# Client.wait reads at most twice this many result keys per poll (see `wait`), and polls at
+# the fastest rate only while each poll finds at least _WAIT_ENOUGH finished jobs.
+_WAIT_WINDOW = 128
+_WAIT_ENOUGH = 8
 DEFAULT_BULK_SIZE = 64
 # Well under the workers' MAX_MESSAGE_BYTES (1 MiB by default), whatever the sources' lengths.
 _BULK_MAX_SOURCE_CHARS = 256 * 1024
@@ -342,9 +346,17 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _POLL_MIN_S
         down_since: float | None = None
+        cursor = 0  # where the next look at the jobs past the window starts
         while pending:
+            # Bounded reads: the oldest jobs (which finish first) and a rotating slice of the
+            # rest, so a poll costs Redis the same over 10 or 100,000 pending jobs.
+            head, rest = pending[:_WAIT_WINDOW], pending[_WAIT_WINDOW:]
+            if cursor >= len(rest):
+                cursor = 0
+            looked = head + rest[cursor : cursor + _WAIT_WINDOW]
+            cursor += _WAIT_WINDOW
             try:
-                outcomes = self._fetch(pending)
+                outcomes = self._fetch(looked)
                 down_since = None
             except BrokerUnavailable:
                 now = time.monotonic()
@@ -357,13 +369,17 @@ class Client:
                 done_ids = {o.task_id for o in finished}
                 pending = [t for t in pending if t not in done_ids]
                 yield from finished
-                delay = _POLL_MIN_S
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline and pending:
                 raise ResultTimeout(f"{len(pending)} job(s) unfinished after {timeout}s")
+            if not pending or (len(finished) >= _WAIT_ENOUGH and len(looked) < len(pending)):
+                continue  # many finished: look at the next ones right away
+            # Few finished per look: wait longer, so each read finds more; many: poll sooner.
+            if len(finished) >= _WAIT_ENOUGH or (finished and len(pending) <= _WAIT_ENOUGH):
+                delay = _POLL_MIN_S
+            else:
+                delay = min(delay * (1.5 if finished else 2), _POLL_MAX_S)
             sleep_for = delay if deadline is None else min(delay, deadline - time.monotonic())
             time.sleep(max(sleep_for, 0.0))
-            delay = min(delay * 2, _POLL_MAX_S)
 
     def _fetch(self, task_ids: list[str]) -> list[Outcome]:
         out: list[Outcome] = []

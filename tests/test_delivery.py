@@ -346,11 +346,11 @@ def test_settings_that_cannot_keep_the_guarantee_refuse_to_start(
     assert message in worker.log()
 
 
-def test_a_redis_older_than_6_2_is_refused_at_start(dworkers: WorkerFactory) -> None:
+def test_a_redis_older_than_7_0_is_refused_at_start(dworkers: WorkerFactory) -> None:
     with fake_old_redis("6.0.16") as port:
         worker = dworkers.start(wait=False, REDIS_URL=f"redis://127.0.0.1:{port}/0")
         assert worker.proc.wait(60) != 0
-    assert "Redis 6.2 or newer is needed (BLMOVE, LMOVE); 127.0.0.1:" in worker.log()
+    assert "Redis 7.0 or newer is needed (BLMOVE, LMOVE, script flags); 127.0.0.1:" in worker.log()
     assert "runs Redis 6.0.16" in worker.log()
 
 

@@ -107,10 +107,10 @@ def test_celery_builtins_and_protocol_1_are_known() -> None:
     assert reason(json.dumps(task_message(headers={}, body=v1.decode())).encode()) is None
 
 
-def test_redis_older_than_6_2_is_refused_naming_both_versions() -> None:
-    with pytest.raises(compat.BrokerIncompatible, match=r"Redis 6\.2 or newer.*runs Redis 6\.0"):
-        compat.check_redis({"redis_version": "6.0.16"}, "redis-host:6379")
-    compat.check_redis({"redis_version": "6.2.0"}, "x")
+def test_redis_older_than_7_0_is_refused_naming_both_versions() -> None:
+    with pytest.raises(compat.BrokerIncompatible, match=r"Redis 7\.0 or newer.*runs Redis 6\.2"):
+        compat.check_redis({"redis_version": "6.2.14"}, "redis-host:6379")
+    compat.check_redis({"redis_version": "7.0.0"}, "x")
     compat.check_redis({"redis_version": "7.0.15"}, "x")
 
 

@@ -106,10 +106,9 @@ class _AtomicStore:
     failure_expires: Any
     client: Any
     _MAX_STR_VALUE_SIZE: int
+    app: Any
     #: PUBLISH stored states to subscribers (off on a cluster: a publish is broadcast).
     publish_states = True
-    #: Called with True when Redis refuses a write for lack of memory, False once one succeeds.
-    on_full: Callable[[bool], None] | None = None
 
     if TYPE_CHECKING:
 
@@ -208,16 +207,20 @@ class _AtomicStore:
                 if not full:
                     log.warning("Redis is full, results wait until memory returns: %s", exc)
                     full = True
-                if self.on_full is not None:
-                    self.on_full(True)
+                self._tell_full(True)
                 time.sleep(wait)
                 wait = min(wait * 2, FULL_MAX_WAIT_S)
                 continue
             if full:
                 log.warning("Redis takes results again")
-            if full and self.on_full is not None:
-                self.on_full(False)
+                self._tell_full(False)
             return result
+
+    def _tell_full(self, full: bool) -> None:
+        # The app's hook (worker/celery_app.py): the worker stops fetching and is not ready.
+        hook = getattr(self.app, "on_redis_full", None)
+        if hook is not None:
+            hook("results", full)
 
 
 class ResultBackend(_AtomicStore, RedisBackend):

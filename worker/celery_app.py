@@ -43,6 +43,14 @@ class ImgqueueApp(Celery):  # type: ignore[misc]  # Celery is untyped
         if self.context is not None:
             self.context.metrics.observe_broker_event(event, count)
 
+    def on_redis_full(self, store: str, full: bool) -> None:
+        """Redis refused a write for lack of memory (True), or took one again (False)."""
+        if self.context is not None:
+            self.context.redis_full(store, full)
+
+    def fetch_paused(self) -> bool:
+        return self.context is not None and self.context.fetch_paused()
+
 
 def app_of(task: Task) -> ImgqueueApp:
     return cast(ImgqueueApp, task.app)
@@ -73,6 +81,8 @@ def create_app(settings: Settings) -> ImgqueueApp:
         "on_settled": app.on_settled,
         "on_dead_letter": app.on_dead_letter,
         "on_event": app.on_broker_event,
+        "on_full": app.on_redis_full,
+        "is_paused": app.fetch_paused,
     }
     if redis.sentinel:
         transport["sentinels"] = redis.sentinels()
@@ -85,7 +95,9 @@ def create_app(settings: Settings) -> ImgqueueApp:
         # Expensive work: acknowledge after the job ends, re-queue it if its process dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_track_started=True,
+        # STARTED is written by the tasks themselves, in the round trip that counts the
+        # delivery (worker/deliveries.py), not by Celery's tracer in a round trip of its own.
+        task_track_started=False,
         result_expires=settings.result_expires,
         result_failure_expires=settings.result_failure_expires,
         result_extended=False,

@@ -44,7 +44,25 @@ class Context:
     ready: threading.Event = field(default_factory=threading.Event)
     weights: WeightsSource | None = None  # checked in the main process, before any fork
     runtime: Runtime | None = None  # the model, its batcher and decoders, once loaded
+    # Where Redis refuses writes for lack of memory: "broker" (fetches), "results" (stores).
+    full: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def is_ready(self) -> bool:
+        """Ready for jobs: the model is loaded and Redis takes this worker's writes."""
+        return self.ready.is_set() and not self.full
+
+    def redis_full(self, store: str, full: bool) -> None:
+        """Redis refused (or took again) a write: no new jobs while results cannot be stored."""
+        with self._lock:
+            if full:
+                self.full.add(store)
+            else:
+                self.full.discard(store)
+        self.metrics.redis_full.labels(store=store).set(1 if full else 0)
+
+    def fetch_paused(self) -> bool:
+        return "results" in self.full
 
     def forked(self) -> Context:
         """The context of a pool child: the same settings and weights, nothing else shared."""

@@ -125,6 +125,12 @@ class Metrics:
         self.ready = Gauge(
             "imgqueue_ready", "1 once the model is loaded and warmed up", registry=registry
         )
+        self.redis_full = Gauge(
+            "imgqueue_redis_full",
+            "1 while Redis refuses this worker's writes for lack of memory (it fetches no jobs)",
+            ["store"],
+            registry=registry,
+        )
         self._lock = threading.Lock()
         self._batches: collections.deque[tuple[float, int]] = collections.deque()
         self._finished: collections.deque[float] = collections.deque()

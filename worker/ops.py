@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def _serve(ctx: Context) -> None:
     settings = ctx.settings
     if settings.metrics_port:
-        ctx.metrics.serve(settings.metrics_addr, settings.metrics_port, ctx.ready.is_set)
+        ctx.metrics.serve(settings.metrics_addr, settings.metrics_port, ctx.is_ready)
 
 
 def starting(ctx: Context, *, forks: bool = False) -> None:
@@ -66,7 +66,8 @@ def info(ctx: Context | None, settings: Settings) -> dict[str, Any]:
     model = rt.classifier if rt is not None else None
     return {
         "pid": os.getpid(),
-        "ready": ctx is not None and ctx.ready.is_set(),
+        "ready": ctx is not None and ctx.is_ready(),
+        "redis_full": sorted(ctx.full) if ctx is not None else [],
         "model": model.name if model else settings.model,
         "weights": model.weights_id if model else settings.model_weights,
         "device": str(model.device) if model else settings.device,

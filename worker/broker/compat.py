@@ -18,7 +18,7 @@ from kombu.transport import virtual
 log = logging.getLogger(__name__)
 
 TESTED = {"kombu": (5, 7), "celery": (5, 7)}
-MIN_REDIS = (6, 2)  # BLMOVE and LMOVE
+MIN_REDIS = (7, 0)  # BLMOVE, LMOVE; scripts that run when Redis is full (allow-oom)
 
 # (object, attribute) pairs the transport overrides or calls.
 _EXTENDED: list[tuple[Any, str]] = [
@@ -112,7 +112,7 @@ def check_channel(channel: Any) -> None:
 
 
 def check_redis(info: dict[str, Any], where: str) -> None:
-    """BrokerIncompatible unless the server's INFO says Redis 6.2 or newer."""
+    """BrokerIncompatible unless the server's INFO says Redis 7.0 or newer."""
     version = str(info.get("redis_version", "0"))
     try:
         found = tuple(int(p) for p in version.split(".")[:2])
@@ -120,7 +120,7 @@ def check_redis(info: dict[str, Any], where: str) -> None:
         found = (0, 0)
     if found < MIN_REDIS:
         raise BrokerIncompatible(
-            f"Redis {'.'.join(map(str, MIN_REDIS))} or newer is needed (BLMOVE, LMOVE); "
-            f"{where} runs Redis {version}. Upgrade Redis; nothing else can keep the "
-            "no-loss guarantee."
+            f"Redis {'.'.join(map(str, MIN_REDIS))} or newer is needed "
+            f"(BLMOVE, LMOVE, script flags); {where} runs Redis {version}. Upgrade Redis; "
+            "nothing else can keep the no-loss guarantee."
         )

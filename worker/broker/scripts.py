@@ -65,6 +65,12 @@ class Keys:
         return self.prefix + name
 
 
+# Scripts that only move a message or refresh a bookkeeping entry run even when Redis is at
+# maxmemory (noeviction): they free as much as they take, and a full Redis must not stall
+# acks, heartbeats or the sweep (a worker whose heartbeat fails looks dead). FETCH is the
+# exception on purpose: a full Redis refuses it, so workers stop taking new jobs. Needs Redis 7.
+ALLOW_OOM = "#!lua flags=allow-oom\n"
+
 # Helpers shared by the scripts. P is `<prefix>imgqueue:`; an unacked value is
 # "<queue list key>\n<message>" (JSON has no raw newline, and queue names carry none).
 _LIB = """
@@ -123,7 +129,8 @@ return false
 # KEYS: inbox, unacked, unacked-at. ARGV: message as popped, delivery tag, unacked value.
 # 0 when the message is no longer in the inbox (a sweep returned it to its queue meanwhile).
 CLAIM = (
-    _LIB
+    ALLOW_OOM
+    + _LIB
     + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
@@ -134,7 +141,8 @@ return 1
 
 # KEYS: unacked, unacked-at. ARGV: delivery tag. Back to the head of its queue.
 REQUEUE = (
-    _LIB
+    ALLOW_OOM
+    + _LIB
     + """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -147,7 +155,9 @@ return 0
 # Dead-letter a message still in an inbox. KEYS: inbox, dead-letters.
 # ARGV: message as popped, entry, list cap. Returns -1 if it had left the inbox, else the
 # number of oldest entries dropped to stay under the cap.
-DEAD_LETTER_FROM_INBOX = """
+DEAD_LETTER_FROM_INBOX = (
+    ALLOW_OOM
+    + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return -1 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 local dropped = 0
@@ -157,10 +167,13 @@ while redis.call('LLEN', KEYS[2]) > tonumber(ARGV[3]) do
 end
 return dropped
 """
+)
 
 # Dead-letter an unacked message. KEYS: unacked, unacked-at, dead-letters.
 # ARGV: delivery tag, entry, list cap.
-DEAD_LETTER_UNACKED = """
+DEAD_LETTER_UNACKED = (
+    ALLOW_OOM
+    + """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[2])
@@ -171,11 +184,13 @@ while redis.call('LLEN', KEYS[3]) > tonumber(ARGV[3]) do
 end
 return dropped
 """
+)
 
 # Heartbeat. KEYS: consumers, inboxes:<cid>. ARGV: cid, then inbox, queue list pairs.
 # Returns 0 when the consumer was not registered (first beat, or declared dead meanwhile).
 BEAT = (
-    _LIB
+    ALLOW_OOM
+    + _LIB
     + """
 local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now(), ARGV[1])
@@ -188,7 +203,8 @@ return 0
 # Return everything a consumer holds and forget it (a channel closing cleanly).
 # KEYS: consumers. ARGV: P, cid.
 RELEASE = (
-    _LIB
+    ALLOW_OOM
+    + _LIB
     + """
 return return_consumer(ARGV[1], KEYS[1], ARGV[2])
 """
@@ -197,7 +213,8 @@ return return_consumer(ARGV[1], KEYS[1], ARGV[2])
 # A live consumer's own inboxes back to their queues: replies lost with a connection.
 # KEYS: inboxes:<cid>.
 RECONCILE = (
-    _LIB
+    ALLOW_OOM
+    + _LIB
     + """
 return return_inboxes(KEYS[1])
 """
@@ -208,7 +225,8 @@ return return_inboxes(KEYS[1])
 # Returns nil when another worker swept recently, else
 # {returned by visibility timeout, dead cid, messages returned, dead cid, ...}.
 SWEEP = (
-    _LIB
+    ALLOW_OOM
+    + _LIB
     + """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then return false end
 local P, t = ARGV[1], now()

@@ -51,6 +51,8 @@ _OPTIONS = (
     "on_settled",
     "on_dead_letter",
     "on_event",
+    "on_full",
+    "is_paused",
 )
 _servers_checked: set[str] = set()
 # kombu clamps every priority to 0..9 and names the list after the step it falls in.
@@ -74,6 +76,10 @@ class Channel(kombu_redis.Channel):
     on_settled: Callable[[str], None] | None = None
     on_dead_letter: Callable[[str], None] | None = None
     on_event: Callable[[str, int], None] | None = None
+    #: Told True when Redis refuses a fetch for lack of memory, False when a fetch goes through.
+    on_full: Callable[[str, bool], None] | None = None
+    #: While this says True, no new message is fetched (e.g. results cannot be stored).
+    is_paused: Callable[[], bool] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         compat.check()
@@ -106,6 +112,7 @@ class Channel(kombu_redis.Channel):
         self._pending: tuple[str, list[tuple[str, str, str]]] | None = None
         self._blocking = False
         self._paused_until = 0.0
+        self._full = False
 
     # -- connections -------------------------------------------------------------------------
 
@@ -161,6 +168,9 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         if time.monotonic() < self._paused_until:
             return
+        if self.is_paused is not None and self.is_paused():
+            self._paused_until = time.monotonic() + 0.5
+            return
         plan = self._plan()
         if not plan:
             return
@@ -193,9 +203,13 @@ class Channel(kombu_redis.Channel):
                 raise
             except self.ResponseError as exc:
                 # E.g. a full Redis under noeviction: back off instead of spinning.
-                log.warning("fetch refused by Redis, retrying in 1s: %s", exc)
+                full = "maxmemory" in str(exc)
+                if not (full and self._full):
+                    log.warning("fetch refused by Redis, retrying in 1s: %s", exc)
+                self._set_full(full)
                 self._paused_until = time.monotonic() + 1.0
                 raise Empty() from None
+            self._set_full(False)
             if command == "EVAL":
                 if not reply:
                     self._blocking = True
@@ -213,6 +227,14 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
+
+    def _set_full(self, full: bool) -> None:
+        if full != self._full:
+            self._full = full
+            if not full:
+                log.warning("Redis takes new jobs again: fetching resumes")
+            if self.on_full is not None:
+                self.on_full("broker", full)
 
     def _deliver_popped(self, queue: str, lst: str, inbox: str, item: bytes) -> bool:
         if queue not in self.connection._callbacks:
