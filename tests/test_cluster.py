@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stdout
@@ -224,6 +226,109 @@ def test_failure_is_never_overwritten_by_a_late_started_on_a_cluster(
 
 
 @pytest.mark.processes
+def test_a_final_state_returns_only_once_a_replica_has_it(
+    backend: ClusterResultBackend, cluster: RedisClusterNodes
+) -> None:
+    task_id = "durable-1"
+    master = backend.client.get_node_from_key(backend.get_key_for_task(task_id)).port
+    replica = cluster.procs[cluster.replica_of(master)]
+    backend.wait_timeout_ms = 20_000  # far past the test's own waits
+    done = threading.Event()
+    replica.send_signal(signal.SIGSTOP)  # the replica stops acknowledging
+    try:
+        # A STARTED state is not waited for; a final one is, until the replica has it.
+        backend.store_result(task_id, {"pid": 1}, states.STARTED)
+
+        def store() -> None:
+            backend.store_result(task_id, {"ok": 1}, states.SUCCESS)
+            done.set()
+
+        thread = threading.Thread(target=store)
+        started = time.monotonic()
+        thread.start()
+        assert not done.wait(0.5), "the store returned before the replica had the result"
+    finally:
+        replica.send_signal(signal.SIGCONT)
+    assert done.wait(15), "the store did not return once the replica was back"
+    thread.join(5)
+    assert time.monotonic() - started >= 0.5 and backend.unconfirmed == 0
+    assert backend.get_task_meta(task_id)["status"] == "SUCCESS"
+
+
+def _node_ids(cluster: RedisClusterNodes) -> dict[int, str]:
+    return {int(n["port"]): n["id"] for n in cluster.nodes()}
+
+
+def _empty_slot_key(backend: ClusterResultBackend, owner: int, tag: str) -> tuple[str, int]:
+    """A task id whose result key's slot `owner` holds, with no key in that slot yet."""
+    with redis.Redis(port=owner) as node:
+        for n in range(10_000):
+            task_id = f"{tag}-{n}"
+            slot = backend.client.keyslot(backend.get_key_for_task(task_id))
+            if backend.client.nodes_manager.get_node_from_slot(slot).port != owner:
+                continue
+            if node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0:
+                return task_id, slot
+    raise AssertionError("no empty slot found")
+
+
+@pytest.mark.processes
+def test_stores_follow_a_moved_slot_and_an_ask_redirect(
+    backend: ClusterResultBackend, cluster: RedisClusterNodes
+) -> None:
+    backend.store_result("warm", {"x": 1}, states.SUCCESS)  # the client has its slot map
+    ids = _node_ids(cluster)
+    source, target = cluster.master_ports()[:2]
+
+    def setslot(slot: int, *args: str, ports: list[int] | None = None) -> None:
+        for port in ports or cluster.master_ports():
+            with redis.Redis(port=port) as node:
+                node.execute_command("CLUSTER", "SETSLOT", slot, *args)
+
+    # MOVED: a slot moves to another master behind the client's back.
+    moved, slot = _empty_slot_key(backend, source, "moved")
+    setslot(slot, "NODE", ids[target])
+    wait_for(
+        lambda: all(_owner(p, slot) == target for p in cluster.live_ports()),
+        30,
+        "every node to know the slot's new owner",
+    )
+    redirects = {"moved": 0, "asked": 0}
+    store_on_node = backend._store_on_node
+
+    def counted(node: Any, entries: Any, asking: bool = False, loaded: bool = False) -> Any:
+        count, redirected = store_on_node(node, entries, asking, loaded)
+        redirects["moved"] += len(redirected)
+        redirects["asked"] += asking
+        return count, redirected
+
+    backend._store_on_node = counted  # type: ignore[method-assign]
+    backend.store_result(moved, {"moved": True}, states.SUCCESS)
+    assert redirects["moved"] == 1
+    with redis.Redis(port=target) as node:
+        assert json.loads(node.get(backend.get_key_for_task(moved)))["status"] == "SUCCESS"
+    # ASK: a slot half-way through a migration sends a new key on to the importing master.
+    asked, slot = _empty_slot_key(backend, source, "asked")
+    setslot(slot, "IMPORTING", ids[source], ports=[target])
+    setslot(slot, "MIGRATING", ids[target], ports=[source])
+    backend.store_result(asked, {"asked": True}, states.SUCCESS)
+    assert redirects == {"moved": 1, "asked": 1}
+    setslot(slot, "NODE", ids[target])  # the migration ends (the slot held no other key)
+    meta = json.loads(backend.client.get(backend.get_key_for_task(asked)))
+    assert meta["status"] == "SUCCESS" and meta["result"] == {"asked": True}
+    assert backend.unconfirmed == 0
+    wait_for(cluster.healthy, 30, "the cluster to settle")
+
+
+def _owner(port: int, slot: int) -> int:
+    with redis.Redis(port=port) as node:
+        for start, end, master, *_ in node.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+    return -1
+
+
+@pytest.mark.processes
 def test_the_result_cache_works_on_a_cluster(cluster: RedisClusterNodes) -> None:
     settings = Settings.from_env({"RESULT_URL": cluster.url(), "REDIS_KEY_PREFIX": "c1:"})
     client = cache.connect(settings)
@@ -368,13 +473,10 @@ def test_the_shipped_acl_users_work_on_every_cluster_node(
     producer_url = f"redis-cluster://producer:imgqueue-producer-dev@{hosts}"
     with Client(broker.url(), result_url=producer_url) as client:
         assert {o.state for o in client._fetch(ids)} == {"SUCCESS"}
-        for forge in (
-            lambda: client.results.set(result_key(ids[0]), "{}"),
-            lambda: client.results.delete(result_key(ids[0])),
-            lambda: client.results.eval("return 1", 1, result_key(ids[0])),
-        ):
+        key = result_key(ids[0])
+        for command in (("SET", key, "{}"), ("DEL", key), ("EVAL", "return 1", 1, key)):
             with pytest.raises(redis.exceptions.NoPermissionError):
-                forge()
+                client.results.execute_command(*command)
 
 
 @pytest.mark.processes
