@@ -218,7 +218,8 @@ def test_exporter_deployment() -> None:
     c = container(of_kind("Deployment")["imgqueue-exporter"])
     assert c["command"] == ["python", "-m", "worker.exporter"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert {"REDIS_URL", "QUEUES", "EXPORTER_PORT"} >= env_names(c) >= {"REDIS_URL"}
+    allowed = {"REDIS_URL", "RESULT_URL", "QUEUES", "EXPORTER_PORT"}
+    assert allowed >= env_names(c) >= {"REDIS_URL"}
     assert c["image"].startswith("imgqueue-producer")  # no torch in the exporter's image
 
 
