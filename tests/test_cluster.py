@@ -36,7 +36,7 @@ from producer.contract import result_key
 from producer.status import gather, render
 from tests.cluster_support import RedisClusterNodes
 from tests.support import ROOT, RedisServer, WorkerFactory, wait_for
-from worker import cache, result_store
+from worker import bulk, cache, result_store
 from worker.celery_app import create_app
 from worker.errors import ConfigError
 from worker.exporter import QueueCollector
@@ -150,6 +150,15 @@ def test_worker_settings_pick_the_backend_by_result_url() -> None:
         assert (backend.wait_replicas, backend.wait_timeout_ms) == (1, 1000)
     finally:
         app.close()
+
+
+def test_a_redelivered_bulk_runs_every_image_when_the_store_cannot_say_which_are_done() -> None:
+    class Away:
+        def mget(self, keys: list[str]) -> list[Any]:
+            raise redis.ConnectionError("the master is failing over")
+
+    images = [bulk.Image(f"i{n}", "cat.jpg", 5) for n in range(3)]
+    assert bulk.finished_ids(Away(), images) == set()  # not a failed bulk message
 
 
 # -- a real cluster --------------------------------------------------------------------------

@@ -9,13 +9,18 @@ task (worker/tasks.py) does the Celery parts.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisClusterException, RedisError
+
 from producer.connections import mget
 from producer.contract import DEFAULT_TOP_K, MAX_BULK_IMAGES, MAX_TOP_K, result_key
 from worker.errors import ClassifyError, InternalError, InvalidArguments
+
+log = logging.getLogger(__name__)
 
 MAX_ID_CHARS = 255
 
@@ -117,8 +122,14 @@ def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[
     """Images that already have a final result (a redelivered message skips them)."""
     if not images:
         return set()
-    # One MGET, or on a Redis Cluster one per slot (the keys spread over the masters).
-    raws = mget(client, [result_key(i.id, key_prefix) for i in images])
+    try:
+        # One MGET, or on a Redis Cluster one per slot (the keys spread over the masters).
+        raws = mget(client, [result_key(i.id, key_prefix) for i in images])
+    except (RedisError, RedisClusterException, OSError) as exc:
+        # The result store is away (a restart, a cluster failover): skipping is only a saving,
+        # so run them all; the store never replaces a final state (worker/backend.py).
+        log.warning("cannot read which images are done (%s): running all %d", exc, len(images))
+        return set()
     done = set()
     for image, raw in zip(images, raws, strict=True):
         if raw is None:
