@@ -148,6 +148,9 @@ def test_worker_settings_pick_the_backend_by_result_url() -> None:
         assert isinstance(backend, ClusterResultBackend)
         assert backend.get_key_for_task("x") == b"t1:celery-task-meta-x"
         assert (backend.wait_replicas, backend.wait_timeout_ms) == (1, 1000)
+        # Nothing is published on a cluster: waiting by pub/sub says so instead of hanging.
+        with pytest.raises(NotImplementedError, match="read by key"):
+            app.AsyncResult("x").get(timeout=1)
     finally:
         app.close()
 

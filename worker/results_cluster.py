@@ -74,14 +74,24 @@ class _Process:
 _shared = _Process()
 
 
+_NO_PUBSUB = (
+    "results on a Redis Cluster are read by key, not by pub/sub (AsyncResult.get): poll "
+    "celery-task-meta-<id>, as producer.Client.wait does"
+)
+
+
 class _KeysOnly(ResultConsumer):  # type: ignore[misc]
-    """Celery's pub/sub result consumer, for a store that publishes nothing: refuses to wait."""
+    """Celery's pub/sub result consumer, for a store that publishes nothing: refuses to wait
+    (AsyncResult.get) instead of waiting forever."""
 
     def start(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "results on a Redis Cluster are read by key, not by pub/sub: poll "
-            "celery-task-meta-<id> (producer.Client.wait does)"
-        )
+        raise NotImplementedError(_NO_PUBSUB)
+
+    def on_wait_for_pending(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(_NO_PUBSUB)
+
+    def drain_events(self, timeout: float | None = None) -> None:
+        raise NotImplementedError(_NO_PUBSUB)
 
     def on_after_fork(self) -> None:
         self._reset_sync()
