@@ -24,9 +24,10 @@ def backend(settings: Settings) -> tuple[str, dict[str, Any]]:
         options.update(
             wait_replicas=settings.effective_result_wait_replicas,
             wait_timeout_ms=settings.result_wait_timeout_ms,
-            # A half-open connection fails the store (then retried), never hangs it.
+            # A half-open connection fails the store (then retried), never hangs it; a dead
+            # host's node is given up on quickly (it is tried again on every slot refresh).
             socket_timeout=10.0,
-            socket_connect_timeout=5.0,
+            socket_connect_timeout=2.0,
         )
     elif store.sentinel:
         name = "worker.backend:SentinelResultBackend"
