@@ -107,6 +107,21 @@ def test_result_url_defaults_to_the_broker_and_shares_its_prefix() -> None:
         ResultStoreConfig.resolve(RedisConfig(key_prefix="{tenant}:"), "redis-cluster://a:1")
 
 
+def test_the_producer_reads_result_url_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RESULT_URL", "redis-cluster://127.0.0.1:1,127.0.0.1:2")
+    monkeypatch.setenv("REDIS_KEY_PREFIX", "t1:")
+    client = Client("redis://127.0.0.1:1/0")  # connects to nothing yet
+    try:
+        assert client.result_config.cluster and client.result_config.key_prefix == "t1:"
+        assert client.result_config.nodes() == [("127.0.0.1", 1), ("127.0.0.1", 2)]
+    finally:
+        client.close()
+    with Client("redis://127.0.0.1:1/0", result_url="") as same:  # empty: the broker
+        assert same.results is same.redis
+
+
 def test_passwords_are_masked() -> None:
     config = ResultStoreConfig.resolve(RedisConfig(), "redis-cluster://u:s3cret@a:1,b:2/0")
     assert config.safe_url() == "redis-cluster://u:***@a:1,b:2/0"
@@ -393,8 +408,13 @@ def cluster_workers(
 
 
 def result_keys_on_the_broker(broker: RedisServer) -> list[Any]:
+    """Keys of the result store (results, delivery counters, cache) found on the broker."""
     with redis.Redis.from_url(broker.url()) as client:
-        return list(client.scan_iter("*celery-task-meta-*"))
+        return [
+            key
+            for pattern in ("*celery-task-meta-*", "*imgqueue-deliveries-*", "*result-cache*")
+            for key in client.scan_iter(pattern)
+        ]
 
 
 @pytest.mark.processes
