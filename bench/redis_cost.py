@@ -119,6 +119,7 @@ def measure(jobs: int, workdir: Path) -> dict[str, Any]:
                 figures: dict[str, list[float]] = {"cpu": [], "wait_cpu": []}
                 counts: dict[str, int] = {}
                 for waited in (False, True):
+                    mem0 = int(raw.info("memory")["used_memory"])
                     cpu0, cmd0 = _cpu(raw), _commands(raw)
                     ids = client.submit_many(sources, bulk_size=size)
                     if waited:
@@ -133,6 +134,9 @@ def measure(jobs: int, workdir: Path) -> dict[str, Any]:
                         io = {k: delta.pop(k) / jobs for k in ("@reads", "@in_bytes", "@out_bytes")}
                         counts = {k: v for k, v in delta.items() if k != "info" and v > 0}
                         sizes = [raw.memory_usage(result_key(t)) or 0 for t in ids[:50]]
+                        # Everything a finished image leaves: its result, its delivery
+                        # counter (per message), minus the drained queue.
+                        kept = (int(raw.info("memory")["used_memory"]) - mem0) / jobs
                 failed = sum(1 for t in ids if b'"FAILURE"' in (raw.get(result_key(t)) or b""))
             finally:
                 worker.stop()
@@ -145,6 +149,7 @@ def measure(jobs: int, workdir: Path) -> dict[str, Any]:
                 "net_bytes": io["@in_bytes"] + io["@out_bytes"],
                 "queued_bytes": queued,
                 "result_bytes": statistics.mean(sizes),
+                "kept_bytes": kept,
                 "wait_cpu_ms": (figures["wait_cpu"][0] - cpu) * 1000 / jobs,
                 "failed": failed,
             }
@@ -187,12 +192,13 @@ def _print_run(name: str, run: dict[str, Any]) -> None:
             f"{name:>8} {mode:>6}: Redis CPU {f['redis_cpu_ms']:.4f} ms/image, "
             f"{f['commands']:.2f} commands/image ({top}); {f.get('reads', 0):.2f} reads, "
             f"{f.get('net_bytes', 0):.0f} B in+out per image; queued {f['queued_bytes']:.0f} B, "
-            f"result {f['result_bytes']:.0f} B; Client.wait +{f['wait_cpu_ms']:.4f} ms/image; "
+            f"result {f['result_bytes']:.0f} B, kept {f.get('kept_bytes', 0):.0f} B; "
+            f"Client.wait +{f['wait_cpu_ms']:.4f} ms/image; "
             f"{f['failed']} failed"
         )
 
 
-KEYS = ("redis_cpu_ms", "commands", "queued_bytes", "result_bytes", "wait_cpu_ms")
+KEYS = ("redis_cpu_ms", "commands", "reads", "queued_bytes", "result_bytes", "wait_cpu_ms")
 
 
 def main() -> None:

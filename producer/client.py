@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 from redis.exceptions import RedisClusterException
 
 from producer.connections import (
@@ -53,6 +53,8 @@ _MGET_CHUNK = 500
 # Client.wait reads at most twice this many result keys per poll (see `wait`), and polls at
 # the fastest rate only while each poll finds at least _WAIT_ENOUGH finished jobs.
 _WAIT_WINDOW = 128
+# Messages per pipelined publish round trip (submit_many).
+_PUBLISH_BATCH = 200
 _WAIT_ENOUGH = 8
 DEFAULT_BULK_SIZE = 64
 # Well under the workers' MAX_MESSAGE_BYTES (1 MiB by default), whatever the sources' lengths.
@@ -264,11 +266,9 @@ class Client:
             if messages:
                 self.admission.check(target, len(messages))
             with self.celery.producer_or_acquire() as producer:
-                for chunk in messages:
-                    if single:
-                        ids.append(self._send_one(producer, chunk[0], top_k, options))
-                    else:
-                        ids += self._send_bulk(producer, chunk, top_k, options)
+                for start in range(0, len(messages), _PUBLISH_BATCH):
+                    group = messages[start : start + _PUBLISH_BATCH]
+                    ids += self._send_group(producer, group, single, top_k, options)
         except (OperationalError, redis.ConnectionError, redis.ResponseError, OSError) as exc:
             # kombu wraps connection errors, and Redis' OOM refusal, in OperationalError.
             if is_out_of_memory(exc):
@@ -288,11 +288,52 @@ class Client:
             return RedisFull(None, None)
         return RedisFull(memory.used_memory, memory.maxmemory, memory.maxmemory_policy)
 
-    def _send_one(self, producer: Any, source: str, top_k: int, options: dict[str, Any]) -> str:
-        res = self.celery.send_task(
+    def _send_group(
+        self,
+        producer: Any,
+        group: list[list[str]],
+        single: bool,
+        top_k: int,
+        options: dict[str, Any],
+    ) -> list[str]:
+        """One pipelined round trip for up to _PUBLISH_BATCH messages (kombu's publish batch).
+
+        A batch whose flush fails leaves its delivery uncertain: the group goes again one
+        message at a time with kombu's publish retries, under the same task ids. At least
+        once, as a publish retry is: a duplicate runs under the same id, and a final result
+        is never replaced.
+        """
+        ids = [[str(uuid.uuid4()) for _ in chunk] for chunk in group]
+        try:
+            with producer.batch(_PUBLISH_BATCH):
+                self._send(producer, group, ids, single, top_k, options)
+        except BatchPublishError:
+            self._send(producer, group, ids, single, top_k, options)
+        return [task_id for chunk in ids for task_id in chunk]
+
+    def _send(
+        self,
+        producer: Any,
+        group: list[list[str]],
+        ids: list[list[str]],
+        single: bool,
+        top_k: int,
+        options: dict[str, Any],
+    ) -> None:
+        for chunk, chunk_ids in zip(group, ids, strict=True):
+            if single:
+                self._send_one(producer, chunk[0], chunk_ids[0], top_k, options)
+            else:
+                self._send_bulk(producer, chunk, chunk_ids, top_k, options)
+
+    def _send_one(
+        self, producer: Any, source: str, task_id: str, top_k: int, options: dict[str, Any]
+    ) -> None:
+        self.celery.send_task(
             TASK_NAME,
             args=[source],
             kwargs={"top_k": top_k},
+            task_id=task_id,
             producer=producer,
             # Lets workers measure queue wait (imgqueue_queue_wait_seconds).
             headers={"sent_at": time.time()},
@@ -301,12 +342,16 @@ class Client:
             argsrepr=repr([display_url(source)]),
             **options,
         )
-        return str(res.id)
 
     def _send_bulk(
-        self, producer: Any, sources: list[str], top_k: int, options: dict[str, Any]
-    ) -> list[str]:
-        images = [{"id": str(uuid.uuid4()), "source": source} for source in sources]
+        self,
+        producer: Any,
+        sources: list[str],
+        ids: list[str],
+        top_k: int,
+        options: dict[str, Any],
+    ) -> None:
+        images = [{"id": i, "source": source} for i, source in zip(ids, sources, strict=True)]
         self.celery.send_task(
             BULK_TASK_NAME,
             args=[images],
@@ -316,7 +361,6 @@ class Client:
             argsrepr=f"[{len(images)} images, first {display_url(sources[0])!r}]",
             **options,
         )
-        return [image["id"] for image in images]
 
     # -- results -----------------------------------------------------------------------------
 

@@ -105,3 +105,45 @@ def test_result_failure_expires_is_honoured(redis_server: RedisServer) -> None:
     finally:
         redis.Redis.from_url(url).flushdb()
         app.close()
+
+
+def test_a_bulk_is_stored_in_one_call_keeping_final_states(backend: ResultBackend) -> None:
+    backend.store_result("b-1", {"predictions": [1]}, states.SUCCESS)
+    backend.mark_as_failure("b-2", ValueError("corrupt"))
+    backend.store_result("b-3", {"pid": 1}, states.STARTED)
+    backend.store_many(
+        [
+            ("b-1", {"predictions": [9]}, states.SUCCESS),  # SUCCESS stays
+            ("b-2", ValueError("again"), states.FAILURE),  # FAILURE stays
+            ("b-3", {"predictions": [3]}, states.SUCCESS),  # STARTED is replaced
+            ("b-4", ValueError("bad"), states.FAILURE),
+        ]
+    )
+    assert _stored(backend, "b-1")["result"] == {"predictions": [1]}
+    assert "corrupt" in str(_stored(backend, "b-2")["result"])
+    assert _stored(backend, "b-3")["result"] == {"predictions": [3]}
+    assert _stored(backend, "b-4")["status"] == "FAILURE"
+    # A final state put back keeps an expiry.
+    assert 0 < backend.client.ttl(backend.get_key_for_task("b-1")) <= 600
+
+
+def test_only_channels_with_subscribers_are_published(backend: ResultBackend) -> None:
+    key = backend.get_key_for_task("p-1")
+    pubsub = backend.client.pubsub()
+    pubsub.subscribe(key)
+    wait_for(lambda: pubsub.get_message(timeout=0.1) is not None, 5, "subscription")
+    backend.client.config_resetstat()
+    backend.store_many([(f"p-{i}", {"predictions": []}, states.SUCCESS) for i in range(1, 11)])
+    assert backend.client.info("commandstats")["cmdstat_publish"]["calls"] == 1
+    message = wait_for(lambda: pubsub.get_message(timeout=0.1), 5, "the published state")
+    assert json.loads(message["data"])["task_id"] == "p-1"
+    pubsub.close()
+
+
+def test_started_is_written_only_where_nothing_is_stored(backend: ResultBackend) -> None:
+    started = backend.started("s-1", "w1@host")
+    assert json.loads(started.value)["status"] == "STARTED"
+    assert backend.client.set(started.key, started.value, nx=True, ex=started.ttl)
+    backend.store_result("s-1", {"predictions": []}, states.SUCCESS)
+    backend.store_result("s-1", {"pid": 2}, states.STARTED)  # a late duplicate's start
+    assert _stored(backend, "s-1")["status"] == "SUCCESS"

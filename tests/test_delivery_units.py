@@ -226,6 +226,46 @@ def test_fetch_takes_the_highest_priority_list_first(r: redis.Redis) -> None:
     assert r.llen(keys.inbox("q")) == 1 and r.llen(keys.inbox("q\x06\x169")) == 1
 
 
+def test_one_fetch_moves_up_to_n_messages_highest_priority_first_and_claims_them_at_once(
+    r: redis.Redis,
+) -> None:
+    keys = scripts.Keys("", "c2")
+    r.lpush("q\x06\x169", b"low")
+    r.lpush("q", b"h1", b"h2")  # h1 at the head
+    lists = ["q", "q\x06\x169"]
+    args = [k for lst in lists for k in (lst, keys.inbox(lst))]
+    out = r.eval(scripts.FETCH, len(args), *args, 5)
+    assert out == [1, b"h1", 1, b"h2", 2, b"low"]
+    inboxes = [keys.inbox("q"), keys.inbox("q"), keys.inbox("q\x06\x169")]
+    r.lrem(keys.inbox("q"), 1, b"h2")  # a sweep returned this one meanwhile
+    triples = [a for m, t in ((b"h1", "t1"), (b"h2", "t2"), (b"low", "t3")) for a in (m, t, "v")]
+    taken = r.eval(scripts.CLAIM_MANY, 2 + 3, keys.unacked, keys.unacked_at, *inboxes, *triples)
+    assert taken == [1, 0, 1]
+    assert set(r.hkeys(keys.unacked)) == {b"t1", b"t3"}
+    assert r.zcard(keys.unacked_at) == 2
+    assert r.llen(keys.inbox("q")) == 0 and r.llen(keys.inbox("q\x06\x169")) == 0
+    assert r.eval(scripts.FETCH, len(args), *args, 5) is None
+
+
+def test_delivery_scripts_run_when_redis_is_full_and_fetch_does_not(r: redis.Redis) -> None:
+    keys = scripts.Keys("", "c3")
+    r.lpush("q", b"m1", b"m2")
+    claim(r, keys, "q", "t1", b"m1")
+    used = int(r.info("memory")["used_memory"])
+    r.config_set("maxmemory", max(used - 1024 * 1024, 1024 * 1024))
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            r.eval(scripts.FETCH, 2, "q", keys.inbox("q"))
+        # An ack's commands, a requeue and a heartbeat still go through.
+        r.eval(scripts.REQUEUE, 2, keys.unacked, keys.unacked_at, "t1")
+        r.eval(scripts.BEAT, 2, keys.consumers, keys.inboxes, "c3")
+        pipe = r.pipeline(transaction=False)
+        pipe.hdel(keys.unacked, "t1").zrem(keys.unacked_at, "t1").execute()
+    finally:
+        r.config_set("maxmemory", 0)
+    assert r.lrange("q", 0, -1) == [b"m2", b"m1-redelivered"]
+
+
 def test_a_dead_consumers_messages_return_to_the_head_oldest_first(r: redis.Redis) -> None:
     keys = scripts.Keys("", "dead-1")
     r.lpush("q", b"m1", b"m2", b"m3")  # m1 is at the head (the right end)

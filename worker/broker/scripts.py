@@ -117,14 +117,44 @@ end
 """
 
 # KEYS: source list, its inbox, source list, its inbox, ... (highest priority first).
-# Returns {pair index (1-based), message} for the first message moved, or nil.
+# ARGV[1]: how many messages to move at most (the consumer's free prefetch slots).
+# Returns {pair index (1-based), message, pair index, message, ...}, or nil when all are empty.
 FETCH = """
+local want, out = tonumber(ARGV[1]) or 1, {}
 for i = 1, #KEYS, 2 do
-  local item = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'RIGHT', 'LEFT')
-  if item then return {(i + 1) / 2, item} end
+  while #out < 2 * want do
+    local item = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'RIGHT', 'LEFT')
+    if not item then break end
+    out[#out + 1] = (i + 1) / 2
+    out[#out + 1] = item
+  end
+  if #out >= 2 * want then break end
 end
-return false
+if #out == 0 then return false end
+return out
 """
+
+# Claim many messages at once. KEYS: unacked, unacked-at, then each message's inbox.
+# ARGV: message as popped, delivery tag, unacked value, for each message in KEYS order.
+# Returns 1 or 0 per message (0: it left its inbox meanwhile, returned by a sweep).
+CLAIM_MANY = (
+    ALLOW_OOM
+    + _LIB
+    + """
+local t, out = now(), {}
+for i = 3, #KEYS do
+  local j = 3 * (i - 3)
+  if redis.call('LREM', KEYS[i], 1, ARGV[j + 1]) == 0 then
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', KEYS[1], ARGV[j + 2], ARGV[j + 3])
+    redis.call('ZADD', KEYS[2], t, ARGV[j + 2])
+    out[#out + 1] = 1
+  end
+end
+return out
+"""
+)
 
 # KEYS: inbox, unacked, unacked-at. ARGV: message as popped, delivery tag, unacked value.
 # 0 when the message is no longer in the inbox (a sweep returned it to its queue meanwhile).
