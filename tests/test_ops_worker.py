@@ -202,6 +202,23 @@ def test_result_cache_hit(
     r.close()
 
 
+def test_a_bulk_reads_and_writes_the_cache_a_chunk_at_a_time(
+    worker: WorkerProcess, client: Client, redis_url: str
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    names = ["cat.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg"]
+    first = [o.unwrap() for o in client.wait(client.submit_many(names, top_k=7), timeout=120)]
+    assert all(result["cached"] is False for result in first)
+    r.config_resetstat()
+    again = {o.task_id: o.unwrap() for o in client.wait(client.submit_many(names * 4, top_k=7))}
+    assert len(again) == 16 and all(result["cached"] is True for result in again.values())
+    stats = r.info("commandstats")
+    # One MGET for the chunk's cache keys, plus one for the bulk's skip check (and polling);
+    # no GET per image.
+    assert stats.get("cmdstat_get", {"calls": 0})["calls"] == 0
+    r.close()
+
+
 def test_retry_is_logged_and_counted(
     worker: WorkerProcess, client: Client, http_base: str, ops_env: dict[str, str]
 ) -> None:

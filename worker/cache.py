@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisClusterException
 
+from producer.connections import mget
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class Entry:
     settings: Settings
     lookup_seconds: float = 0.0
     client: redis.Redis | None = None
+    # A bulk message's entries write into one list, stored in one round trip (`store_all`).
+    sink: list[tuple[str, str]] | None = None
 
     def reuse(self, source: str, fetch_seconds: float, started: float) -> dict[str, Any]:
         """The stored result as this job's: its source, its timings, marked as cached."""
@@ -118,6 +121,9 @@ class Entry:
         if self.key is None or self.client is None:
             return result
         body = {k: v for k, v in result.items() if k not in _PER_JOB}
+        if self.sink is not None:
+            self.sink.append((self.key, json.dumps(body)))
+            return result
         try:
             self.client.set(self.key, json.dumps(body), ex=self.settings.result_cache_ttl)
         except _ERRORS as exc:
@@ -133,20 +139,61 @@ def lookup(
     settings: Settings,
 ) -> Entry:
     """`client`: the process's (Runtime.cache_client); None when the cache is off."""
+    entry = unlooked(client, data, top_k, model, settings)
+    look_up([entry], [top_k], model)
+    return entry
+
+
+def unlooked(
+    client: redis.Redis | None,
+    data: bytes,
+    top_k: int,
+    model: dict[str, Any],
+    settings: Settings,
+    sink: list[tuple[str, str]] | None = None,
+) -> Entry:
+    """The image's entry, not yet looked up (see `look_up`)."""
     if client is None or not enabled(settings):
         return Entry(None, None, settings)
+    return Entry(cache_key(data, top_k, model, settings), None, settings, client=client, sink=sink)
+
+
+def look_up(entries: list[Entry], top_ks: list[int], model: dict[str, Any]) -> None:
+    """Fill in what the cache holds for these entries, in one round trip (MGET)."""
+    wanted = [e for e in entries if e.key is not None and e.client is not None]
+    if not wanted:
+        return
     started = time.perf_counter()
-    key = cache_key(data, top_k, model, settings)
     try:
-        raw = client.get(key)
-        stored = json.loads(raw) if raw else None
-    except (*_ERRORS, ValueError) as exc:
+        raws = mget(wanted[0].client, [str(e.key) for e in wanted])
+    except _ERRORS as exc:
         log.warning("result cache: lookup failed (%s); running the model", exc)
-        stored = None
-    if stored is not None and not _plausible(stored, top_k, model):
-        log.warning("result cache: ignoring a malformed entry %s; running the model", key[-12:])
-        stored = None
-    return Entry(key, stored, settings, time.perf_counter() - started, client)
+        raws = [None] * len(wanted)
+    took = time.perf_counter() - started
+    k_of = {id(e): k for e, k in zip(entries, top_ks, strict=True)}
+    for entry, raw in zip(wanted, raws, strict=True):
+        entry.lookup_seconds = took
+        try:
+            stored = json.loads(raw) if raw else None
+        except ValueError:
+            stored = None
+        if stored is not None and not _plausible(stored, k_of[id(entry)], model):
+            log.warning("result cache: ignoring a malformed entry %s", str(entry.key)[-12:])
+            stored = None
+        entry.stored = stored
+
+
+def store_all(client: redis.Redis | None, sink: list[tuple[str, str]], settings: Settings) -> None:
+    """The entries a bulk message's images wrote into `sink`, in one round trip."""
+    if client is None or not sink:
+        return
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key, body in sink:
+            pipe.set(key, body, ex=settings.result_cache_ttl)
+        pipe.execute()
+    except _ERRORS as exc:
+        log.warning("result cache: cannot store (%s); results are unaffected", exc)
 
 
 def _plausible(stored: Any, top_k: int, model: dict[str, Any]) -> bool:

@@ -90,9 +90,15 @@ class Submitted:
     encoded: bytes | None = None  # submitted as JPEG bytes: kept for a Pillow fallback
 
 
-def prepare(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Prepared:
+def prepare(
+    source: str, top_k: int, rt: Runtime, sink: list[tuple[str, str]] | None = None
+) -> dict[str, Any] | Prepared:
     """Fetch and look up the cache: a cached result at once, or the fetched job. Raises a
-    ClassifyError subclass for bad input. The caller releases `.fetched` once decoded."""
+    ClassifyError subclass for bad input. The caller releases `.fetched` once decoded.
+
+    With a `sink` (a bulk message's), the cache is neither read nor written here: the caller
+    looks a chunk up at once (`cache.look_up`) and stores the sink in one round trip.
+    """
     settings, model = rt.settings, rt.classifier
     shown = display_url(source, limit=None)  # results never carry credentials or a query
     t0 = time.perf_counter()
@@ -100,7 +106,12 @@ def prepare(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Prepared:
     t1 = time.perf_counter()
     try:
         description = model.describe()
-        entry = cache.lookup(rt.cache_client, fetched.data, top_k, description, settings)
+        if sink is not None:
+            entry = cache.unlooked(
+                rt.cache_client, fetched.data, top_k, description, settings, sink
+            )
+        else:
+            entry = cache.lookup(rt.cache_client, fetched.data, top_k, description, settings)
     except BaseException:
         fetched.release()
         raise
