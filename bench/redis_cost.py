@@ -15,6 +15,8 @@ from the worker's /metrics, not from Redis):
 `--baseline REF` runs the same measurement from another commit's tree (this file is copied
 into it), alternating baseline and current for `--rounds` rounds on fresh Redis servers, and
 prints the ratios current/baseline. `--json` prints one run's figures as JSON.
+`--results-apart` puts the results on a second redis-server (RESULT_URL) and reports each
+server's CPU (commands, reads and bytes are then the broker's alone).
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ def _wait_jobs(port: int, target: float, timeout: float = 900) -> None:
         time.sleep(0.05)
 
 
-def measure(jobs: int, workdir: Path) -> dict[str, Any]:
-    """One run's figures for every mode (see the module doc)."""
+def measure(jobs: int, workdir: Path, apart: bool = False) -> dict[str, Any]:
+    """One run's figures for every mode (see the module doc); `apart`: results on a second
+    redis-server (RESULT_URL), each server's CPU reported on its own."""
     from bench.images import SAMPLES
     from producer import Client
     from producer.contract import result_key
@@ -89,7 +92,9 @@ def measure(jobs: int, workdir: Path) -> dict[str, Any]:
     sources = (names * (jobs // len(names) + 1))[:jobs]
     server = RedisServer(workdir / "redis").start()
     raw = redis.Redis.from_url(server.url(0))
-    client = Client(server.url(0))
+    store = RedisServer(workdir / "results").start() if apart else server
+    results = redis.Redis.from_url(store.url(0)) if apart else raw
+    client = Client(server.url(0), **({"result_url": store.url(0)} if apart else {}))
     out: dict[str, Any] = {}
     try:
         for mode, size in MODES.items():
@@ -98,6 +103,7 @@ def measure(jobs: int, workdir: Path) -> dict[str, Any]:
             client.submit_many(sources, bulk_size=size)
             queued = (int(raw.info("memory")["used_memory"]) - before) / jobs
             raw.flushall()
+            results.flushall()
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
             env.update(
@@ -109,6 +115,8 @@ def measure(jobs: int, workdir: Path) -> dict[str, Any]:
                 METRICS_PORT=str(port),
                 METRICS_ADDR="127.0.0.1",
             )
+            if apart:
+                env["RESULT_URL"] = store.url(0)
             worker = WorkerProcess(env, workdir / f"{mode}.log", f"cost-{mode}", root=ROOT)
             try:
                 worker.wait_ready(timeout=180)
@@ -120,24 +128,28 @@ def measure(jobs: int, workdir: Path) -> dict[str, Any]:
                 counts: dict[str, int] = {}
                 for waited in (False, True):
                     mem0 = int(raw.info("memory")["used_memory"])
-                    cpu0, cmd0 = _cpu(raw), _commands(raw)
+                    cpu0, cmd0, rcpu0 = _cpu(raw), _commands(raw), _cpu(results)
                     ids = client.submit_many(sources, bulk_size=size)
                     if waited:
                         for _ in client.wait(ids, timeout=900):
                             pass
                     done += jobs
                     _wait_jobs(port, done)
-                    cpu1, cmd1 = _cpu(raw), _commands(raw)
-                    figures["wait_cpu" if waited else "cpu"].append(cpu1 - cpu0)
+                    cpu1, cmd1, rcpu1 = _cpu(raw), _commands(raw), _cpu(results)
+                    stored_cpu = (rcpu1 - rcpu0) if apart else 0.0
+                    figures["wait_cpu" if waited else "cpu"].append(cpu1 - cpu0 + stored_cpu)
+                    if apart and not waited:
+                        figures["broker_cpu"] = [cpu1 - cpu0]
+                        figures["results_cpu"] = [stored_cpu]
                     if not waited:
                         delta = {k: cmd1[k] - cmd0.get(k, 0) for k in cmd1}
                         io = {k: delta.pop(k) / jobs for k in ("@reads", "@in_bytes", "@out_bytes")}
                         counts = {k: v for k, v in delta.items() if k != "info" and v > 0}
-                        sizes = [raw.memory_usage(result_key(t)) or 0 for t in ids[:50]]
+                        sizes = [results.memory_usage(result_key(t)) or 0 for t in ids[:50]]
                         # Everything a finished image leaves: its result, its delivery
                         # counter (per message), minus the drained queue.
                         kept = (int(raw.info("memory")["used_memory"]) - mem0) / jobs
-                failed = sum(1 for t in ids if b'"FAILURE"' in (raw.get(result_key(t)) or b""))
+                failed = sum(1 for t in ids if b'"FAILURE"' in (results.get(result_key(t)) or b""))
             finally:
                 worker.stop()
             cpu = figures["cpu"][0]
@@ -153,10 +165,16 @@ def measure(jobs: int, workdir: Path) -> dict[str, Any]:
                 "wait_cpu_ms": (figures["wait_cpu"][0] - cpu) * 1000 / jobs,
                 "failed": failed,
             }
+            if apart:
+                out[mode]["broker_cpu_ms"] = figures["broker_cpu"][0] * 1000 / jobs
+                out[mode]["results_cpu_ms"] = figures["results_cpu"][0] * 1000 / jobs
     finally:
         client.close()
         raw.close()
         server.stop()
+        if apart:
+            results.close()
+            store.stop()
     return out
 
 
@@ -196,6 +214,12 @@ def _print_run(name: str, run: dict[str, Any]) -> None:
             f"Client.wait +{f['wait_cpu_ms']:.4f} ms/image; "
             f"{f['failed']} failed"
         )
+        if "broker_cpu_ms" in f:
+            print(
+                f"{'':>8} {mode:>6}: results apart (RESULT_URL): broker "
+                f"{f['broker_cpu_ms']:.4f} ms/image, "
+                f"result store {f['results_cpu_ms']:.4f} ms/image"
+            )
 
 
 KEYS = ("redis_cpu_ms", "commands", "reads", "queued_bytes", "result_bytes", "wait_cpu_ms")
@@ -207,11 +231,22 @@ def main() -> None:
     p.add_argument("--baseline", default=None, help="a git ref to compare against")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--json", action="store_true", help="one run, as JSON (used by --baseline)")
+    p.add_argument(
+        "--results-apart",
+        action="store_true",
+        help="results on a second redis-server (RESULT_URL): each server's CPU on its own",
+    )
     args = p.parse_args()
+    if args.results_apart and args.baseline:
+        p.error("--results-apart measures the current tree only")
     work = Path(tempfile.mkdtemp(prefix="imgqueue-redis-cost-"))
     try:
-        if args.json:
-            print(json.dumps(measure(args.jobs, work / "run")))
+        if args.json or args.results_apart:
+            run = measure(args.jobs, work / "run", apart=args.results_apart)
+            if args.json:
+                print(json.dumps(run))
+                return
+            _print_run("current", run)
             return
         trees = {"current": ROOT}
         if args.baseline:
