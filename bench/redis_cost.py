@@ -67,15 +67,15 @@ def _jobs_done(port: int) -> float:
     )
 
 
-def _wait_jobs(port: int, target: float, timeout: float = 900) -> None:
+def _wait_jobs(ports: list[int], target: float, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
-    while _jobs_done(port) < target:
+    while sum(_jobs_done(port) for port in ports) < target:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the worker did not finish {target:.0f} jobs in {timeout}s")
         time.sleep(0.05)
 
 
-def measure(jobs: int, workdir: Path, apart: bool = False) -> dict[str, Any]:
+def measure(jobs: int, workdir: Path, apart: bool = False, workers: int = 1) -> dict[str, Any]:
     """One run's figures for every mode (see the module doc); `apart`: results on a second
     redis-server (RESULT_URL), each server's CPU reported on its own."""
     from bench.images import SAMPLES
@@ -104,7 +104,7 @@ def measure(jobs: int, workdir: Path, apart: bool = False) -> dict[str, Any]:
             queued = (int(raw.info("memory")["used_memory"]) - before) / jobs
             raw.flushall()
             results.flushall()
-            port = free_port()
+            ports = [free_port() for _ in range(workers)]
             env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
             env.update(
                 REDIS_URL=server.url(0),
@@ -112,17 +112,25 @@ def measure(jobs: int, workdir: Path, apart: bool = False) -> dict[str, Any]:
                 MODEL_WEIGHTS="random:0",
                 IMAGE_ROOT=str(root),
                 PYTHONPATH=str(ROOT),
-                METRICS_PORT=str(port),
                 METRICS_ADDR="127.0.0.1",
             )
             if apart:
                 env["RESULT_URL"] = store.url(0)
-            worker = WorkerProcess(env, workdir / f"{mode}.log", f"cost-{mode}", root=ROOT)
+            started = [
+                WorkerProcess(
+                    {**env, "METRICS_PORT": str(port)},
+                    workdir / f"{mode}-{i}.log",
+                    f"cost-{mode}-{i}",
+                    root=ROOT,
+                )
+                for i, port in enumerate(ports)
+            ]
             try:
-                worker.wait_ready(timeout=180)
+                for worker in started:
+                    worker.wait_ready(timeout=180)
                 client.submit_many(names * 4, bulk_size=size)  # warm-up
                 done = len(names) * 4
-                _wait_jobs(port, done)
+                _wait_jobs(ports, done)
                 time.sleep(0.5)  # let the warm-up's acks and heartbeats settle
                 figures: dict[str, list[float]] = {"cpu": [], "wait_cpu": []}
                 counts: dict[str, int] = {}
@@ -134,7 +142,7 @@ def measure(jobs: int, workdir: Path, apart: bool = False) -> dict[str, Any]:
                         for _ in client.wait(ids, timeout=900):
                             pass
                     done += jobs
-                    _wait_jobs(port, done)
+                    _wait_jobs(ports, done)
                     cpu1, cmd1, rcpu1 = _cpu(raw), _commands(raw), _cpu(results)
                     stored_cpu = (rcpu1 - rcpu0) if apart else 0.0
                     figures["wait_cpu" if waited else "cpu"].append(cpu1 - cpu0 + stored_cpu)
@@ -151,7 +159,8 @@ def measure(jobs: int, workdir: Path, apart: bool = False) -> dict[str, Any]:
                         kept = (int(raw.info("memory")["used_memory"]) - mem0) / jobs
                 failed = sum(1 for t in ids if b'"FAILURE"' in (results.get(result_key(t)) or b""))
             finally:
-                worker.stop()
+                for worker in started:
+                    worker.stop()
             cpu = figures["cpu"][0]
             out[mode] = {
                 "redis_cpu_ms": cpu * 1000 / jobs,
@@ -236,13 +245,19 @@ def main() -> None:
         action="store_true",
         help="results on a second redis-server (RESULT_URL): each server's CPU on its own",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (more clients: Redis then serves several requests per wakeup)",
+    )
     args = p.parse_args()
-    if args.results_apart and args.baseline:
-        p.error("--results-apart measures the current tree only")
+    if (args.results_apart or args.workers > 1) and args.baseline:
+        p.error("--results-apart and --workers measure the current tree only")
     work = Path(tempfile.mkdtemp(prefix="imgqueue-redis-cost-"))
     try:
-        if args.json or args.results_apart:
-            run = measure(args.jobs, work / "run", apart=args.results_apart)
+        if args.json or args.results_apart or args.workers > 1:
+            run = measure(args.jobs, work / "run", args.results_apart, args.workers)
             if args.json:
                 print(json.dumps(run))
                 return
