@@ -188,11 +188,10 @@ def measure(jobs: int, workdir: Path, apart: bool = False, workers: int = 1) -> 
 
 
 def checkout(ref: str, into: Path) -> Path:
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", ref], cwd=ROOT, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    """The tree of `ref` (bench.overhead's), with this file copied in to measure it."""
+    from bench.overhead import checkout as extract
+
+    extract(ref, into)
     shutil.copy(Path(__file__), into / "bench" / "redis_cost.py")
     return into
 

@@ -151,15 +151,20 @@ class RedisConfig:
 
     def backend_transport_options(self) -> dict[str, Any]:
         """Celery's `result_backend_transport_options` for the same Redis."""
-        options: dict[str, Any] = {}
-        if self.key_prefix:
-            options["global_keyprefix"] = self.key_prefix
-        if self.sentinel:
-            options["master_name"] = self.sentinel_master
-        return options
+        return backend_options(self.key_prefix, self.sentinel_master if self.sentinel else "")
 
     def safe_url(self) -> str:
         return ";".join(_safe(chunk) for chunk in self.url.split(";"))
+
+
+def backend_options(key_prefix: str, sentinel_master: str) -> dict[str, Any]:
+    """Celery's `result_backend_transport_options`: the key prefix, a Sentinel master."""
+    options: dict[str, Any] = {}
+    if key_prefix:
+        options["global_keyprefix"] = key_prefix
+    if sentinel_master:
+        options["master_name"] = sentinel_master
+    return options
 
 
 def _safe(url: str) -> str:
@@ -375,12 +380,7 @@ class ResultStoreConfig:
 
     def backend_transport_options(self) -> dict[str, Any]:
         """Celery's `result_backend_transport_options` for this store."""
-        options: dict[str, Any] = {}
-        if self.key_prefix:
-            options["global_keyprefix"] = self.key_prefix
-        if self.sentinel:
-            options["master_name"] = self.sentinel_master
-        return options
+        return backend_options(self.key_prefix, self.sentinel_master if self.sentinel else "")
 
     def safe_url(self) -> str:
         if not self.cluster:
