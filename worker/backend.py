@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import redis
 from celery import states
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
+
+from worker.redis_full import retry_while_full
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +76,6 @@ if #stored > 0 then
 end
 return n
 """
-
-# Backoff while Redis is full: first retry, and the longest wait between tries.
-FULL_FIRST_WAIT_S = 0.1
-FULL_MAX_WAIT_S = 5.0
-
-
-def is_full(exc: BaseException) -> bool:
-    """Redis refused a write because it is at maxmemory (noeviction)."""
-    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
-        isinstance(exc, redis.exceptions.ResponseError) and "maxmemory" in str(exc)
-    )
 
 
 @dataclass(frozen=True)
@@ -196,25 +185,7 @@ class _AtomicStore:
 
     def _while_full(self, call: Callable[..., Any], *args: Any) -> Any:
         """`call(*args)`, retried with backoff for as long as Redis is full."""
-        wait = FULL_FIRST_WAIT_S
-        full = False
-        while True:
-            try:
-                result = call(*args)
-            except redis.exceptions.ResponseError as exc:
-                if not is_full(exc):
-                    raise
-                if not full:
-                    log.warning("Redis is full, results wait until memory returns: %s", exc)
-                    full = True
-                self._tell_full(True)
-                time.sleep(wait)
-                wait = min(wait * 2, FULL_MAX_WAIT_S)
-                continue
-            if full:
-                log.warning("Redis takes results again")
-                self._tell_full(False)
-            return result
+        return retry_while_full(lambda: call(*args), self._tell_full, "storing results")
 
     def _tell_full(self, full: bool) -> None:
         # The app's hook (worker/celery_app.py): the worker stops fetching and is not ready.

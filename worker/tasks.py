@@ -9,11 +9,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
+from celery.exceptions import Retry
 
 from producer.contract import BULK_TASK_NAME, TASK_NAME
 from producer.redaction import display_url
 from worker import bulk, deliveries, joblog
 from worker.errors import ClassifyError, InternalError, InvalidArguments, JobLost
+from worker.redis_full import retry_while_full
 
 if TYPE_CHECKING:
     from worker.celery_app import ImgqueueApp
@@ -74,7 +76,7 @@ def _classify(
             # Exponential backoff (FETCH_RETRY_BACKOFF x 1, 2, 4 ...) for resets, timeouts,
             # 5xx, and for a worker whose model stopped (another worker then takes it).
             countdown = settings.fetch_retry_backoff * 2**self.request.retries
-            raise self.retry(countdown=countdown, exc=exc) from exc
+            raise _retry(self, countdown=countdown, exc=exc) from exc
         raise
     except Exception as exc:
         log.exception("unexpected error classifying %r", source)
@@ -125,8 +127,8 @@ def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
         # Only the images that failed transiently, with the same backoff as `classify`.
         countdown = settings.fetch_retry_backoff * 2**request.retries
         first = next(iter(outcome.transient.values()))
-        raise self.retry(
-            args=[[i.to_dict() for i in retry]], kwargs={}, countdown=countdown, exc=first
+        raise _retry(
+            self, args=[[i.to_dict() for i in retry]], kwargs={}, countdown=countdown, exc=first
         )
     return outcome.summary(len(done))
 
@@ -170,6 +172,26 @@ def _records(outcome: bulk.Outcome) -> Any:
         yield task_id, "failure", type(exc).__name__, str(exc), None
     for task_id, exc in outcome.transient.items():
         yield task_id, "retry", type(exc).__name__, str(exc), None
+
+
+def _retry(task: Task, **options: Any) -> BaseException:
+    """`task.retry(...)`, whose message waits while Redis is full instead of failing the job
+    (worker/redis_full.py). Returns what to raise: Celery's Retry."""
+
+    def tell(full: bool) -> None:
+        hook = getattr(task.app, "on_redis_full", None)
+        if hook is not None:
+            hook("broker", full)
+
+    def send() -> BaseException:
+        try:
+            task.retry(**options)
+        except Retry as retry:
+            return retry
+        raise AssertionError("Task.retry returns only by raising")
+
+    retried: BaseException = retry_while_full(send, tell, "a retry's message")
+    return retried
 
 
 def _split(task: Task, images: list[bulk.Image]) -> None:
