@@ -187,11 +187,11 @@ def _retry(task: Task, **options: Any) -> BaseException:
         try:
             task.retry(**options)
         except Retry as retry:
-            return retry
+            raised: BaseException = retry
+            return raised
         raise AssertionError("Task.retry returns only by raising")
 
-    retried: BaseException = retry_while_full(send, tell, "a retry's message")
-    return retried
+    return retry_while_full(send, tell, "a retry's message")
 
 
 def _split(task: Task, images: list[bulk.Image]) -> None:
