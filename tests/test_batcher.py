@@ -80,6 +80,37 @@ def test_max_delay_is_honoured() -> None:
     assert alone < 0.3
 
 
+def test_a_job_that_stops_being_upcoming_ends_the_wait_for_partners() -> None:
+    """The inference thread may take a job while it is still counted as on its way (it
+    submitted, and leaves `upcoming` just after): its batch runs once nothing is on its way."""
+    model = GatedModel()
+    model.release.set()
+    batcher = Batcher(model, max_batch_size=8, max_delay=5.0)
+    try:
+        with batcher.upcoming():
+            lone = batcher.submit(_item(1))
+            time.sleep(0.2)  # taken by now, and waiting for partners
+        started = time.monotonic()
+        _, size = lone.result(timeout=10)
+        waited = time.monotonic() - started
+    finally:
+        batcher.stop()
+    assert size == 1
+    assert waited < 1.0
+
+
+def test_a_lone_job_does_not_wait_out_the_batch_delay(
+    workers: WorkerFactory, client: Client
+) -> None:
+    """A job waiting for its own batch is no partner on its way (issue 16, idle latency)."""
+    workers.start(MODEL="sleep:0ms", MAX_BATCH_DELAY_MS="3000", MODEL_WEIGHTS="random:0")
+    for _ in range(2):
+        result = client.result(client.submit("cat.jpg", top_k=1), timeout=30)
+        assert result["batch_size"] == 1
+        assert result["timings_ms"]["inference"] < 1000
+    workers.stop_all()
+
+
 def test_a_failing_batch_fails_only_its_own_jobs() -> None:
     model = GatedModel(fail_if_negative=True)
     batcher = Batcher(model, max_batch_size=4, max_delay=0.0)

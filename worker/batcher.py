@@ -27,6 +27,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
+# How often a batch waiting for partners looks again whether any job is still on its way.
+_RECHECK_S = 0.001
+
 # A batch in, probabilities out: on the CPU, or on the GPU not yet synchronised (the batcher
 # moves them to the CPU when it hands the rows out).
 InferFn = Callable[[torch.Tensor], torch.Tensor]
@@ -184,9 +187,11 @@ class Batcher:
                 if remaining <= 0 or self._upcoming == 0:
                     break
                 try:
-                    item = self._queue.get(timeout=remaining)
+                    # In slices, looking at `upcoming` again: nothing lands in the queue when
+                    # the last job on its way leaves it (it submitted just before, or failed).
+                    item = self._queue.get(timeout=min(remaining, _RECHECK_S))
                 except queue.Empty:
-                    break
+                    continue
             if item is None:
                 self._queue.put(None)  # seen again after this batch, to stop the loop
                 break
