@@ -156,7 +156,7 @@ def test_apps_are_independent_and_their_hooks_act_for_their_own_worker_only() ->
 
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [({}, "10000"), ({"GOMP_SPINCOUNT": "500"}, "500"), ({"OMP_WAIT_POLICY": "ACTIVE"}, None)],
+    [({}, "30000"), ({"GOMP_SPINCOUNT": "500"}, "500"), ({"OMP_WAIT_POLICY": "ACTIVE"}, None)],
 )
 def test_openmp_spinning_is_shortened_unless_the_operator_chose(
     given: dict[str, str], expected: str | None
@@ -178,7 +178,7 @@ def test_the_worker_sets_openmp_before_its_task_modules_load_torch() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "10000"
+    assert out.stdout.strip() == "30000"
 
 
 def test_every_setting_declares_its_parser() -> None:

@@ -25,14 +25,17 @@ def configure_openmp(environ: os._Environ[str] | dict[str, str] | None = None) -
     """Shorten OpenMP's idle spinning; must run before anything imports torch.
 
     OpenMP (GNU libgomp, as in torch's wheels) reads these once, when torch loads it. An idle
-    OpenMP thread spins ~300,000 times before it sleeps, on the cores the task threads need for
-    decoding the next batch. 10,000 spins still bridge the gaps between the operators of one
-    forward pass but not the waits between batches: int8 1024x768, one worker on 2 cores,
-    48 -> 57 img/s (docs/performance.md). Setting either variable yourself leaves both to you.
+    OpenMP thread spins ~300,000 times (a few ms) before it sleeps, on the cores the task
+    threads need for decoding the next batch: int8 1024x768, one worker on 2 cores, 48 -> 57
+    img/s with 10,000 (docs/performance.md). But the spinning must outlast the serial gaps
+    inside one forward pass, or the team sleeps and wakes dozens of times per pass, which on a
+    VM that idled a second took a lone job's bf16 pass from 20 to 55 ms (issue 16): 30,000
+    spins (0.36 ms on a Xeon) bridge them without costing throughput measurably, 10,000 and
+    20,000 did not. Setting either variable yourself leaves both to you.
     """
     env = os.environ if environ is None else environ
     if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
-        env["GOMP_SPINCOUNT"] = "10000"
+        env["GOMP_SPINCOUNT"] = "30000"
 
 
 @dataclass
