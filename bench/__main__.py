@@ -141,9 +141,10 @@ def main() -> None:
                         p50_ms=loaded.percentile(50) * 1e3,
                         p99_ms=loaded.percentile(99) * 1e3,
                     )
-                    budget = sweep[1] + 0.020
+                    # Issue 16: an idle job within the model's own batch-1 time + 25 ms.
+                    budget = sweep[1] + 0.025
                     report.ratio(
-                        "idle latency / (model batch-1 + 20 ms)",
+                        "idle latency / (model batch-1 + 25 ms)",
                         idle.percentile(50) / budget,
                         "<= 1.0",
                     )

@@ -17,6 +17,10 @@ from producer.client import parse_meta
 from tests.support import ROOT, RedisServer, WorkerProcess
 
 POLL_S = 0.005
+# Between idle-latency jobs: longer than BROKER_POLL_INTERVAL (0.5 s) and than OpenMP's spinning,
+# so each job finds a worker really idle, as a lone job in production does. Back to back, a
+# job found the CPUs still busy from the one before and hid what idling costs (issue 16).
+IDLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,8 +137,11 @@ class Cluster:
         return _run(submitted, finished, failed, first)
 
     def idle_latency(self, name: str, repeats: int) -> Run:
-        """One job at a time on an empty queue."""
-        runs = [self.burst([name]) for _ in range(repeats)]
+        """One job at a time on an empty queue, each after the worker has idled for IDLE_S."""
+        runs = []
+        for _ in range(repeats):
+            time.sleep(IDLE_S)
+            runs.append(self.burst([name]))
         latencies = [lat for r in runs for lat in r.latencies]
         return Run(repeats, sum(r.failed for r in runs), sum(r.seconds for r in runs), latencies)
 
