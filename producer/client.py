@@ -23,6 +23,7 @@ from producer.connections import (
     RedisConfig,
     RedisConfigError,
     ResultStoreConfig,
+    is_cluster_client,
     mget,
     result_store_errors,
 )
@@ -56,6 +57,8 @@ _WAIT_WINDOW = 128
 # Messages per pipelined publish round trip (submit_many).
 _PUBLISH_BATCH = 200
 _WAIT_ENOUGH = 8
+# Client.wait subscribes to the result channels of at most this many jobs.
+_LISTEN_AT_MOST = 64
 DEFAULT_BULK_SIZE = 64
 # Well under the workers' MAX_MESSAGE_BYTES (1 MiB by default), whatever the sources' lengths.
 _BULK_MAX_SOURCE_CHARS = 256 * 1024
@@ -388,6 +391,24 @@ class Client:
         """
         pending = list(dict.fromkeys(task_ids))
         deadline = None if timeout is None else time.monotonic() + timeout
+        # A few jobs: their result channels wake the wait as each is stored (workers publish
+        # only to channels someone listens on), so a lone job is seen at once, not at the next
+        # poll; polling stays, for what a wake-up can miss.
+        listener = self._listen(pending) if len(pending) <= _LISTEN_AT_MOST else None
+        try:
+            yield from self._wait(pending, deadline, timeout, reconnect_timeout, listener)
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _wait(
+        self,
+        pending: list[str],
+        deadline: float | None,
+        timeout: float | None,
+        reconnect_timeout: float,
+        listener: Any,
+    ) -> Iterator[Outcome]:
         delay = _POLL_MIN_S
         down_since: float | None = None
         cursor = 0  # where the next look at the jobs past the window starts
@@ -423,7 +444,20 @@ class Client:
             else:
                 delay = min(delay * (1.5 if finished else 2), _POLL_MAX_S)
             sleep_for = delay if deadline is None else min(delay, deadline - time.monotonic())
-            time.sleep(max(sleep_for, 0.0))
+            listener = _nap(listener, max(sleep_for, 0.0))
+
+    def _listen(self, task_ids: list[str]) -> Any:
+        """A subscription to the jobs' result channels, or None where there can be none (a
+        cluster does not publish; a user without channel rights; Redis unreachable)."""
+        if is_cluster_client(self.results):
+            return None
+        listener = self.results.pubsub(ignore_subscribe_messages=True)
+        try:
+            listener.subscribe(*[self.config.result_key(t) for t in task_ids])
+        except (redis.RedisError, OSError):
+            listener.close()
+            return None
+        return listener
 
     def _fetch(self, task_ids: list[str]) -> list[Outcome]:
         out: list[Outcome] = []
@@ -439,6 +473,24 @@ class Client:
 
     def _safe_url(self) -> str:
         return self.config.safe_url()
+
+
+def _nap(listener: Any, seconds: float) -> Any:
+    """Sleep up to `seconds`, waking early when a result is published; returns the listener,
+    or None once it failed (the wait then just polls)."""
+    if listener is None:
+        time.sleep(seconds)
+        return None
+    end = time.monotonic() + seconds
+    try:
+        while (left := end - time.monotonic()) > 0:
+            message = listener.get_message(timeout=left)
+            if message is not None and message.get("type") == "message":
+                return listener
+    except (redis.RedisError, OSError):
+        listener.close()
+        return None
+    return listener
 
 
 def _chunks(sources: list[str], size: int) -> Iterator[list[str]]:

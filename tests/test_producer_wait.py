@@ -63,3 +63,29 @@ def test_each_poll_reads_a_bounded_number_of_keys(
     keys_read = int(r.info("stats")["keyspace_hits"]) + int(r.info("stats")["keyspace_misses"])
     assert keys_read <= 256 * mget["calls"]
     assert keys_read < 20 * len(ids), keys_read
+
+
+def test_a_few_jobs_are_seen_as_soon_as_they_are_stored(redis_server: RedisServer) -> None:
+    from celery import Celery, states
+
+    url = redis_server.url(DB)
+    app = Celery("wait-test", backend=f"worker.backend:ResultBackend+{url}")
+    stored_at: list[float] = []
+
+    def store_later() -> None:
+        time.sleep(0.32)  # polls alone would look at ~0.31 s, then not before ~0.63 s
+        app.backend.store_result("lone-1", {"predictions": []}, states.SUCCESS)
+        stored_at.append(time.monotonic())
+
+    try:
+        with Client(url) as client:
+            writer = threading.Thread(target=store_later)
+            writer.start()
+            outcome = client.result("lone-1", timeout=10)
+            seen_at = time.monotonic()
+            writer.join()
+        assert outcome == {"predictions": []}
+        assert seen_at - stored_at[0] < 0.15, seen_at - stored_at[0]
+    finally:
+        redis.Redis.from_url(url).flushdb()
+        app.close()

@@ -249,6 +249,14 @@ def test_redis_users_give_producers_no_way_to_forge_results(
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     attempt()
             assert json.loads(r.get(result_key(task_id)) or b"{}")["status"] == "SUCCESS"
+            # It may listen on result channels (Client.wait's wake-up), and only those.
+            listener = r.pubsub()
+            listener.subscribe(result_key("another-job"))
+            assert (listener.get_message(timeout=5) or {}).get("type") == "subscribe"
+            listener.subscribe("imgqueue:anything")
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                listener.get_message(timeout=5)
+            listener.close()
         admin = redis.Redis(port=server.port, username="admin", password="imgqueue-admin-dev")
         assert admin.keys("imgqueue:consumers")  # operators see everything
     finally:
