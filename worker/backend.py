@@ -33,7 +33,7 @@ from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from worker.redis_full import retry_while_full
+from worker.redis_full import retry_while_full, telling
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,7 @@ class _AtomicStore:
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        meta = self._get_result_meta(
-            result=result, state=state, traceback=traceback, request=request
-        )
-        meta["task_id"] = bytes_to_str(task_id)
-        value = self._checked(self.encode(meta), task_id, state)
+        value = self._value(task_id, result, state, traceback, request)
         key = self.get_key_for_task(task_id)
         if state == states.STARTED:
             self._while_full(self.ensure, self._store_started, (key, value))
@@ -130,31 +126,33 @@ class _AtomicStore:
 
     def started(self, task_id: str, hostname: str | None) -> Started:
         """The STARTED state Celery's tracer would store (`task_track_started`)."""
-        meta = self._get_result_meta(
-            result={"pid": os.getpid(), "hostname": hostname},
-            state=states.STARTED,
-            traceback=None,
-            request=None,
-        )
-        meta["task_id"] = task_id
+        value = self._value(task_id, {"pid": os.getpid(), "hostname": hostname}, states.STARTED)
         key = bytes_to_str(self.get_key_for_task(task_id))
-        return Started(key, self.encode(meta), self._ttl(states.STARTED))
+        return Started(key, value, self._ttl(states.STARTED))
 
     def store_many(self, entries: list[tuple[str, Any, str]]) -> None:
         """Final states of many jobs, `(task_id, result or exception, state)`, in one call
         (a bulk message's images), each stored as `_store_result` would."""
-        values = []
-        for task_id, result, state in entries:
-            meta = self._get_result_meta(
-                result=self.encode_result(result, state), state=state, traceback=None, request=None
+        values = [
+            (
+                self.get_key_for_task(task_id),
+                self._value(task_id, self.encode_result(result, state), state),
+                state,
             )
-            meta["task_id"] = task_id
-            value = self._checked(self.encode(meta), task_id, state)
-            values.append((self.get_key_for_task(task_id), value, state))
+            for task_id, result, state in entries
+        ]
         if values:
             self._while_full(self.ensure, self._store_entries, (values,))
 
-    def _checked(self, value: Any, task_id: str, state: str) -> Any:
+    def _value(
+        self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None
+    ) -> Any:
+        """The JSON a state is stored as: Celery's meta with the task id."""
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError(
                 "value too large for Redis backend", state=state, task_id=task_id
@@ -170,6 +168,10 @@ class _AtomicStore:
 
     def _store_entries(self, values: list[tuple[Any, Any, str]]) -> int:
         keys = [key for key, _, _ in values]
+        return int(self._store_script(keys=keys, args=self._script_args(values)))
+
+    def _script_args(self, values: list[tuple[Any, Any, str]]) -> list[Any]:
+        """STORE's ARGV for these `(key, value, state)` entries (the keys go in KEYS)."""
         args: list[Any] = [
             1 if self.publish_states else 0,
             self._ttl(states.FAILURE),
@@ -177,21 +179,17 @@ class _AtomicStore:
         ]
         for _, value, state in values:
             args += [state, value]
-        return int(self._store_script(keys=keys, args=args))
+        return args
 
     @cached_property
     def _store_script(self) -> Any:
         return self.client.register_script(STORE)
 
     def _while_full(self, call: Callable[..., Any], *args: Any) -> Any:
-        """`call(*args)`, retried with backoff for as long as Redis is full."""
-        return retry_while_full(lambda: call(*args), self._tell_full, "storing results")
-
-    def _tell_full(self, full: bool) -> None:
-        # The app's hook (worker/celery_app.py): the worker stops fetching and is not ready.
-        hook = getattr(self.app, "on_redis_full", None)
-        if hook is not None:
-            hook("results", full)
+        """`call(*args)`, retried with backoff for as long as Redis is full; the worker stops
+        fetching and is not ready meanwhile (worker/redis_full.py)."""
+        tell = telling(self.app, "results")
+        return retry_while_full(lambda: call(*args), tell, "storing results")
 
 
 class ResultBackend(_AtomicStore, RedisBackend):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from producer.memory import is_out_of_memory
 
@@ -22,6 +22,18 @@ T = TypeVar("T")
 # The first wait after a refusal, doubling up to the longest.
 FIRST_WAIT_S = 0.1
 MAX_WAIT_S = 5.0
+
+
+def telling(app: Any, store: str) -> Callable[[bool], None]:
+    """What tells `app`'s worker that Redis refuses (True) or takes again (False) the writes to
+    `store` ("broker" or "results"): the app's `on_redis_full` hook, if it has one."""
+
+    def tell(full: bool) -> None:
+        hook = getattr(app, "on_redis_full", None)
+        if hook is not None:
+            hook(store, full)
+
+    return tell
 
 
 def retry_while_full(call: Callable[[], T], tell: Callable[[bool], None], what: str) -> T:

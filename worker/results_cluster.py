@@ -37,7 +37,7 @@ from celery import states
 from celery.backends.redis import RedisBackend, ResultConsumer
 from redis import exceptions as rexc
 
-from producer.connections import ResultStoreConfig, mget, result_store_errors
+from producer.connections import ResultStoreConfig, result_store_errors
 from worker.backend import STORE, _AtomicStore
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,6 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
     def on_task_call(self, producer: Any, task_id: str) -> None:
         pass  # nothing to subscribe to
 
-    def mget(self, keys: list[Any]) -> list[Any]:
-        return mget(self.client, keys)
-
     # -- the store ---------------------------------------------------------------------------
 
     def _store_entries(self, values: list[tuple[Any, Any, str]]) -> int:
@@ -206,16 +203,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         for key, value, state in entries:
             if asking:
                 pipe.execute_command("ASKING")
-            pipe.evalsha(
-                self._sha,
-                1,
-                key,
-                0,
-                self._ttl(states.FAILURE),
-                self._ttl(states.SUCCESS),
-                state,
-                value,
-            )
+            pipe.evalsha(self._sha, 1, key, *self._script_args([(key, value, state)]))
         if wait:
             pipe.execute_command("WAIT", wait, self.wait_timeout_ms)
         try:

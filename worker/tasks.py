@@ -15,7 +15,7 @@ from producer.contract import BULK_TASK_NAME, TASK_NAME
 from producer.redaction import display_url
 from worker import bulk, deliveries, joblog
 from worker.errors import ClassifyError, InternalError, InvalidArguments, JobLost
-from worker.redis_full import retry_while_full
+from worker.redis_full import retry_while_full, telling
 
 if TYPE_CHECKING:
     from worker.celery_app import ImgqueueApp
@@ -178,11 +178,6 @@ def _retry(task: Task, **options: Any) -> BaseException:
     """`task.retry(...)`, whose message waits while Redis is full instead of failing the job
     (worker/redis_full.py). Returns what to raise: Celery's Retry."""
 
-    def tell(full: bool) -> None:
-        hook = getattr(task.app, "on_redis_full", None)
-        if hook is not None:
-            hook("broker", full)
-
     def send() -> BaseException:
         try:
             task.retry(**options)
@@ -191,7 +186,7 @@ def _retry(task: Task, **options: Any) -> BaseException:
             return raised
         raise AssertionError("Task.retry returns only by raising")
 
-    return retry_while_full(send, tell, "a retry's message")
+    return retry_while_full(send, telling(task.app, "broker"), "a retry's message")
 
 
 def _split(task: Task, images: list[bulk.Image]) -> None:

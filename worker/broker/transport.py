@@ -6,14 +6,15 @@ for sentinel://. Producers publish with kombu's own transports (a plain LPUSH).
 
 How a message travels (keys in worker/broker/scripts.py):
 1. Fetch. kombu's BRPOP removes a message before anything records it, so a worker killed with
-   the reply in its socket loses it. Here one Lua call LMOVEs the first message found, highest
-   priority first over every consumed queue, into this consumer's inbox for that list. When all
+   the reply in its socket loses it. Here one Lua call LMOVEs as many messages as the consumer
+   has free prefetch slots (at most MAX_FETCH), highest priority first over every consumed
+   queue, each into this consumer's inbox for its list. When all
    are empty it blocks with BLMOVE on the first queue's priority-0 list for POLL_INTERVAL, then
    looks at all of them again.
 2. Check. The message must be a JSON envelope of a task this service runs, under the size cap
    (worker/broker/envelope.py); otherwise it moves to the dead-letter list with its reason.
-3. Claim. One Lua call moves it from the inbox into `unacked:<cid>`, with its queue and a copy
-   marked redelivered; only then is it delivered to Celery.
+3. Claim. One Lua call moves them from the inboxes into `unacked:<cid>`, each with its queue
+   and a copy marked redelivered; only then are they delivered to Celery.
 4. Ack deletes the claim (worker/broker/qos.py). A heartbeat thread keeps `<cid>` alive; when a
    process dies, any live worker returns its claims and inboxes to the head of their queues
    (worker/broker/liveness.py).
@@ -36,6 +37,7 @@ import redis.sentinel as redis_sentinel
 from kombu.transport import redis as kombu_redis
 
 from producer.deadletters import make_entry
+from producer.memory import is_out_of_memory
 from worker.broker import compat, envelope, scripts
 from worker.broker.liveness import Liveness
 from worker.broker.qos import QoS
@@ -207,7 +209,7 @@ class Channel(kombu_redis.Channel):
                 raise
             except self.ResponseError as exc:
                 # E.g. a full Redis under noeviction: back off instead of spinning.
-                full = "maxmemory" in str(exc)
+                full = is_out_of_memory(exc)
                 if not (full and self._full):
                     log.warning("fetch refused by Redis, retrying in 1s: %s", exc)
                 self._set_full(full)
@@ -218,23 +220,17 @@ class Channel(kombu_redis.Channel):
                 if not reply:
                     self._blocking = True
                     raise Empty()
-                if len(reply) > 2:
-                    popped = [
-                        (plan[int(i) - 1], item)
-                        for i, item in zip(reply[::2], reply[1::2], strict=True)
-                    ]
-                    self._queue_cycle.rotate(popped[0][0][0])
-                    return self._deliver_many(popped)
-                queue, lst, inbox = plan[int(reply[0]) - 1]
-                item = reply[1]
+                popped = [
+                    (plan[int(i) - 1], item)
+                    for i, item in zip(reply[::2], reply[1::2], strict=True)
+                ]
             else:
                 self._blocking = False
                 if reply is None:
                     raise Empty()
-                queue, lst, inbox = plan[0]
-                item = reply
-            self._queue_cycle.rotate(queue)
-            return self._deliver_popped(queue, lst, inbox, item)
+                popped = [(plan[0], reply)]
+            self._queue_cycle.rotate(popped[0][0][0])
+            return self._deliver_popped(popped)
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
@@ -247,22 +243,14 @@ class Channel(kombu_redis.Channel):
             if self.on_full is not None:
                 self.on_full("broker", full)
 
-    def _deliver_popped(self, queue: str, lst: str, inbox: str, item: bytes) -> bool:
-        if queue not in self.connection._callbacks:
-            raise Empty()  # no consumer any more; the heartbeat returns the inbox
-        payload = self._take(queue, lst, inbox, item, no_ack=queue in self._noack_queues)
-        if payload is None:
-            raise Empty()
-        self.connection._deliver(payload, queue)
-        return True
-
     def _room(self) -> int:
         """Messages one fetch may take: the free prefetch slots (1..MAX_FETCH)."""
         room = self.qos.can_consume_max_estimate()
         return max(1, min(MAX_FETCH, room if room is not None else MAX_FETCH))
 
-    def _deliver_many(self, popped: list[tuple[tuple[str, str, str], bytes]]) -> bool:
-        """Several messages from one fetch: checked, claimed in one call, then delivered."""
+    def _deliver_popped(self, popped: list[tuple[tuple[str, str, str], bytes]]) -> bool:
+        """The messages of one fetch, `((queue, list, inbox), message)`: checked, claimed in
+        one call, then delivered. Empty when none is left to deliver."""
         claims: list[tuple[str, str, dict[str, Any], list[Any]]] = []
         for (queue, lst, inbox), item in popped:
             if queue not in self.connection._callbacks:
