@@ -14,15 +14,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from producer.connections import mget
 from producer.contract import DEFAULT_TOP_K, MAX_BULK_IMAGES, MAX_TOP_K, result_key
+from worker import result_store
 from worker.errors import ClassifyError, InternalError, InvalidArguments
 
 log = logging.getLogger(__name__)
 
 MAX_ID_CHARS = 255
+# Reading which images are done can fail while the result store is away.
+_UNREADABLE: tuple[type[Exception], ...] = (*result_store.ERRORS, OSError)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[
     try:
         # One MGET, or on a Redis Cluster one per slot (the keys spread over the masters).
         raws = mget(client, [result_key(i.id, key_prefix) for i in images])
-    except (RedisError, RedisClusterException, OSError) as exc:
+    except _UNREADABLE as exc:
         # The result store is away (a restart, a cluster failover): skipping is only a saving,
         # so run them all; the store never replaces a final state (worker/backend.py).
         log.warning("cannot read which images are done (%s): running all %d", exc, len(images))

@@ -19,16 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import RedisClusterException
 
 from producer.connections import mget
+from worker import result_store
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# What a cache operation may raise: a Redis error, or a cluster client's own (no node reachable
-# to learn the slots from, a slot not covered during a failover).
-_ERRORS = (redis.RedisError, RedisClusterException)
 
 KEY_PREFIX = "imgqueue:result-cache:"
 # Parts of a result that describe this job rather than the image and the model.
@@ -42,7 +39,7 @@ def connect(settings: Settings) -> redis.Redis | None:
         client: redis.Redis = settings.result_config.client(
             socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
         )
-    except _ERRORS as exc:
+    except result_store.ERRORS as exc:
         log.warning("result cache off in this process: the result store is away (%s)", exc)
         return None
     return client
@@ -126,7 +123,7 @@ class Entry:
             return result
         try:
             self.client.set(self.key, json.dumps(body), ex=self.settings.result_cache_ttl)
-        except _ERRORS as exc:
+        except result_store.ERRORS as exc:
             log.warning("result cache: cannot store (%s); results are unaffected", exc)
         return result
 
@@ -166,7 +163,7 @@ def look_up(entries: list[Entry], top_ks: list[int], model: dict[str, Any]) -> N
     started = time.perf_counter()
     try:
         raws = mget(wanted[0].client, [str(e.key) for e in wanted])
-    except _ERRORS as exc:
+    except result_store.ERRORS as exc:
         log.warning("result cache: lookup failed (%s); running the model", exc)
         raws = [None] * len(wanted)
     took = time.perf_counter() - started
@@ -192,7 +189,7 @@ def store_all(client: redis.Redis | None, sink: list[tuple[str, str]], settings:
         for key, body in sink:
             pipe.set(key, body, ex=settings.result_cache_ttl)
         pipe.execute()
-    except _ERRORS as exc:
+    except result_store.ERRORS as exc:
         log.warning("result cache: cannot store (%s); results are unaffected", exc)
 
 

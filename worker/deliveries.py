@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
-from redis.exceptions import RedisClusterException
 
+from worker import result_store
 from worker.backend import Started
 from worker.errors import JobLost
 from worker.settings import Settings
@@ -126,7 +126,7 @@ def tracked(
 def started_before(client: redis.Redis, task_id: str, retries: int, settings: Settings) -> bool:
     try:
         return bool(client.exists(delivery_key(task_id, retries, settings.redis_key_prefix)))
-    except (redis.RedisError, RedisClusterException):
+    except result_store.ERRORS:
         return False
 
 
@@ -160,7 +160,7 @@ def record_start(
         if isinstance(replies[0], Exception):
             raise replies[0]
         count = int(replies[0]) if redelivered else 1
-    except (redis.RedisError, RedisClusterException) as exc:
+    except result_store.ERRORS as exc:
         log.warning("cannot count deliveries of %s: %s", task_id, exc)
         return 0
     if count > settings.max_deliveries:

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import RedisClusterException, RedisError
+
 from worker.settings import Settings
+
+# What any call to the result store may raise: a Redis error, or a cluster client's own (no
+# node reachable to learn the slots from, a slot no master covers during a failover).
+ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 
 def backend(settings: Settings) -> tuple[str, dict[str, Any]]:

@@ -38,6 +38,7 @@ from celery.backends.redis import RedisBackend, ResultConsumer
 from redis import exceptions as rexc
 
 from producer.connections import ResultStoreConfig, result_store_errors
+from worker import result_store
 from worker.backend import STORE, _AtomicStore
 
 log = logging.getLogger(__name__)
@@ -286,5 +287,5 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         node may answer yet, and the retry will ask again)."""
         try:
             self.client.nodes_manager.initialize()
-        except (rexc.RedisError, rexc.RedisClusterException) as exc:
+        except result_store.ERRORS as exc:
             log.debug("result store: cannot refresh the cluster's slots yet: %s", exc)
