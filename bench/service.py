@@ -19,7 +19,7 @@ from tests.support import ROOT, RedisServer, WorkerProcess
 POLL_S = 0.005
 # Between idle-latency jobs: longer than BROKER_POLL_INTERVAL (0.5 s) and than OpenMP's spinning,
 # so each job finds a worker really idle, as a lone job in production does. Back to back, a
-# job found the CPUs still busy from the one before and hid what idling costs (issue 16).
+# job found the CPUs still busy from the one before and hid what idling costs.
 IDLE_S = 1.0
 
 

@@ -188,7 +188,7 @@ def cmd_limits(client: Client, ns: argparse.Namespace) -> int:
         print(f"error: {exc} (queue limits are set by the admin user)", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except redis.exceptions.OutOfMemoryError as exc:  # HSET on a full Redis
-        raise client._redis_full() from exc
+        raise client.full_error() from exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise BrokerUnavailable(f"cannot reach Redis at {config.safe_url()}: {exc}") from exc
     if ns.json:

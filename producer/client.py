@@ -54,9 +54,9 @@ _MGET_CHUNK = 500
 # Client.wait reads at most twice this many result keys per poll (see `wait`), and polls at
 # the fastest rate only while each poll finds at least _WAIT_ENOUGH finished jobs.
 _WAIT_WINDOW = 128
+_WAIT_ENOUGH = 8
 # Messages per pipelined publish round trip (submit_many).
 _PUBLISH_BATCH = 200
-_WAIT_ENOUGH = 8
 # Client.wait subscribes to the result channels of at most this many jobs.
 _LISTEN_AT_MOST = 64
 DEFAULT_BULK_SIZE = 64
@@ -275,13 +275,13 @@ class Client:
         except (OperationalError, redis.ConnectionError, redis.ResponseError, OSError) as exc:
             # kombu wraps connection errors, and Redis' OOM refusal, in OperationalError.
             if is_out_of_memory(exc):
-                raise self._redis_full() from exc
+                raise self.full_error() from exc
             if isinstance(exc, redis.ResponseError):
                 raise
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
         return ids
 
-    def _redis_full(self) -> RedisFull:
+    def full_error(self) -> RedisFull:
         """RedisFull with INFO memory's numbers, where this user may read them."""
         try:
             memory = read_memory(self.redis)

@@ -102,7 +102,7 @@ def test_a_job_that_stops_being_upcoming_ends_the_wait_for_partners() -> None:
 def test_a_lone_job_does_not_wait_out_the_batch_delay(
     workers: WorkerFactory, client: Client
 ) -> None:
-    """A job waiting for its own batch is no partner on its way (issue 16, idle latency)."""
+    """A job waiting for its own batch is no partner on its way (idle latency)."""
     workers.start(MODEL="sleep:0ms", MAX_BATCH_DELAY_MS="3000", MODEL_WEIGHTS="random:0")
     for _ in range(2):
         result = client.result(client.submit("cat.jpg", top_k=1), timeout=30)

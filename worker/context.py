@@ -29,7 +29,7 @@ def configure_openmp(environ: os._Environ[str] | dict[str, str] | None = None) -
     threads need for decoding the next batch: int8 1024x768, one worker on 2 cores, 48 -> 57
     img/s with 10,000 (docs/performance.md). But the spinning must outlast the serial gaps
     inside one forward pass, or the team sleeps and wakes dozens of times per pass, which on a
-    VM that idled a second took a lone job's bf16 pass from 20 to 55 ms (issue 16): 30,000
+    VM that idled a second took a lone job's bf16 pass from 20 to 55 ms: 30,000
     spins (0.36 ms on a Xeon) bridge them without costing throughput measurably, 10,000 and
     20,000 did not. Setting either variable yourself leaves both to you.
     """

@@ -246,5 +246,5 @@ def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
     with rt.batcher.upcoming():
         job = submit(source, top_k, rt)
     # Waited for outside `upcoming`: a job waiting for its own batch is not on its way, and
-    # counting it made every lone job wait out MAX_BATCH_DELAY_MS for partners (issue 16).
+    # counting it made every lone job wait out MAX_BATCH_DELAY_MS for partners.
     return job if isinstance(job, dict) else finish(job, rt)
