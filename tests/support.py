@@ -45,6 +45,19 @@ def wait_for(
         time.sleep(interval)
 
 
+def imgqueue(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI (`python -m producer ARGS`) against `redis_url`, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url}
+    return subprocess.run(
+        [sys.executable, "-m", "producer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def held_messages(client: redis.Redis, prefix: str = "") -> list[Any]:
     """Every message some consumer holds: popped into an inbox, or claimed and unacknowledged."""
     out: list[Any] = []

@@ -4,9 +4,6 @@ real redis-server (no worker: these only look at the queue lists and INFO)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from producer.errors import BrokerUnavailable, QueueFull, RedisFull
 from producer.limits import Admission, get_limit, limits_key, set_limit
 from producer.memory import format_bytes, is_out_of_memory
 from tests.support import ROOT, RedisServer
+from tests.support import imgqueue as cli
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +38,6 @@ def r(server: RedisServer) -> Iterator[redis.Redis]:
     client.config_set("maxmemory", 0)
     client.flushdb()
     client.close()
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "producer", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def depth(r: redis.Redis, queue: str = "celery", prefix: str = "") -> int:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producer import Client
 from tests.support import ROOT, WorkerFactory, WorkerProcess, free_port, wait_for
+from tests.support import imgqueue as cli
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +32,6 @@ def holding(workers: WorkerFactory, redis_url: str) -> Iterator[WorkerProcess]:
         c.submit_many(["cat.jpg"] * 5, top_k=1, queue="parked", priority=4)
     yield worker
     worker.kill()
-
-
-def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url}
-    return subprocess.run(
-        [sys.executable, "-m", "producer", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_status_shows_queues_workers_and_dead_letters(
