@@ -29,7 +29,7 @@ from worker.celery_app import create_app  # noqa: E402
 from worker.fetch import fetch  # noqa: E402
 from worker.imaging import decode  # noqa: E402
 from worker.model import ImageModel, build_model  # noqa: E402
-from worker.model.weights import resolve  # noqa: E402
+from worker.model.spec import from_settings  # noqa: E402
 from worker.pipeline import validate_args  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
@@ -91,7 +91,7 @@ def model() -> ImageModel:
         if not _model:
             weights = None
             if not settings.model.startswith("sleep:"):
-                weights = resolve(settings.model_weights, settings.preprocess)
+                weights = from_settings(settings)
             built = build_model(
                 settings.model, weights, settings.device, settings.precision, settings.gpu_decode
             )

@@ -19,8 +19,9 @@ from PIL import Image
 
 from bench.images import SAMPLES, make_set
 from worker.imaging import decode
-from worker.model.classifier import Classifier, build_resnet50
-from worker.model.weights import WeightsSource, enum_member, resolve
+from worker.model.arch import enum_member
+from worker.model.classifier import Classifier, build_network
+from worker.model.spec import INT8_ARCHS, ModelSpec, resolve_model
 from worker.settings import DEFAULT_FORMATS
 
 # (label, PRECISION, DRAFT_DECODE)
@@ -33,11 +34,11 @@ CONFIGS = (
 )
 
 
-def reference(source: WeightsSource, paths: list[Path]) -> torch.Tensor:
+def reference(spec: ModelSpec, paths: list[Path]) -> torch.Tensor:
     """The seed tutorial's way, one image at a time."""
-    model = build_resnet50(source)  # resnet50() with the seeded or saved weights
+    model = build_network(spec)  # e.g. resnet50() with the seeded or saved weights
     model.eval()
-    transforms = enum_member(source.preprocess).transforms()
+    transforms = enum_member(spec.arch, spec.preprocess_id).transforms()
     rows = []
     with torch.inference_mode():
         for path in paths:
@@ -81,21 +82,27 @@ def compare(ref: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.fidelity", description=__doc__)
+    p.add_argument("--arch", default="resnet50", help="MODEL (default resnet50)")
     p.add_argument("--weights", default="random:0", help="MODEL_WEIGHTS (default random:0)")
     p.add_argument("--images", type=int, default=8, help="per generated size")
     args = p.parse_args()
-    source = resolve(args.weights)
+    spec = resolve_model(arch=args.arch, weights=args.weights)
     root = Path(tempfile.mkdtemp(prefix="imgqueue-fidelity-"))
     paths = sorted(SAMPLES.glob("*.jpg"))
     for size in ("1024x768", "4032x3024"):
         paths += [root / n for n in make_set(root, size, args.images)]
-    ref = reference(source, paths)
-    print(f"weights {source.weights_id}, {len(paths)} JPEGs (samples, 1024x768, 4032x3024)")
+    ref = reference(spec, paths)
+    print(
+        f"{spec.arch}, weights {spec.weights.weights_id}, {len(paths)} JPEGs "
+        "(samples, 1024x768, 4032x3024)"
+    )
     print("| settings | max abs dp (ref top-5) | mean abs dp | top-1 same | top-5 same order |"
           " top-5 same set |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for label, precision, draft in CONFIGS:
-        model = Classifier(source, "cpu", precision)
+        if precision == "int8" and spec.arch not in INT8_ARCHS:
+            continue
+        model = Classifier(spec, "cpu", precision)
         got = worker_way(model, paths, draft)
         c = compare(ref, got)
         print(

@@ -11,14 +11,14 @@ import torch
 
 from worker.imaging import decode
 from worker.model.classifier import Classifier
-from worker.model.weights import resolve
+from worker.model.spec import resolve_model
 from worker.settings import DEFAULT_FORMATS
 
 WEIGHTS = "random:0"
 
 
 def load(precision: str, device: str = "cpu") -> Classifier:
-    return Classifier(resolve(WEIGHTS), device, precision)
+    return Classifier(resolve_model(weights=WEIGHTS), device, precision)
 
 
 @contextmanager

@@ -43,10 +43,10 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def save_random_weights(path: Path, seed: int) -> Path:
     import torch
 
-    from worker.model.classifier import build_resnet50
-    from worker.model.weights import resolve
+    from worker.model.classifier import build_network
+    from worker.model.spec import resolve_model
 
-    model = build_resnet50(resolve(f"random:{seed}"))
+    model = build_network(resolve_model(weights=f"random:{seed}"))
     torch.save(model.state_dict(), path)
     return path
 

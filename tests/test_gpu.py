@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.support import SAMPLES
 from worker.model.classifier import Classifier, pick_device, pick_precision
-from worker.model.weights import resolve
+from worker.model.spec import resolve_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -34,8 +34,8 @@ def test_auto_picks_the_gpu_and_fp16() -> None:
 
 
 def test_fp16_on_the_gpu_stays_close_to_fp32_on_the_cpu() -> None:
-    cpu = Classifier(resolve("random:0"), "cpu", "fp32")
-    gpu = Classifier(resolve("random:0"), "cuda", "auto")
+    cpu = Classifier(resolve_model(weights="random:0"), "cpu", "fp32")
+    gpu = Classifier(resolve_model(weights="random:0"), "cuda", "auto")
     assert gpu.describe()["device"] == "cuda:0" and gpu.describe()["precision"] == "fp16"
     batch = _pillow_batch(cpu, PHOTOS)
     ref, out = cpu.infer(batch), gpu.infer(batch)
@@ -46,7 +46,7 @@ def test_fp16_on_the_gpu_stays_close_to_fp32_on_the_cpu() -> None:
 
 
 def test_nvjpeg_decode_matches_pillow_closely() -> None:
-    model = Classifier(resolve("random:0"), "cuda", "fp16", gpu_decode=True)
+    model = Classifier(resolve_model(weights="random:0"), "cuda", "fp16", gpu_decode=True)
     for path in PHOTOS:
         on_gpu = model.preprocess_encoded(path.read_bytes())
         assert on_gpu is not None, f"{path.name}: GPU decode fell back to Pillow"
@@ -57,7 +57,7 @@ def test_nvjpeg_decode_matches_pillow_closely() -> None:
 
 
 def test_gpu_decode_falls_back_for_non_jpeg() -> None:
-    model = Classifier(resolve("random:0"), "cuda", "fp16", gpu_decode=True)
+    model = Classifier(resolve_model(weights="random:0"), "cuda", "fp16", gpu_decode=True)
     assert model.preprocess_encoded(b"\x89PNG\r\n\x1a\n" + b"\0" * 64) is None
 
 
@@ -66,7 +66,7 @@ def test_batched_gpu_decode_through_the_batcher_with_a_pillow_fallback() -> None
     forward pass; what nvJPEG cannot decode fails with GpuDecodeFailed for Pillow to take."""
     from worker.batcher import Batcher, GpuDecodeFailed
 
-    model = Classifier(resolve("random:0"), "cuda", "fp16", gpu_decode=True)
+    model = Classifier(resolve_model(weights="random:0"), "cuda", "fp16", gpu_decode=True)
     batcher = Batcher(
         model.launch, max_batch_size=8, max_delay=0.05, decode_encoded=model.decode_batch,
         device=model.device,

@@ -14,26 +14,26 @@ from producer import Client
 from tests.support import SAMPLES, WorkerFactory, WorkerProcess
 from worker.model.bf16 import cpu_has_native_bf16
 from worker.model.classifier import Classifier, pick_precision
-from worker.model.weights import resolve
+from worker.model.spec import resolve_model
 
 
 @pytest.fixture(scope="module")
 def samples_batch() -> torch.Tensor:
-    model = Classifier(resolve("random:0"), "cpu", "fp32")
+    model = Classifier(resolve_model(weights="random:0"), "cpu", "fp32")
     images = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
     return torch.stack([model.preprocess(i) for i in images])
 
 
 @pytest.fixture(scope="module")
 def fp32_output(samples_batch: torch.Tensor) -> torch.Tensor:
-    return Classifier(resolve("random:0"), "cpu", "fp32").infer(samples_batch)
+    return Classifier(resolve_model(weights="random:0"), "cpu", "fp32").infer(samples_batch)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_lower_precision_is_valid_and_close_to_fp32(
     precision: str, samples_batch: torch.Tensor, fp32_output: torch.Tensor
 ) -> None:
-    model = Classifier(resolve("random:0"), "cpu", precision)
+    model = Classifier(resolve_model(weights="random:0"), "cpu", precision)
     out = model.infer(samples_batch)
     assert model.precision == precision
     assert out.dtype == torch.float32 and out.shape == fp32_output.shape
@@ -46,18 +46,18 @@ def test_lower_precision_is_valid_and_close_to_fp32(
 
 
 def test_int8_weights_id_says_quantized() -> None:
-    model = Classifier(resolve("random:7"), "cpu", "int8")
+    model = Classifier(resolve_model(weights="random:7"), "cpu", "int8")
     assert model.weights_id == "random:7:int8-ptq"
     assert model.describe()["weights"] == "random:7:int8-ptq"
 
 
 def test_quantizable_model_has_the_same_seeded_weights() -> None:
-    from worker.model.classifier import build_resnet50
+    from worker.model.classifier import build_network
     from worker.model.quantized import _float_quantizable
 
-    source = resolve("random:3")
-    plain = build_resnet50(source).state_dict()
-    quantizable = _float_quantizable(source).state_dict()
+    spec = resolve_model(weights="random:3")
+    plain = build_network(spec).state_dict()
+    quantizable = _float_quantizable(spec.weights, 1000).state_dict()
     assert plain.keys() == quantizable.keys()
     assert all(torch.equal(plain[k], quantizable[k]) for k in plain)
 
@@ -77,10 +77,10 @@ def test_native_bf16_flags() -> None:
 
 
 def test_cpu_bf16_runs_in_bf16_weights_and_auto_settles_on_one_precision() -> None:
-    explicit = Classifier(resolve("random:0"), "cpu", "bf16")
+    explicit = Classifier(resolve_model(weights="random:0"), "cpu", "bf16")
     assert next(explicit.model.parameters()).dtype == torch.bfloat16
     # auto: bf16 only where the CPU has it natively *and* it timed faster at load.
-    auto = Classifier(resolve("random:0"), "cpu", "auto")
+    auto = Classifier(resolve_model(weights="random:0"), "cpu", "auto")
     assert auto.precision in ("bf16", "fp32")
     if not cpu_has_native_bf16():
         assert auto.precision == "fp32"

@@ -12,7 +12,7 @@ from tests.support import SAMPLES, WorkerFactory
 from worker.errors import WeightsUnavailable
 from worker.imaging import decode
 from worker.model.classifier import Classifier
-from worker.model.weights import resolve
+from worker.model.spec import resolve_model
 from worker.settings import DEFAULT_FORMATS
 
 
@@ -25,25 +25,24 @@ def _probabilities(classifier: Classifier, name: str) -> torch.Tensor:
 
 def test_weights_file_saved_from_random_gives_identical_results(tmp_path: Path) -> None:
     path = save_random_weights(tmp_path / "r3.pth", 3)
-    from_seed = Classifier(resolve("random:3"), "cpu")
-    from_file = Classifier(resolve(str(path)), "cpu")
+    from_seed = Classifier(resolve_model(weights="random:3"), "cpu")
+    from_file = Classifier(resolve_model(weights=str(path)), "cpu")
     assert from_seed.weights_id == "random:3" and from_file.weights_id.startswith("file:")
     for name in ("cat.jpg", "rocket.jpg"):
         assert torch.equal(_probabilities(from_seed, name), _probabilities(from_file, name))
 
 
 def test_random_weights_say_so() -> None:
-    info = Classifier(resolve("random:0"), "cpu").describe()
+    info = Classifier(resolve_model(weights="random:0"), "cpu").describe()
     assert info["weights"] == "random:0" and info["pretrained"] is False
     assert "meaningless" in info["warning"]
 
 
 def test_enum_labels_and_transforms_come_from_the_weights_metadata() -> None:
-    source = resolve("random:0", preprocess="IMAGENET1K_V1")
-    classifier = Classifier(source, "cpu")
+    classifier = Classifier(resolve_model(weights="random:0", preprocess="IMAGENET1K_V1"), "cpu")
     assert (classifier.resize_size, classifier.input_size) == (256, 224)
     assert len(classifier.categories) == 1000 and classifier.categories[281] == "tabby"
-    assert (Classifier(resolve("random:0"), "cpu").resize_size) == 232
+    assert (Classifier(resolve_model(weights="random:0"), "cpu").resize_size) == 232
 
 
 def test_missing_pretrained_weights_raise_a_clear_error(
@@ -51,9 +50,9 @@ def test_missing_pretrained_weights_raise_a_clear_error(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailable, match="MODEL_WEIGHTS"):
-        resolve("IMAGENET1K_V2", download=False)
+        resolve_model(weights="IMAGENET1K_V2", download=False)
     with pytest.raises(WeightsUnavailable, match="neither"):
-        resolve(str(tmp_path / "nope.pth"))
+        resolve_model(weights=str(tmp_path / "nope.pth"))
 
 
 def test_worker_refuses_to_start_without_weights(workers: WorkerFactory, tmp_path: Path) -> None:

@@ -1,12 +1,12 @@
 """The result cache: the same image bytes through the same model setup give the same answer.
 
 Keyed by a sha256 over the image bytes and everything that shapes the predictions (model,
-weights, preprocessing, precision, draft decoding, top_k), stored in the result store
-(RESULT_URL, default REDIS_URL; one key per entry, so a Redis Cluster spreads them over its
-masters) for RESULT_CACHE_TTL seconds. A hit skips decode, preprocess and inference; the result says
-`"cached": true` and carries this job's own source and timings. The cache is best-effort: when
-Redis misbehaves the job simply runs the model. The stand-in model (MODEL=sleep:...) is never
-cached, since it exists to measure the queue.
+its version, weights, labels, preprocessing, precision, draft decoding, top_k), stored in the
+result store (RESULT_URL, default REDIS_URL; one key per entry, so a Redis Cluster spreads them
+over its masters) for RESULT_CACHE_TTL seconds. A hit skips decode, preprocess and inference;
+the result says `"cached": true` and carries this job's own source and timings. The cache is
+best-effort: when Redis misbehaves the job simply runs the model. The stand-in model
+(MODEL=sleep:...) is never cached, since it exists to measure the queue.
 """
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ def cache_key(data: bytes, top_k: int, model: dict[str, Any], settings: Settings
     identity = {
         "pipeline": PIPELINE_VERSION,
         "model": model.get("model"),
+        "arch": model.get("arch"),
+        "version": model.get("version"),
         "weights": model.get("weights"),
+        "labels": model.get("labels"),
         "preprocess": model.get("preprocess"),
         "precision": model.get("precision"),
         # Not the device: the same precision gives the same answer on CPU and GPU; but the

@@ -17,7 +17,7 @@ from worker.metrics import Metrics
 from worker.settings import Settings
 
 if TYPE_CHECKING:  # both import torch; a context exists before the model is wanted
-    from worker.model.weights import WeightsSource
+    from worker.model.spec import ModelSpec
     from worker.runtime import Runtime
 
 
@@ -45,7 +45,7 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)
     gate: Gate = field(default_factory=Gate)  # suspect jobs run alone (worker/deliveries.py)
     ready: threading.Event = field(default_factory=threading.Event)
-    weights: WeightsSource | None = None  # checked in the main process, before any fork
+    weights: ModelSpec | None = None  # the model, checked in the main process before any fork
     runtime: Runtime | None = None  # the model, its batcher and decoders, once loaded
     # Where Redis refuses writes for lack of memory: "broker" (fetches), "results" (stores).
     full: set[str] = field(default_factory=set)

@@ -19,7 +19,8 @@ import redis
 from worker import cache
 from worker.batcher import Batcher
 from worker.model import ImageModel, build_model
-from worker.model.weights import WeightsSource, resolve
+from worker.model.card import served_name
+from worker.model.spec import ModelSpec, from_settings
 from worker.sandbox.pool import DecodePool, default_limits
 from worker.settings import Settings
 
@@ -60,32 +61,42 @@ class Runtime:
 _task_thread = threading.local()
 
 
-def prepare(settings: Settings) -> WeightsSource | None:
-    """Check (and download into the cache) the configured weights; raises WeightsUnavailable."""
+def prepare(settings: Settings) -> ModelSpec | None:
+    """Resolve and check the configured model (downloading pretrained weights into the cache);
+    raises ConfigError or WeightsUnavailable, saying what is wrong, before any job is taken."""
     if settings.model.startswith("sleep:"):
         log.warning("MODEL=%s: a stand-in model, results are not real", settings.model)
         return None
-    weights = resolve(settings.model_weights, settings.preprocess)
-    if weights.pretrained is False:
+    spec = from_settings(settings)
+    if spec.weights.pretrained is False:
         log.warning(
             "MODEL_WEIGHTS=%s: RANDOM WEIGHTS, labels are meaningless; results say so",
             settings.model_weights,
         )
-    return weights
+    log.info(
+        "model %s: %s weights=%s labels=%s (%d) version=%s",
+        spec.model,
+        spec.arch,
+        spec.weights.weights_id,
+        spec.labels_id,
+        len(spec.labels),
+        spec.version or "-",
+    )
+    return spec
 
 
 def start(
     settings: Settings,
-    weights: WeightsSource | None = None,
+    spec: ModelSpec | None = None,
     *,
     on_batch: Callable[[int, float], None] | None = None,
     on_death: Callable[[BaseException], None] | None = None,
 ) -> Runtime:
     """Load the model, warm it up, and start its batcher (once per process: Context.load)."""
     started = time.perf_counter()
-    source = weights
-    if source is None and not settings.model.startswith("sleep:"):
-        source = resolve(settings.model_weights, settings.preprocess)
+    if spec is None and not settings.model.startswith("sleep:"):
+        spec = from_settings(settings)
+    name = served_name(settings.model_name, settings.model_card)
     loaded: list[ImageModel] = []
     import torch
 
@@ -96,7 +107,7 @@ def start(
         # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
         torch.set_num_threads(threads)
         model = build_model(
-            settings.model, source, settings.device, settings.precision, settings.gpu_decode
+            settings.model, spec, settings.device, settings.precision, settings.gpu_decode, name
         )
         model.warm_up()
         # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.

@@ -84,9 +84,19 @@ class Settings:
     # (None: 1 on a cluster, 0 elsewhere), and the longest wait for them.
     result_wait_replicas: int | None = env(None, int)
     result_wait_timeout_ms: int = env(1000, int)
-    model: str = env("resnet50", str)
+    # The architecture: any torchvision classification model (docs/models.md), or sleep:<ms>ms
+    model: str = env("resnet50", lower)
     model_weights: str = env("IMAGENET1K_V2", str)
-    preprocess: str = env("IMAGENET1K_V2", str)
+    # A labels file (lines, a JSON list, or a JSON object index -> name); empty: the weights'
+    model_labels: Path | None = env(None, path)
+    # One JSON file naming the architecture, weights, labels, version and preprocessing
+    model_card: Path | None = env(None, path)
+    # The name producers route by (submit(model=...)): empty, the card's name, else the default
+    # model on the default queue
+    model_name: str = env("", str)
+    # The torchvision weights enum whose reference transforms apply (empty: the weights' own,
+    # else the architecture's default)
+    preprocess: str = env("", upper)
     device: str = env("auto", lower)
     # auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
     precision: str = env("auto", lower)

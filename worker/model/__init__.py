@@ -1,13 +1,17 @@
-"""Model code: weights resolution, the classifier and its stand-in. Knows nothing of Celery."""
+"""Model code: the model spec, its checks, the classifier and its stand-in. Knows nothing of
+Celery."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-from PIL import Image
+from worker.model.prediction import Prediction
 
-from worker.model.classifier import Prediction
+if TYPE_CHECKING:  # reading a card or a name must not load torch (worker/celery_app.py)
+    import torch
+    from PIL import Image
+
+    from worker.model.spec import ModelSpec
 
 
 class ImageModel(Protocol):
@@ -38,17 +42,21 @@ class ImageModel(Protocol):
 
 
 def build_model(
-    model: str, weights: Any, device: str, precision: str, gpu_decode: bool = False
+    model: str,
+    spec: ModelSpec | None,
+    device: str,
+    precision: str,
+    gpu_decode: bool = False,
+    name: str = "",
 ) -> ImageModel:
-    """`MODEL=resnet50` (the real thing) or `MODEL=sleep:<ms>ms` (a fixed-latency stand-in)."""
+    """The resolved model (worker/model/spec.py), or for `MODEL=sleep:<ms>ms` a
+    fixed-latency stand-in."""
     if model.startswith("sleep:"):
         from worker.model.standin import SleepModel
 
-        return SleepModel(model)
-    if model != "resnet50":
-        from worker.errors import ConfigError
-
-        raise ConfigError(f"MODEL={model!r}: expected resnet50 or sleep:<ms>ms")
+        return SleepModel(model, name)
+    if spec is None:
+        raise ValueError("a model needs its resolved spec (worker.model.spec.from_settings)")
     from worker.model.classifier import Classifier
 
-    return Classifier(weights, device, precision, gpu_decode)
+    return Classifier(spec, device, precision, gpu_decode)

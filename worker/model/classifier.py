@@ -1,4 +1,6 @@
-"""ResNet-50 as three plain steps: preprocess, infer, postprocess. Knows nothing of Celery."""
+"""A torchvision classifier as three plain steps: preprocess, infer, postprocess.
+
+Knows nothing of Celery."""
 
 from __future__ import annotations
 
@@ -6,31 +8,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms._presets import ImageClassification
 
 from worker.errors import ConfigError
+from worker.model.arch import build
 from worker.model.bf16 import bf16_pays, cpu_has_native_bf16, to_bf16
+from worker.model.card import Preprocessing
 from worker.model.gpu_decode import GpuJpegDecoder
-from worker.model.weights import WeightsSource, enum_member, load_state_dict
+from worker.model.prediction import Prediction
+from worker.model.spec import ModelSpec
+from worker.model.weights import load_state_dict
+
+__all__ = ["Classifier", "Prediction", "build_network", "transforms_of"]
 
 log = logging.getLogger(__name__)
-
-MODEL_NAME = "resnet50"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    index: int
-    label: str
-    probability: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "label": self.label, "probability": self.probability}
 
 
 def pick_device(setting: str) -> torch.device:
@@ -51,40 +47,49 @@ def pick_precision(setting: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def build_resnet50(source: WeightsSource) -> torch.nn.Module:
-    from torchvision.models import resnet50
-
+def build_network(spec: ModelSpec) -> torch.nn.Module:
+    """The float model with the spec's weights (seeded ones made the same in any process)."""
+    source = spec.weights
     if source.seed is not None:
-        # Seed only this construction, so the same seed gives the same weights in any process.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(source.seed)
-            seeded: torch.nn.Module = resnet50(weights=None)
-            return seeded
-    model: torch.nn.Module = resnet50(weights=None)
+            return build(spec.arch, len(spec.labels))
+    model = build(spec.arch, len(spec.labels))
     state = load_state_dict(source)
     assert state is not None
     model.load_state_dict(state)
     return model
 
 
-class Classifier:
-    """A loaded model plus the reference transforms and labels of its weights."""
+def transforms_of(p: Preprocessing) -> ImageClassification:
+    """torchvision's own reference transform with these numbers: the enum's `transforms()`
+    builds the same class."""
+    return ImageClassification(
+        crop_size=p.crop,
+        resize_size=p.resize,
+        mean=p.mean,
+        std=p.std,
+        interpolation=InterpolationMode(p.interpolation),
+    )
 
-    name = MODEL_NAME
+
+class Classifier:
+    """A loaded model plus its transforms and labels."""
 
     def __init__(
         self,
-        source: WeightsSource,
+        spec: ModelSpec,
         device: str = "auto",
         precision: str = "fp32",
         gpu_decode: bool = False,
     ):
-        self.source = source
+        self.spec = spec
+        self.source = spec.weights
+        self.name = spec.model
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
-        meta = enum_member(source.preprocess)
-        self.transforms = meta.transforms()
-        self.categories: list[str] = list(meta.meta["categories"])
+        self.transforms = transforms_of(spec.preprocessing)
+        self.categories: list[str] = list(spec.labels)
         self.input_size = int(self.transforms.crop_size[0])
         self.resize_size = int(self.transforms.resize_size[0])
         started = time.perf_counter()
@@ -101,11 +106,11 @@ class Classifier:
                 raise ConfigError("PRECISION=int8 runs on the CPU only; use fp16 on CUDA")
             from worker.model.quantized import build_int8
 
-            return build_int8(self.source, self.preprocess)
+            return build_int8(self.spec, self.preprocess)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # batch shapes repeat: tune once per shape
         # channels_last for every precision: fp32 on the CPU measured 20% faster, same numbers.
-        model = build_resnet50(self.source).eval().to(self.device)
+        model = build_network(self.spec).eval().to(self.device)
         model = model.to(memory_format=torch.channels_last)
         if self.precision == "bf16" and self.device.type == "cpu":
             bf16 = to_bf16(model)
@@ -131,11 +136,16 @@ class Classifier:
 
     def describe(self) -> dict[str, Any]:
         """What every result says about the model that produced it."""
+        spec = self.spec
         info: dict[str, Any] = {
             "model": self.name,
+            "name": spec.name,
+            "arch": spec.arch,
+            "version": spec.version,
             "weights": self.weights_id,
+            "labels": spec.labels_id,
             "pretrained": self.source.pretrained,
-            "preprocess": self.source.preprocess,
+            "preprocess": spec.preprocess_id,
             "precision": self.precision,
             "device": str(self.device),
         }
@@ -146,7 +156,7 @@ class Classifier:
     # -- the three steps -----------------------------------------------------------------------
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """An RGB PIL image to a normalised 3x224x224 float tensor (the weights' transforms)."""
+        """An RGB PIL image to a normalised 3xCxC float tensor (the model's transforms)."""
         tensor: torch.Tensor = self.transforms(image)
         return tensor
 

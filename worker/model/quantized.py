@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from worker.errors import WeightsUnavailable
+from worker.model.spec import ModelSpec
 from worker.model.weights import WeightsSource, load_state_dict
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,13 @@ def calibration_images(directory: Path = CALIBRATION_DIR, limit: int = 8) -> lis
 
 
 def build_int8(
-    source: WeightsSource, preprocess: Callable[[Image.Image], torch.Tensor]
+    spec: ModelSpec, preprocess: Callable[[Image.Image], torch.Tensor]
 ) -> torch.nn.Module:
     """The quantized model, ready for CPU inference (int8 kernels run on the CPU only)."""
     from torchvision.models import quantization as tvq
 
     torch.backends.quantized.engine = BACKEND
+    source = spec.weights
     name = quantized_enum_name(source)
     with _quiet():
         if name is not None:
@@ -71,7 +73,7 @@ def build_int8(
             except Exception as exc:
                 raise WeightsUnavailable(f"cannot load quantized weights {name}: {exc}") from exc
             return pretrained.eval()
-        model: torch.nn.Module = _float_quantizable(source)
+        model: torch.nn.Module = _float_quantizable(source, len(spec.labels))
         model.eval()
         model.fuse_model(is_qat=False)  # type: ignore[operator]
         tq: Any = torch.ao.quantization  # untyped in torch's stubs
@@ -82,15 +84,15 @@ def build_int8(
     return model
 
 
-def _float_quantizable(source: WeightsSource) -> Any:
+def _float_quantizable(source: WeightsSource, num_classes: int) -> Any:
     from torchvision.models import quantization as tvq
 
     if source.seed is not None:
         # The same seeded construction as the float model, so fp32 and int8 share weights.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(source.seed)
-            return tvq.resnet50(weights=None, quantize=False)
-    model = tvq.resnet50(weights=None, quantize=False)
+            return tvq.resnet50(weights=None, quantize=False, num_classes=num_classes)
+    model = tvq.resnet50(weights=None, quantize=False, num_classes=num_classes)
     state = load_state_dict(source)
     assert state is not None
     model.load_state_dict(state)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from worker.errors import ConfigError
-from worker.model.classifier import Prediction
+from worker.model.prediction import Prediction
 
 NUM_CLASSES = 1000
 
@@ -38,10 +38,11 @@ class SleepModel:
     input_size = 1
     load_seconds = 0.0
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, name: str = "") -> None:
         self.spec = spec
         self.latency = parse_latency(spec)
-        self.name = spec
+        self.served_name = name
+        self.name = name or spec
         self.precision = "none"
         self.device = torch.device("cpu")
         self.categories = [f"class {i}" for i in range(NUM_CLASSES)]
@@ -58,7 +59,11 @@ class SleepModel:
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.name,
+            "name": self.served_name,
+            "arch": self.spec,
+            "version": None,
             "weights": "none",
+            "labels": None,
             "pretrained": False,
             "preprocess": "none",
             "precision": self.precision,
