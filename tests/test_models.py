@@ -1,0 +1,252 @@
+"""Your own models: checkpoints made here, packed, checked, refused, and served by real workers.
+
+The checkpoints are seeded random weights with real heads (3 and 4 classes): what a fine-tuned
+model's file looks like, without downloading one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+import torchvision
+
+from producer import Client
+from producer.contract import DEFAULT_QUEUE
+from tests.support import WorkerFactory, wait_for
+from worker.deliveries import delivery_key
+from worker.errors import ConfigError, WeightsUnavailable
+from worker.model.card import read_card
+from worker.model.labels import labels_id, read_labels
+from worker.model.pack import check, pack, read_checkpoint
+from worker.model.spec import resolve_model
+
+DEFECTS = ["ok", "scratch", "dent"]
+TINY = ["circle", "square", "triangle", "star"]
+
+
+def checkpoint(path: Path, arch: str, classes: int, seed: int = 0) -> Path:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def labels_file(path: Path, labels: list[str]) -> Path:
+    path.write_text("\n".join(labels) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-class ResNet-50 and a 4-class MobileNet, with labels, as training would leave them."""
+    d = tmp_path_factory.mktemp("checkpoints")
+    checkpoint(d / "defects.pt", "resnet50", 3)
+    labels_file(d / "defects.txt", DEFECTS)
+    for version, seed in (("1", 1), ("2", 2)):
+        checkpoint(d / f"tiny-v{version}.pt", "mobilenet_v3_small", 4, seed)
+    labels_file(d / "tiny.txt", TINY)
+    return d
+
+
+# -- labels, cards and refusals, without Redis ------------------------------------------------
+
+
+def test_labels_files_in_each_form(tmp_path: Path) -> None:
+    lines = labels_file(tmp_path / "a.txt", DEFECTS)
+    listed = tmp_path / "b.json"
+    listed.write_text(json.dumps(DEFECTS))
+    mapped = tmp_path / "index_to_name.json"
+    mapped.write_text(json.dumps({"2": ["n3", "dent"], "0": "ok", "1": "scratch"}))
+    assert read_labels(lines) == read_labels(listed) == read_labels(mapped) == DEFECTS
+    gap = tmp_path / "gap.json"
+    gap.write_text(json.dumps({"0": "ok", "2": "dent"}))
+    with pytest.raises(ConfigError, match="missing \\[1\\]"):
+        read_labels(gap)
+    assert labels_id(DEFECTS) != labels_id(list(reversed(DEFECTS)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labels": "eleven"}, "head \\(fc.weight\\) has 3 outputs; MODEL_LABELS .* has 11 labels"),
+        ({"labels": None}, "has 3 outputs; the 1000 categories of IMAGENET1K_V2"),
+        ({"arch": "resnet18"}, "does not fit resnet18: .*unexpected keys"),
+        ({"arch": "resnet5O"}, "not a torchvision classification architecture; did you mean"),
+        ({"precision": "int8", "arch": "mobilenet_v3_small"}, "int8 .* not mobilenet_v3_small"),
+    ],
+)
+def test_a_model_that_would_not_load_is_refused_saying_what_differs(
+    made: Path, tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    args: dict[str, object] = {
+        "arch": "resnet50",
+        "weights": str(made / "defects.pt"),
+        "labels": made / "defects.txt",
+    }
+    if kwargs.get("labels") == "eleven":
+        kwargs = {"labels": labels_file(tmp_path / "eleven.txt", [f"c{i}" for i in range(11)])}
+    if kwargs.get("arch") == "mobilenet_v3_small":
+        args.update(weights=str(made / "tiny-v1.pt"), labels=made / "tiny.txt")
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=message):
+        resolve_model(**args)  # type: ignore[arg-type]
+
+
+def test_missing_keys_are_named(made: Path, tmp_path: Path) -> None:
+    state = torch.load(made / "defects.pt", weights_only=True)
+    del state["layer4.2.bn3.weight"], state["layer4.2.bn3.num_batches_tracked"]
+    torch.save(state, tmp_path / "cut.pt")
+    with pytest.raises(ConfigError, match=r"1 missing keys \(layer4\.2\.bn3\.weight\)"):
+        resolve_model(weights=str(tmp_path / "cut.pt"), labels=made / "defects.txt")
+
+
+def test_pack_reads_each_kind_of_checkpoint_and_writes_a_card_that_checks(
+    made: Path, tmp_path: Path
+) -> None:
+    state = torch.load(made / "tiny-v1.pt", weights_only=True)
+    lightning = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 7}, lightning)
+    whole = tmp_path / "whole.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        torch.save(torchvision.models.mobilenet_v3_small(num_classes=4), whole)
+    kinds = {}
+    for path in (made / "tiny-v1.pt", lightning, whole):
+        with (
+            pytest.raises(WeightsUnavailable, match="--trust-pickle")
+            if path == whole
+            else contextlib.nullcontext()
+        ):
+            read_checkpoint(path)
+        out = tmp_path / f"out-{path.stem}"
+        packed = pack(
+            path,
+            arch="mobilenet_v3_small",
+            labels=made / "tiny.txt",
+            out=out,
+            name="tiny",
+            trust_pickle=path == whole,
+        )
+        kinds[path.name] = packed.found
+        card = read_card(out)
+        assert (card.name, card.version, card.arch) == ("tiny", "1", "mobilenet_v3_small")
+        assert packed.spec.labels == tuple(TINY)
+    assert kinds == {
+        "tiny-v1.pt": "a state dict",
+        "last.ckpt": "a Lightning-style checkpoint (its state_dict)",
+        "whole.pt": "a whole pickled model",
+    }
+    # The same tensors however they were wrapped: one weights identity.
+    ids = {check(tmp_path / f"out-{p}").weights.weights_id for p in ("tiny-v1", "last", "whole")}
+    assert len(ids) == 1
+
+
+def test_a_card_is_checked_against_its_files(made: Path, tmp_path: Path) -> None:
+    out = tmp_path / "defects"
+    pack(made / "defects.pt", arch="resnet50", labels=made / "defects.txt", out=out, name="d")
+    spec = check(out)
+    assert (spec.name, spec.model, spec.version, spec.labels) == ("d", "d", "1", tuple(DEFECTS))
+    card = json.loads((out / "model.json").read_text())
+    (out / "weights.pt").write_bytes((out / "weights.pt").read_bytes() + b"\0")
+    with pytest.raises(ConfigError, match=r"weights\.pt has sha256 .* the card says"):
+        resolve_model(card=out)
+    card["arch"] = "vit_b_16"
+    (out / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match=r"MODEL_CARD .* names MODEL='vit_b_16', but MODEL="):
+        resolve_model(card=out, arch="resnet50x")
+
+
+# -- served by real workers -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cards(made: Path) -> dict[str, Path]:
+    """Packed models: a 3-class ResNet-50 `defects`, and `tiny` (MobileNet) versions 1 and 2."""
+    out = {"defects": made / "card-defects"}
+    pack(made / "defects.pt", arch="resnet50", labels=made / "defects.txt", out=out["defects"],
+         name="defects", version="2026.11")  # fmt: skip
+    for version in ("1", "2"):
+        out[f"tiny-v{version}"] = made / f"card-tiny-v{version}"
+        pack(made / f"tiny-v{version}.pt", arch="mobilenet_v3_small", labels=made / "tiny.txt",
+             out=out[f"tiny-v{version}"], name="tiny", version=version)  # fmt: skip
+    return out
+
+
+def card_env(card: Path) -> dict[str, str]:
+    return {"MODEL_CARD": str(card), "MODEL_WEIGHTS": ""}  # the card names its weights
+
+
+def test_a_checkpoint_that_does_not_fit_stops_the_worker_before_any_job(
+    workers: WorkerFactory, made: Path, redis_url: str
+) -> None:
+    with Client(redis_url, bulk_size=1) as client:
+        client.submit("cat.jpg")  # waiting before the worker starts: it must not be taken
+    worker = workers.start(wait=False, MODEL_WEIGHTS=str(made / "defects.pt"))
+    assert worker.proc.wait(120) != 0
+    log = worker.log()
+    assert "worker cannot start" in log
+    assert "the checkpoint's head (fc.weight) has 3 outputs" in log and "MODEL_LABELS" in log
+    r = redis.Redis.from_url(redis_url)
+    assert r.llen(DEFAULT_QUEUE) == 1
+    r.delete(DEFAULT_QUEUE)
+    r.close()
+
+
+def test_a_fine_tuned_resnet50_answers_with_its_own_labels(
+    workers: WorkerFactory, cards: dict[str, Path], redis_url: str
+) -> None:
+    workers.start(**card_env(cards["defects"]))
+    with Client(redis_url) as client:
+        ids = client.submit_many(["cat.jpg", "rocket.jpg"], top_k=3, model="defects")
+        outcomes = list(client.wait(ids, timeout=120))
+    assert {o.state for o in outcomes} == {"SUCCESS"}, [o.result for o in outcomes]
+    for outcome in outcomes:
+        result = outcome.result
+        assert {p["label"] for p in result["predictions"]} == set(DEFECTS)
+        assert sum(p["probability"] for p in result["predictions"]) == pytest.approx(1, abs=1e-5)
+        assert result["model"] == "defects" and result["arch"] == "resnet50"
+        assert result["version"] == "2026.11" and result["labels"] == labels_id(DEFECTS)
+        assert result["weights"].startswith("file:")
+
+
+def test_rolling_out_a_new_version_under_load_loses_nothing_and_runs_nothing_twice(
+    workers: WorkerFactory, cards: dict[str, Path], redis_url: str
+) -> None:
+    """Version 1 serves; version 2 joins the same queue; version 1 gets SIGTERM (a rolling
+    deployment's warm shutdown) while jobs keep coming."""
+    old = workers.start(**card_env(cards["tiny-v1"]))
+    ids: list[str] = []
+    done = threading.Event()
+    with Client(redis_url, bulk_size=1) as client:
+
+        def produce() -> None:
+            while not done.is_set():
+                ids.extend(client.submit_many(["cat.jpg", "rocket.jpg"], top_k=2, model="tiny"))
+                done.wait(0.05)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            wait_for(lambda: len(ids) >= 20, 30, "jobs under way")
+            workers.start(**card_env(cards["tiny-v2"]))
+            old.kill(signal.SIGTERM)
+            assert old.proc.wait(60) == 0
+        finally:
+            done.set()
+            producer.join()
+        outcomes = list(client.wait(ids, timeout=120))
+        counts = client.redis.mget([delivery_key(t, 0) for t in ids])
+    assert len(outcomes) == len(ids) and {o.state for o in outcomes} == {"SUCCESS"}
+    versions = [o.result["version"] for o in outcomes]
+    assert set(versions) == {"1", "2"}, "both versions served during the rollout"
+    assert {o.result["arch"] for o in outcomes} == {"mobilenet_v3_small"}
+    assert {p["label"] for o in outcomes for p in o.result["predictions"]} <= set(TINY)
+    assert max(int(c or 0) for c in counts) == 1, "a job ran twice"
