@@ -19,7 +19,7 @@ import torchvision
 
 from producer import Client
 from producer.contract import DEFAULT_QUEUE
-from tests.support import WorkerFactory, wait_for
+from tests.support import WorkerFactory, WorkerProcess, wait_for
 from worker.deliveries import delivery_key
 from worker.errors import ConfigError, WeightsUnavailable
 from worker.model.card import read_card
@@ -180,8 +180,8 @@ def cards(made: Path) -> dict[str, Path]:
     return out
 
 
-def card_env(card: Path) -> dict[str, str]:
-    return {"MODEL_CARD": str(card), "MODEL_WEIGHTS": ""}  # the card names its weights
+def serve(workers: WorkerFactory, card: Path) -> WorkerProcess:
+    return workers.start(MODEL_CARD=str(card), MODEL_WEIGHTS="")  # the card names its weights
 
 
 def test_a_checkpoint_that_does_not_fit_stops_the_worker_before_any_job(
@@ -203,7 +203,7 @@ def test_a_checkpoint_that_does_not_fit_stops_the_worker_before_any_job(
 def test_a_fine_tuned_resnet50_answers_with_its_own_labels(
     workers: WorkerFactory, cards: dict[str, Path], redis_url: str
 ) -> None:
-    workers.start(**card_env(cards["defects"]))
+    serve(workers, cards["defects"])
     with Client(redis_url) as client:
         ids = client.submit_many(["cat.jpg", "rocket.jpg"], top_k=3, model="defects")
         outcomes = list(client.wait(ids, timeout=120))
@@ -222,7 +222,7 @@ def test_rolling_out_a_new_version_under_load_loses_nothing_and_runs_nothing_twi
 ) -> None:
     """Version 1 serves; version 2 joins the same queue; version 1 gets SIGTERM (a rolling
     deployment's warm shutdown) while jobs keep coming."""
-    old = workers.start(**card_env(cards["tiny-v1"]))
+    old = serve(workers, cards["tiny-v1"])
     ids: list[str] = []
     done = threading.Event()
     with Client(redis_url, bulk_size=1) as client:
@@ -236,7 +236,7 @@ def test_rolling_out_a_new_version_under_load_loses_nothing_and_runs_nothing_twi
         producer.start()
         try:
             wait_for(lambda: len(ids) >= 20, 30, "jobs under way")
-            workers.start(**card_env(cards["tiny-v2"]))
+            serve(workers, cards["tiny-v2"])
             old.kill(signal.SIGTERM)
             assert old.proc.wait(60) == 0
         finally:
