@@ -77,7 +77,7 @@ def test_labels_files_in_each_form(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"labels": "eleven"}, "head \\(fc.weight\\) has 3 outputs; MODEL_LABELS .* has 11 labels"),
-        ({"labels": None}, "has 3 outputs; the 1000 categories of IMAGENET1K_V2"),
+        ({"labels": None}, "has 3 outputs; MODEL_LABELS is unset, so the 1000 categories of"),
         ({"arch": "resnet18"}, "does not fit resnet18: .*unexpected keys"),
         ({"arch": "resnet5O"}, "not a torchvision classification architecture; did you mean"),
         ({"precision": "int8", "arch": "mobilenet_v3_small"}, "int8 .* not mobilenet_v3_small"),
@@ -162,6 +162,21 @@ def test_a_card_is_checked_against_its_files(made: Path, tmp_path: Path) -> None
     (out / "model.json").write_text(json.dumps(card))
     with pytest.raises(ConfigError, match=r"MODEL_CARD .* names MODEL='vit_b_16', but MODEL="):
         resolve_model(card=out, arch="resnet50x")
+
+
+def test_another_architecture_matches_the_seed_tutorials_way_within_1e_5() -> None:
+    """MobileNet with its torchvision weights' own transforms and categories, in fp32, against
+    `mobilenet_v3_small()` with `weights.transforms()` one image at a time."""
+    from bench.fidelity import compare, reference, worker_way
+    from tests.support import SAMPLES
+    from worker.model.classifier import Classifier
+
+    spec = resolve_model(arch="mobilenet_v3_small", weights="random:0")
+    assert (spec.preprocess_id, len(spec.labels)) == ("IMAGENET1K_V1", 1000)
+    paths = sorted(SAMPLES.glob("*.jpg"))
+    got = worker_way(Classifier(spec, "cpu", "fp32"), paths, draft=False)
+    c = compare(reference(spec, paths), got)
+    assert c["max_dp"] < 1e-5 and c["top5_order"] == 1.0, c
 
 
 # -- served by real workers -------------------------------------------------------------------

@@ -104,16 +104,16 @@ def head_size(arch: str, state: Mapping[str, Any]) -> int | None:
 
 
 def check_state_dict(
-    arch: str, state: Mapping[str, Any], num_classes: int, labels_from: str, where: str
+    arch: str, state: Mapping[str, Any], num_classes: int, labels: str, where: str
 ) -> None:
-    """Refuse, naming `where` and what differs, a state dict that would not load exactly."""
+    """Refuse, naming `where` and what differs, a state dict that would not load exactly.
+    `labels` says where the `num_classes` labels come from ("MODEL_LABELS x has 3 labels")."""
     heads = head_keys(arch)
     outputs = head_size(arch, state)
     if outputs is not None and outputs != num_classes:
         head = next(k for k in heads if k.endswith("weight"))
         raise ConfigError(
-            f"{where}: the checkpoint's head ({head}) has {outputs} outputs; {labels_from} has "
-            f"{num_classes} labels"
+            f"{where}: the checkpoint's head ({head}) has {outputs} outputs; {labels}"
         )
     expected = _shapes(arch, num_classes)
     missing = [k for k in expected if k not in state and not k.endswith(_OPTIONAL_SUFFIXES)]

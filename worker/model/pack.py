@@ -71,7 +71,8 @@ def pack(
     arch = check_arch(arch, "--arch")
     label_list = read_labels(labels, "--labels")
     state, found = read_checkpoint(checkpoint, trust_pickle)
-    check_state_dict(arch, state, len(label_list), f"--labels {labels}", f"{checkpoint}")
+    labelled = f"--labels {labels} has {len(label_list)} labels"
+    check_state_dict(arch, state, len(label_list), labelled, f"{checkpoint}")
     out.mkdir(parents=True, exist_ok=True)
     # contiguous copies: a view into a larger storage would save that whole storage
     tensors = {k: v.detach().clone().contiguous() for k, v in state.items()}

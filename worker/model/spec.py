@@ -99,10 +99,13 @@ def resolve_model(
         member = enum_member(arch, source.enum_name) if source.enum_name else default_member(arch)
     if labels is not None:
         label_list = read_labels(labels, labels_setting if card is None else "MODEL_CARD labels")
-        labels_from = f"{labels_setting} {labels}" if card is None else labels_setting
+        where_labels = f"{labels_setting} {labels}" if card is None else labels_setting
+        labels_from = f"{where_labels} has {len(label_list)} labels"
     else:
         label_list = list(member.meta["categories"])
-        labels_from = f"the {len(label_list)} categories of {member.name} (set MODEL_LABELS)"
+        labels_from = (
+            f"MODEL_LABELS is unset, so the {len(label_list)} categories of {member.name} apply"
+        )
     if source.path is not None:
         state, _ = read_state_dict(source.path)
         where = f"MODEL_WEIGHTS {source.path}"
