@@ -18,6 +18,7 @@ from producer.errors import (
     QueueFull,
     RedisFull,
     ResultTimeout,
+    UnknownModel,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "QueueFull",
     "RedisFull",
     "ResultTimeout",
+    "UnknownModel",
 ]
 
 

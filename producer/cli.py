@@ -1,4 +1,4 @@
-"""Command line: `python -m producer submit|result|status|limits|dead-letters ...` (also
+"""Command line: `python -m producer submit|result|status|limits|dead-letters|model ...` (also
 `imgqueue`).
 
 Exit status:
@@ -8,6 +8,7 @@ Exit status:
   3  Redis unreachable, or results did not arrive in time
   4  Redis is full (maxmemory reached with noeviction): nothing was submitted
   5  the queue is at the depth limit an operator set (`imgqueue limits`): nothing was submitted
+  6  no worker serves the model named with --model (`imgqueue model list`): nothing was submitted
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from producer.contract import (
     MIN_PRIORITY,
 )
 from producer.deadletters import DeadLetters
-from producer.errors import ProducerError, QueueFull, RedisFull
+from producer.errors import ProducerError, QueueFull, RedisFull, UnknownModel
+from producer.model_cli import add_subparser as add_model
+from producer.model_cli import served_name
 from producer.render import add_subparser as add_render
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
-EXIT_REDIS_FULL, EXIT_QUEUE_FULL = 4, 5
+EXIT_REDIS_FULL, EXIT_QUEUE_FULL, EXIT_UNKNOWN_MODEL = 4, 5, 6
 
 
 def expand_sources(args: Iterable[str], stdin: TextIO) -> Iterator[str]:
@@ -98,9 +101,18 @@ def cmd_submit(client: Client, ns: argparse.Namespace) -> int:
     if not sources:
         print("error: no sources to submit", file=sys.stderr)
         return EXIT_USAGE
-    ids = client.submit_many(
-        sources, top_k=ns.top_k, queue=ns.queue, priority=ns.priority, bulk_size=ns.bulk_size
-    )
+    try:
+        ids = client.submit_many(
+            sources,
+            top_k=ns.top_k,
+            queue=ns.queue,
+            priority=ns.priority,
+            bulk_size=ns.bulk_size,
+            model=ns.model,
+        )
+    except ValueError as exc:  # --queue and --model disagree (no Redis was asked)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if not ns.wait:
         for task_id in ids:
             print(task_id, flush=True)
@@ -267,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_top_k, default=DEFAULT_TOP_K)
     p.add_argument("--queue", default=None, help="queue to send to (default: celery)")
     p.add_argument(
+        "--model",
+        type=served_name,
+        default=None,
+        help="the model to run: its workers' queue, model.NAME (exit 6 when no worker of it "
+        "has registered; see `imgqueue model list`)",
+    )
+    p.add_argument(
         "--priority",
         type=_priority,
         default=None,
@@ -337,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     ll = lim_sub.add_parser("list", help="every queue with a limit, and its depth")
     ll.add_argument("--json", action="store_true", help="one JSON object")
     lim.set_defaults(func=cmd_limits)
+    add_model(sub)
     add_render(sub)  # offline: needs no Redis
     return parser
 
@@ -362,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QueueFull as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_QUEUE_FULL
+    except UnknownModel as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN_MODEL
     except ProducerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

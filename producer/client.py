@@ -45,6 +45,7 @@ from producer.errors import (
 )
 from producer.limits import Admission
 from producer.memory import is_out_of_memory, read_memory
+from producer.models import Registry, queue_for
 from producer.redaction import display_url
 
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
@@ -152,6 +153,21 @@ def check_priority(priority: int | None) -> int | None:
     return priority
 
 
+def route(queue: str, model: str | None, *, queue_given: bool = True) -> str:
+    """The queue a submit goes to: `model`'s (producer.models.queue_for) when one is named,
+    else `queue`. Naming both is fine when they agree; else ValueError (BadModelName for a
+    malformed name)."""
+    if model is None:
+        return queue
+    target = queue_for(model)
+    if queue_given and queue != target:
+        raise ValueError(
+            f"queue {queue!r} and model {model!r} disagree: model {model!r} is served on queue "
+            f"{target!r}; give one of them"
+        )
+    return target
+
+
 class Client:
     """Submit image sources for classification and collect their results."""
 
@@ -192,6 +208,8 @@ class Client:
         self._results: Any = self.redis if self.result_config == _same(self.config) else None
         # Queue depth limits an operator set (producer.limits), cached a few seconds.
         self.admission = Admission(self.redis, self.config)
+        # The models workers registered (producer.models), cached a few seconds.
+        self.models = Registry(self.redis, self.config)
 
     @property
     def results(self) -> Any:
@@ -226,13 +244,17 @@ class Client:
         top_k: int = DEFAULT_TOP_K,
         queue: str | None = None,
         priority: int | None = None,
+        model: str | None = None,
     ) -> str:
         """Enqueue one source (URL or path under the worker's IMAGE_ROOT); returns its task id.
 
         `queue` defaults to the client's queue; `priority` is 0 (highest, also the default
-        when None) to 9 (lowest).
+        when None) to 9 (lowest). `model` routes to that model's workers (queue `model.<name>`;
+        "" is the default model, on `celery`), and raises UnknownModel, sending nothing, when
+        no worker of it has registered.
         """
-        return self.submit_many([source], top_k=top_k, queue=queue, priority=priority)[0]
+        ids = self.submit_many([source], top_k=top_k, queue=queue, priority=priority, model=model)
+        return ids[0]
 
     def submit_many(
         self,
@@ -242,23 +264,27 @@ class Client:
         queue: str | None = None,
         priority: int | None = None,
         bulk_size: int | None = None,
+        model: str | None = None,
     ) -> list[str]:
         """Enqueue many sources over one connection; returns their task ids in order.
 
         Up to `bulk_size` (default: the client's) sources travel in one `classify_many`
         message; each still gets its own task id, result and state, read as for `submit`.
+        `model` routes to that model's queue (see `submit`); with `queue` too, both must name
+        the same queue (ValueError otherwise).
 
-        Raises QueueFull, before sending anything, when the messages would take the queue past
-        its depth limit (producer.limits); RedisFull when Redis is at maxmemory (noeviction);
+        Raises UnknownModel, before sending anything, when no worker of `model` has registered
+        (producer.models); QueueFull when the messages would take the queue past its depth
+        limit (producer.limits); RedisFull when Redis is at maxmemory (noeviction);
         BrokerUnavailable when it cannot be reached.
         """
         check_priority(priority)
         size = self.bulk_size if bulk_size is None else bulk_size
         if not 1 <= size <= MAX_BULK_IMAGES:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
+        target = route(queue or self.queue, model, queue_given=bool(queue))
         listed = [str(s) for s in sources]
         ids: list[str] = []
-        target = queue or self.queue
         options: dict[str, Any] = {"queue": target}
         if priority is not None:
             options["priority"] = priority
@@ -266,6 +292,8 @@ class Client:
         # Every message is known before the first is sent: a refused call sends nothing.
         messages = [[source] for source in listed] if single else list(_chunks(listed, size))
         try:
+            if messages and model is not None:
+                self.models.check(model)
             if messages:
                 self.admission.check(target, len(messages))
             with self.celery.producer_or_acquire() as producer:

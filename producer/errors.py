@@ -59,3 +59,18 @@ class QueueFull(ProducerError):
         self.depth = depth
         self.limit = limit
         self.adding = adding
+
+
+class UnknownModel(ProducerError):
+    """Raised when a submit names a model that no worker has registered (`imgqueue model list`)."""
+
+    def __init__(self, model: str, known: list[str]) -> None:
+        shown = ", ".join(repr(k) if k else "the default model" for k in known) or "none"
+        what = f"model {model!r}" if model else "the default model"
+        super().__init__(
+            f"no worker serves {what}: none has registered on this Redis (nothing was sent). "
+            f"Registered: {shown}. A worker registers once it is ready: start one with "
+            f"MODEL_NAME={model or '<name>'} or a MODEL_CARD naming it"
+        )
+        self.model = model
+        self.known = known
