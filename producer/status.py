@@ -1,4 +1,8 @@
-"""`imgqueue status`: queues, workers, dead letters and the last minute's throughput.
+"""`imgqueue status`: models, queues, workers, dead letters and the last minute's throughput.
+
+Models are the registered ones (producer.models: every model some worker served, until
+`imgqueue model forget`) together with those the answering workers serve: for each, its
+queue's depth and in-flight count, its workers (ready or not) and the versions they run.
 
 Queues come from Redis (producer.queues: every priority list, in-flight claims, dead letters).
 Workers are asked over Celery's broadcast: `ping`, and `imgqueue_info` for their model,
@@ -19,14 +23,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer import memory, store_memory
+import redis
+
+from producer import memory, models, store_memory
 from producer.client import Client
 from producer.queues import snapshot
 
 
 def gather(client: Client, queues: list[str], timeout: float = 1.5) -> dict[str, Any]:
     """Everything `imgqueue status` prints, as one JSON-ready dict."""
-    snap = snapshot(client.redis, client.config, queues)
+    try:
+        registered = models.registered(client.redis, client.config)
+    except redis.exceptions.NoPermissionError:
+        registered = {}
     control = client.celery.control
     workers: dict[str, dict[str, Any]] = {}
     for reply in control.broadcast("imgqueue_info", reply=True, timeout=timeout) or []:
@@ -35,9 +44,14 @@ def gather(client: Client, queues: list[str], timeout: float = 1.5) -> dict[str,
     for reply in control.ping(timeout=timeout) or []:
         for name in reply:
             workers.setdefault(name, {"ready": None, "note": "answered ping only"})
+    # The queues named, every registered model's and every answering worker's model's.
+    model_queues = [m["queue"] for m in registered.values()]
+    model_queues += [str(w["queue"]) for w in workers.values() if w.get("queue")]
+    snap = snapshot(client.redis, client.config, list(dict.fromkeys(queues + model_queues)))
     jobs = sum(int(w.get("jobs_last_minute") or 0) for w in workers.values())
     out = snap.to_dict()
     out["workers"] = dict(sorted(workers.items()))
+    out["models"] = per_model(registered, out["workers"], out["queues"])
     out["jobs_last_minute"] = jobs
     if store_memory.apart(client.result_config, client.config):  # RESULT_URL elsewhere
         out["result_store"] = store_memory.summary(client, jobs * 60.0)
@@ -51,6 +65,66 @@ def gather(client: Client, queues: list[str], timeout: float = 1.5) -> dict[str,
             hours_left=None if hours is None else round(hours, 2),
         )
     return out
+
+
+def per_model(
+    registered: dict[str, dict[str, Any]],
+    workers: dict[str, dict[str, Any]],
+    queues: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One entry per model, registered or served by an answering worker ("" first)."""
+    serving: dict[str, list[str]] = {}
+    for node, info in workers.items():
+        if "model" in info:  # workers before the registry reply without "name": the default
+            serving.setdefault(str(info.get("name") or ""), []).append(node)
+    out = []
+    for name in sorted(set(registered) | set(serving)):
+        entry = registered.get(name, {})
+        nodes = serving.get(name, [])
+        infos = [workers[n] for n in nodes]
+        queue = entry.get("queue") or next(
+            (str(i["queue"]) for i in infos if i.get("queue")), models.queue_for(name)
+        )
+        q = queues.get(queue, {})
+        versions = {str(i.get("version")) for i in infos if i.get("version") is not None}
+        if not infos and entry.get("version") is not None:
+            versions.add(str(entry["version"]))
+        out.append(
+            {
+                "name": name,
+                "model": entry.get("model") or next((i.get("model") for i in infos), None),
+                "arch": entry.get("arch") or next((i.get("arch") for i in infos), None),
+                "queue": queue,
+                "depth": q.get("depth", 0),
+                "in_flight": q.get("in_flight", 0),
+                "workers": nodes,
+                "ready_workers": sum(1 for i in infos if i.get("ready")),
+                "versions": sorted(versions),
+                "registered": name in registered,
+                "registered_version": entry.get("version"),
+                "registered_weights": entry.get("weights"),
+                "registered_labels": entry.get("labels"),
+                "seen": entry.get("seen"),
+            }
+        )
+    return out
+
+
+def render_models(rows: list[dict[str, Any]]) -> list[str]:
+    """The human form of the `models` list."""
+    if not rows:
+        return ["models: none registered, no worker named one"]
+    lines = [f"{'model':<16}{'queue':<20}{'depth':>8}{'in flight':>11}  workers  version(s)"]
+    for m in rows:
+        ready, count = m["ready_workers"], len(m["workers"])
+        who = f"{ready}/{count} ready" if count else "NO WORKER"
+        versions = ", ".join(m["versions"]) or "-"
+        note = "" if m["registered"] else "  (not registered)"
+        lines.append(
+            f"{models.shown(m['name']):<16}{m['queue']:<20}{m['depth']:>8}{m['in_flight']:>11}"
+            f"  {who}  {versions}{note}"
+        )
+    return lines
 
 
 def render_memory(mem: dict[str, Any] | None) -> str:
@@ -84,10 +158,13 @@ def render_memory(mem: dict[str, Any] | None) -> str:
 
 def render(status: dict[str, Any]) -> str:
     """The human form."""
-    lines = [f"{'queue':<16}{'depth':>8}{'in flight':>11}  by priority (0 highest)"]
+    width = max([16, *(len(name) + 2 for name in status["queues"])])
+    lines = [f"{'queue':<{width}}{'depth':>8}{'in flight':>11}  by priority (0 highest)"]
     for name, q in status["queues"].items():
         pri = " ".join(f"{p}:{n}" for p, n in q["by_priority"].items())
-        lines.append(f"{name:<16}{q['depth']:>8}{q['in_flight']:>11}  {pri}")
+        lines.append(f"{name:<{width}}{q['depth']:>8}{q['in_flight']:>11}  {pri}")
+    lines.append("")
+    lines.extend(render_models(status.get("models", [])))
     workers = status["workers"]
     lines.append(f"\nworkers: {len(workers)} answered")
     for name, w in workers.items():
@@ -95,8 +172,13 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"  {name}  {w.get('note') or w.get('error')}")
             continue
         state = "ready" if w.get("ready") else "NOT READY"
+        model = str(w.get("name") or w["model"])
+        if w.get("arch") and w["arch"] != model:
+            model += f" ({w['arch']})"
+        if w.get("version") is not None:
+            model += f" v{w['version']}"
         lines.append(
-            f"  {name}  {state}  {w['model']} {w['weights']} {w['device']} {w['precision']}"
+            f"  {name}  {state}  {model} {w['weights']} {w['device']} {w['precision']}"
             f"  pid {w['pid']}  {w['jobs_last_minute']} jobs in the last minute"
         )
     lines.append(

@@ -14,7 +14,8 @@ from typing import Any, cast
 from celery import Celery, Task, signals
 from celery.worker.control import inspect_command
 
-from producer.contract import DEFAULT_QUEUE, TASK_NAMES
+from producer.contract import TASK_NAMES
+from producer.models import queue_for
 from worker import ops, result_store
 from worker.broker import BrokerIncompatible, transport_for
 from worker.context import Context, configure_openmp
@@ -29,6 +30,8 @@ class ImgqueueApp(Celery):  # type: ignore[misc]  # Celery is untyped
 
     settings: Settings
     context: Context | None = None
+    # The name producers route by ("" for the default model) and so the queue consumed.
+    model_name: str = ""
 
     # The transport's hooks (worker/broker), bound at configuration time, the context later.
     def on_settled(self, job: str) -> None:
@@ -65,6 +68,10 @@ def create_app(settings: Settings) -> ImgqueueApp:
     backend, backend_options = result_store.backend(settings)
     app = ImgqueueApp("imgqueue", broker=redis.url.split(";", 1)[0], backend=backend)
     app.settings = settings
+    # A card is read here (no torch): its name picks the queue (producer.models.queue_for).
+    from worker.model.card import served_name
+
+    app.model_name = served_name(settings.model_name, settings.model_card)
     # The delivery layer (worker/broker): reliable fetch, priorities, dead letters, heartbeats.
     transport: dict[str, Any] = {
         **redis.broker_transport_options(),
@@ -110,7 +117,9 @@ def create_app(settings: Settings) -> ImgqueueApp:
         result_backend_max_retries=30,  # 10 ms doubling to 10 s per try: about four minutes
         result_backend_transport_options=backend_options,
         broker_connection_retry_on_startup=True,
-        task_default_queue=DEFAULT_QUEUE,
+        # Each model on its own queue: `celery` for the default model, `model.<name>` for a
+        # named one (MODEL_NAME, or the card's name); `-Q` still overrides it.
+        task_default_queue=queue_for(app.model_name),
         # Threads keep one model per process and feed its batcher; prefetch only what the
         # threads can work on, so idle workers elsewhere still get jobs.
         # Set through POOL, not --pool: Celery cannot tell an explicit --pool prefork from its

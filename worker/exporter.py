@@ -6,6 +6,8 @@ summing what every worker would report:
     imgqueue_queue_depth{queue}                 waiting, every priority list summed
     imgqueue_queue_depth_by_priority{queue,priority}
     imgqueue_jobs_in_flight{queue}              delivered to a worker, not yet acknowledged
+    imgqueue_model_queue_depth{model,queue}     per registered model: its queue's depth
+    imgqueue_model_jobs_in_flight{model,queue}  and its messages in flight
     imgqueue_dead_letters                       in the dead-letter list
     imgqueue_consumers{state="live"|"stale"}    worker channels by heartbeat
     imgqueue_redis_used_memory_bytes            INFO memory's used_memory
@@ -14,10 +16,15 @@ summing what every worker would report:
     imgqueue_result_store_max_memory_bytes{node}    the broker: each master's, a cluster's too
     imgqueue_exporter_up                        1 when the last scrape reached Redis
 
-Also `/queues` (the same as JSON, for KEDA's metrics-api scaler) and `/healthz`. Settings come
-from the environment: REDIS_URL (+ REDIS_SENTINEL_MASTER, REDIS_KEY_PREFIX), RESULT_URL
-(+ RESULT_SENTINEL_MASTER; only its memory is read, never a result), QUEUES (comma
-separated; queues a live worker consumes are found by themselves), EXPORTER_PORT (9809),
+Models are the ones workers registered (producer.models: one HGETALL per scrape), each with
+its queue (`model.<name>`; `celery` for the default model); `model` is the label the workers'
+`imgqueue_model_info` carries (the served name, or the architecture for the default model).
+
+Also `/queues` (the same as JSON, with a `models` object keyed by that label, for KEDA's
+metrics-api scaler) and `/healthz`. Settings come from the environment: REDIS_URL
+(+ REDIS_SENTINEL_MASTER, REDIS_KEY_PREFIX), RESULT_URL (+ RESULT_SENTINEL_MASTER; only its
+memory is read, never a result), QUEUES (comma separated; queues a live worker consumes and
+those of registered models are found by themselves), EXPORTER_PORT (9809),
 EXPORTER_ADDR (0.0.0.0), DEAD_WORKER_TIMEOUT (15). It imports neither torch nor Celery.
 """
 
@@ -32,11 +39,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
-from producer import store_memory
+from producer import models, store_memory
 from producer.connections import RedisConfig, ResultStoreConfig
 from producer.queues import Snapshot, snapshot
 from worker.endpoint import Endpoint
@@ -54,13 +62,32 @@ class QueueCollector:
     def __init__(self, client: Any, config: RedisConfig, queues: list[str], dead_after: float):
         self.client, self.config, self.queues, self.dead_after = client, config, queues, dead_after
 
-    def read(self) -> Snapshot:
-        return snapshot(self.client, self.config, self.queues, self.dead_after)
+    def registered(self) -> dict[str, dict[str, Any]]:
+        """The registered models by served name (none where this user may not read them)."""
+        try:
+            return models.registered(self.client, self.config)
+        except redis.exceptions.ResponseError as exc:  # an ACL without imgqueue:models
+            log.warning("model registry not read: %s", exc)
+            return {}
+
+    def read(self, registered: dict[str, dict[str, Any]] | None = None) -> Snapshot:
+        """The named queues, those live workers consume, and every registered model's."""
+        queues = list(self.queues)
+        for entry in (registered or {}).values():
+            if entry["queue"] not in queues:
+                queues.append(entry["queue"])
+        return snapshot(self.client, self.config, queues, self.dead_after)
+
+    def scrape(self) -> tuple[Snapshot, dict[str, dict[str, Any]]]:
+        """The queues, and per registered model (by its `model` label) its queue's numbers."""
+        registered = self.registered()
+        snap = self.read(registered)
+        return snap, per_model(snap, registered)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("imgqueue_exporter_up", "1 when the last scrape reached Redis")
         try:
-            snap = self.read()
+            snap, by_model = self.scrape()
         except Exception as exc:  # Redis down: say so, keep serving
             log.warning("scrape failed: %s", exc)
             up.add_metric([], 0)
@@ -87,6 +114,21 @@ class QueueCollector:
         yield depth
         yield by_pri
         yield flight
+        model_depth = GaugeMetricFamily(
+            "imgqueue_model_queue_depth",
+            "Messages waiting for a registered model, all priorities",
+            labels=["model", "queue"],
+        )
+        model_flight = GaugeMetricFamily(
+            "imgqueue_model_jobs_in_flight",
+            "A registered model's messages delivered, not yet acknowledged",
+            labels=["model", "queue"],
+        )
+        for label, m in by_model.items():
+            model_depth.add_metric([label, m["queue"]], m["depth"])
+            model_flight.add_metric([label, m["queue"]], m["in_flight"])
+        yield model_depth
+        yield model_flight
         dead = GaugeMetricFamily("imgqueue_dead_letters", "Messages in the dead-letter list")
         dead.add_metric([], snap.dead_letters)
         yield dead
@@ -140,13 +182,40 @@ class QueueCollector:
         yield most
 
 
+def model_label(entry: dict[str, Any]) -> str:
+    """The `model` label of a registry entry: as the workers' imgqueue_model_info has it."""
+    return str(entry.get("model") or entry.get("name") or entry.get("arch") or "default")
+
+
+def per_model(snap: Snapshot, registered: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{model label: {name, queue, depth, in_flight}} for every registered model."""
+    stats = {q.name: q for q in snap.queues}
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in registered.items():
+        q = stats.get(entry["queue"])
+        out[model_label(entry)] = {
+            "name": name,
+            "queue": entry["queue"],
+            "version": entry.get("version"),
+            "depth": q.depth if q else 0,
+            "in_flight": q.in_flight if q else 0,
+        }
+    return out
+
+
+def queues_body(snap: Snapshot, by_model: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What `/queues` answers: the snapshot, plus `models` (KEDA reads `models.<label>.depth`
+    for one model's workers, or `queues.<queue>.depth`)."""
+    return {**snap.to_dict(), "models": by_model}
+
+
 def routes(collector: QueueCollector) -> dict[str, Any]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
 
     def queues_json() -> tuple[int, bytes, str]:
         try:
-            body = collector.read().to_dict()
+            body = queues_body(*collector.scrape())
         except Exception as exc:
             return 503, json.dumps({"error": str(exc)}).encode(), "application/json"
         return 200, json.dumps(body, sort_keys=True).encode(), "application/json"

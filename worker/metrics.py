@@ -39,6 +39,9 @@ _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 _QUEUE_WAIT = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _RATE_WINDOW_S = 60.0
+# imgqueue_model_info's labels: keys of the model's describe(); join on it to split any worker
+# metric by model: `... * on (job, instance) group_left (model) imgqueue_model_info`.
+MODEL_LABELS = ("model", "arch", "version", "weights", "labels")
 
 
 class Metrics:
@@ -125,6 +128,13 @@ class Metrics:
         self.ready = Gauge(
             "imgqueue_ready", "1 once the model is loaded and warmed up", registry=registry
         )
+        self.model_info = Gauge(
+            "imgqueue_model_info",
+            "1 for the model this worker serves: its name (or architecture, for the default "
+            "model), architecture, version, weights and label set",
+            MODEL_LABELS,
+            registry=registry,
+        )
         self.redis_full = Gauge(
             "imgqueue_redis_full",
             "1 while Redis refuses this worker's writes for lack of memory (it fetches no jobs)",
@@ -183,6 +193,12 @@ class Metrics:
         total = (timings_ms or {}).get("total")
         if isinstance(total, int | float):
             self.job_duration.observe(total / 1000.0)
+
+    def set_model(self, description: Mapping[str, Any]) -> None:
+        """Publish `imgqueue_model_info` for the loaded model (its describe())."""
+        self.model_info.clear()
+        values = [str(description.get(label) or "") for label in MODEL_LABELS]
+        self.model_info.labels(*values).set(1)
 
     def observe_dead_letter(self, reason: str) -> None:
         """The transport's `on_dead_letter` hook."""

@@ -1,4 +1,5 @@
-"""Operations hooks the Celery signals call: metrics endpoint, readiness, log redaction."""
+"""Operations hooks the Celery signals call: metrics endpoint, readiness, the model registry,
+log redaction."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any
 
 from celery.platforms import EX_FAILURE
 
+from producer import models
 from producer.redaction import redact_text
 from worker import health
 from worker.context import Context
+from worker.errors import ConfigError
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,52 @@ def ready(ctx: Context) -> None:
     ctx.metrics.ready.set(1)
     ctx.ready.set()
     model = rt.classifier
+    description = identity(model.describe(), ctx.settings)
+    ctx.metrics.set_model(description)
+    register(ctx.settings, description)
     info = {"pid": ctx.main_pid, "model": model.name, "weights": model.weights_id}
     health.mark_ready(ctx.settings.ready_file, info)
+
+
+def served_name(settings: Settings) -> str:
+    """The name producers route by: MODEL_NAME, else the card's, else "" (the default model)."""
+    from worker.model.card import served_name as from_settings
+
+    try:
+        return from_settings(settings.model_name, settings.model_card)
+    except ConfigError:  # checked at start; a card gone since must not break a status reply
+        return settings.model_name
+
+
+def identity(description: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """A loaded model's describe() with its served `name` (from the settings where the model
+    does not say)."""
+    out = dict(description)
+    if "name" not in out:
+        out["name"] = served_name(settings)
+    return out
+
+
+def register(settings: Settings, description: dict[str, Any]) -> None:
+    """Enter this worker's model in the registry (producer.models), best-effort: a Redis that
+    cannot take it logs a warning and the worker serves on (producers then refuse the name
+    until some worker of it registers)."""
+    config = settings.redis_config
+    try:
+        client = config.client(socket_connect_timeout=5, socket_timeout=5)
+        try:
+            entry = models.register(client, config, description)
+        finally:
+            client.close()
+    except Exception as exc:
+        log.warning(
+            "could not register model %s in %s: %s",
+            models.shown(str(description.get("name") or "")),
+            models.models_key(config),
+            exc,
+        )
+        return
+    log.info("registered model %s on queue %s", models.shown(entry["name"]), entry["queue"])
 
 
 def inference_died(ctx: Context, exc: BaseException) -> None:
@@ -64,11 +111,18 @@ def info(ctx: Context | None, settings: Settings) -> dict[str, Any]:
     """What `imgqueue status` shows of this worker (the `imgqueue_info` control command)."""
     rt = ctx.runtime if ctx is not None else None
     model = rt.classifier if rt is not None else None
+    described = identity(model.describe(), settings) if model else {"name": served_name(settings)}
+    name = str(described.get("name") or "")
     return {
         "pid": os.getpid(),
         "ready": ctx is not None and ctx.is_ready(),
         "redis_full": sorted(ctx.full) if ctx is not None else [],
-        "model": model.name if model else settings.model,
+        "name": name,
+        "queue": models.queue_for(name),
+        "arch": described.get("arch"),
+        "version": described.get("version"),
+        "labels": described.get("labels"),
+        "model": described.get("model") or (model.name if model else settings.model),
         "weights": model.weights_id if model else settings.model_weights,
         "device": str(model.device) if model else settings.device,
         "precision": model.precision if model else settings.precision,
