@@ -78,7 +78,13 @@ def test_compose_services() -> None:
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     cpu = services["worker-cpu"]
     assert cpu["profiles"] == ["cpu"] and cpu["environment"]["DEVICE"] == "cpu"
-    for worker in (gpu, cpu):
+    # A second model side by side: a card from the ./models volume, under its own profile.
+    defects = services["worker-defects"]
+    assert defects["profiles"] == ["models"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in defects["volumes"]}
+    card = defects["environment"]["MODEL_CARD"]
+    assert card.startswith("/models/") and mounts["/models"] == "./models"
+    for worker in (gpu, cpu, defects):
         # `--scale worker=N` needs no fixed name and no published host port.
         assert "container_name" not in worker and "ports" not in worker
         # The worker ACL user of deploy/redis.conf.
@@ -101,7 +107,7 @@ def test_compose_references_exist() -> None:
             if source.startswith("./"):
                 assert (ROOT / source).exists(), f"{name}: {source}"
     env_names = {f.name.upper() for f in fields(Settings)}
-    for name in ("worker", "worker-cpu"):
+    for name in ("worker", "worker-cpu", "worker-defects"):
         assert set(services[name]["environment"]) <= env_names
 
 

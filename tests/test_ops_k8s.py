@@ -13,8 +13,10 @@ import kubernetes_validate
 import pytest
 from ruamel.yaml import YAML
 
+from producer.models import queue_for
 from producer.queues import QueueStats, Snapshot
 from tests.support import ROOT
+from worker.exporter import per_model, queues_body
 from worker.settings import Settings
 
 K8S = ROOT / "deploy" / "k8s"
@@ -150,7 +152,7 @@ def test_every_file_is_a_known_kind() -> None:
 def test_scaled_objects_match_kedas_crd() -> None:
     scaled = of_kind("ScaledObject")
     deployments = of_kind("Deployment")
-    assert set(scaled) == {"imgqueue-worker-gpu", "imgqueue-worker-cpu"}
+    assert set(scaled) == {"imgqueue-worker-gpu", "imgqueue-worker-cpu", "imgqueue-worker-defects"}
     for name, doc in scaled.items():
         jsonschema.validate(doc, SCALED_OBJECT_SCHEMA)
         spec = doc["spec"]
@@ -166,25 +168,52 @@ def test_the_scaling_signal_is_every_priority_list_of_the_exporter() -> None:
     exporter = of_kind("Service")["imgqueue-exporter"]
     port = exporter["spec"]["ports"][0]["port"]
     snap = Snapshot(
-        queues=[QueueStats("celery", by_priority={0: 3, 5: 4, 9: 5}, in_flight=2)],
+        queues=[
+            QueueStats("celery", by_priority={0: 3, 5: 4, 9: 5}, in_flight=2),
+            QueueStats("model.defects", by_priority={0: 3, 5: 4, 9: 5}, in_flight=2),
+        ],
         dead_letters=0,
         consumers=1,
         stale_consumers=0,
     )
+    registered = {"defects": {"name": "defects", "model": "defects", "queue": "model.defects"}}
+    body = queues_body(snap, per_model(snap, registered))  # what GET /queues answers
     for doc in of_kind("ScaledObject").values():
         meta = doc["spec"]["triggers"][0]["metadata"]
         assert re.fullmatch(rf"http://imgqueue-exporter\.imgqueue\.svc:{port}/queues", meta["url"])
-        value: Any = snap.to_dict()
+        value: Any = body
         for part in meta["valueLocation"].split("."):
             value = value[part]
         assert value == 3 + 4 + 5  # every priority list summed, not the default list alone
+
+
+def test_each_model_scales_on_its_own_queue() -> None:
+    """The second model's Deployment serves a card and its ScaledObject reads that model's
+    depth; the others read the default model's queue."""
+    deployment = of_kind("Deployment")["imgqueue-worker-defects"]
+    c = container(deployment)
+    card = next(e["value"] for e in c["env"] if e["name"] == "MODEL_CARD")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert card.startswith(mounts["models"] + "/defects/")
+    spec = deployment["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert init["volumeMounts"][0]["name"] == "models"
+    assert {v["name"] for v in spec["volumes"]} >= {"models"}
+    by_target = {
+        doc["spec"]["scaleTargetRef"]["name"]: doc["spec"]["triggers"][0]["metadata"]
+        for doc in of_kind("ScaledObject").values()
+    }
+    assert by_target["imgqueue-worker-defects"]["valueLocation"] == "models.defects.depth"
+    for name in ("imgqueue-worker-gpu", "imgqueue-worker-cpu"):
+        assert by_target[name]["valueLocation"] == f"queues.{queue_for('')}.depth"
 
 
 def test_worker_deployments() -> None:
     deployments = of_kind("Deployment")
     settings = {f.name.upper() for f in fields(Settings)}
     gpu, cpu = deployments["imgqueue-worker-gpu"], deployments["imgqueue-worker-cpu"]
-    for deployment in (gpu, cpu):
+    defects = deployments["imgqueue-worker-defects"]
+    for deployment in (gpu, cpu, defects):
         c = container(deployment)
         assert c["args"][:4] == ["celery", "-A", "worker", "worker"]
         assert env_names(c) <= settings

@@ -25,7 +25,13 @@ from worker.metrics import Metrics
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "imgqueue.json"
 # Grafana's variables, replaced by what they expand to for promtool.
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$queue": ".*", "${queue}": ".*"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "5m",
+    "$queue": ".*",
+    "${queue}": ".*",
+    "$model": ".*",
+    "${model}": ".*",
+}
 # Label values the code emits (worker/joblog.py, worker/metrics.py, worker/exporter.py).
 LABEL_VALUES = {
     "outcome": {"success", "failure", "retry"},
@@ -49,8 +55,12 @@ def run_promtool(*args: str, cwd: Path) -> str:
 
 
 class _Fixed(QueueCollector):
-    def read(self) -> Snapshot:
-        return Snapshot([QueueStats("celery", {0: 1}, 0)], 0, 1, 0)
+    def registered(self) -> dict[str, dict[str, Any]]:
+        return {"defects": {"name": "defects", "model": "defects", "queue": "model.defects"}}
+
+    def read(self, registered: dict[str, dict[str, Any]] | None = None) -> Snapshot:
+        queues = [QueueStats("celery", {0: 1}, 0), QueueStats("model.defects", {0: 2}, 1)]
+        return Snapshot(queues, 0, 1, 0)
 
 
 def exported_names() -> set[str]:
@@ -155,8 +165,16 @@ def test_dashboard_covers_the_operations_signals() -> None:
         "imgqueue_images_inferred_total",
         "imgqueue_batch_size_sum",
         "imgqueue_queue_wait_seconds_bucket",
+        "imgqueue_model_queue_depth",
+        "imgqueue_model_info",
     ):
         assert metric in used, metric
+    # Per model: a `model` variable from the workers' info metric, and panels filtered by it.
+    variables = {v["name"]: v for v in data["templating"]["list"]}
+    assert "imgqueue_model_info" in variables["model"]["definition"]
+    per_model = [expr for _, expr in dashboard_exprs() if 'model=~"$model"' in expr]
+    assert any("imgqueue_model_queue_depth" in e for e in per_model)
+    assert any("imgqueue_images_inferred_total" in e for e in per_model)
     # Portable: every query goes through the datasource variable, so the JSON imports anywhere.
     for panel in panels:
         if panel["type"] != "row":
@@ -182,3 +200,36 @@ def test_compose_provisions_grafana_and_the_exporter() -> None:
     )
     path = provider["providers"][0]["options"]["path"]
     assert (ROOT / mounts[path] / DASHBOARD.name).resolve() == DASHBOARD.resolve()
+
+
+def test_prometheus_scrapes_every_worker_service_of_the_compose_file() -> None:
+    services = YAML(typ="safe").load((ROOT / "docker-compose.yml").read_text())["services"]
+    workers = {name for name in services if name.startswith("worker")}
+    assert {"worker", "worker-cpu", "worker-defects"} <= workers
+    config = YAML(typ="safe").load((ROOT / "deploy" / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "imgqueue-worker")
+    assert set(job["dns_sd_configs"][0]["names"]) == workers
+
+
+def test_the_exporter_and_the_workers_label_a_model_alike() -> None:
+    """imgqueue_model_queue_depth's `model` is the label a worker's imgqueue_model_info
+    carries, so the dashboard joins them."""
+    from worker.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.set_model({"model": "defects", "name": "defects", "arch": "resnet50", "version": "3"})
+    info = {
+        s.labels["model"]: s.labels
+        for f in metrics.registry.collect()
+        if f.name == "imgqueue_model_info"
+        for s in f.samples
+    }
+    assert info["defects"]["version"] == "3" and info["defects"]["labels"] == ""
+    exporter = _Fixed(None, RedisConfig.from_env({}), ["celery"], 15.0)
+    depth = {
+        s.labels["model"]: (s.labels["queue"], s.value)
+        for f in exporter.collect()
+        if f.name == "imgqueue_model_queue_depth"
+        for s in f.samples
+    }
+    assert depth == {"defects": ("model.defects", 2)}
