@@ -114,14 +114,16 @@ def render_models(rows: list[dict[str, Any]]) -> list[str]:
     """The human form of the `models` list."""
     if not rows:
         return ["models: none registered, no worker named one"]
-    lines = [f"{'model':<16}{'queue':<20}{'depth':>8}{'in flight':>11}  workers  version(s)"]
+    nw = max([16, *(len(models.shown(m["name"])) + 2 for m in rows)])
+    qw = max([20, *(len(m["queue"]) + 2 for m in rows)])
+    lines = [f"{'model':<{nw}}{'queue':<{qw}}{'depth':>8}{'in flight':>11}  workers  version(s)"]
     for m in rows:
         ready, count = m["ready_workers"], len(m["workers"])
         who = f"{ready}/{count} ready" if count else "NO WORKER"
         versions = ", ".join(m["versions"]) or "-"
         note = "" if m["registered"] else "  (not registered)"
         lines.append(
-            f"{models.shown(m['name']):<16}{m['queue']:<20}{m['depth']:>8}{m['in_flight']:>11}"
+            f"{models.shown(m['name']):<{nw}}{m['queue']:<{qw}}{m['depth']:>8}{m['in_flight']:>11}"
             f"  {who}  {versions}{note}"
         )
     return lines
