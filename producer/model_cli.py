@@ -2,6 +2,11 @@
 
     imgqueue model list [--json]      every registered model: name, architecture, version, queue
     imgqueue model forget NAME        drop an entry ('' for the default model; admin user)
+    imgqueue model pack CHECKPOINT --arch A --labels L --name N --out DIR
+                                      a training checkpoint made into a card, weights, labels
+    imgqueue model check DIR|CARD     the worker's start-up checks, without Redis
+
+`pack` and `check` need the worker extra (torch), which they import only when run.
 
 Each subcommand is one entry of COMMANDS: its help, its arguments, and either `run` (called
 with a connected Client; errors as for every command) or `offline` (called without Redis, for
@@ -16,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from producer.models import BadModelName, check_name, forget, registered, shown
@@ -23,7 +29,7 @@ from producer.models import BadModelName, check_name, forget, registered, shown
 if TYPE_CHECKING:
     from producer.client import Client
 
-EXIT_OK, EXIT_UNAVAILABLE = 0, 3
+EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 2, 3
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,88 @@ def cmd_forget(client: Client, ns: argparse.Namespace) -> int:
     return _redis_errors(client, run, "forgetting a model needs the admin user")
 
 
+def _offline_errors(action: Callable[[], int]) -> int:
+    """Run a command that loads torch: a missing worker extra or a refused model is an exit 2
+    with the reason, as a worker would have refused it."""
+    try:
+        from worker.errors import ConfigError, WeightsUnavailable
+    except ImportError as exc:  # pragma: no cover - a producer-only install
+        print(f"error: this command needs the worker extra ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return action()
+    except ImportError as exc:
+        print(f"error: this command needs the worker extra ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigError, WeightsUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def cmd_pack(ns: argparse.Namespace) -> int:
+    def run() -> int:
+        from worker.model.card import Preprocessing
+        from worker.model.pack import describe, pack
+
+        preprocess = None
+        if ns.resize or ns.crop:
+            if not (ns.resize and ns.crop):
+                print("error: --resize and --crop go together", file=sys.stderr)
+                return EXIT_USAGE
+            raw = {"resize": ns.resize, "crop": ns.crop, "interpolation": ns.interpolation}
+            preprocess = Preprocessing.from_dict(raw, "--resize/--crop")
+        packed = pack(
+            Path(ns.checkpoint),
+            arch=ns.arch,
+            labels=Path(ns.labels),
+            out=Path(ns.out),
+            name=ns.name,
+            version=ns.version,
+            preprocess=preprocess,
+            trust_pickle=ns.trust_pickle,
+        )
+        print(f"{ns.checkpoint}: found {packed.found}", file=sys.stderr)
+        print(f"wrote {packed.card} (MODEL_CARD for its workers)", file=sys.stderr)
+        print(json.dumps(describe(packed.spec), indent=2))
+        return EXIT_OK
+
+    return _offline_errors(run)
+
+
+def cmd_check(ns: argparse.Namespace) -> int:
+    def run() -> int:
+        from worker.model.pack import check, describe
+
+        spec = check(Path(ns.card), ns.precision)
+        print(json.dumps(describe(spec), indent=2))
+        print(f"{ns.card}: the model loads and runs; a worker would start", file=sys.stderr)
+        return EXIT_OK
+
+    return _offline_errors(run)
+
+
+def _pack_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a state dict, a Lightning-style checkpoint, or a model")
+    p.add_argument("--arch", required=True, help="the torchvision architecture, e.g. resnet50")
+    p.add_argument("--labels", required=True, help="one label per line, or JSON")
+    p.add_argument("--name", required=True, type=served_name, help="what producers route by")
+    p.add_argument("--version", default="1", help="named in every result (default 1)")
+    p.add_argument("--out", required=True, help="the directory to write the model into")
+    p.add_argument("--resize", type=int, default=0, help="preprocessing: the shorter side")
+    p.add_argument("--crop", type=int, default=0, help="preprocessing: the centre crop")
+    p.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"))
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="unpickle a file that holds more than tensors (runs code from it: your own only)",
+    )
+
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("card", help="a packed model's directory, or its model.json")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"))
+
+
 def _list_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON list")
 
@@ -133,6 +221,19 @@ COMMANDS: dict[str, Command] = {
         description="A model stays registered after its last worker stops, so jobs for it "
         "wait in its queue; forget it to refuse them at submit instead. Needs write access "
         "to imgqueue:models (the admin user of deploy/redis.conf).",
+    ),
+    "pack": Command(
+        help="make a training checkpoint into a model workers serve (MODEL_CARD)",
+        arguments=_pack_arguments,
+        offline=cmd_pack,
+        description="Reads a state dict, a Lightning-style checkpoint or (with --trust-pickle) "
+        "a whole pickled model; writes model.json, weights.pt (tensors only) and labels.json "
+        "into --out, then runs `imgqueue model check` on them (docs/models.md).",
+    ),
+    "check": Command(
+        help="run a worker's start-up checks on a packed model, without Redis",
+        arguments=_check_arguments,
+        offline=cmd_check,
     ),
 }
 

@@ -164,6 +164,22 @@ def test_a_card_is_checked_against_its_files(made: Path, tmp_path: Path) -> None
         resolve_model(card=out, arch="resnet50x")
 
 
+def test_the_cli_packs_and_checks_without_redis(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from producer.cli import main
+
+    out = tmp_path / "tiny"
+    args = ["--arch", "mobilenet_v3_small", "--labels", str(made / "tiny.txt"), "--name", "tiny"]
+    assert main(["model", "pack", str(made / "tiny-v1.pt"), *args, "--out", str(out)]) == 0
+    assert "found a state dict" in capsys.readouterr().err
+    assert main(["model", "check", str(out)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["queue"], shown["classes"], shown["version"]) == ("model.tiny", 4, "1")
+    assert main(["model", "check", str(out), "--precision", "int8"]) == 2
+    assert "int8 quantization here covers resnet50 only" in capsys.readouterr().err
+
+
 def test_another_architecture_matches_the_seed_tutorials_way_within_1e_5() -> None:
     """MobileNet with its torchvision weights' own transforms and categories, in fp32, against
     `mobilenet_v3_small()` with `weights.transforms()` one image at a time."""
