@@ -33,6 +33,18 @@ def test_auto_picks_the_gpu_and_fp16() -> None:
     assert pick_precision("auto", device) == "fp16"
 
 
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "convnext_tiny"])
+def test_other_architectures_run_on_the_gpu_too(arch: str) -> None:
+    spec = resolve_model(arch=arch, weights="random:0")
+    cpu = Classifier(spec, "cpu", "fp32")
+    gpu = Classifier(spec, "cuda", "fp16", gpu_decode=True)
+    assert gpu.describe()["arch"] == arch and gpu.describe()["device"] == "cuda:0"
+    batch = _pillow_batch(cpu, PHOTOS)
+    ref, out = cpu.infer(batch), gpu.infer(batch)
+    for got, want in zip(out, ref, strict=True):
+        assert int(got.argmax()) == int(want.argmax()) or len(_top5(got) & _top5(want)) >= 3
+
+
 def test_fp16_on_the_gpu_stays_close_to_fp32_on_the_cpu() -> None:
     cpu = Classifier(resolve_model(weights="random:0"), "cpu", "fp32")
     gpu = Classifier(resolve_model(weights="random:0"), "cuda", "auto")
