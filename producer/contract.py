@@ -40,6 +40,9 @@ ERROR_TYPES: dict[str, str] = {
     "InferenceUnavailable": "the worker's model stopped working (its inference thread died or "
     "hung); retried on another worker first",
     "JobLost": "the job was delivered too many times without finishing (its worker kept dying)",
+    "Cancelled": "the job was cancelled (Client.cancel, imgqueue cancel) before it started; "
+    "state REVOKED",
+    "Expired": "the job was not started by its deadline; state REVOKED",
     "InternalError": "an unexpected worker error; the message says more",
 }
 

@@ -62,6 +62,14 @@ class JobLost(ClassifyError):
     """Raised when a job was delivered more times than allowed without finishing."""
 
 
+class Cancelled(ClassifyError):
+    """Raised when a job was cancelled before it started; it ends REVOKED, never run."""
+
+
+class Expired(ClassifyError):
+    """Raised when a job was not started by its deadline; it ends REVOKED, never run."""
+
+
 class InternalError(ClassifyError):
     """Raised when the worker fails in a way no other type describes."""
 
