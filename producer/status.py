@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from producer import memory, models, store_memory
+from producer import memory, models, store_memory, webhooks
 from producer.client import Client
 from producer.queues import snapshot
 
@@ -53,6 +53,8 @@ def gather(client: Client, queues: list[str], timeout: float = 1.5) -> dict[str,
     out["workers"] = dict(sorted(workers.items()))
     out["models"] = per_model(registered, out["workers"], out["queues"])
     out["jobs_last_minute"] = jobs
+    # Deliveries retrying and dead-lettered, on the result store (producer.webhooks).
+    out["webhooks"] = webhooks.summary(client.results, client.config.key_prefix)
     if store_memory.apart(client.result_config, client.config):  # RESULT_URL elsewhere
         out["result_store"] = store_memory.summary(client, jobs * 60.0)
     elif snap.memory is not None:
@@ -188,6 +190,8 @@ def render(status: dict[str, Any]) -> str:
         f"(their messages go back at the next sweep)"
     )
     lines.append(f"dead letters: {status['dead_letters']} (imgqueue dead-letters list)")
+    if "webhooks" in status:
+        lines.extend(webhooks.render(status["webhooks"]))
     jobs = status["jobs_last_minute"]
     lines.append(f"throughput: {jobs} jobs in the last minute ({jobs / 60:.1f}/s)")
     lines.append(render_memory(status.get("memory")))

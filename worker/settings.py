@@ -6,6 +6,7 @@ the README's settings table documents each one.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -63,6 +64,30 @@ def env(default: T, parse: Callable[[str], T]) -> T:
         raise TypeError("mutable defaults are not settings")
     made: T = field(default=default, metadata={"parse": parse})
     return made
+
+
+def webhook_keys(raw: str) -> tuple[bytes, ...]:
+    """WEBHOOK_SECRET's signing keys: each space-separated word is Standard Webhooks'
+    `whsec_<base64 of the key>`, or else raw text whose UTF-8 bytes are the key. Raises a
+    ConfigError that never quotes the secret."""
+    keys = []
+    for n, word in enumerate(raw.split(), 1):
+        if word.startswith("whsec_"):
+            try:
+                key = base64.b64decode(word[len("whsec_") :], validate=True)
+            except ValueError:  # binascii.Error included
+                raise ConfigError(
+                    f"WEBHOOK_SECRET: secret {n} starts with whsec_ but the rest is not base64"
+                ) from None
+        else:
+            key = word.encode()
+        if len(key) < 16:
+            raise ConfigError(
+                f"WEBHOOK_SECRET: secret {n} is {len(key)} bytes; use at least 16 (24 to 64 "
+                "random bytes, e.g. `whsec_$(openssl rand -base64 32)`)"
+            )
+        keys.append(key)
+    return tuple(keys)
 
 
 def _gpu_visible() -> bool:
@@ -133,6 +158,15 @@ class Settings:
     # First retry delay in seconds; doubles each retry
     fetch_retry_backoff: float = env(1.0, float)
     fetch_allow_networks: tuple[IPNetwork, ...] = env((), networks)
+
+    # The webhook dispatcher (python -m worker.webhooks; docs/lifecycle.md, Webhooks). The
+    # signing secret: Standard Webhooks' `whsec_<base64>`, or raw text; several, space
+    # separated, each sign every delivery while keys rotate. Never in a repr or a message.
+    webhook_secret: str = field(default="", repr=False, metadata={"parse": str})
+    webhook_timeout: float = env(10.0, float)  # one attempt, connecting to the last byte
+    webhook_max_attempts: int = env(10, int)  # then the delivery is dead-lettered
+    webhook_retry_backoff: float = env(5.0, float)  # first retry delay; doubles, at most 1 h
+    webhook_concurrency: int = env(16, int)  # deliveries at once (threads)
 
     result_expires: int = env(86_400, int)
     result_failure_expires: int | None = env(None, int)  # None: RESULT_EXPIRES
@@ -230,6 +264,15 @@ class Settings:
             raise ConfigError("RESULT_CACHE_TTL must be >= 0 and METRICS_PORT within 0..65535")
         if self.log_level not in ("", *LOG_LEVELS):
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        webhook_keys(self.webhook_secret)  # raises ConfigError, never quoting it
+        if not 0.1 <= self.webhook_timeout <= 300 or self.webhook_retry_backoff < 0:
+            raise ConfigError(
+                "WEBHOOK_TIMEOUT must be within 0.1..300 seconds, WEBHOOK_RETRY_BACKOFF >= 0"
+            )
+        if not 1 <= self.webhook_max_attempts <= 100 or not 1 <= self.webhook_concurrency <= 1024:
+            raise ConfigError(
+                "WEBHOOK_MAX_ATTEMPTS must be within 1..100, WEBHOOK_CONCURRENCY within 1..1024"
+            )
         if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
             raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
 
