@@ -7,6 +7,7 @@ other language would), which lets one MGET poll thousands of jobs at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -19,6 +20,7 @@ from celery import Celery
 from kombu.exceptions import BatchPublishError, OperationalError
 from redis.exceptions import RedisClusterException
 
+from producer import events, groups
 from producer.connections import (
     RedisConfig,
     RedisConfigError,
@@ -43,6 +45,7 @@ from producer.errors import (
     RedisFull,
     ResultTimeout,
 )
+from producer.jobs import GROUP_HEADER
 from producer.limits import Admission
 from producer.memory import is_out_of_memory, read_memory
 from producer.models import Registry, queue_for
@@ -265,8 +268,14 @@ class Client:
         priority: int | None = None,
         bulk_size: int | None = None,
         model: str | None = None,
+        group: bool = False,
     ) -> list[str]:
         """Enqueue many sources over one connection; returns their task ids in order.
+
+        `group=True` makes them one group (producer.groups), written to the result store
+        before any message is sent: the list returned is then a `GroupIds`, whose `group_id`
+        `group()`, `group_results()` and `imgqueue status GROUP` take, and whose last job to
+        end puts one `kind=group` event on the events stream (`events()`).
 
         Up to `bulk_size` (default: the client's) sources travel in one `classify_many`
         message; each still gets its own task id, result and state, read as for `submit`.
@@ -291,23 +300,34 @@ class Client:
         single = size == 1 or len(listed) == 1
         # Every message is known before the first is sent: a refused call sends nothing.
         messages = [[source] for source in listed] if single else list(_chunks(listed, size))
+        # Ids too, so that a group lists them before any of its jobs can end.
+        planned = [[str(uuid.uuid4()) for _ in chunk] for chunk in messages]
+        group_id = groups.new_id() if group and messages else None
+        if group_id is not None:
+            options["headers"] = {GROUP_HEADER: group_id}
         try:
             if messages and model is not None:
                 self.models.check(model)
             if messages:
                 self.admission.check(target, len(messages))
+            if group_id is not None:
+                self._create_group(group_id, planned, target, model)
             with self.celery.producer_or_acquire() as producer:
                 for start in range(0, len(messages), _PUBLISH_BATCH):
-                    group = messages[start : start + _PUBLISH_BATCH]
-                    ids += self._send_group(producer, group, single, top_k, options)
+                    batch = slice(start, start + _PUBLISH_BATCH)
+                    ids += self._send_group(
+                        producer, messages[batch], single, top_k, options, planned[batch]
+                    )
         except (OperationalError, redis.ConnectionError, redis.ResponseError, OSError) as exc:
+            if group_id is not None and not ids:
+                self._discard_group(group_id)
             # kombu wraps connection errors, and Redis' OOM refusal, in OperationalError.
             if is_out_of_memory(exc):
                 raise self.full_error() from exc
             if isinstance(exc, redis.ResponseError):
                 raise
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
-        return ids
+        return ids if group_id is None else groups.GroupIds(ids, group_id)
 
     def full_error(self) -> RedisFull:
         """RedisFull with INFO memory's numbers, where this user may read them."""
@@ -326,6 +346,7 @@ class Client:
         single: bool,
         top_k: int,
         options: dict[str, Any],
+        planned: list[list[str]] | None = None,
     ) -> list[str]:
         """One pipelined round trip for up to _PUBLISH_BATCH messages (kombu's publish batch).
 
@@ -334,7 +355,7 @@ class Client:
         once, as a publish retry is: a duplicate runs under the same id, and a final result
         is never replaced.
         """
-        ids = [[str(uuid.uuid4()) for _ in chunk] for chunk in group]
+        ids = planned or [[str(uuid.uuid4()) for _ in chunk] for chunk in group]
         try:
             with producer.batch(_PUBLISH_BATCH):
                 self._send(producer, group, ids, single, top_k, options)
@@ -360,6 +381,7 @@ class Client:
     def _send_one(
         self, producer: Any, source: str, task_id: str, top_k: int, options: dict[str, Any]
     ) -> None:
+        options, headers = _headers(options)
         self.celery.send_task(
             TASK_NAME,
             args=[source],
@@ -367,7 +389,7 @@ class Client:
             task_id=task_id,
             producer=producer,
             # Lets workers measure queue wait (imgqueue_queue_wait_seconds).
-            headers={"sent_at": time.time()},
+            headers={"sent_at": time.time(), **headers},
             # What Celery logs and Flower show instead of the arguments: no credentials or
             # signed query strings from the source.
             argsrepr=repr([display_url(source)]),
@@ -383,12 +405,14 @@ class Client:
         options: dict[str, Any],
     ) -> None:
         images = [{"id": i, "source": source} for i, source in zip(ids, sources, strict=True)]
+        options, headers = _headers(options)
         self.celery.send_task(
             BULK_TASK_NAME,
             args=[images],
             kwargs={"top_k": top_k},
             producer=producer,
-            headers={"sent_at": time.time()},
+            # A header of a bulk message holds for each of its images (producer.jobs).
+            headers={"sent_at": time.time(), **headers},
             argsrepr=f"[{len(images)} images, first {display_url(sources[0])!r}]",
             **options,
         )
@@ -501,6 +525,99 @@ class Client:
 
     def _safe_url(self) -> str:
         return self.config.safe_url()
+
+    # -- groups and events -------------------------------------------------------------------
+
+    def group(self, group_id: str) -> groups.GroupStatus:
+        """A group's counts (queued, running, succeeded, failed, cancelled), progress and ETA;
+        raises UnknownGroup when there is no such group (or it expired with its results)."""
+        try:
+            return groups.status(
+                self.results,
+                group_id,
+                self.result_config.key_prefix,
+                lambda ids: [o.state for o in self._fetch(ids)],
+            )
+        except _RESULT_ERRORS as exc:
+            raise self._store_unavailable(exc) from exc
+
+    def group_ids(self, group_id: str) -> list[str]:
+        """A group's task ids, in submit order."""
+        self.group(group_id)  # UnknownGroup, rather than an empty list
+        try:
+            prefix = self.result_config.key_prefix
+            return [i for page in groups.iter_ids(self.results, group_id, prefix) for i in page]
+        except _RESULT_ERRORS as exc:
+            raise self._store_unavailable(exc) from exc
+
+    def group_results(self, group_id: str) -> Iterator[Outcome]:
+        """Every job of a group as it stands now (finished or not), in submit order, read a
+        page of ids at a time."""
+        groups.read_meta(self.results, group_id, self.result_config.key_prefix)
+        try:
+            prefix = self.result_config.key_prefix
+            for page in groups.iter_ids(self.results, group_id, prefix):
+                yield from self._fetch(page)
+        except _RESULT_ERRORS as exc:
+            raise self._store_unavailable(exc) from exc
+
+    def events(self, since: str = "$", *, timeout: float | None = None) -> Iterator[Any]:
+        """Completion events (producer.events.Event), in order, as workers append them: one
+        per job that ends (SUCCESS, FAILURE, REVOKED; `kind` "job") and one per group whose
+        last job ended (`kind` "group"). `since`: "$" (default) for those from now on, "0" for
+        every one the stream still holds (EVENTS_MAXLEN), or an event's `entry_id` to go on
+        after it. Blocks for the next; ends once `timeout` seconds pass without one (None:
+        never). Raises BrokerUnavailable when the result store cannot be reached."""
+        try:
+            yield from events.follow(
+                self.results, self.result_config.key_prefix, since, timeout=timeout
+            )
+        except _RESULT_ERRORS as exc:
+            raise self._store_unavailable(exc) from exc
+
+    def _create_group(
+        self,
+        group_id: str,
+        planned: list[list[str]],
+        queue: str,
+        model: str | None,
+        webhook: str = "",
+    ) -> None:
+        ids = [task_id for chunk in planned for task_id in chunk]
+        try:
+            groups.create(
+                self.results,
+                group_id,
+                ids,
+                key_prefix=self.result_config.key_prefix,
+                queue=queue,
+                model=model or "",
+                webhook=webhook,
+            )
+        except redis.ResponseError as exc:
+            if is_out_of_memory(exc):
+                raise self.full_error() from exc
+            raise
+        except _RESULT_ERRORS as exc:
+            raise self._store_unavailable(exc) from exc
+
+    def _discard_group(self, group_id: str) -> None:
+        """Best effort: a group none of whose messages went out (it would expire anyway)."""
+        with contextlib.suppress(redis.RedisError, RedisClusterException, OSError):
+            groups.discard(self.results, group_id, self.result_config.key_prefix)
+
+    def _store_unavailable(self, exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"cannot reach the result store at {self.result_config.safe_url()}: {exc}"
+        )
+
+
+def _headers(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`send_task` options, and the message headers (producer.jobs) that ride in them."""
+    if "headers" not in options:
+        return options, {}
+    rest = dict(options)
+    return rest, dict(rest.pop("headers"))
 
 
 def _nap(listener: Any, seconds: float) -> Any:

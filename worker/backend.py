@@ -33,35 +33,56 @@ from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
+from worker import events
 from worker.redis_full import retry_while_full, telling
 
 log = logging.getLogger(__name__)
 
-# KEYS: result keys. ARGV[1]: publish (1) or not (0); ARGV[2], ARGV[3]: seconds to keep a
-# FAILURE and any other state (0: forever); then per key: its state, its encoded meta. A key
-# whose old value is final and may not be replaced gets the old value back, with the expiry
-# of its state restarted. Returns how many keys took the new state.
-STORE = """
-local publish, stored, n = ARGV[1] == '1', {}, 0
+# KEYS: the result keys, then (worker/events.py) the events stream and three keys per group.
+# ARGV[1]: publish (1) or not (0); ARGV[2], ARGV[3]: seconds to keep a FAILURE and any other
+# state (0: forever); ARGV[4..7]: how many result keys, the events' MAXLEN (0: none), now, the
+# groups' TTL; then per key events.PER_KEY values: its state, its encoded meta, and what its
+# event says (id, error type, queue, group, the group's index, webhook). A key whose old value
+# is final and may not be replaced gets the old value back, with the expiry of its state
+# restarted. A key that ends in a final state is announced (events.LUA_ANNOUNCE): an event when
+# it has just reached that state, and its group's counters. Returns how many keys took the new
+# state, then per key '' (not final), its final state, or '+' and the state just reached.
+STORE = (
+    events.LUA
+    + """
+local publish, stored, n, codes = ARGV[1] == '1', {}, 0, {}
+local nkeys = tonumber(ARGV[4])
+local stream, refreshed = KEYS[nkeys + 1], {}
+"""
+    + events.LUA_ANNOUNCE
+    + """
 local function put(key, state, value)
   local ttl = tonumber(state == 'FAILURE' and ARGV[2] or ARGV[3])
   if ttl > 0 then return redis.call('SET', key, value, 'EX', ttl, 'GET') end
   return redis.call('SET', key, value, 'GET')
 end
-for i = 1, #KEYS do
-  local state, value = ARGV[2 * i + 2], ARGV[2 * i + 3]
+for i = 1, nkeys do
+  local a = 7 + 8 * (i - 1)
+  local state, value = ARGV[a + 1], ARGV[a + 2]
   local old = put(KEYS[i], state, value)
-  local was = nil
+  local was, meta = nil, nil
   if old then
-    local ok, meta = pcall(cjson.decode, old)
-    if ok and type(meta) == 'table' then was = meta['status'] end
+    local ok, decoded = pcall(cjson.decode, old)
+    if ok and type(decoded) == 'table' then was, meta = decoded['status'], decoded end
   end
+  local now_state, err = state, ARGV[a + 4]
   if was == 'SUCCESS' or (was == 'FAILURE' and state ~= 'SUCCESS') then
     put(KEYS[i], was, old)
+    now_state, err = was, ''
+    local result = meta['result']
+    if type(result) == 'table' and type(result['exc_type']) == 'string' then
+      err = result['exc_type']
+    end
   else
     n = n + 1
     if publish then stored[#stored + 1] = i end
   end
+  codes[i] = announce(i, a, was, now_state, err)
 end
 if #stored > 0 then
   local channels = {}
@@ -70,12 +91,15 @@ if #stored > 0 then
   for j = 2, #subs, 2 do
     if subs[j] > 0 then
       local i = stored[j / 2]
-      redis.call('PUBLISH', KEYS[i], ARGV[2 * i + 3])
+      redis.call('PUBLISH', KEYS[i], ARGV[7 + 8 * (i - 1) + 2])
     end
   end
 end
-return n
+local out = {n}
+for i = 1, nkeys do out[i + 1] = codes[i] end
+return out
 """
+)
 
 
 @dataclass(frozen=True)
@@ -121,7 +145,8 @@ class _AtomicStore:
         if state == states.STARTED:
             self._while_full(self.ensure, self._store_started, (key, value))
         else:
-            self._while_full(self.ensure, self._store_entries, ([(key, value, state)],))
+            note = events.note(bytes_to_str(task_id), result, state, request)
+            self._while_full(self.ensure, self._store_entries, ([(key, value, state)], [note]))
         return result
 
     def started(self, task_id: str, hostname: str | None) -> Started:
@@ -130,19 +155,22 @@ class _AtomicStore:
         key = bytes_to_str(self.get_key_for_task(task_id))
         return Started(key, value, self._ttl(states.STARTED))
 
-    def store_many(self, entries: list[tuple[str, Any, str]]) -> None:
+    def store_many(self, entries: list[tuple[str, Any, str]], request: Any = None) -> None:
         """Final states of many jobs, `(task_id, result or exception, state)`, in one call
-        (a bulk message's images), each stored as `_store_result` would."""
-        values = [
-            (
-                self.get_key_for_task(task_id),
-                self._value(task_id, self.encode_result(result, state), state),
-                state,
-            )
+        (a bulk message's images), each stored as `_store_result` would. `request`: the
+        message that carried them, for their events' queue and groups (default: the request
+        of the task this thread runs)."""
+        encoded = [
+            (task_id, self.encode_result(result, state), state)
             for task_id, result, state in entries
         ]
+        values = [
+            (self.get_key_for_task(task_id), self._value(task_id, result, state), state)
+            for task_id, result, state in encoded
+        ]
         if values:
-            self._while_full(self.ensure, self._store_entries, (values,))
+            notes = events.notes(encoded, request)
+            self._while_full(self.ensure, self._store_entries, (values, notes))
 
     def _value(
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None
@@ -166,20 +194,46 @@ class _AtomicStore:
         ttl = self._ttl(states.STARTED)
         return bool(self.client.set(key, value, nx=True, ex=ttl or None))
 
-    def _store_entries(self, values: list[tuple[Any, Any, str]]) -> int:
-        keys = [key for key, _, _ in values]
-        return int(self._store_script(keys=keys, args=self._script_args(values)))
+    def _store_entries(
+        self, values: list[tuple[Any, Any, str]], notes: list[events.Note | None] | None = None
+    ) -> int:
+        """Store `(key, value, state)` entries, announcing the final ones (`notes`: what each
+        one's event says, None for a state with none); returns how many took the new state."""
+        keys, args = self._script(values, notes)
+        return int(self._store_script(keys=keys, args=args)[0])
 
-    def _script_args(self, values: list[tuple[Any, Any, str]]) -> list[Any]:
-        """STORE's ARGV for these `(key, value, state)` entries (the keys go in KEYS)."""
+    def _script(
+        self,
+        values: list[tuple[Any, Any, str]],
+        notes: list[events.Note | None] | None = None,
+        announce: bool = True,
+    ) -> tuple[list[Any], list[Any]]:
+        """STORE's KEYS and ARGV for these `(key, value, state)` entries; `announce=False`:
+        the call only reports each key's final state (a cluster announces apart)."""
+        extra, head, per_key = self._events.script(
+            notes or [None] * len(values), self._group_ttl(), announce
+        )
         args: list[Any] = [
             1 if self.publish_states else 0,
             self._ttl(states.FAILURE),
             self._ttl(states.SUCCESS),
+            *head,
         ]
-        for _, value, state in values:
-            args += [state, value]
-        return args
+        for (_, value, state), more in zip(values, per_key, strict=True):
+            args += [state, value, *more]
+        return [key for key, _, _ in values] + extra, args
+
+    def _group_ttl(self) -> int:
+        """A group lives as long as its results: the longer of the two expiries (0: kept)."""
+        ttls = (self._ttl(states.FAILURE), self._ttl(states.SUCCESS))
+        return 0 if 0 in ttls else max(ttls)
+
+    @cached_property
+    def _events(self) -> events.Events:
+        """The events stream and group keys of this store (worker/events.py)."""
+        options = self.app.conf.get("result_backend_transport_options") or {}
+        prefix = str(options.get("global_keyprefix") or "")
+        return events.Events(prefix, events.maxlen_of(self.app))
 
     @cached_property
     def _store_script(self) -> Any:

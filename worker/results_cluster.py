@@ -38,7 +38,7 @@ from celery.backends.redis import RedisBackend, ResultConsumer
 from redis import exceptions as rexc
 
 from producer.connections import ResultStoreConfig, result_store_errors
-from worker import result_store
+from worker import events, result_store
 from worker.backend import STORE, _AtomicStore
 
 log = logging.getLogger(__name__)
@@ -169,12 +169,16 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
 
     # -- the store ---------------------------------------------------------------------------
 
-    def _store_entries(self, values: list[tuple[Any, Any, str]]) -> int:
+    def _store_entries(
+        self, values: list[tuple[Any, Any, str]], notes: list[events.Note | None] | None = None
+    ) -> int:
         """Each `(key, value, state)` by its own script call on its key's master, then WAIT
-        there for final states; returns how many keys took the new state."""
+        there for final states; then the final ones are announced (`_announce`). Returns how
+        many keys took the new state."""
         client = self.client
         stored = 0
         todo = list(values)
+        codes: dict[Any, str] = {}
         for _ in range(_MAX_ROUNDS):
             by_node: dict[str, tuple[Any, list[tuple[Any, Any, str]]]] = {}
             for entry in todo:
@@ -182,13 +186,69 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
                 by_node.setdefault(node.name, (node, []))[1].append(entry)
             todo = []
             for node, entries in by_node.values():
-                count, redirected = self._store_on_node(node, entries)
+                count, redirected = self._store_on_node(node, entries, codes=codes)
                 stored += count
                 todo += redirected
             if not todo:
+                if notes:
+                    self._announce(values, notes, codes)
                 return stored
             self._refresh()  # a slot moved: learn where
         raise rexc.TryAgainError("result slots kept moving; the store is retried")
+
+    def _announce(
+        self,
+        values: list[tuple[Any, Any, str]],
+        notes: list[events.Note | None],
+        codes: dict[Any, str],
+    ) -> None:
+        """After the results are stored (and on a replica): each group's counters by one
+        ACCOUNT call on the group's master, then the events in one pipeline to the stream's
+        master. A job whose result was final already (a second run) counts and is announced
+        only where its group had not counted it: a worker killed between these calls leaves
+        the group exact when the job runs again, but an event of a job without a group may
+        then be missing (one Redis does it all in one call, worker/events.py)."""
+        stream = self._events
+        due: list[tuple[events.Note, str]] = []
+        by_group: dict[str, list[tuple[events.Note, str, bool]]] = {}
+        for (key, _, _), note in zip(values, notes, strict=True):
+            code = codes.get(key, "")
+            if note is None or not code:
+                continue
+            fresh, state = code.startswith("+"), code.lstrip("+")
+            if note.group:
+                by_group.setdefault(note.group, []).append((note, state, fresh))
+            elif fresh:
+                due.append((note, state))
+        now = events.timestamp()
+        finished: list[tuple[str, list[Any]]] = []
+        for group, jobs in by_group.items():
+            args: list[Any] = [now, self._group_ttl()]
+            for note, state, _ in jobs:
+                args += [note.task_id, state]
+            keys = stream.group_keys(group)
+            reply = self._account(keys=keys, args=args)
+            for (note, state, fresh), answer in zip(jobs, reply, strict=False):
+                if int(answer) > 0 or (int(answer) < 0 and fresh):
+                    due.append((note, state))
+            if len(reply) > len(jobs):
+                finished.append((group, list(reply[len(jobs) :])))
+        if not stream.maxlen or not (due or finished):
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for note, state in due:
+            pipe.xadd(stream.stream, events.fields("job", note, state, now), **self._trim())
+        for group, summary in finished:
+            pipe.xadd(stream.stream, events.group_fields(group, summary, now), **self._trim())
+        pipe.execute()
+
+    def _trim(self) -> dict[str, Any]:
+        return {"maxlen": self._events.maxlen, "approximate": True}
+
+    @cached_property
+    def _account(self) -> Any:
+        """ACCOUNT (worker/events.py), loaded where it is missing (a promoted replica)."""
+        return self.client.register_script(events.ACCOUNT)
 
     def _store_on_node(
         self,
@@ -196,15 +256,18 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         entries: list[tuple[Any, Any, str]],
         asking: bool = False,
         loaded: bool = False,
+        codes: dict[Any, str] | None = None,
     ) -> tuple[int, list[tuple[Any, Any, str]]]:
         """One round trip to one master: the script per key, then WAIT when any state is
         final. Returns the keys stored and the entries to send elsewhere (MOVED, ASK)."""
         wait = self._replicas_to_wait(node, entries)
         pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
+        codes = {} if codes is None else codes
         for key, value, state in entries:
             if asking:
                 pipe.execute_command("ASKING")
-            pipe.evalsha(self._sha, 1, key, *self._script_args([(key, value, state)]))
+            keys, args = self._script([(key, value, state)], announce=False)
+            pipe.evalsha(self._sha, len(keys), *keys, *args)
         if wait:
             pipe.execute_command("WAIT", wait, self.wait_timeout_ms)
         try:
@@ -232,17 +295,18 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
             elif isinstance(reply, Exception):
                 raise reply  # CLUSTERDOWN, OOM, ...: `ensure` and `_while_full` decide
             else:
-                count += int(reply)
+                count += int(reply[0])
+                codes[entry[0]] = events.text(reply[1])
         if wait:
             self._confirmed(node, replies[-1], wait)
         if unscripted:
             # A promoted replica has no scripts cached: load it there and send those again.
             self.client.get_redis_connection(node).script_load(STORE)
-            more, moved = self._store_on_node(node, unscripted, asking, loaded=True)
+            more, moved = self._store_on_node(node, unscripted, asking, True, codes)
             count += more
             redirected += moved
         for target, again in asked.values():
-            more, moved = self._store_on_node(target, again, asking=True)
+            more, moved = self._store_on_node(target, again, True, codes=codes)
             count += more
             redirected += moved
         return count, redirected

@@ -170,6 +170,8 @@ class Settings:
 
     result_expires: int = env(86_400, int)
     result_failure_expires: int | None = env(None, int)  # None: RESULT_EXPIRES
+    # Completion events (worker/events.py): entries kept in the stream (XADD MAXLEN ~); 0: none
+    events_maxlen: int = env(100_000, int)
     visibility_timeout: int = env(3_600, int)  # last resort for a live but hung job; see docs
     max_deliveries: int = env(3, int)
     # The delivery layer (worker/broker): a process silent this long is dead, and any live
@@ -253,6 +255,8 @@ class Settings:
             raise ConfigError("INFERENCE_TIMEOUT must be positive")
         if self.result_failure_expires is not None and self.result_failure_expires < 0:
             raise ConfigError("RESULT_FAILURE_EXPIRES must not be negative")
+        if self.events_maxlen < 0:
+            raise ConfigError("EVENTS_MAXLEN must not be negative (0 turns events off)")
         for name in ("max_batch_size", "concurrency", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")

@@ -1,0 +1,119 @@
+"""Following completion events: the Redis Stream every terminal state is appended to.
+
+Workers append one entry per job that reaches SUCCESS, FAILURE or REVOKED, and one `kind=group`
+entry when the last job of a group ends (worker/events.py). Any Redis client can follow the
+stream with `XREAD` or a consumer group (docs/lifecycle.md); `Client.events()` does it with
+`XREAD BLOCK`. Imports redis only (no Celery, no torch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from producer.jobs import EVENT_FIELDS, EVENTS_STREAM
+
+# The longest a single XREAD blocks; `follow` reads again until its own timeout.
+_BLOCK_MS = 5_000
+
+
+@dataclass(frozen=True)
+class Event:
+    """One stream entry: `kind` "job" (`id` a task id, `state` SUCCESS, FAILURE or REVOKED)
+    or "group" (`id` a group id, `state` DONE, `counts` its final counters). `entry_id` is the
+    stream's own id (`<ms>-<seq>`): pass it back as `since` to go on after it."""
+
+    entry_id: str
+    kind: str
+    id: str
+    state: str
+    error: str = ""
+    queue: str = ""
+    group: str = ""
+    webhook: str = ""
+    time: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def parse(cls, entry_id: Any, raw: dict[Any, Any]) -> Event:
+        values = {_text(k): _text(v) for k, v in raw.items()}
+        known = {name: values.get(name, "") for name in EVENT_FIELDS}
+        try:
+            when = float(known.pop("time") or 0)
+        except ValueError:
+            when = 0.0
+        counts = {}
+        for name, value in values.items():
+            if name not in EVENT_FIELDS and value.isdigit():
+                counts[name] = int(value)
+        return cls(_text(entry_id), time=when, counts=counts, **known)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "entry_id": self.entry_id,
+            "kind": self.kind,
+            "id": self.id,
+            "state": self.state,
+            "error": self.error or None,
+            "queue": self.queue,
+            "group": self.group or None,
+            "time": self.time,
+        }
+        if self.counts:
+            out.update(self.counts)
+        return out
+
+
+def follow(
+    client: Any,
+    key_prefix: str = "",
+    since: str = "$",
+    *,
+    timeout: float | None = None,
+    count: int = 500,
+) -> Iterator[Event]:
+    """Events after `since` ("$": only those appended from now on; "0": every one the stream
+    still holds; or an `entry_id`), in stream order, blocking for new ones. Ends once
+    `timeout` seconds pass without a new event (None: follows forever)."""
+    stream = key_prefix + EVENTS_STREAM
+    last = since
+    if last == "$":
+        # The stream's current last id, so nothing appended between two reads is missed.
+        last = _last_id(client, stream)
+    idle_since = time.monotonic()
+    while True:
+        block = _BLOCK_MS
+        if timeout is not None:
+            left = timeout - (time.monotonic() - idle_since)
+            if left <= 0:
+                return
+            block = max(1, min(block, int(left * 1000)))
+        reply = client.xread({stream: last}, count=count, block=block)
+        entries = _entries(reply)
+        if not entries:
+            continue
+        idle_since = time.monotonic()
+        for entry_id, raw in entries:
+            event = Event.parse(entry_id, raw)
+            last = event.entry_id
+            yield event
+
+
+def _last_id(client: Any, stream: str) -> str:
+    newest = client.xrevrange(stream, count=1)
+    return _text(newest[0][0]) if newest else "0-0"
+
+
+def _entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    """XREAD's entries for one stream (RESP2 list or RESP3 dict)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [e for entries in reply.values() for e in (entries[0] if entries else [])]
+    return [entry for _, entries in reply for entry in entries]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

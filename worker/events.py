@@ -1,0 +1,353 @@
+"""Completion events and group counters: what a final state adds to the result store.
+
+Every terminal state (SUCCESS, FAILURE, REVOKED) a job reaches is appended to one Redis Stream
+(producer.jobs.EVENTS_STREAM, `XADD MAXLEN ~ EVENTS_MAXLEN`), and a job of a group is counted
+in its group's hash (producer.jobs.group_key). The backend (worker/backend.py) stores results
+through one Lua script, STORE; this module gives it the Lua that does the rest and the
+arguments it needs, so every final state, whichever path stores it (a task's return, a bulk
+message's images, Celery's own `mark_as_revoked`, a cancel or a deadline), goes through here.
+
+On one Redis it is all one script call, in the result's round trip: the event and the
+counters are written atomically with the result, or not at all. On a Redis Cluster the
+result, the group and the stream live on different slots, so the backend makes two more calls
+after the result is stored: the group's script on its master (ACCOUNT), then the events
+(worker/results_cluster.py).
+
+A job is announced once per final state it reaches: a state stored again (a redelivered copy
+finishing again, a duplicate message) adds no event. A job of a group counts once: the group's
+`done` hash maps each job to the state it was counted with, so a second run counts nothing, and
+a FAILURE later replaced by a SUCCESS moves the job from `failed` to `succeeded`. When the last
+job of a group ends, exactly one `kind=group` event follows (`HSETNX completed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from producer.contract import BULK_TASK_NAME
+from producer.jobs import EVENTS_STREAM, GROUP_HEADER, WEBHOOK_HEADER, group_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAXLEN = 100_000
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+# What a message may carry: longer, or not a string, and it is ignored (no group, no webhook).
+MAX_GROUP_CHARS = 255
+MAX_WEBHOOK_CHARS = 8192
+
+# Lua shared by STORE (worker/backend.py) and ACCOUNT: the counters, a group's expiry, events.
+LUA = """
+local COUNTER = {SUCCESS = 'succeeded', FAILURE = 'failed', REVOKED = 'cancelled'}
+local function event(stream, maxlen, kind, id, state, err, queue, group, hook, now, ...)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'id', id,
+    'state', state, 'error', err, 'queue', queue, 'group', group, 'webhook', hook,
+    'time', now, ...)
+end
+-- A group's keys live as long as its results (RESULT_EXPIRES): while jobs are left the TTL is
+-- only ever raised, once the last one ended it is set; 0 keeps them, as it keeps results.
+local function keep(g, ttl, exact)
+  for _, key in ipairs(g) do
+    if ttl <= 0 then redis.call('PERSIST', key)
+    elseif exact then redis.call('EXPIRE', key, ttl)
+    else redis.call('EXPIRE', key, ttl, 'GT') end
+  end
+end
+-- Count job `tid` as ended in `state` in group g = {hash, done, ids}. Returns -1: no such
+-- group; 0: already counted so; 1: counted (or moved between counters); 2: counted, and it
+-- was the group's last job (once per group).
+local function account(g, tid, state, now, ttl, refresh)
+  local total = redis.call('HGET', g[1], 'total')
+  if not total then return -1 end
+  local prev = redis.call('HGET', g[2], tid)
+  if prev == state then return 0 end
+  if prev and COUNTER[prev] then redis.call('HINCRBY', g[1], COUNTER[prev], -1) end
+  redis.call('HINCRBY', g[1], COUNTER[state], 1)
+  redis.call('HSET', g[2], tid, state)
+  redis.call('HSET', g[1], 'last_done', now)
+  if prev then return 1 end
+  local finished = redis.call('HINCRBY', g[1], 'finished', 1)
+  redis.call('HSETNX', g[1], 'first_done', now)
+  if finished >= tonumber(total) and redis.call('HSETNX', g[1], 'completed', now) == 1 then
+    keep(g, ttl, true)
+    return 2
+  end
+  if refresh then keep(g, ttl, false) end
+  return 1
+end
+local function summary(g)
+  local f = redis.call('HMGET', g[1], 'queue', 'webhook', 'total', 'succeeded', 'failed',
+    'cancelled')
+  for i = 1, 6 do f[i] = f[i] or (i > 2 and '0' or '') end
+  return f
+end
+local function group_done(stream, maxlen, g, gid, now)
+  local f = summary(g)
+  event(stream, maxlen, 'group', gid, 'DONE', '', f[1], gid, f[2], now, 'total', f[3],
+    'succeeded', f[4], 'failed', f[5], 'cancelled', f[6])
+end
+"""
+
+# Called by STORE for each result key once its state is settled (see worker/backend.py):
+# `was` is the state stored before, `now_state` the one stored now, `err` its error type.
+# Returns STORE's code for the key: '' (not final), the final state, or '+' and the state when
+# the key has just reached it.
+LUA_ANNOUNCE = """
+local function announce(i, a, was, now_state, err)
+  if not COUNTER[now_state] then return '' end
+  local fresh = was ~= now_state
+  local maxlen, now, ttl = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+  local tid, queue, gid, g, hook = ARGV[a + 3], ARGV[a + 5], ARGV[a + 6],
+    tonumber(ARGV[a + 7]), ARGV[a + 8]
+  local emit, r, keys = fresh, -1, nil
+  if g > 0 then
+    local base = tonumber(ARGV[4]) + 3 * g - 1
+    keys = {KEYS[base], KEYS[base + 1], KEYS[base + 2]}
+    r = account(keys, tid, now_state, now, ttl, not refreshed[g])
+    refreshed[g] = true
+    if r >= 0 then emit = r > 0 end
+  end
+  if emit and maxlen > 0 and tid ~= '' then
+    event(stream, maxlen, 'job', tid, now_state, err, queue, gid, hook, now)
+  end
+  if r == 2 and maxlen > 0 then group_done(stream, maxlen, keys, gid, now) end
+  return (fresh and '+' or '') .. now_state
+end
+"""
+
+# A Redis Cluster's second call, on the group's master: KEYS the group's three keys; ARGV now,
+# ttl, then (task id, state) pairs. Returns `account`'s answer per pair, then, when the last
+# job ended, the group's queue, webhook, total, succeeded, failed and cancelled.
+ACCOUNT = (
+    LUA
+    + """
+local out, last = {}, false
+for i = 3, #ARGV, 2 do
+  local r = account(KEYS, ARGV[i], ARGV[i + 1], ARGV[1], tonumber(ARGV[2]), i == 3)
+  out[#out + 1] = r
+  if r == 2 then last = true end
+end
+if last then
+  for _, v in ipairs(summary(KEYS)) do out[#out + 1] = v end
+end
+return out
+"""
+)
+
+
+@dataclass(frozen=True)
+class Note:
+    """What an event tells of a job besides its state: the job's id, its error type, the queue
+    it came from, its group and where to POST it (empty: none)."""
+
+    task_id: str
+    error: str = ""
+    queue: str = ""
+    group: str = ""
+    webhook: str = ""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message came from, for the jobs it carries."""
+
+    queue: str = ""
+    group: str = ""
+    webhook: str = ""
+
+
+def _text(value: Any, limit: int) -> str:
+    if isinstance(value, str) and 0 < len(value) <= limit and value.isprintable():
+        return value
+    return ""
+
+
+def origin(request: Any) -> Origin:
+    """The queue (`delivery_info.routing_key`), group and webhook (message headers) of a
+    Celery request (the task's, or the Context Celery passes to `mark_as_revoked`)."""
+    if request is None:
+        return Origin()
+    info = getattr(request, "delivery_info", None) or {}
+    headers = getattr(request, "headers", None) or {}
+    group = getattr(request, GROUP_HEADER, None) or headers.get(GROUP_HEADER)
+    webhook = getattr(request, WEBHOOK_HEADER, None) or headers.get(WEBHOOK_HEADER)
+    return Origin(
+        queue=_text(info.get("routing_key"), 1024),
+        group=_text(group, MAX_GROUP_CHARS),
+        webhook=_text(webhook, MAX_WEBHOOK_CHARS),
+    )
+
+
+def image_origins(request: Any) -> dict[str, Origin]:
+    """Per image of a bulk message (`classify_many`): its entry's `group` and `webhook`, else
+    the message's headers. Empty for any other request."""
+    if request is None or getattr(request, "task", None) != BULK_TASK_NAME:
+        return {}
+    base = origin(request)
+    args: Any = getattr(request, "args", None) or ()
+    items = args[0] if len(args) == 1 and isinstance(args[0], list) else []
+    out: dict[str, Origin] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        if "group" not in item and "webhook" not in item:
+            out[item["id"]] = base
+            continue
+        out[item["id"]] = Origin(
+            base.queue,
+            _text(item.get("group"), MAX_GROUP_CHARS) or base.group,
+            _text(item.get("webhook"), MAX_WEBHOOK_CHARS) or base.webhook,
+        )
+    return out
+
+
+def current_request() -> Any:
+    """The request of the task this thread runs, if any (so a bulk store that was not handed
+    its request still finds its images' groups)."""
+    from celery._state import get_current_task
+
+    task = get_current_task()
+    return None if task is None else task.request
+
+
+def error_type(encoded: Any) -> str:
+    """The error type of an encoded result (`exc_type`), else ""."""
+    if isinstance(encoded, dict):
+        return _text(encoded.get("exc_type"), 255)
+    return ""
+
+
+def note(task_id: str, encoded: Any, state: str, request: Any) -> Note | None:
+    """The Note of one job's final state stored with its own request; None where no event is
+    due: a state that is not final, or a bulk message's own summary (its images have theirs)."""
+    if state not in FINAL_STATES:
+        return None
+    if request is not None and getattr(request, "task", None) == BULK_TASK_NAME:
+        if getattr(request, "id", None) == task_id:
+            return None
+        found = image_origins(request).get(task_id) or origin(request)
+    else:
+        found = origin(request)
+    return Note(task_id, error_type(encoded), found.queue, found.group, found.webhook)
+
+
+def notes(entries: Sequence[tuple[str, Any, str]], request: Any = None) -> list[Note | None]:
+    """Notes for many `(task id, encoded result, state)` stored together (a bulk message's
+    images), their origins from `request` (default: the task this thread runs)."""
+    if request is None:
+        request = current_request()
+    base = origin(request)
+    images = image_origins(request)
+    out: list[Note | None] = []
+    for task_id, encoded, state in entries:
+        if state not in FINAL_STATES:
+            out.append(None)
+            continue
+        found = images.get(task_id, base)
+        out.append(Note(task_id, error_type(encoded), found.queue, found.group, found.webhook))
+    return out
+
+
+class Events:
+    """The result store's events and group keys (after REDIS_KEY_PREFIX), and STORE's
+    arguments for them."""
+
+    def __init__(self, key_prefix: str = "", maxlen: int = DEFAULT_MAXLEN) -> None:
+        self.key_prefix = key_prefix
+        self.maxlen = max(0, int(maxlen))
+        self.stream = key_prefix + EVENTS_STREAM
+
+    def group_keys(self, group_id: str) -> list[str]:
+        """A group's hash, its `done` hash and its ids list (one hash tag: one slot)."""
+        return [
+            self.key_prefix + group_key(group_id),
+            self.key_prefix + group_key(group_id, "done"),
+            self.key_prefix + group_key(group_id, "ids"),
+        ]
+
+    def script(
+        self, notes: Sequence[Note | None], group_ttl: int, announce: bool = True
+    ) -> tuple[list[str], list[Any], list[list[Any]]]:
+        """What STORE needs besides the results: its extra KEYS (the stream, then three per
+        group), its ARGV[4..7] (count of result keys, maxlen, now, the groups' TTL), and per
+        result key the six values after its state and value (id, error, queue, group,
+        the group's index among the extra keys, webhook). `announce=False` (a cluster's result
+        calls): the script only reports each key's final state."""
+        groups: dict[str, int] = {}
+        per_key: list[list[Any]] = []
+        for note in notes:
+            if note is None:
+                per_key.append(["", "", "", "", 0, ""])
+                continue
+            index = 0
+            if note.group and announce:
+                index = groups.setdefault(note.group, len(groups) + 1)
+            per_key.append([note.task_id, note.error, note.queue, note.group, index, note.webhook])
+        extra: list[str] = []
+        if announce and any(n is not None for n in notes):
+            extra.append(self.stream)
+            for group in groups:
+                extra += self.group_keys(group)
+        head = [len(notes), self.maxlen if announce else 0, timestamp(), group_ttl]
+        return extra, head, per_key
+
+
+def timestamp() -> str:
+    return f"{time.time():.3f}"
+
+
+def fields(kind: str, note: Note, state: str, now: str) -> dict[str, str]:
+    """An event entry's fields (producer.jobs.EVENT_FIELDS), for a cluster's XADD."""
+    return {
+        "kind": kind,
+        "id": note.task_id,
+        "state": state,
+        "error": note.error,
+        "queue": note.queue,
+        "group": note.group,
+        "webhook": note.webhook,
+        "time": now,
+    }
+
+
+def group_fields(group_id: str, summary: Sequence[Any], now: str) -> dict[str, str]:
+    """The `kind=group` event of a group whose last job ended, from ACCOUNT's summary."""
+    queue, webhook, total, succeeded, failed, cancelled = (text(v) for v in summary)
+    return {
+        "kind": "group",
+        "id": group_id,
+        "state": "DONE",
+        "error": "",
+        "queue": queue,
+        "group": group_id,
+        "webhook": webhook,
+        "time": now,
+        "total": total or "0",
+        "succeeded": succeeded or "0",
+        "failed": failed or "0",
+        "cancelled": cancelled or "0",
+    }
+
+
+def text(value: Any) -> str:
+    if value is None or value is False:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def maxlen_of(app: Any) -> int:
+    """EVENTS_MAXLEN of a worker's app (its Settings), else the environment's, else the
+    default (a backend built by a plain Celery app, in tests and benchmarks)."""
+    settings = getattr(app, "settings", None)
+    if settings is not None and hasattr(settings, "events_maxlen"):
+        return int(settings.events_maxlen)
+    import os
+
+    raw = os.environ.get("EVENTS_MAXLEN", "").strip()
+    try:
+        return max(0, int(raw)) if raw else DEFAULT_MAXLEN
+    except ValueError:
+        return DEFAULT_MAXLEN
