@@ -36,6 +36,7 @@ from producer.errors import ProducerError, QueueFull, RedisFull, UnknownModel
 from producer.model_cli import add_subparser as add_model
 from producer.model_cli import served_name
 from producer.render import add_subparser as add_render
+from producer.webhooks import InvalidWebhook, check_webhook
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 EXIT_REDIS_FULL, EXIT_QUEUE_FULL, EXIT_UNKNOWN_MODEL = 4, 5, 6
@@ -109,6 +110,7 @@ def cmd_submit(client: Client, ns: argparse.Namespace) -> int:
             priority=ns.priority,
             bulk_size=ns.bulk_size,
             model=ns.model,
+            webhook=ns.webhook,
         )
     except ValueError as exc:  # --queue and --model disagree (no Redis was asked)
         print(f"error: {exc}", file=sys.stderr)
@@ -237,6 +239,13 @@ def _top_k(text: str) -> int:
     return value
 
 
+def _webhook(text: str) -> str:
+    try:
+        return check_webhook(text)
+    except InvalidWebhook as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _bulk_size(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_BULK_IMAGES:
@@ -297,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BULK_SIZE,
         help=f"images per message (default {DEFAULT_BULK_SIZE}; 1: one message per image, "
         "for workers older than classify_many)",
+    )
+    p.add_argument(
+        "--webhook",
+        type=_webhook,
+        default=None,
+        metavar="URL",
+        help="POST each job's result there when it ends, signed (python -m worker.webhooks; "
+        "docs/lifecycle.md)",
     )
     p.add_argument("--wait", action="store_true", help="print one JSON result per line")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for all")

@@ -45,11 +45,12 @@ from producer.errors import (
     RedisFull,
     ResultTimeout,
 )
-from producer.jobs import GROUP_HEADER
+from producer.jobs import GROUP_HEADER, WEBHOOK_HEADER
 from producer.limits import Admission
 from producer.memory import is_out_of_memory, read_memory
 from producer.models import Registry, queue_for
 from producer.redaction import display_url
+from producer.webhooks import check_webhook
 
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _POLL_MIN_S = 0.01
@@ -248,15 +249,18 @@ class Client:
         queue: str | None = None,
         priority: int | None = None,
         model: str | None = None,
+        webhook: str | None = None,
     ) -> str:
         """Enqueue one source (URL or path under the worker's IMAGE_ROOT); returns its task id.
 
         `queue` defaults to the client's queue; `priority` is 0 (highest, also the default
         when None) to 9 (lowest). `model` routes to that model's workers (queue `model.<name>`;
         "" is the default model, on `celery`), and raises UnknownModel, sending nothing, when
-        no worker of it has registered.
+        no worker of it has registered. `webhook`: see `submit_many`.
         """
-        ids = self.submit_many([source], top_k=top_k, queue=queue, priority=priority, model=model)
+        ids = self.submit_many(
+            [source], top_k=top_k, queue=queue, priority=priority, model=model, webhook=webhook
+        )
         return ids[0]
 
     def submit_many(
@@ -269,6 +273,7 @@ class Client:
         bulk_size: int | None = None,
         model: str | None = None,
         group: bool = False,
+        webhook: str | None = None,
     ) -> list[str]:
         """Enqueue many sources over one connection; returns their task ids in order.
 
@@ -276,6 +281,11 @@ class Client:
         before any message is sent: the list returned is then a `GroupIds`, whose `group_id`
         `group()`, `group_results()` and `imgqueue status GROUP` take, and whose last job to
         end puts one `kind=group` event on the events stream (`events()`).
+
+        `webhook`: an http(s) URL the webhook dispatcher (`python -m worker.webhooks`) POSTs
+        each job's result to when it ends, signed (docs/lifecycle.md); with `group=True`, the
+        group's summary once its last job ends instead. Raises InvalidWebhook (a ValueError),
+        sending nothing, for a URL that is not http(s), has no host, or holds a password.
 
         Up to `bulk_size` (default: the client's) sources travel in one `classify_many`
         message; each still gets its own task id, result and state, read as for `submit`.
@@ -288,6 +298,7 @@ class Client:
         BrokerUnavailable when it cannot be reached.
         """
         check_priority(priority)
+        hook = None if webhook is None else check_webhook(webhook)
         size = self.bulk_size if bulk_size is None else bulk_size
         if not 1 <= size <= MAX_BULK_IMAGES:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
@@ -305,13 +316,15 @@ class Client:
         group_id = groups.new_id() if group and messages else None
         if group_id is not None:
             options["headers"] = {GROUP_HEADER: group_id}
+        elif hook is not None:  # a bulk message's header holds for each of its images
+            options["headers"] = {**options.get("headers", {}), WEBHOOK_HEADER: hook}
         try:
             if messages and model is not None:
                 self.models.check(model)
             if messages:
                 self.admission.check(target, len(messages))
             if group_id is not None:
-                self._create_group(group_id, planned, target, model)
+                self._create_group(group_id, planned, target, model, hook or "")
             with self.celery.producer_or_acquire() as producer:
                 for start in range(0, len(messages), _PUBLISH_BATCH):
                     batch = slice(start, start + _PUBLISH_BATCH)

@@ -30,17 +30,18 @@ from typing import Any
 import pytest
 import redis
 
-from producer import ProducerError
+from producer import Client, ProducerError, status
 from producer.contract import result_key
 from producer.jobs import (
     EVENT_FIELDS,
     EVENTS_STREAM,
     WEBHOOK_CONSUMER_GROUP,
     WEBHOOK_DEAD_LETTERS,
+    WEBHOOK_HEADER,
     WEBHOOK_RETRIES,
 )
 from producer.webhooks import InvalidWebhook, check_webhook
-from tests.support import ROOT, imgqueue, wait_for
+from tests.support import ROOT, SAMPLES, WorkerFactory, imgqueue, queued_messages, wait_for
 from worker.errors import ConfigError
 from worker.settings import Settings, webhook_keys
 from worker.webhooks import MAX_RETRY_DELAY, Delivery, retry_delay, sign
@@ -407,13 +408,13 @@ def test_a_failing_receiver_is_dead_lettered_after_the_last_attempt(
         setup.env["REDIS_URL"], "--key-prefix", setup.prefix, "status", "--json", "--timeout", "0.2"
     )
     assert out.returncode == 0, out.stderr
-    hooks = json.loads(out.stdout)["webhooks"]
-    assert hooks["dead_letters"] == 1 and hooks["retrying"] == 0
+    state = json.loads(out.stdout)
+    hooks = state["webhooks"]
+    assert hooks["dead_letters"] == 1 and hooks["retrying"] == 0 and hooks["lag"] == 0
     assert hooks["recent"][0]["id"] == "t-down"
-    text = imgqueue(
-        setup.env["REDIS_URL"], "--key-prefix", setup.prefix, "status", "--timeout", "0.2"
-    ).stdout
-    assert "webhooks: 0 retrying, 1 dead" in text and "t-down" in text
+    text = status.render(state)  # what `imgqueue status` prints of the same
+    assert "webhooks: 0 retrying, 1 dead-lettered, 0 event(s) not yet read" in text
+    assert f"job t-down  {receiver.base}/status/503  HTTP 503 (attempts, 3 attempt(s))" in text
 
 
 def test_a_hanging_receiver_costs_one_timeout_and_blocks_nothing(
@@ -443,3 +444,95 @@ def test_events_a_stopped_dispatcher_had_read_are_claimed(setup: Setup, receiver
     request = wait_for(lambda: receiver.to("/ok"), 20, "the orphaned event's delivery")[0]
     assert verify(request)["id"] == "t-orphan"
     wait_for(lambda: setup.r.xpending(stream, WEBHOOK_CONSUMER_GROUP)["pending"] == 0, 10, "ack")
+
+
+# -- the producer side -----------------------------------------------------------------------
+
+
+def _headers(raw: bytes) -> dict[str, Any]:
+    headers: dict[str, Any] = json.loads(raw)["headers"]
+    return headers
+
+
+def test_submit_carries_the_webhook(redis_url: str, redis_client: redis.Redis) -> None:
+    queue = f"wh-submit-{os.getpid()}"
+    hook = "https://hooks.example.com/in?token=t"
+    with Client(redis_url) as client:
+        one = client.submit("cat.jpg", queue=queue, webhook=hook)
+        many = client.submit_many(["a.jpg", "b.jpg"], queue=queue, webhook=hook, bulk_size=64)
+        plain = client.submit("c.jpg", queue=queue)
+        for bad in ("ftp://h/x", "https://u:p@h/x", "not a url"):
+            with pytest.raises(InvalidWebhook):
+                client.submit_many(["d.jpg", "e.jpg"], queue=queue, webhook=bad)
+    messages = [_headers(m) for m in queued_messages(redis_client, [queue])]
+    redis_client.delete(queue)
+    assert len(messages) == 3  # the refused calls sent nothing
+    by_id = {h["id"]: h for h in messages}
+    assert by_id[one][WEBHOOK_HEADER] == hook
+    assert WEBHOOK_HEADER not in by_id[plain]
+    (bulk,) = [h for h in messages if h["task"] == "classify_many"]
+    # A bulk message's header holds for each of its images (producer.jobs; worker/events.py).
+    assert bulk[WEBHOOK_HEADER] == hook and len(many) == 2
+
+
+def test_the_cli_takes_a_webhook(redis_url: str, redis_client: redis.Redis) -> None:
+    queue = f"wh-cli-{os.getpid()}"
+    bad = imgqueue(redis_url, "submit", "--queue", queue, "--webhook", "https://u:pw@h/x", "x.jpg")
+    assert bad.returncode == 2 and "user or password" in bad.stderr and "pw" not in bad.stderr
+    good = imgqueue(redis_url, "submit", "--queue", queue, "--webhook", "http://h/in", "x.jpg")
+    assert good.returncode == 0, good.stderr
+    (message,) = queued_messages(redis_client, [queue])
+    redis_client.delete(queue)
+    assert _headers(message)[WEBHOOK_HEADER] == "http://h/in"
+
+
+# -- with a real worker ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def stand_in_workers(setup: Setup, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Workers running the fixed-latency stand-in model on the samples, with this test's
+    prefix (no weights to make: the stand-in needs none)."""
+    env = {
+        **setup.env,
+        "MODEL": "sleep:1ms",
+        "MODEL_WEIGHTS": "random:0",
+        "IMAGE_ROOT": str(SAMPLES),
+        "DEVICE": "cpu",
+        "DECODE_PROCESSES": "1",
+    }
+    factory = WorkerFactory(env, tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.mark.processes
+def test_a_real_worker_end_to_end(
+    setup: Setup, receiver: Receiver, stand_in_workers: WorkerFactory
+) -> None:
+    """Jobs submitted with webhooks, run by a real worker (which writes the events), delivered
+    by the dispatcher: a single job, a bulk message's images and a group's one summary."""
+    worker = stand_in_workers.start(wait=False)
+    setup.start()
+    worker.wait_ready()
+    with Client(setup.env["REDIS_URL"], key_prefix=setup.prefix) as client:
+        one = client.submit("cat.jpg", webhook=receiver.base + "/one")
+        bulk = client.submit_many(
+            ["coffee.jpg", "no-such.jpg"], webhook=receiver.base + "/bulk", bulk_size=64
+        )
+        group = client.submit_many(
+            ["cat.jpg", "coffee.jpg", "rocket.jpg"], group=True, webhook=receiver.base + "/group"
+        )
+    wait_for(lambda: len(receiver.to("/bulk")) == 2 and receiver.to("/group"), 30, "deliveries")
+    (single,) = receiver.to("/one")
+    body = verify(single)
+    assert body["id"] == one and body["state"] == "SUCCESS" and body["result"]["predictions"]
+    by_id = {verify(r)["id"]: verify(r) for r in receiver.to("/bulk")}
+    assert by_id[bulk[0]]["state"] == "SUCCESS"
+    assert by_id[bulk[1]]["error"]["type"] == "SourceNotFound"
+    (done,) = receiver.to("/group")
+    summary = verify(done)
+    assert done.headers["webhook-id"] == f"group_{group.group_id}"  # type: ignore[attr-defined]
+    assert summary["type"] == "group" and summary["id"] == group.group_id  # type: ignore[attr-defined]
+    assert (summary["total"], summary["succeeded"], summary["failed"]) == (3, 3, 0)
+    assert len(receiver.requests) == 4  # a group's jobs have no webhook of their own

@@ -60,6 +60,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from producer.connections import result_store_errors
 from producer.contract import result_key
+from producer.errors import ProducerError
 from producer.jobs import (
     EVENT_FIELDS,
     EVENTS_STREAM,
@@ -478,16 +479,15 @@ class Dispatcher:
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def group_summary(self, group_id: str) -> dict[str, Any] | None:
-        """The group's counters (producer.groups), where that module exists."""
+        """The group's status (producer.groups: counts, progress, timings), or None where it
+        cannot be read (expired, or producer.groups absent): the event's counters then."""
         try:
             groups = importlib.import_module("producer.groups")
-        except ImportError:
+            found = groups.status(self.store, group_id, self.prefix, _none_running)
+        except (ImportError, AttributeError, ProducerError):
             return None
-        summary = getattr(groups, "summary", None)
-        if summary is None:
-            return None
-        found: dict[str, Any] | None = summary(self.store, group_id, self.prefix)
-        return found
+        summary: dict[str, Any] = found.to_dict()
+        return summary
 
     def attempt(self, delivery: Delivery) -> Attempt:
         """POST the delivery once; never raises for what the receiver or the network does."""
@@ -570,6 +570,11 @@ class Dispatcher:
         pipe.ltrim(self.dead, 0, self.settings.dead_letter_limit - 1)
         pipe.execute()
         log.warning("webhook given up: %s", json.dumps(entry, sort_keys=True))
+
+
+def _none_running(ids: Sequence[str]) -> list[str]:
+    # Asked only of unfinished jobs, and a group's event comes once none is left.
+    return ["PENDING"] * len(ids)
 
 
 def _stream_entries(reply: Any) -> list[tuple[Any, list[tuple[Any, Any]]]]:
