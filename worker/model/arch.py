@@ -84,7 +84,11 @@ def build(arch: str, num_classes: int, device: str | torch.device = "cpu") -> to
 
 @cache
 def _shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
-    model = build(arch, num_classes, "meta")
+    try:
+        model = build(arch, num_classes, "meta")
+    except NotImplementedError:  # RegNets compute their widths with tensors: build for real
+        with torch.random.fork_rng(devices=[]):
+            model = build(arch, num_classes, "cpu")
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
