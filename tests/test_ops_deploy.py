@@ -111,6 +111,18 @@ def test_compose_references_exist() -> None:
         assert set(services[name]["environment"]) <= env_names
 
 
+def test_compose_webhooks_service() -> None:
+    """The webhook dispatcher: the producer image (no torch), the worker ACL user, a secret."""
+    hooks = compose()["services"]["webhooks"]
+    assert hooks["entrypoint"] == ["python", "-m", "worker.webhooks"]
+    assert importlib.util.find_spec("worker.webhooks") is not None
+    assert hooks["build"]["dockerfile"] == "Dockerfile.producer"
+    env = hooks["environment"]
+    assert set(env) <= {f.name.upper() for f in fields(Settings)}
+    assert env["REDIS_URL"].startswith("redis://worker:") and env["WEBHOOK_SECRET"]
+    assert hooks["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.producer"])
 def test_dockerfile_copies_existing_paths(dockerfile: str) -> None:
     readme = pyproject()["project"]["readme"]

@@ -252,6 +252,22 @@ def test_exporter_deployment() -> None:
     assert c["image"].startswith("imgqueue-producer")  # no torch in the exporter's image
 
 
+def test_webhooks_deployment() -> None:
+    deployment = of_kind("Deployment")["imgqueue-webhooks"]
+    c = container(deployment)
+    assert c["command"] == ["python", "-m", "worker.webhooks"]
+    assert c["image"].startswith("imgqueue-producer")  # no torch
+    assert env_names(c) <= {f.name.upper() for f in fields(Settings)}
+    assert {"REDIS_URL", "WEBHOOK_SECRET"} <= env_names(c)
+    port = next(e["value"] for e in c["env"] if e["name"] == "METRICS_PORT")
+    assert c["ports"][0]["containerPort"] == int(port)
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # SIGTERM lets the attempts in flight end.
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    timeout = next(e["value"] for e in c["env"] if e["name"] == "WEBHOOK_TIMEOUT")
+    assert grace > float(timeout)
+
+
 def acl_users(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip().startswith("user ")]
 
