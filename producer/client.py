@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -21,6 +22,8 @@ from kombu.exceptions import BatchPublishError, OperationalError
 from redis.exceptions import RedisClusterException
 
 from producer import events, groups
+from producer.cancel import CancelResult, deadline_at
+from producer.cancel import cancel as cancel_jobs
 from producer.connections import (
     RedisConfig,
     RedisConfigError,
@@ -45,7 +48,7 @@ from producer.errors import (
     RedisFull,
     ResultTimeout,
 )
-from producer.jobs import GROUP_HEADER, WEBHOOK_HEADER
+from producer.jobs import DEADLINE_HEADER, GROUP_HEADER, WEBHOOK_HEADER
 from producer.limits import Admission
 from producer.memory import is_out_of_memory, read_memory
 from producer.models import Registry, queue_for
@@ -250,16 +253,23 @@ class Client:
         priority: int | None = None,
         model: str | None = None,
         webhook: str | None = None,
+        deadline: float | datetime | None = None,
     ) -> str:
         """Enqueue one source (URL or path under the worker's IMAGE_ROOT); returns its task id.
 
         `queue` defaults to the client's queue; `priority` is 0 (highest, also the default
         when None) to 9 (lowest). `model` routes to that model's workers (queue `model.<name>`;
         "" is the default model, on `celery`), and raises UnknownModel, sending nothing, when
-        no worker of it has registered. `webhook`: see `submit_many`.
+        no worker of it has registered. `webhook`, `deadline`: see `submit_many`.
         """
         ids = self.submit_many(
-            [source], top_k=top_k, queue=queue, priority=priority, model=model, webhook=webhook
+            [source],
+            top_k=top_k,
+            queue=queue,
+            priority=priority,
+            model=model,
+            webhook=webhook,
+            deadline=deadline,
         )
         return ids[0]
 
@@ -274,6 +284,7 @@ class Client:
         model: str | None = None,
         group: bool = False,
         webhook: str | None = None,
+        deadline: float | datetime | None = None,
     ) -> list[str]:
         """Enqueue many sources over one connection; returns their task ids in order.
 
@@ -287,6 +298,10 @@ class Client:
         group's summary once its last job ends instead. Raises InvalidWebhook (a ValueError),
         sending nothing, for a URL that is not http(s), has no host, or holds a password.
 
+        `deadline`: seconds from now (int or float), or a datetime (naive: local time). A job
+        no worker has started by then ends REVOKED with the error type `Expired`, never
+        fetched nor inferred (producer/cancel.py); ValueError for anything else.
+
         Up to `bulk_size` (default: the client's) sources travel in one `classify_many`
         message; each still gets its own task id, result and state, read as for `submit`.
         `model` routes to that model's queue (see `submit`); with `queue` too, both must name
@@ -299,6 +314,7 @@ class Client:
         """
         check_priority(priority)
         hook = None if webhook is None else check_webhook(webhook)
+        at = deadline_at(deadline)
         size = self.bulk_size if bulk_size is None else bulk_size
         if not 1 <= size <= MAX_BULK_IMAGES:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
@@ -318,6 +334,8 @@ class Client:
             options["headers"] = {GROUP_HEADER: group_id}
         elif hook is not None:  # a bulk message's header holds for each of its images
             options["headers"] = {**options.get("headers", {}), WEBHOOK_HEADER: hook}
+        if at is not None:  # a single message's header; each image's entry in a bulk one
+            options["headers"] = {**options.get("headers", {}), DEADLINE_HEADER: at}
         try:
             if messages and model is not None:
                 self.models.check(model)
@@ -417,8 +435,14 @@ class Client:
         top_k: int,
         options: dict[str, Any],
     ) -> None:
-        images = [{"id": i, "source": source} for i, source in zip(ids, sources, strict=True)]
+        images: list[dict[str, Any]] = [
+            {"id": i, "source": source} for i, source in zip(ids, sources, strict=True)
+        ]
         options, headers = _headers(options)
+        deadline = headers.pop(DEADLINE_HEADER, None)
+        if deadline is not None:
+            for image in images:
+                image["deadline"] = deadline
         self.celery.send_task(
             BULK_TASK_NAME,
             args=[images],
@@ -429,6 +453,17 @@ class Client:
             argsrepr=f"[{len(images)} images, first {display_url(sources[0])!r}]",
             **options,
         )
+
+    # -- cancelling --------------------------------------------------------------------------
+
+    def cancel(self, task_ids: Iterable[str]) -> CancelResult:
+        """Cancel jobs that have not started, single or carried in a bulk message: each ends
+        REVOKED with the error type `Cancelled`, never fetched nor inferred, whenever a worker
+        takes its message (the cancel waits in Redis, across restarts and while no worker
+        runs, 30 days at most). A job that has started finishes: it is listed `too_late`.
+        See producer/cancel.py. Raises BrokerUnavailable, RedisFull, ProducerError (a Redis
+        user that may not write cancels)."""
+        return cancel_jobs(self, task_ids)
 
     # -- results -----------------------------------------------------------------------------
 

@@ -299,3 +299,94 @@ def status(
         webhook=meta.get("webhook", ""),
         now=time.time(),
     )
+
+
+# -- the command line (producer/cli.py adds these) ---------------------------------------------
+
+
+def add_subparser(sub: Any) -> None:
+    """`imgqueue results GROUP [--out FILE] [--wait]`."""
+    r = sub.add_parser(
+        "results",
+        help="export every job of a group (JSON lines: id, state, result or error)",
+        description="One JSON line per job of the group, in submit order: its id and state, "
+        "and its result or error once it has ended (as `imgqueue result` prints them). Exit "
+        "status 0 when every job succeeded, 1 otherwise (some failed, were cancelled, or "
+        "have not ended).",
+    )
+    r.add_argument("group", help="the group id `imgqueue submit --group` printed")
+    r.add_argument("--out", default="-", help="file to write (default: stdout)")
+    r.add_argument(
+        "--wait", action="store_true", help="wait until every job of the group has ended first"
+    )
+    r.add_argument("--timeout", type=float, default=None, help="seconds --wait waits at most")
+    r.set_defaults(func=cmd_results)
+
+
+def wait_done(client: Any, group_id: str, timeout: float | None) -> GroupStatus:
+    """Poll the group's counters (no result keys read) until every job has ended; raises
+    ResultTimeout past `timeout`."""
+    from producer.errors import ResultTimeout
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        meta = read_meta(client.results, group_id, client.result_config.key_prefix)
+        finished = sum(_int(meta.get(k)) for k in ("succeeded", "failed", "cancelled"))
+        if meta.get("completed") or finished >= _int(meta.get("total")):
+            return client.group(group_id)  # type: ignore[no-any-return]
+        if deadline is not None and time.monotonic() >= deadline:
+            left = _int(meta.get("total")) - finished
+            raise ResultTimeout(f"group {group_id}: {left} job(s) unfinished after {timeout}s")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+EXIT_UNKNOWN_GROUP = 2  # as a usage error (producer/cli.py)
+
+
+def _unknown(exc: UnknownGroup) -> int:
+    import sys
+
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_UNKNOWN_GROUP
+
+
+def cmd_results(client: Any, ns: Any) -> int:
+    try:
+        return _results(client, ns)
+    except UnknownGroup as exc:
+        return _unknown(exc)
+
+
+def _results(client: Any, ns: Any) -> int:
+    import json
+    import sys
+
+    if ns.wait:
+        wait_done(client, ns.group, ns.timeout)
+    counts: dict[str, int] = {}
+    out = sys.stdout if ns.out == "-" else open(ns.out, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        for outcome in client.group_results(ns.group):
+            out.write(json.dumps(outcome.to_dict(), sort_keys=True) + "\n")
+            counts[outcome.state] = counts.get(outcome.state, 0) + 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    shown = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    where = "stdout" if ns.out == "-" else ns.out
+    print(f"group {ns.group}: {sum(counts.values())} jobs ({shown}) to {where}", file=sys.stderr)
+    return 0 if set(counts) <= {"SUCCESS"} else 1
+
+
+def cmd_status(client: Any, ns: Any) -> int:
+    """`imgqueue status GROUP [--json]`."""
+    import json
+
+    try:
+        state = client.group(ns.group)
+    except UnknownGroup as exc:
+        return _unknown(exc)
+    print(json.dumps(state.to_dict(), sort_keys=True) if ns.json else state.render())
+    return 0

@@ -55,6 +55,14 @@ def cancel_key(task_id: str) -> str:
     return CANCEL_KEY_PREFIX + task_id
 
 
+# How long a cancel waits for its job's message (30 days): a safety net, so a cancel of an id
+# whose message never comes (mistyped, or its result already expired) does not stay forever.
+CANCEL_TTL = 30 * 24 * 3600
+# What a worker leaves in a cancel key it has taken, until the job's REVOKED state is stored
+# (then it deletes the key): a cancel a producer wrote holds anything else.
+CANCEL_TAKEN = "taken"
+
+
 # -- webhooks --------------------------------------------------------------------------------
 # Deliveries the dispatcher gave up on (newest first, capped), shown by `imgqueue status`.
 WEBHOOK_DEAD_LETTERS = BROKER_KEY_PREFIX + "webhooks:dead"

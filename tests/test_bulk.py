@@ -107,7 +107,14 @@ def test_per_image_top_k_and_invalid_items(
     assert len(outcomes[b].unwrap()["predictions"]) == 2
     assert outcomes[c].error_type == "InvalidArguments"
     summary = client.result(bulk_id, timeout=30)
-    assert summary == {"succeeded": 2, "failed": 1, "retrying": 0, "skipped": 0, "invalid": 1}
+    assert summary == {
+        "succeeded": 2,
+        "failed": 1,
+        "retrying": 0,
+        "skipped": 0,
+        "invalid": 1,
+        "revoked": 0,
+    }
 
 
 def test_a_malformed_bulk_message_fails_its_images_and_the_worker_goes_on(

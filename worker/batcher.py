@@ -44,6 +44,11 @@ class InferenceDead(Exception):
     """Raised when the inference thread has died (or hung): no batch will run in this process."""
 
 
+def _sooner(when: float, deadline: float | None) -> float:
+    """A batch's wait for partners ends at the first of its items' deadlines."""
+    return when if deadline is None else min(when, deadline)
+
+
 def is_fatal(exc: BaseException) -> bool:
     """Errors after which this process's model cannot be trusted to run another batch."""
     if not isinstance(exc, Exception) or isinstance(exc, MemoryError | SystemError):
@@ -57,6 +62,7 @@ class _Item:
     tensor: torch.Tensor | None
     future: Future[tuple[torch.Tensor, int]] = field(default_factory=Future)
     encoded: bytes | None = None  # JPEG bytes for the inference thread to decode
+    deadline: float | None = None  # monotonic: its batch runs by then, partners or not
 
 
 class Batcher:
@@ -109,13 +115,18 @@ class Batcher:
     def _on_cuda(self) -> bool:
         return self.device is not None and self.device.type == "cuda"
 
-    def submit(self, tensor: torch.Tensor) -> Future[tuple[torch.Tensor, int]]:
-        """Queue one preprocessed input; the future gives (its output row, the batch size)."""
-        return self._put(_Item(tensor))
+    def submit(
+        self, tensor: torch.Tensor, deadline: float | None = None
+    ) -> Future[tuple[torch.Tensor, int]]:
+        """Queue one preprocessed input; the future gives (its output row, the batch size).
+        `deadline` (time.monotonic): the job's; a batch holding it never waits past it."""
+        return self._put(_Item(tensor, deadline=deadline))
 
-    def submit_encoded(self, data: bytes) -> Future[tuple[torch.Tensor, int]]:
+    def submit_encoded(
+        self, data: bytes, deadline: float | None = None
+    ) -> Future[tuple[torch.Tensor, int]]:
         """Queue JPEG bytes, decoded with their batch on the GPU (see module doc)."""
-        return self._put(_Item(None, encoded=data))
+        return self._put(_Item(None, encoded=data, deadline=deadline))
 
     def _put(self, item: _Item) -> Future[tuple[torch.Tensor, int]]:
         with self._death_lock:  # so no item lands after the queue was failed at death
@@ -177,7 +188,7 @@ class Batcher:
         if first is None:
             return None
         items = [first]
-        deadline = time.monotonic() + self.max_delay
+        deadline = _sooner(time.monotonic() + self.max_delay, first.deadline)
         while len(items) < self.max_batch_size:
             try:
                 # Drain what is already there without waiting, then wait out the delay.
@@ -196,6 +207,7 @@ class Batcher:
                 self._queue.put(None)  # seen again after this batch, to stop the loop
                 break
             items.append(item)
+            deadline = _sooner(deadline, item.deadline)
         return items
 
     def _stack(self, items: list[_Item]) -> torch.Tensor:

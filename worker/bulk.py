@@ -16,7 +16,8 @@ from typing import Any
 
 from producer.connections import mget
 from producer.contract import DEFAULT_TOP_K, MAX_BULK_IMAGES, MAX_TOP_K, result_key
-from worker import result_store
+from worker import events, result_store
+from worker.cancels import monotonic, parse_deadline
 from worker.errors import ClassifyError, InternalError, InvalidArguments
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,16 @@ class Image:
     id: str
     source: str
     top_k: int
+    # Epoch seconds: not started by then, it ends REVOKED (Expired). A retry or a split is of
+    # a started image, so `to_dict` leaves it out.
+    deadline: float | None = None
+    # Its entry's group and webhook (producer.jobs), kept by a retry (worker/events.py).
+    group: str = ""
+    webhook: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "source": self.source, "top_k": self.top_k}
+        out: dict[str, Any] = {"id": self.id, "source": self.source, "top_k": self.top_k}
+        return {**out, **events.entry_fields(self.group, self.webhook)}
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Outcome:
     failures: dict[str, ClassifyError] = field(default_factory=dict)  # id -> final error
     transient: dict[str, ClassifyError] = field(default_factory=dict)  # id -> retryable error
     invalid: int = 0  # items without a usable id: nothing can be stored for them
+    revoked: int = 0  # cancelled or expired before they started (worker/cancels.py)
 
     def summary(self, skipped: int) -> dict[str, int]:
         return {
@@ -54,6 +63,7 @@ class Outcome:
             "retrying": len(self.transient),
             "skipped": skipped,
             "invalid": self.invalid,
+            "revoked": self.revoked,
         }
 
 
@@ -105,7 +115,7 @@ def _valid_id(task_id: str) -> bool:
 
 
 def _image(task_id: str, item: dict[str, Any], default_k: int) -> Image:
-    unknown = sorted(set(item) - {"id", "source", "top_k"})
+    unknown = sorted(set(item) - {"id", "source", "top_k", "deadline", *events.ENTRY_KEYS})
     if unknown:
         raise InvalidArguments(f"unknown image field(s): {', '.join(unknown)}")
     source = item.get("source")
@@ -116,11 +126,14 @@ def _image(task_id: str, item: dict[str, Any], default_k: int) -> Image:
     top_k = item.get("top_k", default_k)
     if not _valid_k(top_k):
         raise InvalidArguments(f"top_k must be an integer within 1..{MAX_TOP_K}, got {top_k!r}")
-    return Image(task_id, source, top_k)
+    deadline = parse_deadline(item.get("deadline"), "deadline")
+    group, webhook = events.entry_origin(item)
+    return Image(task_id, source, top_k, deadline, group=group, webhook=webhook)
 
 
 def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[str]:
-    """Images that already have a final result (a redelivered message skips them)."""
+    """Images that already have a final result (a redelivered message skips them); REVOKED
+    is final too (cancelled or expired, worker/cancels.py)."""
     if not images:
         return set()
     try:
@@ -139,7 +152,7 @@ def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[
             status = json.loads(raw).get("status")
         except (ValueError, AttributeError):
             continue
-        if status in ("SUCCESS", "FAILURE"):
+        if status in ("SUCCESS", "FAILURE", "REVOKED"):
             done.add(image.id)
     return done
 
@@ -173,7 +186,7 @@ def run(images: list[Image], rt: Any, outcome: Outcome, started: dict[str, float
             job: dict[str, Any] | pipeline.Submitted | pipeline.Prepared
             try:
                 if not chunked:
-                    job = pipeline.submit(image.source, image.top_k, rt)
+                    job = pipeline.submit(image.source, image.top_k, rt, monotonic(image.deadline))
                 else:
                     job = pipeline.prepare(image.source, image.top_k, rt, sink)
             except Exception as exc:
@@ -226,7 +239,8 @@ def _decode_chunk(chunk: list[tuple[Image, Any]], rt: Any, outcome: Outcome) -> 
             continue
         try:
             tensor = model.preprocess(result.image)
-            out.append((image, pipeline.submit_decoded(job, result, tensor, rt)))
+            deadline = monotonic(image.deadline)
+            out.append((image, pipeline.submit_decoded(job, result, tensor, rt, deadline)))
         except Exception as exc:
             _failed(outcome, image, _as_error(exc))
     return out

@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from worker import cancels as _cancels
 from worker import result_store
 from worker.backend import Started
 from worker.errors import JobLost
@@ -107,12 +108,14 @@ def tracked(
     settings: Settings,
     redelivered: bool = True,
     started: Started | None = None,
+    cancels: bool = False,
 ) -> Iterator[int]:
     """Run a job's body counted, and alone if it was started before; yields its delivery number.
 
     Only a message the broker marks `redelivered` can have been started before (kombu sets
     the flag whenever it restores an unacknowledged message), so only those pay for the check.
     `started`: the job's STARTED state, written in the same round trip as the count.
+    `cancels`: look for the job's cancel in that round trip too (see record_start).
     """
     suspect = redelivered and started_before(client, task_id, retries, settings)
     # A suspect waiting longer than the visibility timeout would be restored and delivered
@@ -120,7 +123,7 @@ def tracked(
     # never arrive): keep the wait for earlier acks well inside that timeout.
     gate.settle_timeout = min(10.0, settings.visibility_timeout / 4)
     with gate.alone(task_id) if suspect else gate.shared(task_id):
-        yield record_start(client, task_id, retries, settings, redelivered, started)
+        yield record_start(client, task_id, retries, settings, redelivered, started, cancels)
 
 
 def started_before(client: redis.Redis, task_id: str, retries: int, settings: Settings) -> bool:
@@ -137,6 +140,7 @@ def record_start(
     settings: Settings,
     redelivered: bool = True,
     started: Started | None = None,
+    cancels: bool = False,
 ) -> int:
     """Count one start of this job (and store its STARTED state); raises JobLost when it is
     over MAX_DELIVERIES.
@@ -144,9 +148,19 @@ def record_start(
     Returns the delivery number (1 for the first). A first delivery sets its counter outright
     (one command); a redelivery increments it. When Redis cannot count (unreachable, or full)
     the job runs uncounted: its result waits for Redis anyway.
+
+    With `cancels`, the job's cancel is looked for after its STARTED state is written
+    (worker/cancels.py), in the same round trip where the store is one Redis: raises
+    Cancelled when there is one, and cancels.Ended when the job had already ended REVOKED.
     """
     key = delivery_key(task_id, retries, settings.redis_key_prefix)
     ttl = counter_ttl(settings)
+    look, shared = (
+        _cancels.look(client, task_id, settings.redis_key_prefix, started)
+        if cancels
+        else (None, False)
+    )
+    verdict: Exception | None = None
     try:
         pipe = client.pipeline(transaction=False)
         if redelivered:
@@ -156,13 +170,19 @@ def record_start(
             pipe.set(key, 1, ex=ttl)
         if started is not None:
             pipe.set(started.key, started.value, nx=True, ex=started.ttl or None)
+        if look is not None and shared:
+            look.add(pipe)
         replies = pipe.execute(raise_on_error=False)
         if isinstance(replies[0], Exception):
             raise replies[0]
         count = int(replies[0]) if redelivered else 1
+        if look is not None:
+            verdict = look.verdict(look.replies(client, replies, shared))
     except result_store.ERRORS as exc:
         log.warning("cannot count deliveries of %s: %s", task_id, exc)
         return 0
+    if verdict is not None:  # never runs, whatever its count
+        raise verdict
     if count > settings.max_deliveries:
         log.error("job %s lost: delivered %d times (MAX_DELIVERIES)", task_id, count)
         raise JobLost(

@@ -204,6 +204,44 @@ def image_origins(request: Any) -> dict[str, Origin]:
     return out
 
 
+# A bulk message's image entry may carry its own group and webhook (producer.jobs).
+ENTRY_KEYS = ("group", "webhook")
+
+
+def entry_origin(item: dict[str, Any]) -> tuple[str, str]:
+    """An image entry's group and webhook ("" where absent); InvalidArguments when either is
+    not a printable string within its length."""
+    from worker.errors import InvalidArguments
+
+    out = []
+    for name, limit in zip(ENTRY_KEYS, (MAX_GROUP_CHARS, MAX_WEBHOOK_CHARS), strict=True):
+        value = item.get(name)
+        if value is None or value == "":
+            out.append("")
+        elif _text(value, limit):
+            out.append(value)
+        else:
+            raise InvalidArguments(f"{name} must be a string of 1..{limit} printable characters")
+    return out[0], out[1]
+
+
+def entry_fields(group: str, webhook: str) -> dict[str, str]:
+    """The entry fields that carry an image's group and webhook on (a retry's message)."""
+    fields = {"group": group, "webhook": webhook}
+    return {k: v for k, v in fields.items() if v}
+
+
+def headers(found: Origin | None) -> dict[str, str]:
+    """The message headers that carry an origin's group and webhook on (a bulk message's
+    image sent again as its own `classify` message)."""
+    out: dict[str, str] = {}
+    if found is not None and found.group:
+        out[GROUP_HEADER] = found.group
+    if found is not None and found.webhook:
+        out[WEBHOOK_HEADER] = found.webhook
+    return out
+
+
 def current_request() -> Any:
     """The request of the task this thread runs, if any (so a bulk store that was not handed
     its request still finds its images' groups)."""

@@ -1,9 +1,9 @@
 """One structured log line per job, and the per-job metrics, from a single place.
 
 Each finished delivery logs `job {...}` with a JSON object: id, source (credentials and query
-strings removed), outcome (success, failure, retry), error type, retries, queue wait, timings,
-cache hit. Producers that add a `sent_at` header (epoch seconds; this project's producer does)
-get queue-wait numbers; other clients simply leave it out.
+strings removed), outcome (success, failure, retry, revoked), error type, retries, queue wait,
+timings, cache hit. Producers that add a `sent_at` header (epoch seconds; this project's
+producer does) get queue-wait numbers; other clients simply leave it out.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from celery.exceptions import Retry
 
 from producer.redaction import display_url, redact_text
+from worker.cancels import Ended
 from worker.errors import ClassifyError
 from worker.metrics import Metrics
 
@@ -70,6 +71,10 @@ def track(request: Any, args: tuple[Any, ...], metrics: Metrics) -> Iterator[Job
         raise
     except ClassifyError as exc:
         outcome, error_type, error = "failure", type(exc).__name__, str(exc)
+        raise
+    except Ended as exc:  # cancelled or expired before it started, REVOKED stored
+        outcome, error_type = "revoked", type(exc.error).__name__ if exc.error else None
+        error = str(exc.error) if exc.error else None
         raise
     except Exception as exc:
         outcome, error_type, error = "failure", "InternalError", f"{type(exc).__name__}: {exc}"

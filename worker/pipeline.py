@@ -88,6 +88,7 @@ class Submitted:
     t1: float
     t2: float
     encoded: bytes | None = None  # submitted as JPEG bytes: kept for a Pillow fallback
+    deadline: float | None = None  # monotonic: its batch waits for partners no longer
 
 
 def prepare(
@@ -121,18 +122,27 @@ def prepare(
     return Prepared(shown, top_k, description, entry, fetched, t0, t1)
 
 
-def submit_decoded(job: Prepared, decoded: Decoded, item: Tensor | bytes, rt: Runtime) -> Submitted:
-    """Hand a preprocessed input (or JPEG bytes, to decode on the GPU) to the batcher."""
+def submit_decoded(
+    job: Prepared,
+    decoded: Decoded,
+    item: Tensor | bytes,
+    rt: Runtime,
+    deadline: float | None = None,
+) -> Submitted:
+    """Hand a preprocessed input (or JPEG bytes, to decode on the GPU) to the batcher;
+    `deadline` (monotonic): the job's, which its batch does not wait past."""
     t2 = time.perf_counter()
-    future = _hand_over(rt, item)
+    future = _hand_over(rt, item, deadline)
     encoded = item if isinstance(item, bytes) else None  # kept for a Pillow fallback
     return Submitted(
         job.shown, job.top_k, job.description, job.entry, decoded, future, job.t0, job.t1, t2,
-        encoded,
+        encoded, deadline,
     )  # fmt: skip
 
 
-def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
+def submit(
+    source: str, top_k: int, rt: Runtime, deadline: float | None = None
+) -> dict[str, Any] | Submitted:
     """Fetch, look up the cache, decode and hand the input to the batcher: a cached result
     at once, or a Submitted job. Raises a ClassifyError subclass for bad input. Call inside
     `rt.batcher.upcoming()`."""
@@ -144,20 +154,22 @@ def submit(source: str, top_k: int, rt: Runtime) -> dict[str, Any] | Submitted:
             probed = _probe(job.fetched, rt)
             if probed is not None and probed.format == "JPEG":
                 # Decoded with its batch on the GPU by the inference thread.
-                return submit_decoded(job, probed, job.fetched.data, rt)
+                return submit_decoded(job, probed, job.fetched.data, rt, deadline)
         decoded, tensor = _on_cpu(job.fetched, rt)
     finally:
         job.fetched.release()
-    return submit_decoded(job, decoded, tensor, rt)
+    return submit_decoded(job, decoded, tensor, rt, deadline)
 
 
-def _hand_over(rt: Runtime, item: Tensor | bytes) -> Future[tuple[Tensor, int]]:
+def _hand_over(
+    rt: Runtime, item: Tensor | bytes, deadline: float | None = None
+) -> Future[tuple[Tensor, int]]:
     """To the batcher (bytes: JPEG, to decode on the GPU); InferenceUnavailable when its
     inference thread is gone, so the job retries on another worker."""
     try:
         if isinstance(item, bytes):
-            return rt.batcher.submit_encoded(item)
-        return rt.batcher.submit(item)
+            return rt.batcher.submit_encoded(item, deadline)
+        return rt.batcher.submit(item, deadline)
     except InferenceDead as exc:
         raise InferenceUnavailable(str(exc)) from None
 
@@ -216,7 +228,7 @@ def finish(job: Submitted, rt: Runtime) -> dict[str, Any]:
     except GpuDecodeFailed:
         assert job.encoded is not None
         job.decoded, tensor = _on_cpu(job.encoded, rt)
-        probabilities, batch_size = _wait(rt, _hand_over(rt, tensor))
+        probabilities, batch_size = _wait(rt, _hand_over(rt, tensor, job.deadline))
     finally:
         job.encoded = None
     t3 = time.perf_counter()
@@ -240,11 +252,12 @@ def finish(job: Submitted, rt: Runtime) -> dict[str, Any]:
     return job.entry.store(result)
 
 
-def classify(source: str, top_k: int, rt: Runtime) -> dict[str, Any]:
-    """Classify one source; raises a ClassifyError subclass for bad input."""
+def classify(source: str, top_k: int, rt: Runtime, deadline: float | None = None) -> dict[str, Any]:
+    """Classify one source; raises a ClassifyError subclass for bad input. `deadline`
+    (monotonic): the job's, which its batch does not wait past."""
     rt.enter_task_thread()
     with rt.batcher.upcoming():
-        job = submit(source, top_k, rt)
+        job = submit(source, top_k, rt, deadline)
     # Waited for outside `upcoming`: a job waiting for its own batch is not on its way, and
     # counting it made every lone job wait out MAX_BATCH_DELAY_MS for partners.
     return job if isinstance(job, dict) else finish(job, rt)

@@ -13,8 +13,15 @@ from celery.exceptions import Retry
 
 from producer.contract import BULK_TASK_NAME, TASK_NAME
 from producer.redaction import display_url
-from worker import bulk, deliveries, joblog
-from worker.errors import ClassifyError, InternalError, InvalidArguments, JobLost
+from worker import bulk, cancels, deliveries, events, joblog
+from worker.errors import (
+    Cancelled,
+    ClassifyError,
+    Expired,
+    InternalError,
+    InvalidArguments,
+    JobLost,
+)
 from worker.redis_full import retry_while_full, telling
 
 if TYPE_CHECKING:
@@ -39,16 +46,21 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # Counted, so a job that keeps killing its worker is capped (MAX_DELIVERIES).
         request = self.request
         redelivered = bool((request.delivery_info or {}).get("redelivered", True))
-        with deliveries.tracked(
-            ctx.gate,
-            self.app.backend.client,
-            request.id,
-            request.retries,
-            ctx.settings,
-            redelivered,
-            self.app.backend.started(request.id, request.hostname),
-        ):
-            job.result = _classify(self, ctx, args, kwargs)
+        try:
+            with deliveries.tracked(
+                ctx.gate,
+                self.app.backend.client,
+                request.id,
+                request.retries,
+                ctx.settings,
+                redelivered,
+                self.app.backend.started(request.id, request.hostname),
+                cancels=True,
+            ) as delivery:
+                deadline = cancels.check_deadline(request, delivery)
+                job.result = _classify(self, ctx, args, kwargs, deadline)
+        except (Cancelled, Expired) as exc:  # never started: REVOKED, nothing fetched
+            raise cancels.end(self, exc, ctx.settings.redis_key_prefix) from None
         return job.result
 
 
@@ -62,7 +74,11 @@ def _context(task: Task) -> Context:
 
 
 def _classify(
-    self: Task, ctx: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
+    self: Task,
+    ctx: Context,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     from worker import pipeline  # imports torch: only once a worker runs jobs
 
@@ -70,7 +86,7 @@ def _classify(
     source, top_k = pipeline.validate_args(args, kwargs)
     deliveries.maybe_poison(source, settings)
     try:
-        return pipeline.classify(source, top_k, ctx.load())
+        return pipeline.classify(source, top_k, ctx.load(), cancels.monotonic(deadline))
     except ClassifyError as exc:
         if exc.transient and self.request.retries < settings.fetch_retries:
             # Exponential backoff (FETCH_RETRY_BACKOFF x 1, 2, 4 ...) for resets, timeouts,
@@ -116,6 +132,7 @@ def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
                 # delivery counting and MAX_DELIVERIES single out the culprit alone.
                 _split(self, todo)
                 return {**outcome.summary(len(done)), "split": len(todo)}
+            todo = _end_early(self, ctx, todo, outcome)
             for image in todo:
                 deliveries.maybe_poison(image.source, settings)
             bulk.run(todo, ctx.load(), outcome, started)
@@ -131,6 +148,22 @@ def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
             self, args=[[i.to_dict() for i in retry]], kwargs={}, countdown=countdown, exc=first
         )
     return outcome.summary(len(done))
+
+
+def _end_early(
+    task: Task, ctx: Context, images: list[bulk.Image], outcome: bulk.Outcome
+) -> list[bulk.Image]:
+    """Start the images (worker/cancels.py): the cancelled and expired ones end REVOKED now,
+    before any is fetched; returns the others."""
+    prefix = ctx.settings.redis_key_prefix
+    cancels.default_deadline(images, task.request)
+    ended = cancels.start_images(task, images, prefix)
+    if not ended:
+        return images
+    sources = {i.id: i.source for i in images}
+    cancels.end_images(task, ended, sources, prefix, ctx.metrics)
+    outcome.revoked += len(ended)
+    return [i for i in images if i.id not in ended]
 
 
 def _store(
@@ -195,6 +228,7 @@ def _split(task: Task, images: list[bulk.Image]) -> None:
     priority = info.get("priority")
     if priority is not None:
         options["priority"] = priority
+    origins = events.image_origins(task.request)  # each image keeps its group and webhook
     with task.app.producer_or_acquire() as producer:
         for image in images:
             task.app.send_task(
@@ -204,6 +238,7 @@ def _split(task: Task, images: list[bulk.Image]) -> None:
                 task_id=image.id,
                 producer=producer,
                 argsrepr=repr([display_url(image.source)]),
+                headers=events.headers(origins.get(image.id)),
                 **options,
             )
     log.warning("bulk %s redelivered: split into %d single jobs", task.request.id, len(images))

@@ -1,0 +1,310 @@
+"""Cancels and deadlines on the producer's side: `Client.cancel`, `imgqueue cancel`, and the
+`deadline=` of submits.
+
+A cancel is a key on the result store, `imgqueue:cancel:<id>` (producer.jobs.cancel_key), that
+waits for the job's message: the worker that takes the message ends the job REVOKED, with the
+error type `Cancelled`, without fetching or inferring anything, whenever that is (a worker that
+starts a week later included), then deletes the key. It is kept CANCEL_TTL (30 days) at most.
+
+The cancel writes its key (`SET NX`) before it reads the job's state; a worker writes STARTED
+before it looks for the key (worker/cancels.py has the whole agreement). So:
+
+- no state yet: the job is queued (or unknown: Redis cannot tell without reading every queue),
+  and no worker has started it: it is cancelled;
+- STARTED or RETRY: the cancel takes its key back (`GETDEL`). Still its own: the worker has not
+  looked, and will find nothing: too late, the job runs to its end. `taken`: the worker found
+  it first: cancelled;
+- a final state: too late (its key is deleted), unless it already ended cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from producer.connections import mget
+from producer.errors import BrokerUnavailable, ProducerError, RedisFull
+from producer.jobs import CANCEL_TAKEN, CANCEL_TTL, cancel_key
+from producer.memory import is_out_of_memory
+
+if TYPE_CHECKING:
+    from producer.client import Client
+
+FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+# Ids per round trip.
+_CHUNK = 500
+# How long a cancel waits for another cancel of the same started job to learn its fate.
+_OTHERS_WAIT_S = 2.0
+# The longest task id a worker accepts (worker/bulk.MAX_ID_CHARS).
+MAX_ID_CHARS = 255
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What a cancel did, id by id (each listed once, in the order given)."""
+
+    #: Will end REVOKED (`Cancelled`) without running, or already did.
+    cancelled: list[str] = field(default_factory=list)
+    #: Started or finished before the cancel: each ends as it would have (see `states`).
+    too_late: list[str] = field(default_factory=list)
+    #: Not a task id (empty, unprintable, longer than 255 characters): nothing was recorded.
+    unknown: list[str] = field(default_factory=list)
+    #: Each id's state as the cancel found it (PENDING: queued, or never submitted).
+    states: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_cancelled(self) -> bool:
+        return not self.too_late and not self.unknown
+
+    def verdicts(self) -> dict[str, str]:
+        """id -> "cancelled", "too-late" or "unknown"."""
+        out = dict.fromkeys(self.cancelled, "cancelled")
+        out.update(dict.fromkeys(self.too_late, "too-late"))
+        out.update(dict.fromkeys(self.unknown, "unknown"))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cancelled": self.cancelled,
+            "too_late": self.too_late,
+            "unknown": self.unknown,
+            "states": self.states,
+        }
+
+
+def valid_id(task_id: Any) -> bool:
+    return isinstance(task_id, str) and 0 < len(task_id) <= MAX_ID_CHARS and task_id.isprintable()
+
+
+def cancel(client: Client, task_ids: Iterable[str]) -> CancelResult:
+    """Cancel these jobs (see the module doc). Raises BrokerUnavailable when the result store
+    cannot be reached, RedisFull when it is full, ProducerError when this Redis user may not
+    write cancels."""
+    ids = list(dict.fromkeys(task_ids))
+    result = CancelResult(unknown=[i for i in ids if not valid_id(i)])
+    valid = [i for i in ids if valid_id(i)]
+    token = f"{time.time():.3f} {uuid.uuid4().hex[:12]}"  # this call's: told from another's
+    try:
+        for start in range(0, len(valid), _CHUNK):
+            _Chunk(client, valid[start : start + _CHUNK], token).run(result)
+    except redis.exceptions.NoPermissionError as exc:
+        raise ProducerError(
+            f"the result store refused a cancel ({exc}): this Redis user needs the keys "
+            "imgqueue:cancel:* (the producer user of deploy/redis.conf has them)"
+        ) from exc
+    except redis.ResponseError as exc:
+        if is_out_of_memory(exc):
+            raise RedisFull(None, None) from exc
+        raise
+    except _errors() as exc:
+        where = client.result_config.safe_url()
+        raise BrokerUnavailable(f"cannot reach the result store at {where}: {exc}") from exc
+    order = {task_id: n for n, task_id in enumerate(ids)}
+    for bucket in (result.cancelled, result.too_late):
+        bucket.sort(key=order.__getitem__)
+    return result
+
+
+class _Chunk:
+    """One round of the cancel for up to _CHUNK ids."""
+
+    def __init__(self, client: Client, ids: list[str], token: str) -> None:
+        self.r = client.results
+        self.config = client.config
+        self.prefix = client.result_config.key_prefix
+        self.ids = ids
+        self.token = token
+
+    def key(self, task_id: str) -> str:
+        return self.prefix + cancel_key(task_id)
+
+    def states(self, ids: list[str]) -> list[tuple[str, str | None]]:
+        """(state, error type) of each job; PENDING where nothing is stored."""
+        raws = mget(self.r, [self.config.result_key(i) for i in ids])
+        return [_state(raw) for raw in raws]
+
+    def run(self, out: CancelResult) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for task_id in self.ids:
+            pipe.set(self.key(task_id), self.token, nx=True, get=True, ex=CANCEL_TTL)
+        olds = [_text(v) for v in pipe.execute()]
+        withdraw: list[str] = []  # started: take our key back, or learn the worker took it
+        drop: list[str] = []  # finished: our key is of no use
+        others: list[str] = []  # started, with another cancel's key: wait for its fate
+        for task_id, old, (state, error) in zip(self.ids, olds, self.states(self.ids), strict=True):
+            out.states[task_id] = state
+            if state in FINAL:
+                late = not (state == "REVOKED" and error == "Cancelled")
+                (out.too_late if late else out.cancelled).append(task_id)
+                if old is None:
+                    drop.append(task_id)
+            elif state == "PENDING" or old == CANCEL_TAKEN:
+                out.cancelled.append(task_id)
+            elif old is None:
+                withdraw.append(task_id)
+            else:
+                others.append(task_id)
+        if drop:
+            pipe = self.r.pipeline(transaction=False)
+            for task_id in drop:
+                pipe.delete(self.key(task_id))
+            pipe.execute()
+        if withdraw:
+            self._withdraw(withdraw, out)
+        if others:
+            self._wait_for_others(others, out)
+
+    def _withdraw(self, ids: list[str], out: CancelResult) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.getdel(self.key(task_id))
+        taken = []
+        for task_id, value in zip(ids, pipe.execute(), strict=True):
+            value = _text(value)
+            if value == self.token:
+                out.too_late.append(task_id)  # the worker never saw it: the job runs on
+                continue
+            # `taken`: a worker found it first and is ending the job; gone: it has ended it.
+            out.cancelled.append(task_id)
+            if value == CANCEL_TAKEN:
+                taken.append(task_id)
+        if taken:  # put back what the worker keeps until REVOKED is stored
+            pipe = self.r.pipeline(transaction=False)
+            for task_id in taken:
+                pipe.set(self.key(task_id), CANCEL_TAKEN, nx=True, ex=CANCEL_TTL)
+            pipe.execute()
+
+    def _wait_for_others(self, ids: list[str], out: CancelResult) -> None:
+        """Started jobs another cancel is deciding about (its key was there first): a worker
+        takes that key, or that cancel takes it back, within a round trip or two."""
+        end = time.monotonic() + _OTHERS_WAIT_S
+        while ids:
+            values = [_text(v) for v in mget(self.r, [self.key(i) for i in ids])]
+            states = self.states(ids)
+            waiting = []
+            for task_id, value, (state, error) in zip(ids, values, states, strict=True):
+                out.states[task_id] = state
+                if value == CANCEL_TAKEN or (state == "REVOKED" and error == "Cancelled"):
+                    out.cancelled.append(task_id)
+                elif value is None or state in FINAL or time.monotonic() >= end:
+                    out.too_late.append(task_id)
+                else:
+                    waiting.append(task_id)
+            ids = waiting
+            if ids:
+                time.sleep(0.02)
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _state(raw: Any) -> tuple[str, str | None]:
+    if raw is None:
+        return "PENDING", None
+    try:
+        meta = json.loads(raw)
+        state = str(meta.get("status", "PENDING"))
+        result = meta.get("result")
+    except (ValueError, AttributeError):
+        return "PENDING", None
+    error = result.get("exc_type") if isinstance(result, dict) else None
+    return state, str(error) if error is not None else None
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    from redis.exceptions import RedisClusterException
+
+    from producer.connections import result_store_errors
+
+    return (*result_store_errors(), RedisClusterException)
+
+
+# -- deadlines --------------------------------------------------------------------------------
+
+
+def deadline_at(deadline: float | datetime | None, now: float | None = None) -> float | None:
+    """A submit's `deadline=` as epoch seconds: seconds from now (an int or float above 0), or
+    an absolute time (a datetime; a naive one is local time). None: no deadline. ValueError
+    for anything else."""
+    if deadline is None:
+        return None
+    if isinstance(deadline, datetime):
+        return deadline.timestamp()
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise ValueError(
+            f"deadline must be seconds from now or a datetime, got {type(deadline).__name__}"
+        )
+    if not math.isfinite(deadline) or deadline <= 0:
+        raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
+    return (time.time() if now is None else now) + float(deadline)
+
+
+def parse_deadline(text: str) -> float | datetime:
+    """`--deadline`: SECONDS from now, or an ISO 8601 time (`2030-01-02T03:04:05Z`; without an
+    offset, local time)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise argparse.ArgumentTypeError("a deadline in seconds must be above 0")
+        return seconds
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not seconds nor an ISO 8601 time: {text!r} (e.g. 30, or 2030-01-02T03:04:05Z)"
+        ) from None
+
+
+# -- `imgqueue cancel` ------------------------------------------------------------------------
+
+
+def add_subparser(sub: Any, expand: Any) -> None:
+    """`imgqueue cancel ID...|--group G`; `expand` reads ids given as `-` from stdin."""
+    c = sub.add_parser(
+        "cancel",
+        help="cancel jobs that have not started (they end REVOKED, never run); prints one JSON "
+        "line per id; exit 1 when some were too late or unknown",
+        description="A cancel waits in Redis for the job's message, across worker restarts "
+        "and while no worker runs (30 days at most). A job that has started finishes; it is "
+        "reported too late.",
+    )
+    c.add_argument("ids", nargs="*", help="task ids, or - for stdin")
+    c.add_argument("--group", default=None, help="every job of this group (submit --group)")
+    c.set_defaults(func=lambda client, ns: cmd_cancel(client, ns, expand))
+
+
+def cmd_cancel(client: Client, ns: argparse.Namespace, expand: Any) -> int:
+    from producer.groups import UnknownGroup
+
+    ids = list(expand(ns.ids, sys.stdin))
+    if ns.group is not None:
+        try:
+            ids += client.group_ids(ns.group)
+        except UnknownGroup as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    elif not ids:
+        print("error: give task ids, - for stdin, or --group", file=sys.stderr)
+        return 2
+    result = client.cancel(ids)
+    verdicts = result.verdicts()
+    for task_id in dict.fromkeys(ids):
+        line = {"id": task_id, "cancel": verdicts[task_id]}
+        if task_id in result.states:
+            line["state"] = result.states[task_id]
+        print(json.dumps(line, sort_keys=True), flush=True)
+    return 0 if result.all_cancelled else 1

@@ -1,0 +1,259 @@
+"""Completion events: every final state is one entry on the events stream, followed by other
+processes (a Python XREAD in a subprocess, a `redis-cli` consumer group) and by
+`Client.events()`; a state stored twice is announced once; EVENTS_MAXLEN bounds the stream."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery, states
+from celery.app.task import Context
+
+from producer import Client
+from producer.contract import TASK_NAME
+from producer.events import Event
+from producer.jobs import EVENT_FIELDS, EVENTS_STREAM
+from tests.support import (
+    ROOT,
+    RedisServer,
+    WorkerFactory,
+    WorkerProcess,
+    imgqueue,
+    wait_for,
+)
+from worker.backend import ResultBackend
+
+# -- the backend alone (no worker process) -----------------------------------------------------
+
+DB = 8
+
+
+def make_backend(url: str, maxlen: int | None = None) -> ResultBackend:
+    app = Celery("events-test", backend=f"worker.backend:ResultBackend+{url}")
+    app.conf.result_expires = 600
+    if maxlen is not None:
+        app.settings = SimpleNamespace(events_maxlen=maxlen)  # as a worker's Settings
+    backend = app.backend
+    assert isinstance(backend, ResultBackend)
+    return backend
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    url = redis_server.url(DB)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def entries(r: redis.Redis, task_id: str | None = None) -> list[dict[str, str]]:
+    raw: Any = r.xrange(EVENTS_STREAM)
+    out: list[dict[str, str]] = [fields for _, fields in raw]
+    return [e for e in out if task_id is None or e["id"] == task_id]
+
+
+def request(task_id: str, queue: str = "celery", **headers: Any) -> Context:
+    """What Celery hands the backend for a message: its delivery info and headers."""
+    return Context(
+        {"id": task_id, "task": TASK_NAME, "delivery_info": {"routing_key": queue}, **headers}
+    )
+
+
+def test_each_final_state_reached_is_one_event(
+    redis_server: RedisServer, store: redis.Redis
+) -> None:
+    backend = make_backend(redis_server.url(DB))
+    backend.store_result("e-1", {"pid": 1}, states.STARTED)  # not final: no event
+    backend.store_result("e-1", {"predictions": []}, states.SUCCESS, request=request("e-1"))
+    backend.store_result("e-1", {"predictions": [2]}, states.SUCCESS)  # a duplicate's: kept
+    backend.mark_as_failure("e-1", ValueError("late"))  # a late FAILURE never replaces it
+    assert [(e["state"], e["queue"]) for e in entries(store, "e-1")] == [("SUCCESS", "celery")]
+    # A FAILURE is announced, and again as SUCCESS when a copy that got through replaces it.
+    backend.mark_as_failure("e-2", ValueError("transient"), request=request("e-2", "gpu"))
+    backend.mark_as_failure("e-2", ValueError("again"))
+    backend.store_result("e-2", {"predictions": []}, states.SUCCESS)
+    assert [(e["state"], e["error"]) for e in entries(store, "e-2")] == [
+        ("FAILURE", "ValueError"),
+        ("SUCCESS", ""),
+    ]
+    # Celery's own revoke path (celery control revoke, expires=) is a final state too.
+    backend.mark_as_revoked("e-3", "revoked", request=request("e-3", imgqueue_webhook="https://x"))
+    (revoked,) = entries(store, "e-3")
+    assert revoked["state"] == "REVOKED" and revoked["error"] == "TaskRevokedError"
+    assert revoked["webhook"] == "https://x" and revoked["kind"] == "job"
+    assert set(revoked) == set(EVENT_FIELDS)
+    assert float(revoked["time"]) > 1.7e9
+
+
+def test_a_bulk_store_is_announced_per_image_not_per_message(
+    redis_server: RedisServer, store: redis.Redis
+) -> None:
+    backend = make_backend(redis_server.url(DB))
+    bulk = Context(
+        {
+            "id": "bulk-1",
+            "task": "classify_many",
+            "delivery_info": {"routing_key": "model.defects"},
+            "imgqueue_webhook": "https://hooks.example/all",
+            "args": [[{"id": "i-1", "source": "a"}, {"id": "i-2", "source": "b", "webhook": "w"}]],
+        }
+    )
+    backend.store_many(
+        [("i-1", {"predictions": []}, states.SUCCESS), ("i-2", KeyError("x"), states.FAILURE)],
+        request=bulk,
+    )
+    backend.store_result("bulk-1", {"succeeded": 1}, states.SUCCESS, request=bulk)
+    got = {e["id"]: e for e in entries(store)}
+    assert set(got) == {"i-1", "i-2"}  # the message's own summary is no job of anyone's
+    assert got["i-1"]["queue"] == got["i-2"]["queue"] == "model.defects"
+    assert got["i-1"]["webhook"] == "https://hooks.example/all"  # the message's header
+    assert got["i-2"]["webhook"] == "w"  # the entry's own field wins
+    assert got["i-2"]["error"] == "KeyError"
+
+
+def test_events_maxlen_bounds_the_stream_and_zero_turns_it_off(
+    redis_server: RedisServer, store: redis.Redis
+) -> None:
+    off = make_backend(redis_server.url(DB), maxlen=0)
+    off.store_many([(f"o-{i}", {"p": i}, states.SUCCESS) for i in range(10)])
+    assert store.exists(EVENTS_STREAM) == 0
+    capped = make_backend(redis_server.url(DB), maxlen=50)
+    for start in range(0, 1000, 100):
+        capped.store_many([(f"c-{i}", {"p": i}, states.SUCCESS) for i in range(start, start + 100)])
+    # MAXLEN ~ trims whole stream nodes (100 entries each): about 50, never all 1000.
+    assert 50 <= store.xlen(EVENTS_STREAM) <= 200
+
+
+# -- real workers --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker(workers: WorkerFactory) -> Iterator[WorkerProcess]:
+    yield workers.start(MODEL="sleep:5ms")
+
+
+# A second process following the stream with plain redis-py XREAD, as any app would: it prints
+# each entry as a JSON line and stops after `count` job events.
+FOLLOWER = r"""
+import json, sys
+import redis
+r = redis.Redis.from_url(sys.argv[1], decode_responses=True)
+stream, left = sys.argv[2], int(sys.argv[3])
+newest = r.xrevrange(stream, count=1)
+last = newest[0][0] if newest else "0-0"
+print("ready", flush=True)
+while left > 0:
+    for _, batch in r.xread({stream: last}, block=1000, count=100) or []:
+        for entry_id, fields in batch:
+            last = entry_id
+            left -= fields["kind"] == "job"
+            print(json.dumps(fields), flush=True)
+"""
+
+
+def redis_cli(redis_url: str, *args: str) -> str:
+    done = subprocess.run(
+        ["redis-cli", "-u", redis_url, "--raw", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_a_second_process_follows_the_stream(
+    worker: WorkerProcess, client: Client, redis_url: str
+) -> None:
+    group = f"apps-{uuid.uuid4().hex[:8]}"
+    # A consumer group made with redis-cli, as docs/other-languages.md shows: new entries only.
+    assert redis_cli(redis_url, "XGROUP", "CREATE", EVENTS_STREAM, group, "$", "MKSTREAM") == "OK\n"
+    sources = ["cat.jpg", "missing.jpg", "coffee.jpg", "not-an-image.jpg"]
+    follower = subprocess.Popen(
+        [sys.executable, "-c", FOLLOWER, redis_url, EVENTS_STREAM, str(len(sources) + 1)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline().strip() == "ready"
+        bulk = client.submit_many(sources, top_k=1)  # one bulk message
+        single = client.submit("rocket.jpg", top_k=1, queue="celery")
+        ids = [*bulk, single]
+        outcomes = {o.task_id: o for o in client.wait(ids, timeout=60)}
+        out, _ = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+        follower.wait(10)
+    seen = [json.loads(line) for line in out.splitlines()]
+    events = {e["id"]: e for e in seen if e["id"] in ids}
+    assert set(events) == set(ids)
+    for task_id, outcome in outcomes.items():
+        event = events[task_id]
+        assert (event["kind"], event["state"], event["queue"]) == ("job", outcome.state, "celery")
+        assert event["error"] == (outcome.error_type if outcome.state != "SUCCESS" else "")
+    assert events[bulk[1]]["error"] == "SourceNotFound"
+    assert events[bulk[3]]["error"] == "NotAnImage"
+    # The consumer group got them too; XACK takes them off its pending list.
+    raw = redis_cli(redis_url, "XREADGROUP", "GROUP", group, "c1", "STREAMS", EVENTS_STREAM, ">")
+    assert all(task_id in raw for task_id in ids)
+    pending = redis_cli(redis_url, "XPENDING", EVENTS_STREAM, group).split("\n")[0]
+    assert int(pending) >= len(ids)
+
+
+def test_client_events_goes_on_after_an_entry_and_times_out(
+    worker: WorkerProcess, client: Client
+) -> None:
+    newest = client.results.xrevrange(EVENTS_STREAM, count=1)
+    since = newest[0][0].decode() if newest else "0"
+    ids = client.submit_many(["astronaut.jpg", "cat.jpg", "missing.jpg"], top_k=1)
+    got: list[Event] = []
+    for event in client.events(since, timeout=30):
+        got.append(event)
+        if {e.id for e in got} >= set(ids):
+            break
+    mine = [e for e in got if e.id in ids]
+    assert sorted(e.state for e in mine) == ["FAILURE", "SUCCESS", "SUCCESS"]
+    assert {e.error for e in mine} == {"", "SourceNotFound"}
+    # Going on after the last one: nothing new, so the iterator ends after its timeout.
+    started = time.monotonic()
+    assert list(client.events(got[-1].entry_id, timeout=0.5)) == []
+    assert time.monotonic() - started >= 0.5
+    # The CLI prints the same as JSON lines.
+    done = imgqueue(client.redis_url, "events", "--since", since, "--timeout", "1", "--kind", "job")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {x["id"] for x in lines} >= set(ids)
+
+
+def job_lines(worker: WorkerProcess, task_id: str, outcome: str) -> list[str]:
+    """The worker's `job {...}` lines for one job and outcome (worker/joblog.py)."""
+    return [
+        line
+        for line in worker.log().splitlines()
+        if " job {" in line and task_id in line and f'"outcome": "{outcome}"' in line
+    ]
+
+
+def test_a_job_run_twice_is_announced_once(worker: WorkerProcess, client: Client) -> None:
+    task_id = str(uuid.uuid4())
+    for _ in range(2):  # the same message twice: a publish retry's duplicate
+        client.celery.send_task(TASK_NAME, args=["cat.jpg"], kwargs={"top_k": 1}, task_id=task_id)
+    assert client.result(task_id, timeout=30)["source"] == "cat.jpg"
+    # Both copies ran, and both stored a SUCCESS (a job's store comes before its log line).
+    wait_for(lambda: len(job_lines(worker, task_id, "success")) == 2, 30, "the second run")
+    r = client.results
+    mine = [f for _, f in r.xrange(EVENTS_STREAM) if f[b"id"] == task_id.encode()]
+    assert [f[b"state"] for f in mine] == [b"SUCCESS"]
