@@ -17,6 +17,8 @@ import http.server
 import itertools
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,6 +146,54 @@ def verify(request: Received, secret: str = SECRET) -> dict[str, Any]:
     assert request.headers["content-type"] == "application/json"
     body: dict[str, Any] = json.loads(request.body)
     return body
+
+
+def documented(lang: str) -> str:
+    """A code block of docs/lifecycle.md's "Verifying a delivery", as written there."""
+    text = (ROOT / "docs" / "lifecycle.md").read_text()
+    found = re.search(rf"```{lang}\n(.*?)```", text[text.index("### Verifying a delivery") :], re.S)
+    assert found is not None, lang
+    return found.group(1)
+
+
+_NODE_DRIVER = """
+const input = JSON.parse(require("node:fs").readFileSync(0, "utf8"));
+const body = Buffer.from(input.body, "base64");
+const out = {id: verify(input.secret, input.headers, body).id};
+try { verify(input.secret, input.headers, Buffer.concat([body, Buffer.from(" ")])); }
+catch (e) { out.tampered = e.message; }
+console.log(JSON.stringify(out));
+"""
+
+
+def check_documented_receivers(request: Received) -> None:
+    """The Python and Node.js receivers of docs/lifecycle.md accept a real delivery and refuse
+    it with one byte added."""
+    namespace: dict[str, Any] = {}
+    exec(documented("python"), namespace)
+    python_verify = namespace["verify"]
+    assert python_verify(SECRET, request.headers, request.body)["id"] == verify(request)["id"]
+    with pytest.raises(ValueError, match="no valid webhook-signature"):
+        python_verify(SECRET, request.headers, request.body + b" ")
+    node = shutil.which("node")
+    if node is None:
+        return
+    data = {
+        "secret": SECRET,
+        "headers": request.headers,
+        "body": base64.b64encode(request.body).decode(),
+    }
+    out = subprocess.run(
+        [node, "-e", documented("js") + _NODE_DRIVER],
+        input=json.dumps(data),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer == {"id": verify(request)["id"], "tampered": "no valid webhook-signature"}
 
 
 # -- the dispatcher, a real process ----------------------------------------------------------
@@ -337,6 +387,7 @@ def test_a_signed_delivery_of_each_outcome(setup: Setup, receiver: Receiver) -> 
     assert request.headers["user-agent"].startswith("imgqueue-webhooks/")
     assert body["type"] == "job" and body["state"] == "SUCCESS" and body["queue"] == "celery"
     assert body["result"] == {"predictions": [{"label": "tabby"}]} and "error" not in body
+    check_documented_receivers(request)
     _, body = bodies[bad]
     assert body["state"] == "FAILURE" and body["error"] == {
         "type": "SourceNotFound",
@@ -433,17 +484,24 @@ def test_a_hanging_receiver_costs_one_timeout_and_blocks_nothing(
     assert 1.4 <= entry["at"] - entry["first_at"] < 4
 
 
-def test_events_a_stopped_dispatcher_had_read_are_claimed(setup: Setup, receiver: Receiver) -> None:
+def test_what_a_stopped_dispatcher_held_is_delivered(setup: Setup, receiver: Receiver) -> None:
     stream = setup.prefix + EVENTS_STREAM
     setup.r.xgroup_create(stream, WEBHOOK_CONSUMER_GROUP, id="0", mkstream=True)
     setup.event("t-orphan", receiver.base + "/ok")
     ((_, entries),) = setup.r.xreadgroup(WEBHOOK_CONSUMER_GROUP, "gone:1", {stream: ">"})
     # As if read a minute ago by a dispatcher that died before moving it.
     setup.r.xclaim(stream, WEBHOOK_CONSUMER_GROUP, "gone:1", 0, [entries[0][0]], idle=60_000)
-    setup.start()
+    # A delivery whose lease ran out (its dispatcher died mid-attempt), and junk.
+    leased = Delivery("job", "t-leased", receiver.base + "/leased", attempts=1, body='{"kept":1}')
+    setup.r.zadd(setup.prefix + WEBHOOK_RETRIES, {leased.member(): time.time() - 1, "junk": 0})
+    d = setup.start()
     request = wait_for(lambda: receiver.to("/ok"), 20, "the orphaned event's delivery")[0]
     assert verify(request)["id"] == "t-orphan"
     wait_for(lambda: setup.r.xpending(stream, WEBHOOK_CONSUMER_GROUP)["pending"] == 0, 10, "ack")
+    (again,) = wait_for(lambda: receiver.to("/leased"), 10, "the leased delivery, made again")
+    assert verify(again) == {"kept": 1} and again.headers["webhook-id"] == "job_t-leased"
+    wait_for(lambda: setup.retrying() == 0, 10, "an empty retry set")
+    assert "dropped a retry set member that is not a delivery: b'junk'" in d.log()
 
 
 # -- the producer side -----------------------------------------------------------------------

@@ -38,7 +38,6 @@ import base64
 import hashlib
 import hmac
 import http.client
-import importlib
 import json
 import logging
 import os
@@ -58,9 +57,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from producer import groups
 from producer.connections import result_store_errors
 from producer.contract import result_key
-from producer.errors import ProducerError
 from producer.jobs import (
     EVENT_FIELDS,
     EVENTS_STREAM,
@@ -190,7 +189,10 @@ def job_payload(delivery: Delivery, raw: bytes | str | None) -> dict[str, Any]:
         "group": delivery.group or None,
         "time": _number(delivery.time),
     }
-    meta = json.loads(raw) if raw else None
+    try:
+        meta = json.loads(raw) if raw else None
+    except ValueError:  # not a result this service wrote
+        meta = None
     if not isinstance(meta, dict):
         if delivery.error:
             out["error"] = {"type": delivery.error, "message": ""}
@@ -424,13 +426,22 @@ class Dispatcher:
 
     def _deliver_safely(self, member: bytes) -> None:
         try:
+            try:
+                Delivery.from_member(member)
+            except (ValueError, TypeError, AttributeError):
+                log.error("dropped a retry set member that is not a delivery: %.200r", member)
+                self._replace(keys=[self.retries], args=[member, "", 0])
+                return
             self.deliver(member)
         except Exception:  # a store error: the lease runs out and it is tried again
             log.exception("webhook delivery interrupted; it is tried again after its lease")
         finally:
-            self.metrics.in_flight.dec()
-            with self._lock:
-                self._busy -= 1
+            self._done()
+
+    def _done(self) -> None:
+        self.metrics.in_flight.dec()
+        with self._lock:
+            self._busy -= 1
 
     def deliver(self, member: bytes | str) -> Attempt:
         """One attempt at a leased delivery; then it is removed, rescheduled or dead-lettered."""
@@ -479,15 +490,13 @@ class Dispatcher:
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def group_summary(self, group_id: str) -> dict[str, Any] | None:
-        """The group's status (producer.groups: counts, progress, timings), or None where it
-        cannot be read (expired, or producer.groups absent): the event's counters then."""
+        """The group's status (producer.groups: counts, progress, timings), or None once it
+        expired (the event's counters then)."""
         try:
-            groups = importlib.import_module("producer.groups")
             found = groups.status(self.store, group_id, self.prefix, _none_running)
-        except (ImportError, AttributeError, ProducerError):
+        except groups.UnknownGroup:
             return None
-        summary: dict[str, Any] = found.to_dict()
-        return summary
+        return found.to_dict()
 
     def attempt(self, delivery: Delivery) -> Attempt:
         """POST the delivery once; never raises for what the receiver or the network does."""
