@@ -253,6 +253,41 @@ def test_failure_is_never_overwritten_by_a_late_started_on_a_cluster(
 
 
 @pytest.mark.processes
+def test_group_counters_and_events_on_a_cluster(
+    backend: ClusterResultBackend, cluster: RedisClusterNodes
+) -> None:
+    """The group's keys on one master (one hash tag), the stream on its own, results spread:
+    jobs stored twice count once, and the last one appends one group event."""
+    from celery.app.task import Context
+
+    from producer.groups import create, keys
+    from producer.jobs import EVENTS_STREAM, GROUP_HEADER
+
+    gid, ids = "cluster-group", [f"g-{i}" for i in range(24)]
+    create(backend.client, gid, ids, queue="celery")
+    bulk = Context(
+        {
+            "id": "bulk",
+            "task": "classify_many",
+            "delivery_info": {"routing_key": "celery"},
+            GROUP_HEADER: gid,
+            "args": [[{"id": i, "source": "x"} for i in ids]],
+        }
+    )
+    backend.store_many([(i, ValueError("bad"), states.FAILURE) for i in ids[:4]], request=bulk)
+    for _ in range(2):  # a redelivered bulk stores them all again
+        backend.store_many([(i, {"p": 1}, states.SUCCESS) for i in ids], request=bulk)
+    meta, done, _ = keys(gid)
+    assert backend.client.hmget(meta, "succeeded", "failed", "finished") == [b"24", b"0", b"24"]
+    assert backend.client.hlen(done) == 24
+    events = [f for _, f in backend.client.xrange(EVENTS_STREAM) if f[b"group"] == gid.encode()]
+    jobs = [f[b"id"].decode() for f in events if f[b"kind"] == b"job"]
+    assert sorted(jobs) == sorted([*ids, *ids[:4]])  # g-0..3: FAILURE, then SUCCESS
+    assert [f[b"kind"] for f in events].count(b"group") == 1
+    assert events[-1][b"succeeded"] == b"24"
+
+
+@pytest.mark.processes
 def test_a_final_state_returns_only_once_a_replica_has_it(
     backend: ClusterResultBackend, cluster: RedisClusterNodes
 ) -> None:
@@ -323,8 +358,10 @@ def test_stores_follow_a_moved_slot_and_an_ask_redirect(
     redirects = {"moved": 0, "asked": 0}
     store_on_node = backend._store_on_node
 
-    def counted(node: Any, entries: Any, asking: bool = False, loaded: bool = False) -> Any:
-        count, redirected = store_on_node(node, entries, asking, loaded)
+    def counted(
+        node: Any, entries: Any, asking: bool = False, loaded: bool = False, codes: Any = None
+    ) -> Any:
+        count, redirected = store_on_node(node, entries, asking, loaded, codes)
         redirects["moved"] += len(redirected)
         redirects["asked"] += asking
         return count, redirected
