@@ -3,9 +3,10 @@
 The reference is the seed tutorial's pipeline: Pillow decodes the whole file, `.convert("RGB")`,
 the weights' own transforms (`ResNet50_Weights.transforms()`), a plain fp32 `resnet50` in eval
 mode. Each configuration runs what the worker runs (worker.imaging.decode with or without draft,
-Classifier.preprocess, Classifier.infer in that precision) on the same files with the same
-weights, and is compared on the probabilities of the reference's top-5 classes and on the top-5
-itself. Random weights unless --weights: numerics, not accuracy on labelled data.
+Classifier.preprocess, Classifier.infer in that precision, on torch or ONNX Runtime) on the same
+files with the same weights, and is compared on the probabilities of the reference's top-5
+classes and on the top-5 itself. Random weights unless --weights: numerics, not accuracy on
+labelled data.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from worker.model.classifier import Classifier, build_network
 from worker.model.spec import INT8_ARCHS, ModelSpec, resolve_model
 from worker.settings import DEFAULT_FORMATS
 
-# (label, PRECISION, DRAFT_DECODE)
+# (label, PRECISION, DRAFT_DECODE, BACKEND); bf16 and int8 run on torch whatever BACKEND says
 CONFIGS = (
-    ("PRECISION=fp32 DRAFT_DECODE=false", "fp32", False),
-    ("PRECISION=fp32 (draft on)", "fp32", True),
-    ("PRECISION=bf16 DRAFT_DECODE=false", "bf16", False),
-    ("PRECISION=bf16 (draft on)", "bf16", True),
-    ("PRECISION=int8 DRAFT_DECODE=false", "int8", False),
+    ("PRECISION=fp32 DRAFT_DECODE=false BACKEND=torch", "fp32", False, "torch"),
+    ("PRECISION=fp32 DRAFT_DECODE=false BACKEND=onnxruntime", "fp32", False, "onnxruntime"),
+    ("PRECISION=fp32 (draft on) BACKEND=torch", "fp32", True, "torch"),
+    ("PRECISION=fp32 (draft on) BACKEND=onnxruntime", "fp32", True, "onnxruntime"),
+    ("PRECISION=bf16 DRAFT_DECODE=false", "bf16", False, "torch"),
+    ("PRECISION=bf16 (draft on)", "bf16", True, "torch"),
+    ("PRECISION=int8 DRAFT_DECODE=false", "int8", False, "torch"),
 )
 
 
@@ -99,10 +102,15 @@ def main() -> None:
     print("| settings | max abs dp (ref top-5) | mean abs dp | top-1 same | top-5 same order |"
           " top-5 same set |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for label, precision, draft in CONFIGS:
+    models: dict[tuple[str, str], Classifier] = {}
+    for label, precision, draft, backend in CONFIGS:
         if precision == "int8" and spec.arch not in INT8_ARCHS:
             continue
-        model = Classifier(spec, "cpu", precision)
+        if (precision, backend) not in models:
+            models[precision, backend] = Classifier(spec, "cpu", precision, backend=backend)
+        model = models[precision, backend]
+        if model.backend != backend:  # ONNX Runtime fell back to torch (logged): say so
+            label += f" (ran on {model.backend})"
         got = worker_way(model, paths, draft)
         c = compare(ref, got)
         print(

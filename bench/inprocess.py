@@ -17,8 +17,8 @@ from worker.settings import DEFAULT_FORMATS
 WEIGHTS = "random:0"
 
 
-def load(precision: str, device: str = "cpu") -> Classifier:
-    return Classifier(resolve_model(weights=WEIGHTS), device, precision)
+def load(precision: str, device: str = "cpu", backend: str = "torch") -> Classifier:
+    return Classifier(resolve_model(weights=WEIGHTS), device, precision, backend=backend)
 
 
 @contextmanager

@@ -135,6 +135,13 @@ class Metrics:
             MODEL_LABELS,
             registry=registry,
         )
+        self.model_backend = Gauge(
+            "imgqueue_model_backend",
+            '1 for the backend the model runs on (torch, onnxruntime); fallback="true" where '
+            "ONNX Runtime was wanted but torch runs (a failed export or check, the log says why)",
+            ["backend", "fallback"],
+            registry=registry,
+        )
         self.redis_full = Gauge(
             "imgqueue_redis_full",
             "1 while Redis refuses this worker's writes for lack of memory (it fetches no jobs)",
@@ -199,6 +206,9 @@ class Metrics:
         self.model_info.clear()
         values = [str(description.get(label) or "") for label in MODEL_LABELS]
         self.model_info.labels(*values).set(1)
+        self.model_backend.clear()
+        fallback = "true" if description.get("backend_fallback") else "false"
+        self.model_backend.labels(str(description.get("backend") or ""), fallback).set(1)
 
     def observe_dead_letter(self, reason: str) -> None:
         """The transport's `on_dead_letter` hook."""

@@ -107,7 +107,14 @@ def start(
         # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
         torch.set_num_threads(threads)
         model = build_model(
-            settings.model, spec, settings.device, settings.precision, settings.gpu_decode, name
+            settings.model,
+            spec,
+            settings.device,
+            settings.precision,
+            settings.gpu_decode,
+            name,
+            settings.backend,
+            settings.onnx_options,
         )
         model.warm_up()
         # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
@@ -154,11 +161,12 @@ def start(
     load_seconds = time.perf_counter() - started
     rt = Runtime(settings, classifier, batcher, load_seconds, decoder, cache_client)
     log.info(
-        "model ready: %s weights=%s device=%s precision=%s batch<=%d in %.1fs",
+        "model ready: %s weights=%s device=%s precision=%s backend=%s batch<=%d in %.1fs",
         classifier.name,
         classifier.weights_id,
         classifier.device,
         classifier.precision,
+        classifier.backend,
         batcher.max_batch_size,
         rt.load_seconds,
     )

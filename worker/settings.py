@@ -12,14 +12,19 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from producer.connections import RedisConfig, RedisConfigError, ResultStoreConfig
 from producer.contract import DEFAULT_REDIS_URL
 from worker.errors import ConfigError
 
+if TYPE_CHECKING:  # imports torch; settings are read before the model is wanted
+    from worker.model.onnx import OnnxOptions
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+BACKENDS = ("auto", "torch", "onnxruntime")  # worker/model/onnx.py
+ONNX_SPINNING = ("pass", "on", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
@@ -125,6 +130,13 @@ class Settings:
     device: str = env("auto", lower)
     # auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
     precision: str = env("auto", lower)
+    # auto: ONNX Runtime on a CPU where it is installed and runs the precision (fp32), else torch
+    backend: str = env("auto", lower)
+    # Where ONNX exports are kept, one per weights identity, shared by a host's workers
+    # (None: $XDG_CACHE_HOME/imgqueue/onnx, else ~/.cache/imgqueue/onnx)
+    onnx_cache_dir: Path | None = env(None, path)
+    # How ONNX Runtime's idle threads wait: pass (spin within a pass only), on, off
+    onnx_spinning: str = env("pass", lower)
     image_root: Path | None = env(None, path)
 
     pool: str = env("threads", lower)
@@ -223,6 +235,20 @@ class Settings:
             raise ConfigError(f"POOL must be threads, prefork or solo, got {self.pool!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"PRECISION must be one of {', '.join(PRECISIONS)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"BACKEND must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "onnxruntime" and self.precision not in ("auto", "fp32"):
+            raise ConfigError(
+                f"BACKEND=onnxruntime runs PRECISION=fp32 only, not {self.precision}; "
+                "BACKEND=auto runs other precisions on torch"
+            )
+        if self.backend == "onnxruntime" and self.device.startswith("cuda"):
+            raise ConfigError("BACKEND=onnxruntime runs on the CPU only; use DEVICE=cpu")
+        if self.onnx_spinning not in ONNX_SPINNING:
+            raise ConfigError(f"ONNX_SPINNING must be one of {', '.join(ONNX_SPINNING)}")
+        cache_dir = self.onnx_cache_dir
+        if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+            raise ConfigError(f"ONNX_CACHE_DIR {str(cache_dir)!r} is not a directory")
         if self.image_root is not None and not self.image_root.is_dir():
             raise ConfigError(f"IMAGE_ROOT {str(self.image_root)!r} is not a directory")
         try:
@@ -300,6 +326,12 @@ class Settings:
     @property
     def expects_gpu(self) -> bool:
         return self.device.startswith("cuda") or (self.device == "auto" and _gpu_visible())
+
+    @property
+    def onnx_options(self) -> OnnxOptions:
+        from worker.model.onnx import OnnxOptions
+
+        return OnnxOptions(self.onnx_cache_dir, self.onnx_spinning)
 
     @property
     def effective_batch_size(self) -> int:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # reading a card or a name must not load torch (worker/celery
     import torch
     from PIL import Image
 
+    from worker.model.onnx import OnnxOptions
     from worker.model.spec import ModelSpec
 
 
@@ -20,6 +21,7 @@ class ImageModel(Protocol):
     name: str
     device: torch.device
     precision: str
+    backend: str  # torch, onnxruntime, or none for the stand-in
     resize_size: int
     load_seconds: float
 
@@ -48,9 +50,11 @@ def build_model(
     precision: str,
     gpu_decode: bool = False,
     name: str = "",
+    backend: str = "torch",
+    onnx_options: OnnxOptions | None = None,
 ) -> ImageModel:
-    """The resolved model (worker/model/spec.py), or for `MODEL=sleep:<ms>ms` a
-    fixed-latency stand-in."""
+    """The resolved model (worker/model/spec.py) on its backend (worker/model/onnx.py), or for
+    `MODEL=sleep:<ms>ms` a fixed-latency stand-in."""
     if model.startswith("sleep:"):
         from worker.model.standin import SleepModel
 
@@ -59,4 +63,4 @@ def build_model(
         raise ValueError("a model needs its resolved spec (worker.model.spec.from_settings)")
     from worker.model.classifier import Classifier
 
-    return Classifier(spec, device, precision, gpu_decode)
+    return Classifier(spec, device, precision, gpu_decode, backend, onnx_options)

@@ -16,6 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
 from worker.errors import ConfigError
+from worker.model import onnx
 from worker.model.arch import build
 from worker.model.bf16 import bf16_pays, cpu_has_native_bf16, to_bf16
 from worker.model.card import Preprocessing
@@ -74,7 +75,10 @@ def transforms_of(p: Preprocessing) -> ImageClassification:
 
 
 class Classifier:
-    """A loaded model plus its transforms and labels."""
+    """A loaded model plus its transforms and labels.
+
+    `backend`: torch, onnxruntime or auto (worker/model/onnx.py). The Classifier's own default
+    is torch, for in-process use; the worker's setting (BACKEND) defaults to auto."""
 
     def __init__(
         self,
@@ -82,19 +86,36 @@ class Classifier:
         device: str = "auto",
         precision: str = "fp32",
         gpu_decode: bool = False,
+        backend: str = "torch",
+        onnx_options: onnx.OnnxOptions | None = None,
     ):
         self.spec = spec
         self.source = spec.weights
         self.name = spec.model
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
+        if backend == "onnxruntime" and precision == "auto":
+            self.precision = "fp32"  # what ONNX Runtime runs; pick_backend refuses the others
         self.transforms = transforms_of(spec.preprocessing)
         self.categories: list[str] = list(spec.labels)
         self.input_size = int(self.transforms.crop_size[0])
         self.resize_size = int(self.transforms.resize_size[0])
+        self.onnx_options = onnx_options or onnx.OnnxOptions()
+        # auto precision may still choose fp32 at load (the bf16 guard): ONNX Runtime's
+        # candidate is fp32 then, and the guard times it against torch's bf16.
+        candidate = "fp32" if precision == "auto" and self.device.type == "cpu" else self.precision
+        self.backend, self.backend_reason = onnx.pick_backend(backend, self.device, candidate)
+        self.backend_setting = backend
+        self.backend_fallback: str | None = None  # why ONNX Runtime was wanted but not used
+        self.export_seconds: float | None = None  # this load's export; None: cached or torch
+        self.session: onnx.OrtSession | None = None
         started = time.perf_counter()
         # auto: bf16 on such a CPU only where it timed faster at load (worker/model/bf16.py).
-        self.model = self._build(check_bf16=precision == "auto")
+        self.model: torch.nn.Module | None = self._build(check_bf16=precision == "auto")
+        if self.backend == "onnxruntime":
+            self.model = None  # the session holds its own copy of the weights
+        elif backend != "torch" and self.backend_fallback is None:
+            log.info("BACKEND=%s: torch, as %s", backend, self.backend_reason)
         self._gpu_decoder: GpuJpegDecoder | None = None
         if gpu_decode and self.device.type == "cuda":
             self._gpu_decoder = GpuJpegDecoder(self.device, self.transforms)
@@ -109,16 +130,75 @@ class Classifier:
             return build_int8(self.spec, self.preprocess)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # batch shapes repeat: tune once per shape
-        # channels_last for every precision: fp32 on the CPU measured 20% faster, same numbers.
         model = build_network(self.spec).eval().to(self.device)
+        if self.backend == "onnxruntime":
+            self.session = self._onnx_session(model)
+            if self.session is not None and self.precision == "fp32":
+                return model  # __init__ lets it go: the session has its own copy
+        # channels_last for every precision: fp32 on the CPU measured 20% faster, same numbers.
         model = model.to(memory_format=torch.channels_last)
         if self.precision == "bf16" and self.device.type == "cpu":
             bf16 = to_bf16(model)
-            if check_bf16 and not bf16_pays(model, bf16, self.input_size):
+            if not check_bf16:
+                return bf16
+            fp32 = onnx.OrtModule(self.session) if self.session is not None else model
+            if not bf16_pays(fp32, bf16, self.input_size):
                 self.precision = "fp32"
+                log.info("PRECISION=auto: fp32 on %s", self.backend)
                 return model
+            if self.session is not None:
+                self.session, self.backend = None, "torch"
+                self.backend_reason = "bf16 on torch timed faster than fp32 on onnxruntime"
             return bf16
         return model
+
+    def _onnx_session(self, model: torch.nn.Module) -> onnx.OrtSession | None:
+        """The model on ONNX Runtime (exported now, or found in ONNX_CACHE_DIR), checked against
+        `model` on the sample images; None, after saying why loudly, where it cannot be."""
+        try:
+            session, exported = onnx.load_session(
+                self.spec, model, self._probe(), self.onnx_options
+            )
+        except onnx.OnnxUnavailable as exc:
+            self.backend = "torch"
+            self.backend_fallback = f"onnxruntime: {exc.summary}; torch ran instead"
+            level = logging.ERROR if self.backend_setting == "onnxruntime" else logging.WARNING
+            log.log(
+                level,
+                "BACKEND=%s: %s on onnxruntime: %s. FALLING BACK TO TORCH (results say "
+                "backend=torch)",
+                self.backend_setting,
+                self.spec.arch,
+                exc,
+            )
+            return None
+        self.export_seconds = exported.seconds
+        if exported.seconds is None:
+            log.info(
+                "onnxruntime: %s from the cache (%d threads, spinning %s)",
+                exported.path,
+                session.threads,
+                session.spinning,
+            )
+        else:
+            log.info(
+                "onnxruntime: exported %s in %.1fs to %s (%d threads, spinning %s)",
+                self.spec.arch,
+                exported.seconds,
+                exported.path,
+                session.threads,
+                session.spinning,
+            )
+        return session
+
+    def _probe(self) -> torch.Tensor:
+        """Two sample photos as the transforms make them (noise where none are shipped)."""
+        from worker.model.quantized import calibration_images
+
+        images = calibration_images(limit=2)
+        if not images:
+            return torch.randn(2, 3, self.input_size, self.input_size)
+        return torch.stack([self.preprocess(image) for image in images])
 
     @property
     def shrink_size(self) -> int | None:
@@ -148,7 +228,10 @@ class Classifier:
             "preprocess": spec.preprocess_id,
             "precision": self.precision,
             "device": str(self.device),
+            "backend": self.backend,
         }
+        if self.backend_fallback is not None:
+            info["backend_fallback"] = self.backend_fallback
         if self.source.pretrained is False:
             info["warning"] = "random weights: labels are meaningless (demo/test only)"
         return info
@@ -175,6 +258,9 @@ class Classifier:
     def launch(self, batch: torch.Tensor) -> torch.Tensor:
         """`infer` without waiting: probabilities on the model's device (on a GPU, queued
         work; reading them waits for it)."""
+        if self.session is not None:
+            return torch.softmax(self.session.logits(batch), dim=1)
+        assert self.model is not None
         with torch.inference_mode(), self._autocast():
             x = batch.to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)

@@ -44,6 +44,7 @@ class SleepModel:
         self.served_name = name
         self.name = name or spec
         self.precision = "none"
+        self.backend = "none"
         self.device = torch.device("cpu")
         self.categories = [f"class {i}" for i in range(NUM_CLASSES)]
         self._input = torch.zeros(3, 1, 1)  # every image's: the pixels are unused
@@ -68,6 +69,7 @@ class SleepModel:
             "preprocess": "none",
             "precision": self.precision,
             "device": "cpu",
+            "backend": "none",
             "warning": "stand-in model for benchmarks and tests: predictions are not real",
         }
 
