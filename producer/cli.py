@@ -1,5 +1,5 @@
-"""Command line: `python -m producer submit|result|cancel|status|limits|dead-letters|model ...`
-(also `imgqueue`).
+"""Command line: `python -m producer submit|result|results|events|cancel|status|limits|
+dead-letters|model ...` (also `imgqueue`).
 
 Exit status:
   0  every job succeeded (or was only submitted; cancel: every job was cancelled)
@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from producer import groups
 from producer.cancel import add_subparser as add_cancel
 from producer.cancel import parse_deadline
 from producer.client import DEFAULT_BULK_SIZE, Client, Outcome
@@ -35,6 +36,8 @@ from producer.contract import (
 )
 from producer.deadletters import DeadLetters
 from producer.errors import ProducerError, QueueFull, RedisFull, UnknownModel
+from producer.events import add_subparser as add_events
+from producer.groups import add_subparser as add_results
 from producer.model_cli import add_subparser as add_model
 from producer.model_cli import served_name
 from producer.render import add_subparser as add_render
@@ -114,10 +117,17 @@ def cmd_submit(client: Client, ns: argparse.Namespace) -> int:
             model=ns.model,
             webhook=ns.webhook,
             deadline=ns.deadline,
+            group=ns.group,
         )
     except ValueError as exc:  # --queue and --model disagree (no Redis was asked)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    group_id = getattr(ids, "group_id", None)
+    if group_id is not None and not ns.wait:
+        print(group_id, flush=True)  # its ids: `imgqueue results GROUP`
+        return EXIT_OK
+    if group_id is not None:
+        print(f"group {group_id}", file=sys.stderr, flush=True)
     if not ns.wait:
         for task_id in ids:
             print(task_id, flush=True)
@@ -168,6 +178,9 @@ def cmd_dead_letters(client: Client, ns: argparse.Namespace) -> int:
 
 def cmd_status(client: Client, ns: argparse.Namespace) -> int:
     from producer import status
+
+    if ns.group is not None:
+        return groups.cmd_status(client, ns)
 
     queues = ns.queue or [q.strip() for q in os.environ.get("QUEUES", "celery").split(",")]
     state = status.gather(client, [q for q in queues if q], timeout=ns.timeout)
@@ -326,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a job no worker has started by then ends REVOKED (Expired), never run: seconds "
         "from now, or a time such as 2030-01-02T03:04:05Z (no offset: local time)",
     )
+    p.add_argument(
+        "--group",
+        action="store_true",
+        help="submit them as one group and print its id instead of the task ids (imgqueue "
+        "status GROUP, imgqueue results GROUP)",
+    )
     p.add_argument("--wait", action="store_true", help="print one JSON result per line")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for all")
     p.add_argument("--progress", action="store_true", help="progress bar even off a terminal")
@@ -355,7 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dead_letters)
 
     st = sub.add_parser(
-        "status", help="queues (depth, in flight), workers, dead letters, recent throughput"
+        "status",
+        help="queues (depth, in flight), workers, dead letters, recent throughput; or a "
+        "group's counts, progress and ETA",
+    )
+    st.add_argument(
+        "group", nargs="?", default=None, help="a group id: that group's counts, progress, ETA"
     )
     st.add_argument(
         "--queue", action="append", help="a queue to show even with no worker (default $QUEUES)"
@@ -385,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--json", action="store_true", help="one JSON object")
     lim.set_defaults(func=cmd_limits)
     add_cancel(sub, expand_sources)
+    add_results(sub)
+    add_events(sub)
     add_model(sub)
     add_render(sub)  # offline: needs no Redis
     return parser

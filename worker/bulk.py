@@ -16,7 +16,7 @@ from typing import Any
 
 from producer.connections import mget
 from producer.contract import DEFAULT_TOP_K, MAX_BULK_IMAGES, MAX_TOP_K, result_key
-from worker import result_store
+from worker import events, result_store
 from worker.cancels import monotonic, parse_deadline
 from worker.errors import ClassifyError, InternalError, InvalidArguments
 
@@ -37,9 +37,13 @@ class Image:
     # Epoch seconds: not started by then, it ends REVOKED (Expired). A retry or a split is of
     # a started image, so `to_dict` leaves it out.
     deadline: float | None = None
+    # Its entry's group and webhook (producer.jobs), kept by a retry (worker/events.py).
+    group: str = ""
+    webhook: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "source": self.source, "top_k": self.top_k}
+        out: dict[str, Any] = {"id": self.id, "source": self.source, "top_k": self.top_k}
+        return {**out, **events.entry_fields(self.group, self.webhook)}
 
 
 @dataclass
@@ -111,7 +115,7 @@ def _valid_id(task_id: str) -> bool:
 
 
 def _image(task_id: str, item: dict[str, Any], default_k: int) -> Image:
-    unknown = sorted(set(item) - {"id", "source", "top_k", "deadline"})
+    unknown = sorted(set(item) - {"id", "source", "top_k", "deadline", *events.ENTRY_KEYS})
     if unknown:
         raise InvalidArguments(f"unknown image field(s): {', '.join(unknown)}")
     source = item.get("source")
@@ -123,7 +127,8 @@ def _image(task_id: str, item: dict[str, Any], default_k: int) -> Image:
     if not _valid_k(top_k):
         raise InvalidArguments(f"top_k must be an integer within 1..{MAX_TOP_K}, got {top_k!r}")
     deadline = parse_deadline(item.get("deadline"), "deadline")
-    return Image(task_id, source, top_k, deadline)
+    group, webhook = events.entry_origin(item)
+    return Image(task_id, source, top_k, deadline, group=group, webhook=webhook)
 
 
 def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[str]:

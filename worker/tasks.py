@@ -13,7 +13,7 @@ from celery.exceptions import Retry
 
 from producer.contract import BULK_TASK_NAME, TASK_NAME
 from producer.redaction import display_url
-from worker import bulk, cancels, deliveries, joblog
+from worker import bulk, cancels, deliveries, events, joblog
 from worker.errors import (
     Cancelled,
     ClassifyError,
@@ -228,6 +228,7 @@ def _split(task: Task, images: list[bulk.Image]) -> None:
     priority = info.get("priority")
     if priority is not None:
         options["priority"] = priority
+    origins = events.image_origins(task.request)  # each image keeps its group and webhook
     with task.app.producer_or_acquire() as producer:
         for image in images:
             task.app.send_task(
@@ -237,6 +238,7 @@ def _split(task: Task, images: list[bulk.Image]) -> None:
                 task_id=image.id,
                 producer=producer,
                 argsrepr=repr([display_url(image.source)]),
+                headers=events.headers(origins.get(image.id)),
                 **options,
             )
     log.warning("bulk %s redelivered: split into %d single jobs", task.request.id, len(images))
