@@ -30,6 +30,8 @@ from producer.client import Outcome
 from producer.contract import BULK_TASK_NAME, TASK_NAME, result_key
 from producer.jobs import CANCEL_TAKEN, DEADLINE_HEADER, cancel_key
 from tests.support import (
+    ROOT,
+    RedisServer,
     WorkerFactory,
     WorkerProcess,
     http_server,
@@ -299,6 +301,38 @@ def test_a_start_and_a_cancel_agree_whichever_comes_first(
     with pytest.raises(cancels.Ended):
         _start(r, third, settings, redelivered=True)
     assert json.loads(r.get(result_key(third)) or b"")["status"] == "REVOKED"
+
+
+def test_the_shipped_producer_user_may_cancel_and_nothing_more(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """deploy/redis.conf's users: the producer writes cancels (a selector on imgqueue:cancel:*)
+    and still cannot delete or overwrite anything else."""
+    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
+    users = tmp_path / "users.conf"
+    users.write_text("\n".join(line for line in shipped if line.startswith("user ")) + "\n")
+    server = RedisServer(tmp_path / "acl", config=users).start()
+    worker = redis.Redis(port=server.port, username="worker", password="imgqueue-worker-dev")
+    try:
+        url = f"redis://producer:imgqueue-producer-dev@127.0.0.1:{server.port}/0"
+        with Client(url) as producer:
+            queued, started = str(uuid.uuid4()), str(uuid.uuid4())
+            _start(worker, started, settings)
+            result = producer.cancel([queued, started])
+            assert result.cancelled == [queued] and result.too_late == [started]
+            assert worker.exists(cancel_key(queued)) and not worker.exists(cancel_key(started))
+            r: redis.Redis = producer.results
+            for attempt in (
+                lambda: r.delete("celery"),
+                lambda: r.set("celery", "x"),
+                lambda: r.set(result_key(queued), "{}"),
+                lambda: r.getdel(result_key(started)),
+            ):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    attempt()
+    finally:
+        worker.close()
+        server.stop()
 
 
 def test_deadlines_given_and_parsed() -> None:
