@@ -184,6 +184,7 @@ def ensure_exported(
         with _locked(cache_dir / f"{entry.name}.lock"):
             if (entry / MODEL_FILE).is_file():  # another process exported it while we waited
                 return Exported(entry / MODEL_FILE, None)
+            _sweep(cache_dir, entry.name)
             tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=cache_dir))
             try:
                 started = time.perf_counter()
@@ -211,6 +212,16 @@ def discard(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.rename(entry, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sweep(cache_dir: Path, name: str) -> None:
+    """Remove what exporters of this entry that died left behind (temporary and discarded
+    directories). Called under the entry's lock, which a live exporter holds: only one that
+    gave up waiting past LOCK_WAIT_S could lose its work here, and it then stays on torch."""
+    for stale in cache_dir.glob(f".{name}.*"):
+        if stale.is_dir():
+            log.info("ONNX cache: removing %s, left by an export that did not finish", stale)
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _publish(tmp: Path, entry: Path) -> None:
