@@ -60,11 +60,12 @@ def check_webhook(url: object) -> str:
     return url
 
 
-def summary(store: Any, key_prefix: str = "", recent: int = 3) -> dict[str, Any] | None:
+def summary(store: Any, key_prefix: str = "", recent: int = 3) -> dict[str, Any]:
     """What `imgqueue status` shows of webhooks, from the result store `store`: deliveries
     waiting for an attempt (`retrying`, first attempts included), the dead letters' count and
     the `recent` newest, and the events no dispatcher has read yet (`lag`; None when unknown,
-    `dispatchers: false` when none has ever run). None where this Redis user may not read them.
+    `dispatchers: false` when none has ever run); `{"error": ...}` where they cannot be read
+    (this Redis user may not, or the store is unreachable).
     """
     import redis
 
@@ -76,12 +77,12 @@ def summary(store: Any, key_prefix: str = "", recent: int = 3) -> dict[str, Any]
         pipe.lrange(dead_key, 0, recent - 1)
         retrying, dead, newest = pipe.execute()
         groups = store.xinfo_groups(key_prefix + EVENTS_STREAM)
-    except redis.exceptions.NoPermissionError:
-        return None
     except redis.exceptions.ResponseError as exc:
-        if "no such key" not in str(exc).lower():
-            raise
+        if "no such key" not in str(exc).lower():  # NOPERM included
+            return {"error": str(exc)}
         groups = []
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        return {"error": str(exc)}
     group = next((g for g in groups if _str(g.get("name")) == WEBHOOK_CONSUMER_GROUP), None)
     entries = []
     for raw in newest:
@@ -98,10 +99,10 @@ def summary(store: Any, key_prefix: str = "", recent: int = 3) -> dict[str, Any]
     }
 
 
-def render(hooks: dict[str, Any] | None) -> list[str]:
+def render(hooks: dict[str, Any]) -> list[str]:
     """The human lines of `summary`."""
-    if hooks is None:
-        return ["webhooks: unknown (this Redis user may not read them)"]
+    if "error" in hooks:
+        return [f"webhooks: unknown ({hooks['error']})"]
     if not hooks["dispatchers"] and not hooks["retrying"] and not hooks["dead_letters"]:
         return ["webhooks: none sent (no dispatcher has run: python -m worker.webhooks)"]
     lag = "" if hooks["lag"] is None else f", {hooks['lag']} event(s) not yet read"

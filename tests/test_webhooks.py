@@ -359,6 +359,19 @@ def test_an_event_becomes_one_delivery() -> None:
     assert Delivery.from_member(group.member()) == group
 
 
+def test_the_dispatcher_imports_neither_celery_nor_torch() -> None:
+    code = "import sys, worker.webhooks; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert not {"celery", "kombu", "torch", "PIL"} & set(json.loads(out.stdout.replace("'", '"')))
+
+
 def test_the_dispatcher_needs_a_secret(setup: Setup) -> None:
     d = setup.start(WEBHOOK_SECRET="")
     assert d.proc.wait(30) == 2
