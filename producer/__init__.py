@@ -20,12 +20,14 @@ from producer.errors import (
     ResultTimeout,
     UnknownModel,
 )
+from producer.webhooks import InvalidWebhook
 
 __all__ = [
     "ERROR_TYPES",
     "TASK_NAME",
     "BrokerUnavailable",
     "Client",
+    "InvalidWebhook",
     "JobFailed",
     "Outcome",
     "ProducerError",

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import redis
 
-from producer import Client, ProducerError, status
+from producer import Client, InvalidWebhook, ProducerError, status
 from producer.contract import result_key
 from producer.jobs import (
     EVENT_FIELDS,
@@ -42,7 +42,7 @@ from producer.jobs import (
     WEBHOOK_HEADER,
     WEBHOOK_RETRIES,
 )
-from producer.webhooks import InvalidWebhook, check_webhook
+from producer.webhooks import check_webhook
 from tests.support import ROOT, SAMPLES, WorkerFactory, imgqueue, queued_messages, wait_for
 from worker.errors import ConfigError
 from worker.settings import Settings, webhook_keys
