@@ -413,6 +413,44 @@ def test_the_result_cache_works_on_a_cluster(cluster: RedisClusterNodes) -> None
     client.close()
 
 
+@pytest.mark.processes
+def test_cancels_and_starts_agree_on_a_cluster(
+    backend: ClusterResultBackend, cluster: RedisClusterNodes, broker: RedisServer
+) -> None:
+    """A job's cancel key and its result on different masters: the worker looks for the
+    cancel once its STARTED write has answered (a second round trip), and every start and
+    cancel still agree (worker/cancels.py), single jobs and a bulk message's images alike."""
+    from types import SimpleNamespace
+
+    from producer.jobs import CANCEL_TAKEN, cancel_key
+    from worker import cancels
+    from worker.deliveries import record_start
+    from worker.errors import Cancelled
+
+    client, settings = backend.client, Settings.from_env({})
+    ids = [f"cancel-{n}" for n in range(16)]  # 0-7 cancelled first, 8-15 started first
+
+    def start(task_id: str) -> int:
+        started = backend.started(task_id, "h")
+        return record_start(client, task_id, 0, settings, False, started, cancels=True)
+
+    with Client(broker.url(), result_url=cluster.url()) as producer:
+        assert producer.cancel(ids[:8]).cancelled == ids[:8]
+        for task_id in ids[:4]:
+            with pytest.raises(Cancelled):
+                start(task_id)
+        assert all(start(task_id) == 1 for task_id in ids[8:12])
+        images = [SimpleNamespace(id=i, deadline=None) for i in ids[4:8] + ids[12:]]
+        task = SimpleNamespace(app=SimpleNamespace(backend=backend), request=SimpleNamespace())
+        task.request.hostname = "h"
+        assert set(cancels.start_images(task, images, "")) == set(ids[4:8])
+        assert mget(client, [cancel_key(i) for i in ids[:8]]) == [CANCEL_TAKEN.encode()] * 8
+        result = producer.cancel(ids)
+        assert result.cancelled == ids[:8] and result.too_late == ids[8:]
+        assert set(result.states.values()) == {"STARTED"}
+        assert mget(client, [cancel_key(i) for i in ids[8:]]) == [None] * 8
+
+
 def cluster_env(
     broker: RedisServer, cluster: RedisClusterNodes, image_root: Path
 ) -> dict[str, str]:
