@@ -17,6 +17,10 @@ into it), alternating baseline and current for `--rounds` rounds on fresh Redis 
 prints the ratios current/baseline. `--json` prints one run's figures as JSON.
 `--results-apart` puts the results on a second redis-server (RESULT_URL) and reports each
 server's CPU (commands, reads and bytes are then the broker's alone).
+`--events` measures what completion events and groups cost (worker/events.py): alternating
+for `--rounds` rounds, events off (EVENTS_MAXLEN=0), on (the default), and on with every
+submit a group (`submit_many(group=True)`), then the medians and the differences per image,
+with the bytes the stream keeps per event and a group per image.
 """
 
 from __future__ import annotations
@@ -75,9 +79,17 @@ def _wait_jobs(ports: list[int], target: float, timeout: float = 900) -> None:
         time.sleep(0.05)
 
 
-def measure(jobs: int, workdir: Path, apart: bool = False, workers: int = 1) -> dict[str, Any]:
+def measure(
+    jobs: int,
+    workdir: Path,
+    apart: bool = False,
+    workers: int = 1,
+    env_extra: dict[str, str] | None = None,
+    group: bool = False,
+) -> dict[str, Any]:
     """One run's figures for every mode (see the module doc); `apart`: results on a second
-    redis-server (RESULT_URL), each server's CPU reported on its own."""
+    redis-server (RESULT_URL), each server's CPU reported on its own; `env_extra`: more
+    worker settings; `group`: every measured submit is a group."""
     from bench.images import SAMPLES
     from producer import Client
     from producer.contract import result_key
@@ -116,6 +128,7 @@ def measure(jobs: int, workdir: Path, apart: bool = False, workers: int = 1) -> 
             )
             if apart:
                 env["RESULT_URL"] = store.url(0)
+            env.update(env_extra or {})
             started = [
                 WorkerProcess(
                     {**env, "METRICS_PORT": str(port)},
@@ -137,7 +150,7 @@ def measure(jobs: int, workdir: Path, apart: bool = False, workers: int = 1) -> 
                 for waited in (False, True):
                     mem0 = int(raw.info("memory")["used_memory"])
                     cpu0, cmd0, rcpu0 = _cpu(raw), _commands(raw), _cpu(results)
-                    ids = client.submit_many(sources, bulk_size=size)
+                    ids = client.submit_many(sources, bulk_size=size, group=group)
                     if waited:
                         for _ in client.wait(ids, timeout=900):
                             pass
@@ -154,6 +167,8 @@ def measure(jobs: int, workdir: Path, apart: bool = False, workers: int = 1) -> 
                         io = {k: delta.pop(k) / jobs for k in ("@reads", "@in_bytes", "@out_bytes")}
                         counts = {k: v for k, v in delta.items() if k != "info" and v > 0}
                         sizes = [results.memory_usage(result_key(t)) or 0 for t in ids[:50]]
+                        events = _stream_bytes(results) / jobs
+                        grouped = _group_bytes(results, getattr(ids, "group_id", None)) / jobs
                         # Everything a finished image leaves: its result, its delivery
                         # counter (per message), minus the drained queue.
                         kept = (int(raw.info("memory")["used_memory"]) - mem0) / jobs
@@ -173,6 +188,8 @@ def measure(jobs: int, workdir: Path, apart: bool = False, workers: int = 1) -> 
                 "kept_bytes": kept,
                 "wait_cpu_ms": (figures["wait_cpu"][0] - cpu) * 1000 / jobs,
                 "failed": failed,
+                "event_bytes": events,
+                "group_bytes": grouped,
             }
             if apart:
                 out[mode]["broker_cpu_ms"] = figures["broker_cpu"][0] * 1000 / jobs
@@ -185,6 +202,56 @@ def measure(jobs: int, workdir: Path, apart: bool = False, workers: int = 1) -> 
             results.close()
             store.stop()
     return out
+
+
+def _stream_bytes(client: redis.Redis) -> float:
+    """Bytes the events stream holds (0 when events are off): the measured run's entries and
+    the warm-up's few."""
+    from producer.jobs import EVENTS_STREAM
+
+    return float(client.memory_usage(EVENTS_STREAM, samples=0) or 0)
+
+
+def _group_bytes(client: redis.Redis, group_id: str | None) -> float:
+    """Bytes a group's three keys hold (its hash, the done hash, the ids list)."""
+    if group_id is None:
+        return 0.0
+    from producer.groups import keys
+
+    return float(sum(client.memory_usage(k, samples=0) or 0 for k in keys(group_id)))
+
+
+EVENT_RUNS = {
+    "off": ({"EVENTS_MAXLEN": "0"}, False),
+    "events": ({}, False),
+    "events+group": ({}, True),
+}
+
+
+def compare_events(jobs: int, rounds: int, work: Path) -> None:
+    """`--events`: the three EVENT_RUNS, alternating, and the medians' differences."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in EVENT_RUNS}
+    for r in range(rounds):
+        for name, (env, group) in EVENT_RUNS.items():
+            runs[name].append(measure(jobs, work / f"{name}-{r}", env_extra=env, group=group))
+    print(f"{jobs} images per run, stand-in model, one worker, {rounds} round(s)")
+    for name, done in runs.items():
+        for run in done:
+            _print_run(name, run)
+    for mode in MODES:
+        base = {k: statistics.median(r[mode][k] for r in runs["off"]) for k in KEYS}
+        for name in ("events", "events+group"):
+            now = {k: statistics.median(r[mode][k] for r in runs[name]) for k in KEYS}
+            stored = statistics.median(r[mode]["event_bytes"] for r in runs[name])
+            grouped = statistics.median(r[mode]["group_bytes"] for r in runs[name])
+            print(
+                f"{mode:>6} {name:>12}: Redis CPU {base['redis_cpu_ms']:.4f} -> "
+                f"{now['redis_cpu_ms']:.4f} ms/image "
+                f"({(now['redis_cpu_ms'] - base['redis_cpu_ms']) * 1000:+.2f} us, "
+                f"x{now['redis_cpu_ms'] / base['redis_cpu_ms']:.3f}); commands "
+                f"{base['commands']:.2f} -> {now['commands']:.2f}; reads {base['reads']:.2f} -> "
+                f"{now['reads']:.2f}; stream {stored:.0f} B/event, group {grouped:.0f} B/image"
+            )
 
 
 def checkout(ref: str, into: Path) -> Path:
@@ -250,11 +317,19 @@ def main() -> None:
         default=1,
         help="worker processes (more clients: Redis then serves several requests per wakeup)",
     )
+    p.add_argument(
+        "--events",
+        action="store_true",
+        help="events off, on, and on with groups, alternating for --rounds rounds",
+    )
     args = p.parse_args()
-    if (args.results_apart or args.workers > 1) and args.baseline:
-        p.error("--results-apart and --workers measure the current tree only")
+    if (args.results_apart or args.workers > 1 or args.events) and args.baseline:
+        p.error("--results-apart, --workers and --events measure the current tree only")
     work = Path(tempfile.mkdtemp(prefix="imgqueue-redis-cost-"))
     try:
+        if args.events:
+            compare_events(args.jobs, args.rounds, work)
+            return
         if args.json or args.results_apart or args.workers > 1:
             run = measure(args.jobs, work / "run", args.results_apart, args.workers)
             if args.json:

@@ -9,7 +9,7 @@ job to end appends one `kind=group` event to the events stream.
 Keys (producer.jobs.group_key, one hash tag so a Redis Cluster keeps them on one master):
 
     imgqueue:group:{<gid>}        hash: total, queue, model, created, webhook; succeeded, failed,
-                                  cancelled, finished; first_done, last_done, completed
+                                  cancelled, finished; first_done, completed
     imgqueue:group:{<gid>}:ids    list of its task ids, in submit order
     imgqueue:group:{<gid>}:done   hash task id -> the final state it was counted with
 
@@ -120,7 +120,6 @@ class GroupStatus:
     cancelled: int
     created: float
     first_done: float | None
-    last_done: float | None
     completed: float | None
     queue: str = ""
     model: str = ""
@@ -177,7 +176,6 @@ class GroupStatus:
             "rate_per_second": None if self.rate is None else round(self.rate, 2),
             "created": self.created,
             "first_done": self.first_done,
-            "last_done": self.last_done,
             "completed": self.completed,
             "queue": self.queue,
             "model": self.model,
@@ -292,7 +290,6 @@ def status(
         cancelled=cancelled,
         created=_float(meta.get("created")) or 0.0,
         first_done=_float(meta.get("first_done")),
-        last_done=_float(meta.get("last_done")),
         completed=_float(meta.get("completed")),
         queue=meta.get("queue", ""),
         model=meta.get("model", ""),

@@ -52,7 +52,7 @@ STORE = (
     + """
 local publish, stored, n, codes = ARGV[1] == '1', {}, 0, {}
 local nkeys = tonumber(ARGV[4])
-local stream, refreshed = KEYS[nkeys + 1], {}
+local stream = KEYS[nkeys + 1]
 """
     + events.LUA_ANNOUNCE
     + """
@@ -84,6 +84,7 @@ for i = 1, nkeys do
   end
   codes[i] = announce(i, a, was, now_state, err)
 end
+conclude()
 if #stored > 0 then
   local channels = {}
   for j, i in ipairs(stored) do channels[j] = KEYS[i] end

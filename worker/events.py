@@ -40,53 +40,77 @@ MAX_GROUP_CHARS = 255
 MAX_WEBHOOK_CHARS = 8192
 
 # Lua shared by STORE (worker/backend.py) and ACCOUNT: the counters, a group's expiry, events.
+#
+# A call counts its jobs group by group: per job one HSETNX on the group's `done` hash (the
+# common case: a job ending for the first time), and per group and call the counters' HINCRBYs,
+# so a bulk message's images cost one command each. `tally` opens a group's tally in a call
+# (reading its total: no total, no such group, nothing is written), `count` counts one job,
+# `settle` writes the tally and says whether this call ended the group's last job.
 LUA = """
 local COUNTER = {SUCCESS = 'succeeded', FAILURE = 'failed', REVOKED = 'cancelled'}
+local REFRESH_EVERY = 256
 local function event(stream, maxlen, kind, id, state, err, queue, group, hook, now, ...)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'id', id,
     'state', state, 'error', err, 'queue', queue, 'group', group, 'webhook', hook,
     'time', now, ...)
 end
 -- A group's keys live as long as its results (RESULT_EXPIRES): while jobs are left the TTL is
--- only ever raised, once the last one ended it is set; 0 keeps them, as it keeps results.
-local function keep(g, ttl, exact)
-  for _, key in ipairs(g) do
+-- only ever raised (at the first job's end, then every REFRESH_EVERY), once the last one ended
+-- it is set; 0 keeps them, as it keeps results.
+local function keep(keys, ttl, exact)
+  for _, key in ipairs(keys) do
     if ttl <= 0 then redis.call('PERSIST', key)
     elseif exact then redis.call('EXPIRE', key, ttl)
     else redis.call('EXPIRE', key, ttl, 'GT') end
   end
 end
--- Count job `tid` as ended in `state` in group g = {hash, done, ids}. Returns -1: no such
--- group; 0: already counted so; 1: counted (or moved between counters); 2: counted, and it
--- was the group's last job (once per group).
-local function account(g, tid, state, now, ttl, refresh)
-  local total = redis.call('HGET', g[1], 'total')
-  if not total then return -1 end
-  local prev = redis.call('HGET', g[2], tid)
-  if prev == state then return 0 end
-  if prev and COUNTER[prev] then redis.call('HINCRBY', g[1], COUNTER[prev], -1) end
-  redis.call('HINCRBY', g[1], COUNTER[state], 1)
-  redis.call('HSET', g[2], tid, state)
-  redis.call('HSET', g[1], 'last_done', now)
-  if prev then return 1 end
-  local finished = redis.call('HINCRBY', g[1], 'finished', 1)
-  redis.call('HSETNX', g[1], 'first_done', now)
-  if finished >= tonumber(total) and redis.call('HSETNX', g[1], 'completed', now) == 1 then
-    keep(g, ttl, true)
-    return 2
+local function tally(keys, gid)
+  local total = redis.call('HGET', keys[1], 'total')
+  return {keys = keys, gid = gid, total = total and tonumber(total), add = {}, new = 0}
+end
+-- Returns -1: no such group; 0: counted before with this state; 1: counted now (or moved
+-- from the state it was counted with: a FAILURE replaced by a SUCCESS).
+local function count(t, tid, state)
+  if not t.total then return -1 end
+  if redis.call('HSETNX', t.keys[2], tid, state) == 1 then
+    t.new = t.new + 1
+  else
+    local prev = redis.call('HGET', t.keys[2], tid)
+    if prev == state then return 0 end
+    redis.call('HSET', t.keys[2], tid, state)
+    if COUNTER[prev] then t.add[COUNTER[prev]] = (t.add[COUNTER[prev]] or 0) - 1 end
   end
-  if refresh then keep(g, ttl, false) end
+  t.add[COUNTER[state]] = (t.add[COUNTER[state]] or 0) + 1
   return 1
 end
-local function summary(g)
-  local f = redis.call('HMGET', g[1], 'queue', 'webhook', 'total', 'succeeded', 'failed',
+local function settle(t, now, ttl)
+  if not t.total then return false end
+  for name, n in pairs(t.add) do
+    if n ~= 0 then redis.call('HINCRBY', t.keys[1], name, n) end
+  end
+  if t.new == 0 then return false end
+  local finished = redis.call('HINCRBY', t.keys[1], 'finished', t.new)
+  local before = finished - t.new
+  if before == 0 then redis.call('HSET', t.keys[1], 'first_done', now) end
+  if finished >= t.total and redis.call('HSETNX', t.keys[1], 'completed', now) == 1 then
+    keep(t.keys, ttl, true)
+    return true
+  end
+  if before == 0 or math.floor(before / REFRESH_EVERY) ~= math.floor(finished / REFRESH_EVERY)
+  then
+    keep(t.keys, ttl, false)
+  end
+  return false
+end
+local function summary(keys)
+  local f = redis.call('HMGET', keys[1], 'queue', 'webhook', 'total', 'succeeded', 'failed',
     'cancelled')
   for i = 1, 6 do f[i] = f[i] or (i > 2 and '0' or '') end
   return f
 end
-local function group_done(stream, maxlen, g, gid, now)
-  local f = summary(g)
-  event(stream, maxlen, 'group', gid, 'DONE', '', f[1], gid, f[2], now, 'total', f[3],
+local function group_done(stream, maxlen, t, now)
+  local f = summary(t.keys)
+  event(stream, maxlen, 'group', t.gid, 'DONE', '', f[1], t.gid, f[2], now, 'total', f[3],
     'succeeded', f[4], 'failed', f[5], 'cancelled', f[6])
 end
 """
@@ -94,43 +118,52 @@ end
 # Called by STORE for each result key once its state is settled (see worker/backend.py):
 # `was` is the state stored before, `now_state` the one stored now, `err` its error type.
 # Returns STORE's code for the key: '' (not final), the final state, or '+' and the state when
-# the key has just reached it.
+# the key has just reached it. `conclude` then settles each group the call counted in, and
+# appends the completion event of a group whose last job it ended (after its jobs' events).
 LUA_ANNOUNCE = """
+local tallies, order = {}, {}
+local maxlen, now, ttl = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local function announce(i, a, was, now_state, err)
   if not COUNTER[now_state] then return '' end
   local fresh = was ~= now_state
-  local maxlen, now, ttl = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
   local tid, queue, gid, g, hook = ARGV[a + 3], ARGV[a + 5], ARGV[a + 6],
     tonumber(ARGV[a + 7]), ARGV[a + 8]
-  local emit, r, keys = fresh, -1, nil
+  local emit = fresh
   if g > 0 then
-    local base = tonumber(ARGV[4]) + 3 * g - 1
-    keys = {KEYS[base], KEYS[base + 1], KEYS[base + 2]}
-    r = account(keys, tid, now_state, now, ttl, not refreshed[g])
-    refreshed[g] = true
+    local t = tallies[g]
+    if not t then
+      local base = tonumber(ARGV[4]) + 3 * g - 1
+      t = tally({KEYS[base], KEYS[base + 1], KEYS[base + 2]}, gid)
+      tallies[g] = t
+      order[#order + 1] = g
+    end
+    local r = count(t, tid, now_state)
     if r >= 0 then emit = r > 0 end
   end
   if emit and maxlen > 0 and tid ~= '' then
     event(stream, maxlen, 'job', tid, now_state, err, queue, gid, hook, now)
   end
-  if r == 2 and maxlen > 0 then group_done(stream, maxlen, keys, gid, now) end
   return (fresh and '+' or '') .. now_state
+end
+local function conclude()
+  for _, g in ipairs(order) do
+    local t = tallies[g]
+    if settle(t, now, ttl) and maxlen > 0 then group_done(stream, maxlen, t, now) end
+  end
 end
 """
 
-# A Redis Cluster's second call, on the group's master: KEYS the group's three keys; ARGV now,
-# ttl, then (task id, state) pairs. Returns `account`'s answer per pair, then, when the last
-# job ended, the group's queue, webhook, total, succeeded, failed and cancelled.
+# A Redis Cluster's second call, on the group's master: KEYS the group's three keys; ARGV the
+# group id, now, ttl, then (task id, state) pairs. Returns `count`'s answer per pair, then,
+# when the last job ended, the group's queue, webhook, total, succeeded, failed and cancelled.
 ACCOUNT = (
     LUA
     + """
-local out, last = {}, false
-for i = 3, #ARGV, 2 do
-  local r = account(KEYS, ARGV[i], ARGV[i + 1], ARGV[1], tonumber(ARGV[2]), i == 3)
-  out[#out + 1] = r
-  if r == 2 then last = true end
+local t, out = tally(KEYS, ARGV[1]), {}
+for i = 4, #ARGV, 2 do
+  out[#out + 1] = count(t, ARGV[i], ARGV[i + 1])
 end
-if last then
+if settle(t, ARGV[2], tonumber(ARGV[3])) then
   for _, v in ipairs(summary(KEYS)) do out[#out + 1] = v end
 end
 return out

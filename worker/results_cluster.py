@@ -223,7 +223,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         now = events.timestamp()
         finished: list[tuple[str, list[Any]]] = []
         for group, jobs in by_group.items():
-            args: list[Any] = [now, self._group_ttl()]
+            args: list[Any] = [group, now, self._group_ttl()]
             for note, state, _ in jobs:
                 args += [note.task_id, state]
             keys = stream.group_keys(group)
