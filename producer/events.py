@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.jobs import EVENT_FIELDS, EVENTS_STREAM
+from producer.jobs import EVENT_FIELDS, EVENTS_STREAM, GROUP_EVENT_COUNTS
 
 # The longest a single XREAD blocks; `follow` reads again until its own timeout.
 _BLOCK_MS = 5_000
@@ -44,10 +44,9 @@ class Event:
             when = float(known.pop("time") or 0)
         except ValueError:
             when = 0.0
-        counts = {}
-        for name, value in values.items():
-            if name not in EVENT_FIELDS and value.isdigit():
-                counts[name] = int(value)
+        counts = {
+            name: int(values[name]) for name in GROUP_EVENT_COUNTS if values.get(name, "").isdigit()
+        }
         return cls(_text(entry_id), time=when, counts=counts, **known)
 
     def to_dict(self) -> dict[str, Any]:

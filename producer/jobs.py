@@ -37,11 +37,15 @@ EVENTS_STREAM = BROKER_KEY_PREFIX + "events"
 #   webhook  the URL to POST to (the job's or its group's), for the webhook dispatcher
 #   time   epoch seconds when the state was stored
 EVENT_FIELDS = ("kind", "id", "state", "error", "queue", "group", "webhook", "time")
+# A kind=group event carries the group's final counts too (decimal strings).
+GROUP_EVENT_COUNTS = ("total", "succeeded", "failed", "cancelled")
 
 # -- groups ----------------------------------------------------------------------------------
 # A group's keys share one hash tag, so a Redis Cluster keeps them on one node for one script:
 #   imgqueue:group:{<gid>}        hash: total, queue, model, created, webhook, and the counters
-#                                 succeeded, failed, cancelled, running, finished
+#                                 succeeded, failed, cancelled, finished; first_done, completed
+#                                 (epoch seconds). Running and queued jobs are not counted here:
+#                                 producer/groups.py reads them from the unfinished jobs' states
 #   imgqueue:group:{<gid>}:ids    list of its task ids, in submit order
 #   imgqueue:group:{<gid>}:done   hash task id -> final state, so a job counts once
 GROUP_KEY_PREFIX = BROKER_KEY_PREFIX + "group:"

@@ -18,10 +18,11 @@ from celery import Celery, states
 from celery.app.task import Context
 
 from producer import Client
-from producer.contract import TASK_NAME
+from producer.contract import TASK_NAME, result_key
 from producer.groups import GroupIds, UnknownGroup, create, keys
 from producer.jobs import EVENTS_STREAM, GROUP_HEADER
 from tests.support import (
+    ROOT,
     RedisServer,
     WorkerFactory,
     WorkerProcess,
@@ -143,6 +144,36 @@ def test_a_job_of_no_known_group_is_just_announced(
     backend.store_result("x-1", {"p": 1}, states.SUCCESS, request=member("x-1", "gone"))
     assert not store.exists(*keys("gone"))  # no group is made up
     assert [e["id"] for e in group_events(store, "gone")] == ["x-1"]
+
+
+def test_the_shipped_producer_user_may_make_groups_and_read_events(tmp_path: Path) -> None:
+    """deploy/redis.conf's users: the producer writes and reads its groups (a selector on
+    imgqueue:group:*) and reads the events stream, and still cannot write a result or an
+    event."""
+    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
+    users = tmp_path / "users.conf"
+    users.write_text("\n".join(line for line in shipped if line.startswith("user ")) + "\n")
+    server = RedisServer(tmp_path / "acl", config=users).start()
+    worker = redis.Redis(port=server.port, username="worker", password="imgqueue-worker-dev")
+    try:
+        url = f"redis://producer:imgqueue-producer-dev@127.0.0.1:{server.port}/0"
+        with Client(url) as producer:
+            ids = producer.submit_many(["a.jpg", "b.jpg"], group=True)
+            assert producer.group(ids.group_id).queued == 2
+            assert producer.group_ids(ids.group_id) == list(ids)
+            worker.xadd(EVENTS_STREAM, {"kind": "job", "id": ids[0], "state": "SUCCESS"})
+            assert [e.id for e in producer.events("0", timeout=0.1)] == [ids[0]]
+            r: redis.Redis = producer.results
+            for attempt in (
+                lambda: r.set(result_key(ids[0]), "{}"),
+                lambda: r.xadd(EVENTS_STREAM, {"kind": "job"}),
+                lambda: r.delete(EVENTS_STREAM),
+            ):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    attempt()
+    finally:
+        worker.close()
+        server.stop()
 
 
 # -- real workers ------------------------------------------------------------------------------
