@@ -99,7 +99,9 @@ def test_every_crafted_file_fails_fast_with_a_named_error_and_bounded_memory(
         elapsed = float(str(line["elapsed_ms"]))
         report.append(f"{name}: {failure.value.error_type} in {elapsed:.0f} ms")
         assert failure.value.error_type in ("DecodeTimeout", "TooLarge"), report[-1]
-        assert elapsed < 2000, report[-1]
+        # The deadline is ~1 s; unbounded, these files take minutes. 5 s leaves room for a
+        # loaded machine (2.45 s seen with five test runs sharing two cores).
+        assert elapsed < 5000, report[-1]
     grown_peak = (status_kib(sandboxed.pid, "VmHWM") - peak_before) / 1024
     grown = (status_kib(sandboxed.pid, "VmRSS") - rss_before) / 1024
     children = sum(status_kib(c, "VmRSS") for c in children_of(sandboxed.pid)) / 1024
