@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,8 +128,11 @@ def test_fp32_on_onnxruntime_matches_the_seed_tutorial(
 def test_later_loads_reuse_the_export(
     exported: Classifier, spec: ModelSpec, cache_dir: Path
 ) -> None:
+    meta_file = cache_dir / onnx.entry_name(spec, 224) / onnx.META_FILE
+    os.utime(meta_file, (0, 0))
     again = Classifier(spec, "cpu", "fp32", backend="auto", onnx_options=_options(cache_dir))
     assert again.backend == "onnxruntime" and again.export_seconds is None
+    assert meta_file.stat().st_mtime > time.time() - 3600  # marked as used
     assert again.model is None  # the torch copy is let go once the session is checked
     x = torch.randn(3, 3, 224, 224)
     assert torch.equal(again.infer(x), exported.infer(x))
@@ -198,6 +202,12 @@ def test_processes_exporting_at_once_export_once_and_never_see_half_a_file(
     left_behind = cache / f".{published.name}.12345.x.tmp"  # by an exporter that was killed
     left_behind.mkdir(parents=True)
     (left_behind / onnx.MODEL_FILE).write_bytes(b"half a")
+    forgotten = cache / "resnet50-0123456789abcdef0123"  # no load for longer than UNUSED_DAYS
+    forgotten.mkdir()
+    (forgotten / onnx.MODEL_FILE).write_bytes(b"old")
+    (forgotten / onnx.META_FILE).write_text("{}")
+    old = time.time() - (onnx.UNUSED_DAYS + 1) * 86400
+    os.utime(forgotten / onnx.META_FILE, (old, old))
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
@@ -219,7 +229,7 @@ def test_processes_exporting_at_once_export_once_and_never_see_half_a_file(
     assert [p.returncode for p in procs] == [0, 0]
     assert sorted(o[-1] for o in outs) == ["False", "True"]  # one exported, one waited for it
     assert len(set(seen)) == 1
-    # No temporary directory left behind, the dead exporter's swept away.
+    # No temporary directory left behind, the dead exporter's and the unused entry swept away.
     assert [p.name for p in cache.iterdir() if p.is_dir()] == [published.name]
 
 

@@ -11,7 +11,8 @@ opset, the torch and onnxruntime versions), so later starts and every process of
   LOCK_WAIT_S they export under their own temporary name: slower, never wrong);
 * each load checks the session against the torch model on a probe batch and refuses one that
   differs by more than PROBE_TOLERANCE (the project's fp32 promise), re-exporting a cached entry
-  once before giving up.
+  once before giving up;
+* each load marks its entry as used; an export removes entries unused for UNUSED_DAYS.
 
 Anything that fails raises OnnxUnavailable, naming what; the classifier then stays on torch and
 says so (worker/model/classifier.py). Knows nothing of Celery.
@@ -53,6 +54,8 @@ OPSET = 17
 # Bump when the exported graph changes for the same inputs (names, axes, exporter options).
 EXPORT_FORMAT = 1
 MODEL_FILE = "model.onnx"
+META_FILE = "export.json"
+UNUSED_DAYS = 30  # an entry no load has touched for this long goes at the next export
 # Probabilities may differ from torch's by this much on the probe batch: the fp32 promise.
 PROBE_TOLERANCE = 1e-5
 LOCK_WAIT_S = 900.0
@@ -191,7 +194,7 @@ def ensure_exported(
                 export(model, input_size, tmp / MODEL_FILE)
                 seconds = time.perf_counter() - started
                 meta = {**identity(spec, input_size), "export_seconds": round(seconds, 3)}
-                (tmp / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+                (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
                 tmp.chmod(0o755)  # mkdtemp's 0700 would hide it from workers run as other users
                 _publish(tmp, entry)
             finally:
@@ -215,13 +218,27 @@ def discard(path: Path) -> None:
 
 
 def _sweep(cache_dir: Path, name: str) -> None:
-    """Remove what exporters of this entry that died left behind (temporary and discarded
-    directories). Called under the entry's lock, which a live exporter holds: only one that
-    gave up waiting past LOCK_WAIT_S could lose its work here, and it then stays on torch."""
+    """Before an export, under its entry's lock: remove what exporters of this entry that died
+    left behind (temporary and discarded directories; a live exporter holds the lock, so only
+    one that gave up waiting past LOCK_WAIT_S could lose its work here, and it then stays on
+    torch), and other entries no process has loaded for UNUSED_DAYS (each load touches its
+    entry), so that a host's cache does not grow with every model it ever served."""
     for stale in cache_dir.glob(f".{name}.*"):
         if stale.is_dir():
             log.info("ONNX cache: removing %s, left by an export that did not finish", stale)
             shutil.rmtree(stale, ignore_errors=True)
+    cutoff = time.time() - UNUSED_DAYS * 86400
+    for meta in cache_dir.glob(f"*/{META_FILE}"):
+        with contextlib.suppress(OSError):
+            if meta.stat().st_mtime < cutoff:
+                log.info("ONNX cache: removing %s, unused for %d days", meta.parent, UNUSED_DAYS)
+                discard(meta.parent / MODEL_FILE)
+
+
+def touch(path: Path) -> None:
+    """Mark a cached entry (by its model file) as used now (best-effort)."""
+    with contextlib.suppress(OSError):
+        os.utime(path.parent / META_FILE)
 
 
 def _publish(tmp: Path, entry: Path) -> None:
@@ -359,6 +376,7 @@ def load_session(
             discard(exported.path)
             continue
         if worst <= PROBE_TOLERANCE:
+            touch(exported.path)
             return session, exported
         if exported.seconds is None and attempt == 1:
             log.warning(
