@@ -238,17 +238,18 @@ def test_malformed_deadlines_from_other_producers_fail_the_job(
 def test_the_cli_cancels_and_sends_deadlines(redis_url: str, client: Client) -> None:
     queue = f"nobody-{uuid.uuid4().hex[:8]}"  # no worker consumes it
     at = "2030-01-02T03:04:05Z"
-    sent = imgqueue(redis_url, "submit", "a.jpg", "b.jpg", "--queue", queue, "--deadline", at)
+    args = ("submit", "a.jpg", "b.jpg", "--queue", queue, "--deadline", at, "--group")
+    sent = imgqueue(redis_url, *args)
     assert sent.returncode == 0, sent.stderr
-    bulk_ids = sent.stdout.split()
+    bulk_ids = client.group_ids(sent.stdout.strip())
     done = client.submit_many(["cat.jpg"], queue=queue)[0]
     client.redis.set(result_key(done), json.dumps({"status": "SUCCESS", "result": {}}))
-    out = imgqueue(redis_url, "cancel", *bulk_ids, done)
+    out = imgqueue(redis_url, "cancel", "--group", sent.stdout.strip(), done)
     assert out.returncode == 1, out.stderr  # one was too late
     lines = [json.loads(line) for line in out.stdout.splitlines()]
-    assert lines == [
-        *({"id": i, "cancel": "cancelled", "state": "PENDING"} for i in bulk_ids),
+    assert len(bulk_ids) == 2 and lines == [
         {"id": done, "cancel": "too-late", "state": "SUCCESS"},
+        *({"id": i, "cancel": "cancelled", "state": "PENDING"} for i in bulk_ids),
     ]
     (message,) = [m for m in queued_messages(client.redis, [queue]) if b"a.jpg" in _body(m)]
     entries = json.loads(_body(message))[0][0]
