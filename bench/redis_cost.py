@@ -17,10 +17,12 @@ into it), alternating baseline and current for `--rounds` rounds on fresh Redis 
 prints the ratios current/baseline. `--json` prints one run's figures as JSON.
 `--results-apart` puts the results on a second redis-server (RESULT_URL) and reports each
 server's CPU (commands, reads and bytes are then the broker's alone).
-`--events` measures what completion events and groups cost (worker/events.py): alternating
-for `--rounds` rounds, events off (EVENTS_MAXLEN=0), on (the default), and on with every
-submit a group (`submit_many(group=True)`), then the medians and the differences per image,
-with the bytes the stream keeps per event and a group per image.
+`--events` measures what completion events and groups cost (worker/events.py): first the
+result store's script alone (Redis's own microseconds per image, no worker), then whole runs
+alternating for `--rounds` rounds, events off (EVENTS_MAXLEN=0), on (the default), and on with
+every submit a group (`submit_many(group=True)`), then the medians and the differences per
+image, with the bytes the stream keeps per event and a group per image (`--jobs 0`: the
+script alone).
 """
 
 from __future__ import annotations
@@ -228,8 +230,98 @@ EVENT_RUNS = {
 }
 
 
+def script_cost(work: Path, images: int = 6400, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """What the result store's script itself costs per image (Redis's own `INFO commandstats`
+    microseconds of EVALSHA, commands inside the script included; no worker, no queue): a
+    bulk's 64 final states per call, and one state per call (single messages), for each of
+    EVENT_RUNS, medians of `rounds` alternating rounds. Far less noisy than whole runs."""
+    from types import SimpleNamespace
+
+    from celery import Celery, states
+    from celery.app.task import Context
+
+    from producer.contract import BULK_TASK_NAME, TASK_NAME
+    from producer.groups import create
+    from producer.jobs import GROUP_HEADER
+    from tests.support import RedisServer
+
+    server = RedisServer(work / "script-cost").start()
+    raw = redis.Redis.from_url(server.url(0))
+    result = {
+        "predictions": [{"index": i, "label": f"class {i}", "probability": 0.1} for i in range(5)]
+    }
+    out: dict[str, dict[str, list[float]]] = {n: {"bulk": [], "single": []} for n in EVENT_RUNS}
+    try:
+        for _ in range(rounds):
+            for name, (env, group) in EVENT_RUNS.items():
+                for mode in ("bulk", "single"):
+                    raw.flushall()
+                    app = Celery(
+                        "script-cost", backend=f"worker.backend:ResultBackend+{server.url(0)}"
+                    )
+                    app.conf.result_expires = 3600
+                    app.settings = SimpleNamespace(
+                        events_maxlen=int(env.get("EVENTS_MAXLEN", 100_000))
+                    )
+                    backend = app.backend
+                    ids = [f"{mode}-{i}" for i in range(images if mode == "bulk" else images // 8)]
+                    headers = {}
+                    if group:
+                        create(raw, "g", ids, queue="celery")
+                        headers = {GROUP_HEADER: "g"}
+                    raw.config_resetstat()
+                    if mode == "bulk":
+                        for start in range(0, len(ids), 64):
+                            chunk = ids[start : start + 64]
+                            request = Context(
+                                {
+                                    "id": f"bulk-{start}",
+                                    "task": BULK_TASK_NAME,
+                                    "delivery_info": {"routing_key": "celery"},
+                                    "args": [[{"id": i, "source": "x"} for i in chunk]],
+                                    **headers,
+                                }
+                            )
+                            backend.store_many(
+                                [(i, result, states.SUCCESS) for i in chunk], request=request
+                            )
+                    else:
+                        for task_id in ids:
+                            request = Context(
+                                {
+                                    "id": task_id,
+                                    "task": TASK_NAME,
+                                    "delivery_info": {"routing_key": "celery"},
+                                    **headers,
+                                }
+                            )
+                            backend.store_result(task_id, result, states.SUCCESS, request=request)
+                    stats = raw.info("commandstats")["cmdstat_evalsha"]
+                    out[name][mode].append(float(stats["usec"]) / len(ids))
+                    app.close()
+    finally:
+        raw.close()
+        server.stop()
+    return {n: {m: statistics.median(v) for m, v in modes.items()} for n, modes in out.items()}
+
+
+def print_script_cost(cost: dict[str, dict[str, float]]) -> None:
+    for mode in ("bulk", "single"):
+        off = cost["off"][mode]
+        shown = ", ".join(
+            f"{name} {cost[name][mode]:.2f} us "
+            f"({cost[name][mode] - off:+.2f}, x{cost[name][mode] / off:.2f})"
+            for name in ("events", "events+group")
+        )
+        print(f"store script per image, {mode:>6}: result write alone {off:.2f} us; {shown}")
+
+
 def compare_events(jobs: int, rounds: int, work: Path) -> None:
-    """`--events`: the three EVENT_RUNS, alternating, and the medians' differences."""
+    """`--events`: the script's own cost (`script_cost`), then the three EVENT_RUNS end to end,
+    alternating, and the medians' differences."""
+    print_script_cost(script_cost(work, rounds=max(rounds, 3)))
+    if not jobs:
+        return
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in EVENT_RUNS}
     for r in range(rounds):
         for name, (env, group) in EVENT_RUNS.items():

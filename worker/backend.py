@@ -40,29 +40,29 @@ log = logging.getLogger(__name__)
 
 # KEYS: the result keys, then (worker/events.py) the events stream and three keys per group.
 # ARGV[1]: publish (1) or not (0); ARGV[2], ARGV[3]: seconds to keep a FAILURE and any other
-# state (0: forever); ARGV[4..7]: how many result keys, the events' MAXLEN (0: none), now, the
-# groups' TTL; then per key events.PER_KEY values: its state, its encoded meta, and what its
-# event says (id, error type, queue, group, the group's index, webhook). A key whose old value
-# is final and may not be replaced gets the old value back, with the expiry of its state
-# restarted. A key that ends in a final state is announced (events.LUA_ANNOUNCE): an event when
-# it has just reached that state, and its group's counters. Returns how many keys took the new
-# state, then per key '' (not final), its final state, or '+' and the state just reached.
+# state (0: forever); ARGV[4..8]: how many result keys, the events' MAXLEN (0: none), now, the
+# groups' TTL, report (1: return each key's code); then per key 8 values: its state, its
+# encoded meta, and what its event says (id, error type, queue, group, the group's index,
+# webhook). A key whose old value is final and may not be replaced gets the old value back,
+# with the expiry of its state restarted. A key that ends in a final state is announced
+# (events.ANNOUNCE): an event when it has just reached that state, and its group's counters.
+# Returns how many keys took the new state; with report, a list: that, then per key '' (not
+# final), its final state, or '+' and the state just reached.
 STORE = (
-    events.LUA
-    + """
-local publish, stored, n, codes = ARGV[1] == '1', {}, 0, {}
+    """
+local publish, stored, n = ARGV[1] == '1', {}, 0
 local nkeys = tonumber(ARGV[4])
-local stream = KEYS[nkeys + 1]
 """
-    + events.LUA_ANNOUNCE
+    + events.ANNOUNCE
     + """
 local function put(key, state, value)
   local ttl = tonumber(state == 'FAILURE' and ARGV[2] or ARGV[3])
   if ttl > 0 then return redis.call('SET', key, value, 'EX', ttl, 'GET') end
   return redis.call('SET', key, value, 'GET')
 end
+local codes = {n}
 for i = 1, nkeys do
-  local a = 7 + 8 * (i - 1)
+  local a = 8 + 8 * (i - 1)
   local state, value = ARGV[a + 1], ARGV[a + 2]
   local old = put(KEYS[i], state, value)
   local was, meta = nil, nil
@@ -82,7 +82,7 @@ for i = 1, nkeys do
     n = n + 1
     if publish then stored[#stored + 1] = i end
   end
-  codes[i] = announce(i, a, was, now_state, err)
+  codes[i + 1] = announce(a, was, now_state, err)
 end
 conclude()
 if #stored > 0 then
@@ -92,13 +92,15 @@ if #stored > 0 then
   for j = 2, #subs, 2 do
     if subs[j] > 0 then
       local i = stored[j / 2]
-      redis.call('PUBLISH', KEYS[i], ARGV[7 + 8 * (i - 1) + 2])
+      redis.call('PUBLISH', KEYS[i], ARGV[8 + 8 * (i - 1) + 2])
     end
   end
 end
-local out = {n}
-for i = 1, nkeys do out[i + 1] = codes[i] end
-return out
+if report then
+  codes[1] = n
+  return codes
+end
+return n
 """
 )
 
@@ -201,7 +203,7 @@ class _AtomicStore:
         """Store `(key, value, state)` entries, announcing the final ones (`notes`: what each
         one's event says, None for a state with none); returns how many took the new state."""
         keys, args = self._script(values, notes)
-        return int(self._store_script(keys=keys, args=args)[0])
+        return int(self._store_script(keys=keys, args=args))
 
     def _script(
         self,

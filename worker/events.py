@@ -39,38 +39,36 @@ FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 MAX_GROUP_CHARS = 255
 MAX_WEBHOOK_CHARS = 8192
 
-# Lua shared by STORE (worker/backend.py) and ACCOUNT: the counters, a group's expiry, events.
+# Lua for STORE (worker/backend.py) and ACCOUNT. Written for a call's cost: STORE runs once
+# per stored state of a single message, so what a call without groups never uses is never
+# built (the group functions are assigned only when the call names a group), and a key that
+# needs no event costs a table lookup.
 #
 # A call counts its jobs group by group: per job one HSETNX on the group's `done` hash (the
 # common case: a job ending for the first time), and per group and call the counters' HINCRBYs,
 # so a bulk message's images cost one command each. `tally` opens a group's tally in a call
 # (reading its total: no total, no such group, nothing is written), `count` counts one job,
 # `settle` writes the tally and says whether this call ended the group's last job.
-LUA = """
-local COUNTER = {SUCCESS = 'succeeded', FAILURE = 'failed', REVOKED = 'cancelled'}
-local REFRESH_EVERY = 256
-local function event(stream, maxlen, kind, id, state, err, queue, group, hook, now, ...)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'id', id,
-    'state', state, 'error', err, 'queue', queue, 'group', group, 'webhook', hook,
-    'time', now, ...)
-end
+GROUP_LOCALS = "local COUNTER, keep, tally, count, settle, summary\n"
+GROUPS = """
+COUNTER = {SUCCESS = 'succeeded', FAILURE = 'failed', REVOKED = 'cancelled'}
 -- A group's keys live as long as its results (RESULT_EXPIRES): while jobs are left the TTL is
--- only ever raised (at the first job's end, then every REFRESH_EVERY), once the last one ended
--- it is set; 0 keeps them, as it keeps results.
-local function keep(keys, ttl, exact)
+-- only ever raised (at the first job's end, then every 256), once the last one ended it is
+-- set; 0 keeps them, as it keeps results.
+keep = function(keys, ttl, exact)
   for _, key in ipairs(keys) do
     if ttl <= 0 then redis.call('PERSIST', key)
     elseif exact then redis.call('EXPIRE', key, ttl)
     else redis.call('EXPIRE', key, ttl, 'GT') end
   end
 end
-local function tally(keys, gid)
+tally = function(keys, gid)
   local total = redis.call('HGET', keys[1], 'total')
   return {keys = keys, gid = gid, total = total and tonumber(total), add = {}, new = 0}
 end
 -- Returns -1: no such group; 0: counted before with this state; 1: counted now (or moved
 -- from the state it was counted with: a FAILURE replaced by a SUCCESS).
-local function count(t, tid, state)
+count = function(t, tid, state)
   if not t.total then return -1 end
   if redis.call('HSETNX', t.keys[2], tid, state) == 1 then
     t.new = t.new + 1
@@ -83,7 +81,7 @@ local function count(t, tid, state)
   t.add[COUNTER[state]] = (t.add[COUNTER[state]] or 0) + 1
   return 1
 end
-local function settle(t, now, ttl)
+settle = function(t, now, ttl)
   if not t.total then return false end
   for name, n in pairs(t.add) do
     if n ~= 0 then redis.call('HINCRBY', t.keys[1], name, n) end
@@ -96,43 +94,49 @@ local function settle(t, now, ttl)
     keep(t.keys, ttl, true)
     return true
   end
-  if before == 0 or math.floor(before / REFRESH_EVERY) ~= math.floor(finished / REFRESH_EVERY)
-  then
+  if before == 0 or math.floor(before / 256) ~= math.floor(finished / 256) then
     keep(t.keys, ttl, false)
   end
   return false
 end
-local function summary(keys)
+summary = function(keys)
   local f = redis.call('HMGET', keys[1], 'queue', 'webhook', 'total', 'succeeded', 'failed',
     'cancelled')
   for i = 1, 6 do f[i] = f[i] or (i > 2 and '0' or '') end
   return f
 end
-local function group_done(stream, maxlen, t, now)
-  local f = summary(t.keys)
-  event(stream, maxlen, 'group', t.gid, 'DONE', '', f[1], t.gid, f[2], now, 'total', f[3],
-    'succeeded', f[4], 'failed', f[5], 'cancelled', f[6])
-end
 """
 
-# Called by STORE for each result key once its state is settled (see worker/backend.py):
-# `was` is the state stored before, `now_state` the one stored now, `err` its error type.
-# Returns STORE's code for the key: '' (not final), the final state, or '+' and the state when
-# the key has just reached it. `conclude` then settles each group the call counted in, and
-# appends the completion event of a group whose last job it ended (after its jobs' events).
-LUA_ANNOUNCE = """
-local tallies, order = {}, {}
-local maxlen, now, ttl = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
-local function announce(i, a, was, now_state, err)
-  if not COUNTER[now_state] then return '' end
+# STORE's part (worker/backend.py): set up before its loop over the result keys (ARGV[4..8]:
+# how many result keys, the events' MAXLEN, now, the groups' TTL, report), `announce` for each
+# key once its state is settled (`was`: the state stored before, `now_state` the one stored
+# now, `err` its error type; a job's event when it has just reached a final state, or when its
+# group counted it now), and `conclude` after the loop: each group's tally written, and the
+# completion event of a group whose last job the call ended (after its jobs' events). With
+# `report`, `announce` returns the key's code: '' (not final), its final state, or '+' and
+# the state just reached (a cluster's result calls, which announce in calls of their own).
+ANNOUNCE = (
+    GROUP_LOCALS
+    + """
+local maxlen, now, gttl = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local report, stream = ARGV[8] == '1', KEYS[nkeys + 1]
+local FINAL = {SUCCESS = true, FAILURE = true, REVOKED = true}
+local tallies, order = nil, nil
+if #KEYS > nkeys + 1 then
+"""
+    + GROUPS
+    + """
+  tallies, order = {}, {}
+end
+local function announce(a, was, now_state, err)
+  if not FINAL[now_state] then return '' end
   local fresh = was ~= now_state
-  local tid, queue, gid, g, hook = ARGV[a + 3], ARGV[a + 5], ARGV[a + 6],
-    tonumber(ARGV[a + 7]), ARGV[a + 8]
-  local emit = fresh
+  local tid, gid, emit = ARGV[a + 3], ARGV[a + 6], fresh
+  local g = tallies and tonumber(ARGV[a + 7]) or 0
   if g > 0 then
     local t = tallies[g]
     if not t then
-      local base = tonumber(ARGV[4]) + 3 * g - 1
+      local base = nkeys + 3 * g - 1
       t = tally({KEYS[base], KEYS[base + 1], KEYS[base + 2]}, gid)
       tallies[g] = t
       order[#order + 1] = g
@@ -141,23 +145,34 @@ local function announce(i, a, was, now_state, err)
     if r >= 0 then emit = r > 0 end
   end
   if emit and maxlen > 0 and tid ~= '' then
-    event(stream, maxlen, 'job', tid, now_state, err, queue, gid, hook, now)
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', 'job', 'id', tid,
+      'state', now_state, 'error', err, 'queue', ARGV[a + 5], 'group', gid,
+      'webhook', ARGV[a + 8], 'time', now)
   end
-  return (fresh and '+' or '') .. now_state
+  if report then return (fresh and '+' or '') .. now_state end
+  return ''
 end
 local function conclude()
+  if not tallies then return end
   for _, g in ipairs(order) do
     local t = tallies[g]
-    if settle(t, now, ttl) and maxlen > 0 then group_done(stream, maxlen, t, now) end
+    if settle(t, now, gttl) and maxlen > 0 then
+      local f = summary(t.keys)
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', 'group', 'id', t.gid,
+        'state', 'DONE', 'error', '', 'queue', f[1], 'group', t.gid, 'webhook', f[2],
+        'time', now, 'total', f[3], 'succeeded', f[4], 'failed', f[5], 'cancelled', f[6])
+    end
   end
 end
 """
+)
 
 # A Redis Cluster's second call, on the group's master: KEYS the group's three keys; ARGV the
 # group id, now, ttl, then (task id, state) pairs. Returns `count`'s answer per pair, then,
 # when the last job ended, the group's queue, webhook, total, succeeded, failed and cancelled.
 ACCOUNT = (
-    LUA
+    GROUP_LOCALS
+    + GROUPS
     + """
 local t, out = tally(KEYS, ARGV[1]), {}
 for i = 4, #ARGV, 2 do
@@ -363,6 +378,7 @@ class Events:
             for group in groups:
                 extra += self.group_keys(group)
         head = [len(notes), self.maxlen if announce else 0, timestamp(), group_ttl]
+        head.append(0 if announce else 1)  # report each key's code: a cluster's result calls
         return extra, head, per_key
 
 
