@@ -615,11 +615,20 @@ class Client:
         last job ended (`kind` "group"). `since`: "$" (default) for those from now on, "0" for
         every one the stream still holds (EVENTS_MAXLEN), or an event's `entry_id` to go on
         after it. Blocks for the next; ends once `timeout` seconds pass without one (None:
-        never). Raises BrokerUnavailable when the result store cannot be reached."""
+        never). "$" is resolved at this call, so events of jobs submitted between it and the
+        first iteration are not missed. Raises BrokerUnavailable when the result store cannot
+        be reached."""
         try:
-            yield from events.follow(
+            found = events.follow(
                 self.results, self.result_config.key_prefix, since, timeout=timeout
             )
+        except _RESULT_ERRORS as exc:
+            raise self._store_unavailable(exc) from exc
+        return self._guarded(found)
+
+    def _guarded(self, found: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from found
         except _RESULT_ERRORS as exc:
             raise self._store_unavailable(exc) from exc
 

@@ -73,14 +73,20 @@ def follow(
     timeout: float | None = None,
     count: int = 500,
 ) -> Iterator[Event]:
-    """Events after `since` ("$": only those appended from now on; "0": every one the stream
-    still holds; or an `entry_id`), in stream order, blocking for new ones. Ends once
-    `timeout` seconds pass without a new event (None: follows forever)."""
+    """Events after `since` ("$": only those appended from now on, this call's now, not the
+    first iteration's; "0": every one the stream still holds; or an `entry_id`), in stream
+    order, blocking for new ones. Ends once `timeout` seconds pass without a new event (None:
+    follows forever)."""
     stream = key_prefix + EVENTS_STREAM
-    last = since
-    if last == "$":
-        # The stream's current last id, so nothing appended between two reads is missed.
-        last = _last_id(client, stream)
+    # "$" becomes the stream's last id at once: nothing appended between this call and the
+    # first read, or between two reads, is missed.
+    last = _last_id(client, stream) if since == "$" else since
+    return _read(client, stream, last, timeout, count)
+
+
+def _read(
+    client: Any, stream: str, last: str, timeout: float | None, count: int
+) -> Iterator[Event]:
     idle_since = time.monotonic()
     while True:
         block = _BLOCK_MS

@@ -218,9 +218,11 @@ def test_client_events_goes_on_after_an_entry_and_times_out(
 ) -> None:
     newest = client.results.xrevrange(EVENTS_STREAM, count=1)
     since = newest[0][0].decode() if newest else "0"
+    following = client.events(timeout=30)  # "$": from this call on, not the first next()
     ids = client.submit_many(["astronaut.jpg", "cat.jpg", "missing.jpg"], top_k=1)
+    assert len(list(client.wait(ids, timeout=30))) == 3  # all stored before the first read
     got: list[Event] = []
-    for event in client.events(since, timeout=30):
+    for event in following:
         got.append(event)
         if {e.id for e in got} >= set(ids):
             break

@@ -358,10 +358,10 @@ class Events:
         self, notes: Sequence[Note | None], group_ttl: int, announce: bool = True
     ) -> tuple[list[str], list[Any], list[list[Any]]]:
         """What STORE needs besides the results: its extra KEYS (the stream, then three per
-        group), its ARGV[4..7] (count of result keys, maxlen, now, the groups' TTL), and per
-        result key the six values after its state and value (id, error, queue, group,
+        group), its ARGV[4..8] (count of result keys, maxlen, now, the groups' TTL, report),
+        and per result key the six values after its state and value (id, error, queue, group,
         the group's index among the extra keys, webhook). `announce=False` (a cluster's result
-        calls): the script only reports each key's final state."""
+        calls): the script announces nothing and reports each key's final state."""
         groups: dict[str, int] = {}
         per_key: list[list[Any]] = []
         for note in notes:
