@@ -285,6 +285,18 @@ def test_group_counters_and_events_on_a_cluster(
     assert sorted(jobs) == sorted([*ids, *ids[:4]])  # g-0..3: FAILURE, then SUCCESS
     assert [f[b"kind"] for f in events].count(b"group") == 1
     assert events[-1][b"succeeded"] == b"24"
+    # A worker killed between an image's result and its group's call: the result is final, the
+    # group never counted it. The redelivered bulk skips the image but counts it (recount).
+    late = ["late-1", "late-2"]
+    create(backend.client, "g2", late, queue="celery")
+    bulk2 = Context({**bulk.__dict__, GROUP_HEADER: "g2", "args": [[{"id": i} for i in late]]})
+    backend._store_entries(
+        [(backend.get_key_for_task(i), json.dumps({"status": "SUCCESS"}), "SUCCESS") for i in late]
+    )
+    assert backend.client.hget(keys("g2")[0], "finished") == b"0"
+    for _ in range(2):
+        backend.recount(late, bulk2)
+    assert backend.client.hmget(keys("g2")[0], "succeeded", "finished") == [b"2", b"2"]
 
 
 @pytest.mark.processes

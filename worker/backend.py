@@ -175,6 +175,11 @@ class _AtomicStore:
             notes = events.notes(encoded, request)
             self._while_full(self.ensure, self._store_entries, (values, notes))
 
+    def recount(self, task_ids: list[str], request: Any = None) -> None:
+        """Jobs a redelivered bulk message skips as already finished. One Redis counted them
+        with their result, in the same script: nothing to do. A cluster counts in a call after
+        the result's (worker/results_cluster.py), which a killed worker may not have made."""
+
     def _value(
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None
     ) -> Any:

@@ -26,6 +26,7 @@ SUCCESS), with what a cluster changes:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -37,7 +38,7 @@ from celery import states
 from celery.backends.redis import RedisBackend, ResultConsumer
 from redis import exceptions as rexc
 
-from producer.connections import ResultStoreConfig, result_store_errors
+from producer.connections import ResultStoreConfig, mget, result_store_errors
 from worker import events, result_store
 from worker.backend import STORE, _AtomicStore
 
@@ -50,6 +51,13 @@ WARN_EVERY_SECONDS = 60.0
 # Rounds of redirects (a slot moved between masters) before the store is retried later.
 _MAX_ROUNDS = 5
 _FINAL = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
+
+
+def _status(raw: Any) -> Any:
+    try:
+        return json.loads(raw).get("status") if raw is not None else None
+    except (ValueError, AttributeError):
+        return None
 
 
 class _Process:
@@ -195,6 +203,36 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
                 return stored
             self._refresh()  # a slot moved: learn where
         raise rexc.TryAgainError("result slots kept moving; the store is retried")
+
+    def recount(self, task_ids: list[str], request: Any = None) -> None:
+        """Count in their groups the jobs a redelivered bulk message skips as finished: their
+        stored states are stored again (a final state is kept as it is) and announced, and
+        ACCOUNT counts those their group has not (a worker killed between the result's call
+        and its group's). Jobs of no group are left alone. Best effort: the images' results
+        are safe either way."""
+        found = [
+            (i, n)
+            for i, n in zip(
+                task_ids,
+                events.notes([(i, None, states.SUCCESS) for i in task_ids], request),
+                strict=True,
+            )
+            if n is not None and n.group
+        ]
+        if not found:
+            return
+        keys = [self.get_key_for_task(i) for i, _ in found]
+        try:
+            raws = mget(self.client, keys)
+            again = [
+                ((key, raw, state), note)
+                for key, raw, (_, note) in zip(keys, raws, found, strict=True)
+                if (state := _status(raw)) in _FINAL
+            ]
+            if again:
+                self._store_entries([v for v, _ in again], [n for _, n in again])
+        except result_store.ERRORS as exc:
+            log.warning("cannot recount %d finished image(s) in their groups: %s", len(found), exc)
 
     def _announce(
         self,

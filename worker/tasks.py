@@ -113,6 +113,8 @@ def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     for task_id, error in outcome.failures.items():
         log.warning("bulk %s: image %s rejected: %s", request.id, task_id, error)
     done = bulk.finished_ids(client, images, settings.redis_key_prefix)
+    if done:  # a redelivery: on a cluster, count what a killed worker stored but not counted
+        self.app.backend.recount(sorted(done), request)
     todo = [i for i in images if i.id not in done]
     started: dict[str, float] = {}
     redelivered = bool((request.delivery_info or {}).get("redelivered", True))
