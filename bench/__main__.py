@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench import inprocess
 from bench.images import SAMPLES, SIZES, make_set
+from bench.quiet import wait_quiet
 from bench.report import Report, plot
 from bench.service import Cluster
 from worker.model.classifier import Classifier
@@ -52,6 +53,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="worker processes for the service runs")
     p.add_argument("--bulk", type=int, default=0, help="also bulk messages of N images")
     p.add_argument("--sizes", default=",".join(SIZES), help="image sizes, e.g. 1024x768")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="on a shared machine: before each timing, wait up to this long for idle CPUs",
+    )
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     return p.parse_args()
 
@@ -78,6 +85,7 @@ def main() -> None:
     backends = [b for b in args.backends.split(",") if b] if args.device == "cpu" else ["torch"]
     wanted = [(args.precision, b) for b in backends]
     wanted += [] if args.also == "none" else [(args.also, "torch")]
+    waited: list[float] = []  # --quiet-wait: seconds spent waiting for other work to pass
     models: dict[tuple[str, str], Classifier] = {}
     sweeps: dict[tuple[str, str], dict[int, float]] = {}
     for precision, backend in wanted:
@@ -88,6 +96,7 @@ def main() -> None:
         models[key] = model
         if precision == args.precision:
             sizes = [1, 2, 4, 8] if args.quick else [1, 2, 4, 8, 16, 32]
+            waited.append(wait_quiet(args.quiet_wait))
             sweeps[key] = inprocess.batch_sweep(model, sorted({*sizes, batch}))
             for b, secs in sweeps[key].items():
                 report.add(
@@ -110,8 +119,12 @@ def main() -> None:
 
     def baselines(key: tuple[str, str], size: str) -> tuple[float, float]:
         paths = [root / f for f in names[size]]
+        waited.append(wait_quiet(args.quiet_wait))
         ceiling = inprocess.ceiling(models[key], paths, batch, draft)
         return ceiling, inprocess.seed_loop(seed_files[size])
+
+    def settle() -> None:
+        waited.append(wait_quiet(args.quiet_wait))
 
     cluster = Cluster(work, root)
     try:
@@ -127,6 +140,7 @@ def main() -> None:
                 cluster.burst(first[: 2 * batch * args.workers])  # warm-up: threads, shapes
                 for size, files in names.items():
                     ceiling_before, seed_before = baselines(key, size)
+                    waited.append(wait_quiet(args.quiet_wait))
                     run = cluster.burst(files)
                     ceiling_after, seed_after = baselines(key, size)
                     ceiling = (ceiling_before + ceiling_after) / 2
@@ -151,7 +165,7 @@ def main() -> None:
                             f"bulk / single, {label}", bulk.throughput / run.throughput, "> 1"
                         )
                 if key in sweeps:
-                    idle = cluster.idle_latency("samples/cat.jpg", 7)
+                    idle = cluster.idle_latency("samples/cat.jpg", 7, settle=settle)
                     report.add(
                         f"idle latency, 1 job (451x300), {backend}",
                         precision,
@@ -159,7 +173,7 @@ def main() -> None:
                         None,
                         p50_ms=idle.percentile(50) * 1e3,
                     )
-                    idle_big = cluster.idle_latency(first[0], 7)
+                    idle_big = cluster.idle_latency(first[0], 7, settle=settle)
                     report.add(
                         f"idle latency, 1 job, {backend}",
                         precision,
@@ -251,6 +265,12 @@ def main() -> None:
 
     print()
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
+    if args.quiet_wait:
+        report.info["quiet_wait_s"] = round(sum(waited), 1)
+        capped = sum(1 for w in waited if w >= args.quiet_wait)
+        print(
+            f"waited {sum(waited):.0f}s for quiet CPUs; {capped} of {len(waited)} timings without"
+        )
     print(report.render())
     report.save(args.out)
     if plot(sweep, service_sweep, " ".join(default), args.out / "batch-size.png"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -102,14 +102,15 @@ class Cluster:
 
     # -- load patterns -----------------------------------------------------------------------
 
-    def burst(self, names: list[str], bulk_size: int = 1) -> Run:
+    def burst(self, names: list[str], bulk_size: int = 1, model: str | None = None) -> Run:
         """Submit everything at once (one message per image, or `bulk_size` images per
-        message); time from the first submit to the last stored result."""
+        message); time from the first submit to the last stored result. `model`: the served
+        name of the workers to send to (default: the default model's)."""
         submitted: dict[str, float] = {}
         first = time.time()
         for i in range(0, len(names), bulk_size):
             chunk = names[i : i + bulk_size]
-            ids = self.client.submit_many(chunk, top_k=5, bulk_size=bulk_size)
+            ids = self.client.submit_many(chunk, top_k=5, bulk_size=bulk_size, model=model)
             now = time.time()
             submitted.update((task_id, now) for task_id in ids)
         return self._collect(submitted, first)
@@ -136,12 +137,21 @@ class Cluster:
             time.sleep(POLL_S)
         return _run(submitted, finished, failed, first)
 
-    def idle_latency(self, name: str, repeats: int) -> Run:
-        """One job at a time on an empty queue, each after the worker has idled for IDLE_S."""
+    def idle_latency(
+        self,
+        name: str,
+        repeats: int,
+        model: str | None = None,
+        settle: Callable[[], object] | None = None,
+    ) -> Run:
+        """One job at a time on an empty queue, each after the worker has idled for IDLE_S
+        (and `settle` returned: e.g. bench.quiet.wait_quiet)."""
         runs = []
         for _ in range(repeats):
+            if settle is not None:
+                settle()
             time.sleep(IDLE_S)
-            runs.append(self.burst([name]))
+            runs.append(self.burst([name], model=model))
         latencies = [lat for r in runs for lat in r.latencies]
         return Run(repeats, sum(r.failed for r in runs), sum(r.seconds for r in runs), latencies)
 
