@@ -282,6 +282,13 @@ def test_a_session_that_differs_from_torch_is_refused(
     assert "differs from torch" in model.describe()["backend_fallback"]
 
 
+def test_the_check_looks_at_logits_too() -> None:
+    # A random or untrained head can make every probability near-uniform: the logits still tell.
+    assert onnx.Difference(0.0, 0.0).within
+    assert not onnx.Difference(0.0, 0.01).within
+    assert not onnx.Difference(2e-5, 0.0).within
+
+
 def test_bf16_cpus_time_onnxruntime_fp32_against_torch_bf16(
     spec: ModelSpec, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

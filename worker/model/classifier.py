@@ -192,13 +192,7 @@ class Classifier:
         return session
 
     def _probe(self) -> torch.Tensor:
-        """Two sample photos as the transforms make them (noise where none are shipped)."""
-        from worker.model.quantized import calibration_images
-
-        images = calibration_images(limit=2)
-        if not images:
-            return torch.randn(2, 3, self.input_size, self.input_size)
-        return torch.stack([self.preprocess(image) for image in images])
+        return onnx.probe_batch(self.preprocess, self.input_size)
 
     @property
     def shrink_size(self) -> int | None:
