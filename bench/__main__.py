@@ -86,6 +86,10 @@ def main() -> None:
     wanted = [(args.precision, b) for b in backends]
     wanted += [] if args.also == "none" else [(args.also, "torch")]
     waited: list[float] = []  # --quiet-wait: seconds spent waiting for other work to pass
+
+    def settle() -> None:
+        waited.append(wait_quiet(args.quiet_wait))
+
     models: dict[tuple[str, str], Classifier] = {}
     sweeps: dict[tuple[str, str], dict[int, float]] = {}
     for precision, backend in wanted:
@@ -96,8 +100,7 @@ def main() -> None:
         models[key] = model
         if precision == args.precision:
             sizes = [1, 2, 4, 8] if args.quick else [1, 2, 4, 8, 16, 32]
-            waited.append(wait_quiet(args.quiet_wait))
-            sweeps[key] = inprocess.batch_sweep(model, sorted({*sizes, batch}))
+            sweeps[key] = inprocess.batch_sweep(model, sorted({*sizes, batch}), settle=settle)
             for b, secs in sweeps[key].items():
                 report.add(
                     f"model only, batch {b}, {model.backend}",
@@ -122,9 +125,6 @@ def main() -> None:
         waited.append(wait_quiet(args.quiet_wait))
         ceiling = inprocess.ceiling(models[key], paths, batch, draft)
         return ceiling, inprocess.seed_loop(seed_files[size])
-
-    def settle() -> None:
-        waited.append(wait_quiet(args.quiet_wait))
 
     cluster = Cluster(work, root)
     try:

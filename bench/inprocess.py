@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,10 +74,18 @@ def seed_loop(paths: list[Path]) -> float:
     return len(paths) / elapsed[0]
 
 
-def batch_sweep(model: Classifier, sizes: list[int], repeats: int = 3) -> dict[int, float]:
-    """Model-only seconds per batch, for each batch size (median of `repeats`)."""
+def batch_sweep(
+    model: Classifier,
+    sizes: list[int],
+    repeats: int = 3,
+    settle: Callable[[], object] | None = None,
+) -> dict[int, float]:
+    """Model-only seconds per batch, for each batch size (median of `repeats`); `settle` runs
+    before each size (bench.quiet.wait_quiet on a shared machine)."""
     out = {}
     for size in sizes:
+        if settle is not None:
+            settle()
         batch = torch.randn(size, 3, model.input_size, model.input_size)
         model.infer(batch)
         times: list[float] = []

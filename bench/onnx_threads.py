@@ -40,7 +40,9 @@ IDLE_S = 0.5
 WAITED: list[float] = []  # seconds spent waiting for other work on the machine to pass
 
 
-def model_only(arch: str, rounds: int, repeats: int, quiet: float) -> None:
+def model_only(
+    arch: str, rounds: int, repeats: int, quiet: float, settings: list[tuple[int, str]]
+) -> None:
     spec = resolve_model(arch=arch, weights="random:0")
     torch_model = Classifier(spec, "cpu", "fp32", backend="torch")
     ort_model = Classifier(spec, "cpu", "fp32", backend="onnxruntime")
@@ -48,7 +50,7 @@ def model_only(arch: str, rounds: int, repeats: int, quiet: float) -> None:
     path = ort_model.session.path
     size = torch_model.input_size
     runners: dict[str, Callable[[torch.Tensor], object]] = {"torch fp32": torch_model.infer}
-    for threads, spinning in SETTINGS:
+    for threads, spinning in settings:
         session = onnx.OrtSession(path, threads, spinning)
         runners[f"onnxruntime {threads} thr, spinning {spinning}"] = session.logits
     best: dict[tuple[str, int], list[float]] = defaultdict(list)
@@ -77,7 +79,9 @@ def model_only(arch: str, rounds: int, repeats: int, quiet: float) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-def service(images: int, rounds: int, idle_jobs: int, quiet: float) -> None:
+def service(
+    images: int, rounds: int, idle_jobs: int, quiet: float, ort: list[tuple[int, str]]
+) -> None:
     """Every setting's worker runs at once, each under its own served name (MODEL_NAME, so its
     own queue); the bursts go to one at a time, the others idle, in an order that rotates each
     round. Restarting workers between settings took minutes, over which this VM's speed drifted
@@ -89,7 +93,7 @@ def service(images: int, rounds: int, idle_jobs: int, quiet: float) -> None:
         shutil.copy(sample, root / "samples" / sample.name)
     files = make_set(root, "1024x768", images)
     settings: dict[str, dict[str, str]] = {"torch": {"BACKEND": "torch"}}
-    for threads, spinning in SETTINGS:
+    for threads, spinning in ort:
         settings[f"onnxruntime {threads} thr, spinning {spinning}"] = {
             "BACKEND": "onnxruntime",
             "ONNX_SPINNING": spinning,
@@ -166,15 +170,21 @@ def main() -> None:
         default=60.0,
         help="before each timing, wait up to this long for the CPUs to be idle (0: never)",
     )
+    p.add_argument(
+        "--settings",
+        default=",".join(f"{t}:{s}" for t, s in SETTINGS),
+        help="ONNX Runtime settings as THREADS:SPINNING, comma-separated",
+    )
     p.add_argument("--skip-service", action="store_true")
     p.add_argument("--skip-model", action="store_true")
     args = p.parse_args()
+    chosen = [(int(t), sp) for t, sp in (x.split(":") for x in args.settings.split(",") if x)]
     started = time.perf_counter()
     print(f"torch threads {torch.get_num_threads()}; CPU: {_cpu()}")
     if not args.skip_model:
-        model_only(args.arch, args.rounds, args.repeats, args.quiet_wait)
+        model_only(args.arch, args.rounds, args.repeats, args.quiet_wait, chosen)
     if not args.skip_service:
-        service(args.images, args.rounds, args.idle_jobs, args.quiet_wait)
+        service(args.images, args.rounds, args.idle_jobs, args.quiet_wait, chosen)
     capped = sum(1 for w in WAITED if w >= args.quiet_wait > 0)
     print(
         f"\ntotal {time.perf_counter() - started:.0f}s, of which {sum(WAITED):.0f}s waiting for "
