@@ -1,7 +1,7 @@
 """Every worker setting, read from the environment in one place.
 
 A setting that is present but malformed stops the worker at start with a ConfigError naming it;
-the README's settings table documents each one.
+docs/settings.md, generated from the declarations below, documents each one.
 """
 
 from __future__ import annotations
@@ -63,11 +63,27 @@ def networks(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
 
 
-def env(default: T, parse: Callable[[str], T]) -> T:
-    """A setting read from the environment variable of its upper-cased name by `parse`."""
+def env(
+    default: T,
+    parse: Callable[[str], T],
+    doc: str = "",
+    *,
+    shown: str | None = None,
+    secret: bool = False,
+) -> T:
+    """A setting read from the environment variable of its upper-cased name by `parse`.
+
+    `doc` says what it does and `shown` how to show its default, where the value alone would
+    mislead (`0` meaning "sized from the machine"); docs/settings.md is generated from both
+    (scripts/settings_doc.py). `secret` keeps the value out of the settings' repr.
+    """
     if isinstance(default, list | dict | set):
         raise TypeError("mutable defaults are not settings")
-    made: T = field(default=default, metadata={"parse": parse})
+    made: T = field(
+        default=default,
+        repr=not secret,
+        metadata={"parse": parse, "doc": doc, "shown": shown},
+    )
     return made
 
 
@@ -104,110 +120,318 @@ def _gpu_visible() -> bool:
 class Settings:
     """The worker's configuration; build it with `Settings.from_env()`."""
 
-    redis_url: str = env(DEFAULT_REDIS_URL, str)
-    redis_sentinel_master: str = env("", str)  # sentinel:// only: the master's name
-    redis_key_prefix: str = env("", str)  # kombu's global_keyprefix, for broker and results alike
-    # Where results go (empty: REDIS_URL); may be a Redis Cluster (producer.connections).
-    result_url: str = env("", str)
-    result_sentinel_master: str = env("", str)  # empty: REDIS_SENTINEL_MASTER
-    # On a cluster: replicas that must have a final state before the job is acknowledged
-    # (None: 1 on a cluster, 0 elsewhere), and the longest wait for them.
-    result_wait_replicas: int | None = env(None, int)
-    result_wait_timeout_ms: int = env(1000, int)
-    # The architecture: any torchvision classification model (docs/models.md), or sleep:<ms>ms
-    model: str = env("resnet50", lower)
-    model_weights: str = env("IMAGENET1K_V2", str)
-    # A labels file (lines, a JSON list, or a JSON object index -> name); empty: the weights'
-    model_labels: Path | None = env(None, path)
-    # One JSON file naming the architecture, weights, labels, version and preprocessing
-    model_card: Path | None = env(None, path)
-    # The name producers route by (submit(model=...)): empty, the card's name, else the default
-    # model on the default queue
-    model_name: str = env("", str)
-    # The torchvision weights enum whose reference transforms apply (empty: the weights' own,
-    # else the architecture's default)
-    preprocess: str = env("", upper)
-    device: str = env("auto", lower)
-    # auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
-    precision: str = env("auto", lower)
-    # auto: ONNX Runtime on a CPU where it is installed and runs the precision (fp32), else torch
-    backend: str = env("auto", lower)
-    # Where ONNX exports are kept, one per weights identity, shared by a host's workers
-    # (None: $XDG_CACHE_HOME/imgqueue/onnx, else ~/.cache/imgqueue/onnx)
-    onnx_cache_dir: Path | None = env(None, path)
-    # How ONNX Runtime's idle threads wait: pass (spin within a pass only), on, off
-    onnx_spinning: str = env("pass", lower)
-    image_root: Path | None = env(None, path)
+    redis_url: str = env(
+        DEFAULT_REDIS_URL,
+        str,
+        "the broker (queues), and the results unless `RESULT_URL`: `redis://`, `rediss://` (TLS),"
+        " passwords (`redis://:PASSWORD@host:6379/0`), `unix://`, and"
+        " `sentinel://h1:26379;sentinel://h2:26379/0` work",
+    )
+    redis_sentinel_master: str = env(
+        "", str, "the master's name; required with `sentinel://` (producers too)"
+    )
+    # kombu's global_keyprefix, for broker and results alike
+    redis_key_prefix: str = env(
+        "",
+        str,
+        "put before every key (queues, results, the delivery layer's); ends with `:`, `_`, `-`"
+        " or `.`; producers need the same",
+    )
+    result_url: str = env(
+        "",
+        str,
+        "where results (and the result cache, delivery counters, completion events) go,"
+        " producers too: any `REDIS_URL` form, or a Redis Cluster"
+        " `redis-cluster://[user:pass@]host:port[,host:port...][/0]` (`rediss-cluster://` for"
+        " TLS; a few nodes suffice, the rest are found)",
+        shown="`REDIS_URL`",
+    )
+    result_sentinel_master: str = env(
+        "",
+        str,
+        "the master's name for a `sentinel://` `RESULT_URL`",
+        shown="`REDIS_SENTINEL_MASTER`",
+    )
+    result_wait_replicas: int | None = env(
+        None,
+        int,
+        "cluster only: replicas that must have a final state (`WAIT`) before the job is"
+        " acknowledged; `0` turns it off",
+        shown="`1` on a cluster, else `0`",
+    )
+    result_wait_timeout_ms: int = env(
+        1000,
+        int,
+        "the longest `WAIT`; past it (a master without a live replica) the store goes on,"
+        " logged, and that master is waited on again after 5 s",
+    )
+    model: str = env(
+        "resnet50",
+        lower,
+        "any torchvision classification architecture (`efficientnet_v2_s`, `convnext_tiny`,"
+        " `vit_b_16`, ...; docs/models.md); `sleep:50ms` is a fixed-latency stand-in for"
+        " benchmarks and tests only",
+    )
+    model_weights: str = env(
+        "IMAGENET1K_V2",
+        str,
+        "`IMAGENET1K_V2`, `IMAGENET1K_V1` (or another weights name of `MODEL`'s own), a saved"
+        " `state_dict` file for offline hosts, or `random:SEED` (tests and offline demos only;"
+        " results carry a `warning`)",
+    )
+    model_labels: Path | None = env(
+        None,
+        path,
+        "a labels file: one per line, a JSON list, or a JSON object index → name (unset: the"
+        " weights' ImageNet categories)",
+    )
+    model_card: Path | None = env(
+        None,
+        path,
+        "one JSON file naming the architecture, weights (with sha256), labels, version and"
+        " preprocessing (docs/models.md)",
+    )
+    model_name: str = env(
+        "",
+        str,
+        "the name producers route by (`model=`); unset without a card: the default model on the"
+        " `celery` queue",
+        shown="the card's name",
+    )
+    preprocess: str = env(
+        "",
+        upper,
+        "a torchvision weights name whose reference transforms a weights file or `random:SEED`"
+        " uses (default: the architecture's default weights)",
+        shown="the weights' own",
+    )
+    device: str = env("auto", lower, "`auto` (first GPU if any, else CPU), `cpu`, `cuda`, `cuda:N`")
+    precision: str = env(
+        "auto",
+        lower,
+        "`auto` (fp16 on CUDA; bf16 on CPUs with AVX512-BF16 or AMX when a timing at load"
+        " confirms it is faster; else fp32), `fp32`, `bf16`, `fp16`, `int8` (CPU); only `fp32`"
+        " matches the reference (docs/performance.md, *Fidelity*)",
+    )
+    backend: str = env(
+        "auto",
+        lower,
+        "`auto` (ONNX Runtime on a CPU at fp32, where installed; torch on CUDA and for bf16,"
+        " fp16, int8), `torch`, `onnxruntime` (CPU, fp32); results say which ran"
+        " (docs/performance.md)",
+    )
+    onnx_cache_dir: Path | None = env(
+        None,
+        path,
+        "where a model's ONNX export is kept, one per weights, shared by a host's workers",
+        shown="`$XDG_CACHE_HOME/imgqueue/onnx`, else `~/.cache/imgqueue/onnx`",
+    )
+    onnx_spinning: str = env(
+        "pass",
+        lower,
+        "how ONNX Runtime's idle threads wait: `pass` (spin within a forward pass only), `on`,"
+        " `off`",
+    )
+    image_root: Path | None = env(
+        None, path, "the only folder local paths may be read from; unset: local paths refused"
+    )
 
-    pool: str = env("threads", lower)
-    max_batch_size: int = env(0, int)  # 0: per device, see effective_batch_size
-    max_batch_delay_ms: float = env(5.0, float)
-    # 0: twice the batch size, so one batch decodes while one infers
-    concurrency: int = env(0, int)
-    prefetch_multiplier: int = env(1, int)
-    # The JPEG decoder shrinks 1/2..1/8, never below the resize size (docs/performance.md)
-    draft_decode: bool = env(True, boolean)
-    # CUDA only: JPEGs decoded by nvJPEG, Pillow as the fallback
-    gpu_decode: bool = env(True, boolean)
+    pool: str = env(
+        "threads",
+        lower,
+        "Celery pool: `threads` (one model, batched), `prefork` (a model per child, batch of 1"
+        " each), `solo`",
+    )
+    max_batch_size: int = env(0, int, "largest inference batch", shown="`0` = 8 on CPU, 64 on GPU")
+    max_batch_delay_ms: float = env(
+        5.0,
+        float,
+        "longest wait for batch partners; skipped when no other job is being fetched or decoded",
+    )
+    # Twice the batch size, so one batch decodes while one infers
+    concurrency: int = env(0, int, "task threads per worker process", shown="`0` = 2 x batch size")
+    prefetch_multiplier: int = env(
+        1, int, "messages reserved per thread; keeps one worker from hoarding the queue"
+    )
+    draft_decode: bool = env(
+        True,
+        boolean,
+        "let the JPEG decoder shrink large photos by 1/2, 1/4 or 1/8 while decoding, never below"
+        " the resize size; `false` for the reference's pixels (docs/performance.md, *Fidelity*)",
+    )
+    gpu_decode: bool = env(
+        True,
+        boolean,
+        "on CUDA, decode JPEGs on the GPU (`torchvision.io.decode_jpeg`, nvJPEG), Pillow as the"
+        " fallback",
+    )
 
     # Decoding runs in DECODE_PROCESSES child processes (worker/sandbox), each limited to
-    # DECODE_MEMORY_LIMIT bytes of address space (0: sized from the machine), with a deadline
-    # of DECODE_TIMEOUT for the header plus DECODE_SECONDS_PER_MEGAPIXEL of image area.
-    decode_sandbox: bool = env(True, boolean)
-    decode_processes: int = env(0, int)
-    decode_memory_limit: int = env(0, int)
-    decode_timeout: float = env(1.0, float)
-    decode_seconds_per_megapixel: float = env(0.1, float)
-    max_image_bytes: int = env(50 * 1024 * 1024, int)
-    max_image_pixels: int = env(64_000_000, int)
-    allowed_formats: tuple[str, ...] = env(DEFAULT_FORMATS, formats)
+    # DECODE_MEMORY_LIMIT bytes of address space, with a deadline of DECODE_TIMEOUT for the
+    # header plus DECODE_SECONDS_PER_MEGAPIXEL of image area.
+    decode_sandbox: bool = env(
+        True, boolean, "`false` decodes inside the worker process (no limits; debugging only)"
+    )
+    decode_processes: int = env(
+        0,
+        int,
+        "decode processes per worker process; a job finding them all busy waits (the memory"
+        " budget)",
+        shown="`0` = one per core (≤ 8)",
+    )
+    decode_memory_limit: int = env(
+        0,
+        int,
+        "bytes of address space per decode process; an image needing more fails `TooLarge`",
+        shown="`0` = ¼ of RAM shared, 512 MiB to 4 GiB each",
+    )
+    decode_timeout: float = env(
+        1.0,
+        float,
+        "seconds to read an image's header; the pixels get this plus"
+        " `DECODE_SECONDS_PER_MEGAPIXEL` per megapixel; else `DecodeTimeout`",
+    )
+    decode_seconds_per_megapixel: float = env(
+        0.1, float, "seconds of decoding allowed per megapixel, on top of `DECODE_TIMEOUT`"
+    )
+    max_image_bytes: int = env(50 * 1024 * 1024, int, "bytes per image, enforced while streaming")
+    max_image_pixels: int = env(64_000_000, int, "width x height, checked before decoding")
+    allowed_formats: tuple[str, ...] = env(DEFAULT_FORMATS, formats, "decodable formats")
 
-    fetch_connect_timeout: float = env(5.0, float)
-    fetch_read_timeout: float = env(10.0, float)
-    fetch_total_timeout: float = env(30.0, float)
-    fetch_max_redirects: int = env(5, int)
-    fetch_retries: int = env(3, int)
-    # First retry delay in seconds; doubles each retry
-    fetch_retry_backoff: float = env(1.0, float)
-    fetch_allow_networks: tuple[IPNetwork, ...] = env((), networks)
+    fetch_connect_timeout: float = env(5.0, float, "seconds to connect to a URL's host")
+    fetch_read_timeout: float = env(10.0, float, "seconds between bytes of a URL's answer")
+    fetch_total_timeout: float = env(30.0, float, "seconds for a whole URL fetch")
+    fetch_max_redirects: int = env(5, int, "redirect hops, each one vetted")
+    fetch_retries: int = env(
+        3,
+        int,
+        "retries of transient fetch errors: resets, timeouts, DNS hiccups, 429, 5xx",
+    )
+    fetch_retry_backoff: float = env(
+        1.0, float, "seconds before the first retry; doubles each retry"
+    )
+    fetch_allow_networks: tuple[IPNetwork, ...] = env(
+        (),
+        networks,
+        "CIDRs a URL may reach despite being non-public, e.g. `10.0.0.0/8` (webhook URLs too)",
+    )
 
-    # The webhook dispatcher (python -m worker.webhooks; docs/lifecycle.md, Webhooks). The
-    # signing secret: Standard Webhooks' `whsec_<base64>`, or raw text; several, space
-    # separated, each sign every delivery while keys rotate. Never in a repr or a message.
-    webhook_secret: str = field(default="", repr=False, metadata={"parse": str})
-    webhook_timeout: float = env(10.0, float)  # one attempt, connecting to the last byte
-    webhook_max_attempts: int = env(10, int)  # then the delivery is dead-lettered
-    webhook_retry_backoff: float = env(5.0, float)  # first retry delay; doubles, at most 1 h
-    webhook_concurrency: int = env(16, int)  # deliveries at once (threads)
+    # The webhook dispatcher (python -m worker.webhooks; docs/lifecycle.md, Webhooks). Several
+    # secrets, space separated, each sign every delivery while keys rotate.
+    webhook_secret: str = env(
+        "",
+        str,
+        "the webhook dispatcher's (`python -m worker.webhooks`) signing secret:"
+        " `whsec_<base64>` (Standard Webhooks; e.g. `whsec_$(openssl rand -base64 32)`) or raw"
+        " text, at least 16 bytes; several, space separated, while rotating. Never logged; the"
+        " dispatcher will not start without one (docs/lifecycle.md)",
+        secret=True,
+    )
+    webhook_timeout: float = env(
+        10.0, float, "seconds one webhook attempt may take, connecting to the last byte"
+    )
+    webhook_max_attempts: int = env(10, int, "webhook attempts before a delivery is dead-lettered")
+    webhook_retry_backoff: float = env(
+        5.0, float, "seconds before a webhook's first retry; doubles, at most an hour"
+    )
+    webhook_concurrency: int = env(
+        16, int, "webhook attempts in flight at once, per dispatcher (threads)"
+    )
 
-    result_expires: int = env(86_400, int)
-    result_failure_expires: int | None = env(None, int)  # None: RESULT_EXPIRES
-    # Completion events (worker/events.py): entries kept in the stream (XADD MAXLEN ~); 0: none
-    events_maxlen: int = env(100_000, int)
-    visibility_timeout: int = env(3_600, int)  # last resort for a live but hung job; see docs
-    max_deliveries: int = env(3, int)
-    # The delivery layer (worker/broker): a process silent this long is dead, and any live
-    # worker returns its messages to their queues.
-    dead_worker_timeout: float = env(15.0, float)
-    # Idle wait on the first queue before checking all lists again
-    broker_poll_interval: float = env(0.5, float)
-    max_message_bytes: int = env(1024 * 1024, int)
-    dead_letter_limit: int = env(10_000, int)
-    result_cache: bool = env(True, boolean)
-    result_cache_ttl: int = env(86_400, int)
-    metrics_port: int = env(0, int)
-    metrics_addr: str = env("0.0.0.0", str)
-    ready_file: Path | None = env(None, path)
-    log_level: str = env("", upper)  # empty: Celery's -l; set, it wins over -l
-    # Off by default: three events per job cost ~15% throughput on a 2-core CPU. Flower turns
-    # them on at runtime anyway; the compose file sets TASK_EVENTS=true.
-    task_events: bool = env(False, boolean)
-    # A job waits this long for its batch before the inference thread counts as hung.
-    inference_timeout: float = env(120.0, float)
-    # Tests only: a job whose source equals this SIGKILLs its own worker process (empty: off).
-    test_poison_source: str = env("", str)
-    # Tests only: inference raises a fatal error from the Nth batch on (0: off).
-    test_fatal_inference_after: int = env(0, int)
+    result_expires: int = env(
+        86_400,
+        int,
+        "seconds results stay in Redis; a GPU fleet needs minutes, not a day (the compose file"
+        " and `deploy/k8s` set 900; docs/capacity.md)",
+    )
+    result_failure_expires: int | None = env(
+        None, int, "seconds a `FAILURE` result stays", shown="`RESULT_EXPIRES`"
+    )
+    events_maxlen: int = env(
+        100_000,
+        int,
+        "completion events kept in the stream `imgqueue:events` (`XADD MAXLEN ~`; ~110 bytes"
+        " each); `0` turns events off (docs/lifecycle.md)",
+    )
+    visibility_timeout: int = env(
+        3_600,
+        int,
+        "last resort for a job hung in a live worker: it goes back to its queue after this many"
+        " seconds. Keep it above your longest job",
+    )
+    max_deliveries: int = env(
+        3,
+        int,
+        "starts allowed per job before it fails with `JobLost` (its worker died each time)",
+    )
+    dead_worker_timeout: float = env(
+        15.0,
+        float,
+        "seconds without a heartbeat before a worker process counts as dead; any live worker"
+        " then returns its jobs to the head of their queues",
+    )
+    broker_poll_interval: float = env(
+        0.5,
+        float,
+        "an idle worker wakes at once for its first queue at priority 0, within this many"
+        " seconds for other queues and priorities",
+    )
+    max_message_bytes: int = env(
+        1024 * 1024, int, "larger messages go to the dead-letter list unread"
+    )
+    dead_letter_limit: int = env(
+        10_000,
+        int,
+        "dead letters kept (messages, and the webhook dispatcher's deliveries); the oldest are"
+        " dropped beyond, with a warning",
+    )
+    result_cache: bool = env(
+        True, boolean, "reuse the result for identical image bytes + model setup + `top_k`"
+    )
+    result_cache_ttl: int = env(
+        86_400, int, "seconds a cached result lives; `0` also turns the cache off"
+    )
+    metrics_port: int = env(
+        0,
+        int,
+        "serves Prometheus `/metrics`, `/ready` and `/healthz` (9808 in the image); one per"
+        " worker process on a host",
+        shown="`0` (off)",
+    )
+    metrics_addr: str = env("0.0.0.0", str, "interface for the metrics port")
+    ready_file: Path | None = env(
+        None, path, "file written once the model is loaded and warm, removed at shutdown"
+    )
+    log_level: str = env(
+        "",
+        upper,
+        "`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`; when set it wins over `-l`. Below"
+        " `DEBUG` a worker logs one structured `job {...}` line per job and silences Celery's"
+        " own two per-task lines",
+        shown="Celery's `-l`",
+    )
+    task_events: bool = env(
+        False,
+        boolean,
+        "send task events (Flower); costs ~15% throughput on 2 CPU cores; on in the compose"
+        " file, and Flower or `celery -A worker control enable_events` turn them on at runtime",
+    )
+    inference_timeout: float = env(
+        120.0,
+        float,
+        "seconds a job waits for its batch before the worker counts its model as hung (jobs"
+        " retry elsewhere, the worker exits 1)",
+    )
+    test_poison_source: str = env(
+        "",
+        str,
+        "tests only: a job with exactly this source SIGKILLs its worker; never set in production",
+    )
+    test_fatal_inference_after: int = env(
+        0,
+        int,
+        "tests only: inference fails fatally from that batch on; never set in production",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
