@@ -328,7 +328,7 @@ class Settings:
         secret=True,
     )
     webhook_timeout: float = env(
-        10.0, float, "seconds one webhook attempt may take, connecting to the last byte"
+        10.0, float, "seconds one webhook attempt may take, connecting to the answer's headers"
     )
     webhook_max_attempts: int = env(10, int, "webhook attempts before a delivery is dead-lettered")
     webhook_retry_backoff: float = env(
