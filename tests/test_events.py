@@ -177,7 +177,7 @@ def test_a_second_process_follows_the_stream(
     worker: WorkerProcess, client: Client, redis_url: str
 ) -> None:
     group = f"apps-{uuid.uuid4().hex[:8]}"
-    # A consumer group made with redis-cli, as docs/other-languages.md shows: new entries only.
+    # A consumer group made with redis-cli, as docs/contract.md shows: new entries only.
     assert redis_cli(redis_url, "XGROUP", "CREATE", EVENTS_STREAM, group, "$", "MKSTREAM") == "OK\n"
     sources = ["cat.jpg", "missing.jpg", "coffee.jpg", "not-an-image.jpg"]
     follower = subprocess.Popen(

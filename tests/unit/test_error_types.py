@@ -1,0 +1,31 @@
+"""The contract's error types (producer.contract.ERROR_TYPES) are the ones its readers see."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from producer.contract import ERROR_TYPES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _documented_error_types() -> list[str]:
+    """The first column of the `exc_type` table in docs/contract.md's *Errors* section."""
+    text = (ROOT / "docs/contract.md").read_text()
+    section = text.split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
+    table = section.split("| `exc_type` |", 1)[1]
+    names = []
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        match = re.match(r"\| `(\w+)` \|", line)
+        assert match, f"not an error type row: {line!r}"
+        names.append(match.group(1))
+    return names
+
+
+def test_docs_contract_lists_exactly_the_error_types() -> None:
+    documented = _documented_error_types()
+    assert len(documented) == len(set(documented)), "an error type is listed twice"
+    assert sorted(documented) == sorted(ERROR_TYPES)
