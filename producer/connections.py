@@ -23,12 +23,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 if TYPE_CHECKING:
     import redis
 
-from producer.contract import (
-    BROKER_KEY_PREFIX,
-    DEFAULT_REDIS_URL,
-    PRIORITY_STEPS,
-    result_key,
-)
+from producer.contract import DEFAULT_REDIS_URL, result_key
+from producer.keys import BROKER_KEY_PREFIX, PRIORITY_STEPS
 
 SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 PREFIX_ENDINGS = ":_-."

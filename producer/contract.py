@@ -5,6 +5,16 @@ Everything here is plain data: importing it never pulls Celery's worker side or 
 
 from __future__ import annotations
 
+# The delivery layer's key layout and priority lists live in producer.keys.
+from producer.keys import BROKER_KEY_PREFIX as BROKER_KEY_PREFIX
+from producer.keys import CONSUMERS_KEY as CONSUMERS_KEY
+from producer.keys import DEAD_LETTERS_KEY as DEAD_LETTERS_KEY
+from producer.keys import MAX_PRIORITY as MAX_PRIORITY
+from producer.keys import MIN_PRIORITY as MIN_PRIORITY
+from producer.keys import PRIORITY_SEPARATOR as PRIORITY_SEPARATOR
+from producer.keys import PRIORITY_STEPS as PRIORITY_STEPS
+from producer.keys import queue_list as queue_list
+
 TASK_NAME = "classify"
 # Many images in one message: args `[[{"id": ..., "source": ..., "top_k"?: ...}, ...]]`,
 # kwargs `{"top_k": ...}`. Each image's result is stored under its own id, as if `classify`
@@ -16,12 +26,8 @@ TASK_NAMES = (TASK_NAME, BULK_TASK_NAME)
 DEFAULT_QUEUE = "celery"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
-# Priorities, as Celery and kombu store them on Redis: 0 is the HIGHEST, 9 the lowest, and a
-# message without one counts as 0. Each number has its own list (`<queue>\x06\x16<n>`, the
-# plain queue name for 0); workers take from the lists highest first.
-PRIORITY_STEPS = tuple(range(10))
-MIN_PRIORITY, MAX_PRIORITY = PRIORITY_STEPS[0], PRIORITY_STEPS[-1]
-PRIORITY_SEPARATOR = "\x06\x16"
+# Priorities: 0 is the HIGHEST, 9 the lowest, and a message without one counts as 0. Each
+# number has its own list; producer.keys defines them, re-exported above for other callers.
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 1000
 RESULT_KEY_PREFIX = "celery-task-meta-"
@@ -49,12 +55,6 @@ ERROR_TYPES: dict[str, str] = {
 # Image file extensions the CLI picks up when given a directory.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
-
-# The delivery layer's keys (see docs/reliability.md), each after REDIS_KEY_PREFIX if set.
-BROKER_KEY_PREFIX = "imgqueue:"
-DEAD_LETTERS_KEY = BROKER_KEY_PREFIX + "dead-letters"
-CONSUMERS_KEY = BROKER_KEY_PREFIX + "consumers"
-
 # Why a message was dead-lettered (`reason` in each dead-letter entry). Stable names.
 DEAD_LETTER_REASONS: dict[str, str] = {
     "too-large": "the message is over MAX_MESSAGE_BYTES",
@@ -64,11 +64,6 @@ DEAD_LETTER_REASONS: dict[str, str] = {
     "unknown-task": "the message names a task this service does not run",
     "rejected": "a worker rejected the message without requeueing it",
 }
-
-
-def queue_list(queue: str, priority: int) -> str:
-    """The Redis list holding `queue`'s messages of one priority (before any key prefix)."""
-    return f"{queue}{PRIORITY_SEPARATOR}{priority}" if priority else queue
 
 
 def result_key(task_id: str, key_prefix: str = "") -> str:

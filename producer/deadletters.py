@@ -3,7 +3,7 @@
 Workers move a message here when it is not JSON, lacks envelope fields, has a body that cannot
 be decoded, names a task the service does not run, is over MAX_MESSAGE_BYTES, or was rejected
 (`producer.contract.DEAD_LETTER_REASONS`). The list is `imgqueue:dead-letters` (after
-REDIS_KEY_PREFIX), newest first; each entry is one JSON object:
+REDIS_KEY_PREFIX; producer/keys.py), newest first; each entry is one JSON object:
 
     {"id": "5f0c...", "reason": "not-json", "detail": "...", "queue": "celery",
      "list": "celery", "at": 1764312345.1, "worker": "host-4242", "size": 1,
@@ -27,7 +27,7 @@ from typing import Any
 import redis
 
 from producer.connections import RedisConfig
-from producer.contract import DEAD_LETTERS_KEY
+from producer.keys import Keys
 
 MAX_KEPT = 64 * 1024
 
@@ -127,7 +127,8 @@ class DeadLetters:
     def __init__(self, client: redis.Redis, config: RedisConfig) -> None:
         self.client = client
         self.config = config
-        self.key = config.key_prefix + DEAD_LETTERS_KEY
+        self.keys = Keys(config.key_prefix)
+        self.key = self.keys.dead_letters
         self._requeue = client.register_script(_REQUEUE)
 
     def count(self) -> int:
@@ -167,7 +168,7 @@ class DeadLetters:
             if entry.truncated:
                 problems.append(f"{entry.id} (truncated: only {MAX_KEPT} bytes kept)")
                 continue
-            target = self.config.key_prefix + entry.list_key
+            target = self.keys.queue_list(entry.list_key)
             args = [entry.raw_entry, entry.message]
             done += int(self._requeue(keys=[self.key, target], args=args))
         return done, problems

@@ -6,7 +6,7 @@ Every key here sits after REDIS_KEY_PREFIX when one is set, like every other key
 
 from __future__ import annotations
 
-from producer.contract import BROKER_KEY_PREFIX
+from producer.keys import BROKER_KEY_PREFIX
 
 # -- message headers (set by producers; any language may set them) ---------------------------
 # Absolute deadline, epoch seconds (float): a job not started by then ends REVOKED, `Expired`.

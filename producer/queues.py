@@ -1,6 +1,6 @@
 """How much work is waiting: queue depth over every priority list, messages in flight, dead
 letters, live consumers, and Redis' memory (INFO memory). Read straight from the delivery
-layer's keys (docs/reliability.md).
+layer's keys (producer/keys.py, docs/reliability.md).
 
 One scrape costs O(queues + consumers) commands, never a SCAN of the keyspace: queues are the
 ones named (QUEUES, default `celery`) plus every list a live worker consumes (each registers
@@ -14,13 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.connections import RedisConfig
-from producer.contract import (
-    CONSUMERS_KEY,
-    DEAD_LETTERS_KEY,
-    PRIORITY_SEPARATOR,
-    PRIORITY_STEPS,
-    queue_list,
-)
+from producer.keys import PRIORITY_STEPS, Keys, queue_of, unacked_list
 from producer.memory import MemoryInfo, read_memory
 
 
@@ -66,21 +60,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def queue_of(list_key: str, prefix: str = "") -> str:
-    """The queue a list belongs to: `celery\\x06\\x163` -> `celery`."""
-    name = list_key[len(prefix) :] if prefix and list_key.startswith(prefix) else list_key
-    return name.split(PRIORITY_SEPARATOR, 1)[0]
-
-
-def priority_lists(queue: str, prefix: str = "") -> list[str]:
-    """The ten lists holding `queue`'s waiting messages, priority 0 (highest) first."""
-    return [prefix + queue_list(queue, priority) for priority in PRIORITY_STEPS]
-
-
 def depth(client: Any, config: RedisConfig, queue: str) -> int:
     """Messages waiting in `queue`, every priority: ten LLENs in one round trip."""
     with client.pipeline(transaction=False) as pipe:
-        for key in priority_lists(queue, config.key_prefix):
+        for key in Keys(config.key_prefix).priority_lists(queue):
             pipe.llen(key)
         return sum(int(n) for n in pipe.execute())
 
@@ -93,16 +76,15 @@ def snapshot(
 ) -> Snapshot:
     """The state of every queue named or consumed, in a few round trips."""
     prefix = config.key_prefix
-    consumers_key = prefix + CONSUMERS_KEY
+    keys = Keys(prefix)
     now_s, now_us = client.time()
     now = float(now_s) + float(now_us) / 1e6
-    members = client.zrange(consumers_key, 0, -1, withscores=True)
+    members = client.zrange(keys.consumers, 0, -1, withscores=True)
     live = [(_text(cid), score) for cid, score in members if now - float(score) <= dead_after]
-    base = config.key("")
     with client.pipeline(transaction=False) as pipe:
         for cid, _ in members:
-            pipe.hgetall(f"{base}inboxes:{_text(cid)}")
-            pipe.hvals(f"{base}unacked:{_text(cid)}")
+            pipe.hgetall(keys.of(_text(cid)).inboxes)
+            pipe.hvals(keys.of(_text(cid)).unacked)
         per_consumer = pipe.execute()
     names = dict.fromkeys(queues)
     flight: Counter[str] = Counter()
@@ -115,15 +97,14 @@ def snapshot(
             names.setdefault(queue)
             inboxes.append((_text(inbox), queue))
         for value in claims:
-            source = _text(value).split("\n", 1)[0]
-            flight[queue_of(source, prefix)] += 1
+            flight[queue_of(unacked_list(_text(value)), prefix)] += 1
     with client.pipeline(transaction=False) as pipe:
         for name in names:
-            for key in priority_lists(name, prefix):
+            for key in keys.priority_lists(name):
                 pipe.llen(key)
         for inbox, _queue in inboxes:
             pipe.llen(inbox)
-        pipe.llen(prefix + DEAD_LETTERS_KEY)
+        pipe.llen(keys.dead_letters)
         counts = pipe.execute()
     steps = len(PRIORITY_STEPS)
     for i, (_inbox, queue) in enumerate(inboxes):

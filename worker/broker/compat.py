@@ -15,6 +15,8 @@ import kombu
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
+from producer.keys import PRIORITY_SEPARATOR
+
 log = logging.getLogger(__name__)
 
 TESTED = {"kombu": (5, 7), "celery": (5, 7)}
@@ -76,6 +78,12 @@ def check() -> None:
             f"({', '.join(missing)}); it was tested with {_tested()}. Install those "
             "(pip install -e '.[worker]' keeps the pins) or port worker/broker and re-run "
             "tests/test_delivery*.py."
+        )
+    if kombu_redis.Channel.sep != PRIORITY_SEPARATOR:
+        # Producers' kombu names priority lists with its `sep`; producer/keys.py with ours.
+        raise BrokerIncompatible(
+            f"kombu's priority list separator is {kombu_redis.Channel.sep!r}, producer/keys.py "
+            f"expects {PRIORITY_SEPARATOR!r} ({versions()}; tested with {_tested()})"
         )
     found = {"kombu": kombu.VERSION[:2], "celery": celery.VERSION[:2]}
     if any(tuple(found[name]) != tested for name, tested in TESTED.items()):

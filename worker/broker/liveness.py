@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from producer.keys import Keys
 from worker.broker import scripts
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Liveness:
         self,
         channel: Any,
         client: redis.Redis,
-        keys: scripts.Keys,
+        keys: Keys,
         dead_after: float,
         visibility_timeout: float,
         on_event: Callable[[str, int], None] | None = None,

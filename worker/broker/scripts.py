@@ -1,14 +1,8 @@
-"""The delivery layer's Redis keys and Lua scripts: every move of a message is one atomic step.
+"""The delivery layer's Lua scripts: every move of a message is one atomic step.
 
-Keys, each after `<REDIS_KEY_PREFIX>imgqueue:` (docs/reliability.md has the full table):
-
-    consumers            ZSET  consumer id -> its last heartbeat (Redis server time)
-    inboxes:<cid>        HASH  inbox list -> the queue list it takes from
-    inbox:<cid>:<list>   LIST  messages popped from <list>, not yet claimed (normally 0 or 1)
-    unacked:<cid>        HASH  delivery tag -> "<queue list>\\n<message marked redelivered>"
-    unacked-at:<cid>     ZSET  delivery tag -> delivery time (server time)
-    dead-letters         LIST  producer.deadletters entries, newest first
-    sweep-lock           STRING  one sweep per interval across all workers
+The key layout is producer/keys.py's (`Keys`, with its table of every key); these scripts
+build a consumer's keys again in Lua from `P` (`Keys.base`, `<prefix>imgqueue:`) and its id,
+and split an unacked value on its first newline (`producer.keys.unacked_value`).
 
 A message is always in exactly one of: a queue list, an inbox, an unacked hash, the
 dead-letter list. A consumer id belongs to one channel of one process; when its heartbeat
@@ -17,53 +11,8 @@ stops, any live worker's sweep returns its inboxes and unacked messages to their
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from producer.contract import BROKER_KEY_PREFIX, DEAD_LETTERS_KEY
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Key names for one consumer id under one key prefix."""
-
-    prefix: str  # REDIS_KEY_PREFIX (kombu's global_keyprefix), may be ""
-    cid: str
-
-    @property
-    def base(self) -> str:
-        return self.prefix + BROKER_KEY_PREFIX
-
-    @property
-    def consumers(self) -> str:
-        return self.base + "consumers"
-
-    @property
-    def inboxes(self) -> str:
-        return f"{self.base}inboxes:{self.cid}"
-
-    def inbox(self, queue_list: str) -> str:
-        return f"{self.base}inbox:{self.cid}:{queue_list}"
-
-    @property
-    def unacked(self) -> str:
-        return f"{self.base}unacked:{self.cid}"
-
-    @property
-    def unacked_at(self) -> str:
-        return f"{self.base}unacked-at:{self.cid}"
-
-    @property
-    def dead_letters(self) -> str:
-        return self.prefix + DEAD_LETTERS_KEY
-
-    @property
-    def sweep_lock(self) -> str:
-        return self.base + "sweep-lock"
-
-    def queue_list(self, name: str) -> str:
-        """A queue list's real key: kombu prefixes them with global_keyprefix."""
-        return self.prefix + name
-
+# Re-exported: tests name the layout as scripts.Keys.
+from producer.keys import Keys as Keys
 
 # Scripts that only move a message or refresh a bookkeeping entry run even when Redis is at
 # maxmemory (noeviction): they free as much as they take, and a full Redis must not stall
@@ -73,6 +22,7 @@ ALLOW_OOM = "#!lua flags=allow-oom\n"
 
 # Helpers shared by the scripts. P is `<prefix>imgqueue:`; an unacked value is
 # "<queue list key>\n<message>" (JSON has no raw newline, and queue names carry none).
+# The layout of the keys built here from P is producer/keys.py's: change both together.
 _LIB = """
 local function now()
   local t = redis.call('TIME')

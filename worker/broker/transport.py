@@ -4,7 +4,7 @@ Selected by Celery's `broker_transport` (worker/celery_app.py), never by patchin
 `worker.broker:Transport` for redis://, rediss:// and unix://, `worker.broker:SentinelTransport`
 for sentinel://. Producers publish with kombu's own transports (a plain LPUSH).
 
-How a message travels (keys in worker/broker/scripts.py):
+How a message travels (keys in producer/keys.py, scripts in worker/broker/scripts.py):
 1. Fetch. kombu's BRPOP removes a message before anything records it, so a worker killed with
    the reply in its socket loses it. Here one Lua call LMOVEs as many messages as the consumer
    has free prefetch slots (at most MAX_FETCH), highest priority first over every consumed
@@ -36,6 +36,7 @@ import redis
 import redis.sentinel as redis_sentinel
 from kombu.transport import redis as kombu_redis
 
+from producer import keys as layout
 from producer.deadletters import make_entry
 from producer.memory import is_out_of_memory
 from worker.broker import compat, envelope, scripts
@@ -57,8 +58,6 @@ _OPTIONS = (
     "is_paused",
 )
 _servers_checked: set[str] = set()
-# kombu clamps every priority to 0..9 and names the list after the step it falls in.
-ALL_PRIORITIES = range(10)
 # Most messages one fetch moves (and one claim takes): a worker whose batch just finished
 # fetches its freed prefetch slots in two round trips instead of two per message.
 MAX_FETCH = 64
@@ -93,7 +92,7 @@ class Channel(kombu_redis.Channel):
         self._raw: redis.Redis | None = None
         self._check_server()
         self.cid = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.keys = scripts.Keys(self.global_keyprefix or "", self.cid)
+        self.keys = layout.Keys(self.global_keyprefix or "", self.cid)
         self.rules = envelope.Rules(
             int(self.max_message_bytes),
             None if self.known_tasks is None else frozenset(self.known_tasks),
@@ -153,9 +152,6 @@ class Channel(kombu_redis.Channel):
             self._noack_queues.discard(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
-    def _list(self, queue: str, priority: int) -> str:
-        return f"{queue}{self.sep}{priority}" if priority else queue
-
     def _plan(self, queues: list[str] | None = None) -> list[tuple[str, str, str]]:
         """(queue, list key, inbox key) for every list consumed, highest priority first.
 
@@ -166,9 +162,9 @@ class Channel(kombu_redis.Channel):
             queues = self._queue_cycle.consume(len(self.active_queues))
         return [
             (queue, self.keys.queue_list(lst), self.keys.inbox(lst))
-            for pri in ALL_PRIORITIES
+            for pri in layout.PRIORITY_STEPS
             for queue in queues
-            for lst in (self._list(queue, pri),)
+            for lst in (layout.queue_list(queue, pri),)
         ]
 
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -286,7 +282,9 @@ class Channel(kombu_redis.Channel):
         value: the queue list and a copy of the message marked redelivered."""
         tag = uuid.uuid4().hex
         payload["properties"]["delivery_tag"] = tag
-        return tag, lst + "\n" + json.dumps(_redelivered(payload), separators=(",", ":"))
+        return tag, layout.unacked_value(
+            lst, json.dumps(_redelivered(payload), separators=(",", ":"))
+        )
 
     def _take(
         self, queue: str, lst: str, inbox: str, item: bytes, *, no_ack: bool
