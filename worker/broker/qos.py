@@ -32,13 +32,18 @@ class QoS(virtual.QoS):
             _skip("ack", message)
         else:
             keys = self.channel.keys
-            # No MULTI: both commands free memory, and a full Redis refuses every command
-            # queued in a MULTI (an ack must still go through). A claim left in the ZSET
-            # alone is harmless: the sweep skips tags without a message.
-            with self.channel.raw_client().pipeline(transaction=False) as pipe:
-                pipe.hdel(keys.unacked, delivery_tag)
-                pipe.zrem(keys.unacked_at, delivery_tag)
-                pipe.execute()
+
+            def settle() -> None:
+                # No MULTI: both commands free memory, and a full Redis refuses every command
+                # queued in a MULTI (an ack must still go through). A claim left in the ZSET
+                # alone is harmless: the sweep skips tags without a message.
+                with self.channel.raw_client().pipeline(transaction=False) as pipe:
+                    pipe.hdel(keys.unacked, delivery_tag)
+                    pipe.zrem(keys.unacked_at, delivery_tag)
+                    pipe.execute()
+
+            # Celery only logs an ack that raises: the message would stay claimed.
+            self.channel.idempotent(settle)
         virtual.QoS.ack(self, delivery_tag)
         self.channel.settled(message)
 

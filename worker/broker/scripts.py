@@ -87,6 +87,8 @@ return out
 # Claim many messages at once. KEYS: unacked, unacked-at, then each message's inbox.
 # ARGV: message as popped, delivery tag, unacked value, for each message in KEYS order.
 # Returns 1 or 0 per message (0: it left its inbox meanwhile, returned by a sweep).
+# Idempotent: a tag already in unacked counts as claimed, so a call whose reply was lost with
+# its connection can be sent again (a claimed message never delivered would be held for good).
 CLAIM_MANY = (
     ALLOW_OOM
     + _LIB
@@ -94,7 +96,9 @@ CLAIM_MANY = (
 local t, out = now(), {}
 for i = 3, #KEYS do
   local j = 3 * (i - 3)
-  if redis.call('LREM', KEYS[i], 1, ARGV[j + 1]) == 0 then
+  if redis.call('HEXISTS', KEYS[1], ARGV[j + 2]) == 1 then
+    out[#out + 1] = 1
+  elseif redis.call('LREM', KEYS[i], 1, ARGV[j + 1]) == 0 then
     out[#out + 1] = 0
   else
     redis.call('HSET', KEYS[1], ARGV[j + 2], ARGV[j + 3])
@@ -108,10 +112,12 @@ return out
 
 # KEYS: inbox, unacked, unacked-at. ARGV: message as popped, delivery tag, unacked value.
 # 0 when the message is no longer in the inbox (a sweep returned it to its queue meanwhile).
+# Idempotent like CLAIM_MANY.
 CLAIM = (
     ALLOW_OOM
     + _LIB
     + """
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 1 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[3], now(), ARGV[2])

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from queue import Empty
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.sentinel as redis_sentinel
@@ -44,6 +44,7 @@ from worker.broker.liveness import Liveness
 from worker.broker.qos import QoS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _OPTIONS = (
     "dead_worker_timeout",
@@ -267,7 +268,9 @@ class Channel(kombu_redis.Channel):
             raise Empty()
         keys = [self.keys.unacked, self.keys.unacked_at, *(inbox for _, inbox, _, _ in claims)]
         args = [a for *_, triple in claims for a in triple]
-        taken = self._claim_many(keys=keys, args=args, client=self.raw_client())
+        taken = self.idempotent(
+            lambda: self._claim_many(keys=keys, args=args, client=self.raw_client())
+        )
         delivered = False
         for (queue, _, payload, _), ok in zip(claims, taken, strict=True):
             if ok:
@@ -304,7 +307,9 @@ class Channel(kombu_redis.Channel):
             return payload if client.lrem(inbox, 1, item) else None  # type: ignore[arg-type]
         tag, entry = self._claim_entry(lst, payload)
         keys = [inbox, self.keys.unacked, self.keys.unacked_at]
-        if not self._claim(keys=keys, args=[item, tag, entry], client=client):
+        if not self.idempotent(
+            lambda: self._claim(keys=keys, args=[item, tag, entry], client=client)
+        ):
             log.debug("message left %s before its claim (returned by a sweep)", inbox)
             return None
         return payload
@@ -333,11 +338,24 @@ class Channel(kombu_redis.Channel):
             self.qos.append(message, message.delivery_tag)
         return message
 
+    def idempotent(self, call: Callable[[], T]) -> T:
+        """Run a Redis call that may safely run twice, once more if its connection was lost.
+
+        A connection dropped between Redis running a claim or an ack and its reply leaves the
+        message claimed with no one to deliver or acknowledge it: held, by a live consumer,
+        until the visibility timeout. A second try on a fresh connection finishes the job.
+        """
+        try:
+            return call()
+        except self.connection_errors as exc:
+            log.info("a Redis call lost its connection, trying once more: %s", exc)
+            return call()
+
     # -- settling ----------------------------------------------------------------------------
 
     def requeue_unacked(self, tag: str) -> None:
         keys = [self.keys.unacked, self.keys.unacked_at]
-        self._requeue(keys=keys, args=[tag], client=self.raw_client())
+        self.idempotent(lambda: self._requeue(keys=keys, args=[tag], client=self.raw_client()))
 
     def dead_letter_unacked(self, tag: str, raw: bytes, message: Any) -> None:
         queue = (getattr(message, "delivery_info", None) or {}).get("routing_key") or "?"
@@ -350,8 +368,10 @@ class Channel(kombu_redis.Channel):
             worker=self.cid,
         )
         keys = [self.keys.unacked, self.keys.unacked_at, self.keys.dead_letters]
-        dropped = self._dead_letter_unacked(
-            keys=keys, args=[tag, entry, self.dead_letter_limit], client=self.raw_client()
+        dropped = self.idempotent(
+            lambda: self._dead_letter_unacked(
+                keys=keys, args=[tag, entry, self.dead_letter_limit], client=self.raw_client()
+            )
         )
         if int(dropped) >= 0:
             self._counted_dead_letter(queue, "rejected", "rejected by the worker", int(dropped))
