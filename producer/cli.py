@@ -33,6 +33,8 @@ from producer.contract import (
     MAX_PRIORITY,
     MAX_TOP_K,
     MIN_PRIORITY,
+    ArgumentError,
+    check_top_k,
 )
 from producer.deadletters import DeadLetters
 from producer.errors import ProducerError, QueueFull, RedisFull, UnknownModel
@@ -249,10 +251,10 @@ def _priority(text: str) -> int:
 
 
 def _top_k(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= MAX_TOP_K:
-        raise argparse.ArgumentTypeError(f"top-k must be within 1..{MAX_TOP_K}")
-    return value
+    try:
+        return check_top_k(int(text))
+    except ArgumentError:  # the contract's rule, in the CLI's words
+        raise argparse.ArgumentTypeError(f"top-k must be within 1..{MAX_TOP_K}") from None
 
 
 def _webhook(text: str) -> str:

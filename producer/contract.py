@@ -30,6 +30,9 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # number has its own list; producer.keys defines them, re-exported above for other callers.
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 1000
+MAX_SOURCE_CHARS = 8192
+# The keyword arguments `classify` and `classify_many` take.
+TASK_KWARGS = frozenset({"top_k"})
 RESULT_KEY_PREFIX = "celery-task-meta-"
 
 # Error types a failed job can carry in `result.exc_type`. Stable names: other apps branch on them.
@@ -64,6 +67,27 @@ DEAD_LETTER_REASONS: dict[str, str] = {
     "unknown-task": "the message names a task this service does not run",
     "rejected": "a worker rejected the message without requeueing it",
 }
+
+
+class ArgumentError(ValueError):
+    """An argument outside the contract, saying which and why (the worker fails the job with
+    InvalidArguments and this message)."""
+
+
+def check_source(source: object) -> str:
+    """`source` if the contract allows it: a non-empty string of at most MAX_SOURCE_CHARS."""
+    if not isinstance(source, str) or not source.strip():
+        raise ArgumentError(f"source must be a non-empty string, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ArgumentError(f"source is longer than {MAX_SOURCE_CHARS} characters")
+    return source
+
+
+def check_top_k(top_k: object) -> int:
+    """`top_k` if the contract allows it: an integer (not a bool) within 1..MAX_TOP_K."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise ArgumentError(f"top_k must be an integer within 1..{MAX_TOP_K}, got {top_k!r}")
+    return top_k
 
 
 def result_key(task_id: str, key_prefix: str = "") -> str:

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.connections import mget
-from producer.contract import DEFAULT_TOP_K, MAX_BULK_IMAGES, MAX_TOP_K, result_key
+from producer.contract import (
+    DEFAULT_TOP_K,
+    MAX_BULK_IMAGES,
+    TASK_KWARGS,
+    ArgumentError,
+    check_source,
+    check_top_k,
+    result_key,
+)
 from worker import events, result_store
 from worker.cancels import monotonic, parse_deadline
 from worker.errors import ClassifyError, InternalError, InvalidArguments
@@ -72,7 +80,7 @@ def parse(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Image], O
 
     Raises InvalidArguments when the message as a whole is outside the contract.
     """
-    unknown = sorted(set(kwargs) - {"top_k"})
+    unknown = sorted(set(kwargs) - TASK_KWARGS)
     if unknown:
         raise InvalidArguments(f"unknown keyword argument(s): {', '.join(unknown)}")
     if len(args) != 1 or not isinstance(args[0], list):
@@ -80,9 +88,10 @@ def parse(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Image], O
     items = args[0]
     if not 1 <= len(items) <= MAX_BULK_IMAGES:
         raise InvalidArguments(f"a bulk message holds 1..{MAX_BULK_IMAGES} images")
-    default_k = kwargs.get("top_k", DEFAULT_TOP_K)
-    if not _valid_k(default_k):
-        raise InvalidArguments(f"top_k must be an integer within 1..{MAX_TOP_K}")
+    try:
+        default_k = check_top_k(kwargs.get("top_k", DEFAULT_TOP_K))
+    except ArgumentError as exc:
+        raise InvalidArguments(str(exc)) from None
     images: list[Image] = []
     outcome = Outcome()
     seen: set[str] = set()
@@ -106,10 +115,6 @@ def ids_in(args: tuple[Any, ...]) -> list[str]:
     return list(dict.fromkeys(i for i in ids if isinstance(i, str) and _valid_id(i)))
 
 
-def _valid_k(k: Any) -> bool:
-    return isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_TOP_K
-
-
 def _valid_id(task_id: str) -> bool:
     return 0 < len(task_id) <= MAX_ID_CHARS and task_id.isprintable()
 
@@ -118,14 +123,11 @@ def _image(task_id: str, item: dict[str, Any], default_k: int) -> Image:
     unknown = sorted(set(item) - {"id", "source", "top_k", "deadline", *events.ENTRY_KEYS})
     if unknown:
         raise InvalidArguments(f"unknown image field(s): {', '.join(unknown)}")
-    source = item.get("source")
-    if not isinstance(source, str) or not source.strip():
-        raise InvalidArguments("source must be a non-empty string")
-    if len(source) > 8192:
-        raise InvalidArguments("source is longer than 8192 characters")
-    top_k = item.get("top_k", default_k)
-    if not _valid_k(top_k):
-        raise InvalidArguments(f"top_k must be an integer within 1..{MAX_TOP_K}, got {top_k!r}")
+    try:
+        source = check_source(item.get("source"))
+        top_k = check_top_k(item.get("top_k", default_k))
+    except ArgumentError as exc:
+        raise InvalidArguments(str(exc)) from None
     deadline = parse_deadline(item.get("deadline"), "deadline")
     group, webhook = events.entry_origin(item)
     return Image(task_id, source, top_k, deadline, group=group, webhook=webhook)

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor
 
-from producer.contract import DEFAULT_TOP_K, MAX_TOP_K
+from producer.contract import DEFAULT_TOP_K, TASK_KWARGS, ArgumentError, check_source, check_top_k
 from producer.redaction import display_url
 from worker import cache
 from worker.batcher import GpuDecodeFailed, InferenceDead
@@ -19,27 +19,20 @@ from worker.fetch import Fetched, fetch
 from worker.imaging import Decoded, decode, probe
 from worker.runtime import Runtime
 
-_KWARGS = frozenset({"top_k"})
-
 
 def validate_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, int]:
     """The contract's `[source]` and `top_k`, or InvalidArguments saying what is wrong."""
-    unknown = sorted(set(kwargs) - _KWARGS)
+    unknown = sorted(set(kwargs) - TASK_KWARGS)
     if unknown:
         raise InvalidArguments(f"unknown keyword argument(s): {', '.join(unknown)}")
     if len(args) != 1:
         raise InvalidArguments(
             f"expected exactly one positional argument (source), got {len(args)}"
         )
-    source = args[0]
-    if not isinstance(source, str) or not source.strip():
-        raise InvalidArguments(f"source must be a non-empty string, got {type(source).__name__}")
-    if len(source) > 8192:
-        raise InvalidArguments("source is longer than 8192 characters")
-    top_k = kwargs.get("top_k", DEFAULT_TOP_K)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-        raise InvalidArguments(f"top_k must be an integer within 1..{MAX_TOP_K}, got {top_k!r}")
-    return source, top_k
+    try:
+        return check_source(args[0]), check_top_k(kwargs.get("top_k", DEFAULT_TOP_K))
+    except ArgumentError as exc:
+        raise InvalidArguments(str(exc)) from None
 
 
 def _ms(seconds: float) -> float:

@@ -29,3 +29,21 @@ def test_docs_contract_lists_exactly_the_error_types() -> None:
     documented = _documented_error_types()
     assert len(documented) == len(set(documented)), "an error type is listed twice"
     assert sorted(documented) == sorted(ERROR_TYPES)
+
+
+def _worker_error_types() -> set[str]:
+    """The names of every error class a failed job's result can carry: worker.errors'
+    ClassifyError subclasses (the base itself is never raised)."""
+    from worker import errors
+
+    found: set[str] = set()
+    todo = list(errors.ClassifyError.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_worker_errors_are_exactly_the_contracts_error_types() -> None:
+    assert _worker_error_types() == set(ERROR_TYPES)
