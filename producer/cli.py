@@ -43,6 +43,7 @@ from producer.groups import add_subparser as add_results
 from producer.model_cli import add_subparser as add_model
 from producer.model_cli import served_name
 from producer.render import add_subparser as add_render
+from producer.settings import ReportSettings, SettingError, load
 from producer.webhooks import InvalidWebhook, check_webhook
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -184,8 +185,13 @@ def cmd_status(client: Client, ns: argparse.Namespace) -> int:
     if ns.group is not None:
         return groups.cmd_status(client, ns)
 
-    queues = ns.queue or [q.strip() for q in os.environ.get("QUEUES", "celery").split(",")]
-    state = status.gather(client, [q for q in queues if q], timeout=ns.timeout)
+    try:
+        settings = load(ReportSettings)  # QUEUES, DEAD_WORKER_TIMEOUT
+    except SettingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    queues = [q for q in ns.queue or settings.queues if q]
+    state = status.gather(client, queues, ns.timeout, settings.dead_worker_timeout)
     if ns.json:
         print(json.dumps(state, sort_keys=True))
     else:

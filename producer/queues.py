@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producer.connections import RedisConfig
+from producer.contract import DEFAULT_QUEUE
 from producer.keys import PRIORITY_STEPS, Keys, queue_of, unacked_list
 from producer.memory import MemoryInfo, read_memory
+from producer.settings import DeliverySettings
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,8 @@ def depth(client: Any, config: RedisConfig, queue: str) -> int:
 def snapshot(
     client: Any,
     config: RedisConfig,
-    queues: list[str] | tuple[str, ...] = ("celery",),
-    dead_after: float = 15.0,
+    queues: list[str] | tuple[str, ...] = (DEFAULT_QUEUE,),
+    dead_after: float = DeliverySettings.dead_worker_timeout,
 ) -> Snapshot:
     """The state of every queue named or consumed, in a few round trips."""
     prefix = config.key_prefix

@@ -28,9 +28,15 @@ import redis
 from producer import memory, models, store_memory, webhooks
 from producer.client import Client
 from producer.queues import snapshot
+from producer.settings import DeliverySettings
 
 
-def gather(client: Client, queues: list[str], timeout: float = 1.5) -> dict[str, Any]:
+def gather(
+    client: Client,
+    queues: list[str],
+    timeout: float = 1.5,
+    dead_after: float = DeliverySettings.dead_worker_timeout,
+) -> dict[str, Any]:
     """Everything `imgqueue status` prints, as one JSON-ready dict."""
     try:
         registered = models.registered(client.redis, client.config)
@@ -47,7 +53,8 @@ def gather(client: Client, queues: list[str], timeout: float = 1.5) -> dict[str,
     # The queues named, every registered model's and every answering worker's model's.
     model_queues = [m["queue"] for m in registered.values()]
     model_queues += [str(w["queue"]) for w in workers.values() if w.get("queue")]
-    snap = snapshot(client.redis, client.config, list(dict.fromkeys(queues + model_queues)))
+    named = list(dict.fromkeys(queues + model_queues))
+    snap = snapshot(client.redis, client.config, named, dead_after)
     jobs = sum(int(w.get("jobs_last_minute") or 0) for w in workers.values())
     out = snap.to_dict()
     out["workers"] = dict(sorted(workers.items()))

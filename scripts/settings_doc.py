@@ -1,7 +1,7 @@
 """Generate docs/settings.md, the one table of settings, from their typed declarations.
 
 A settings class is any class under worker/ or producer/ with a field declared by `env(...)`
-(worker.settings.env: default, parser, description, shown default); each such field is one
+(producer.settings.env: default, parser, description, shown default); each such field is one
 environment variable, its name the field's upper-cased. So whatever is declared when this runs
 is documented, and nothing else: a variable read without a declaration is listed at the end by
 hand (`UNDECLARED`) until it gets one.
@@ -54,12 +54,6 @@ UNDECLARED = {
         " pass (`10000` gives ~5% more throughput on phone photos for a slower lone job;"
         " docs/performance.md, *Idle latency*)"
     ),
-    "QUEUES": (
-        "`python -m worker.exporter` and `imgqueue status`: the queues to report, comma"
-        " separated (default `celery`)"
-    ),
-    "EXPORTER_PORT": "`python -m worker.exporter`'s port (default `9809`)",
-    "EXPORTER_ADDR": "`python -m worker.exporter`'s interface (default `0.0.0.0`)",
 }
 
 PRODUCERS = """\
@@ -124,8 +118,15 @@ def render() -> str:
         summary = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
         out.append(f"\n## `{cls.__module__}.{cls.__qualname__}`\n\n{summary}\n")
         out.append("\n| variable | default | meaning |\n|---|---|---|\n")
+        # A field a base settings class declares is listed there only.
+        inherited = {
+            f.name
+            for base in cls.__mro__[1:]
+            if dataclasses.is_dataclass(base)
+            for f in dataclasses.fields(base)
+        }
         for field in dataclasses.fields(cls):
-            if "parse" not in field.metadata:
+            if "parse" not in field.metadata or field.name in inherited:
                 continue
             name = field.metadata.get("env") or field.name.upper()
             declared.add(name)

@@ -23,9 +23,10 @@ its queue (`model.<name>`; `celery` for the default model); `model` is the label
 Also `/queues` (the same as JSON, with a `models` object keyed by that label, for KEDA's
 metrics-api scaler) and `/healthz`. Settings come from the environment: REDIS_URL
 (+ REDIS_SENTINEL_MASTER, REDIS_KEY_PREFIX), RESULT_URL (+ RESULT_SENTINEL_MASTER; only its
-memory is read, never a result), QUEUES (comma separated; queues a live worker consumes and
-those of registered models are found by themselves), EXPORTER_PORT (9809),
-EXPORTER_ADDR (0.0.0.0), DEAD_WORKER_TIMEOUT (15). It imports neither torch nor Celery.
+memory is read, never a result), and `ExporterSettings`: QUEUES (comma separated; queues a
+live worker consumes and those of registered models are found by themselves), EXPORTER_PORT
+(9809), EXPORTER_ADDR (0.0.0.0), DEAD_WORKER_TIMEOUT (15). It imports neither torch nor
+Celery.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -47,9 +48,23 @@ from prometheus_client.exposition import generate_latest
 from producer import models, store_memory
 from producer.connections import RedisConfig, ResultStoreConfig
 from producer.queues import Snapshot, snapshot
+from producer.settings import ReportSettings, SettingError, env, load
 from worker.endpoint import Endpoint
 
 log = logging.getLogger("imgqueue.exporter")
+
+
+@dataclass(frozen=True)
+class ExporterSettings(ReportSettings):
+    """`python -m worker.exporter`'s settings (besides where Redis is)."""
+
+    exporter_port: int = env(9809, int, "`python -m worker.exporter`'s port")
+    exporter_addr: str = env("0.0.0.0", str, "`python -m worker.exporter`'s interface")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.exporter_port <= 65535:
+            raise SettingError("EXPORTER_PORT must be within 0..65535")
 
 
 class QueueCollector:
@@ -229,15 +244,17 @@ def routes(collector: QueueCollector) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.exporter", description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("EXPORTER_PORT", 9809)))
-    parser.add_argument("--addr", default=os.environ.get("EXPORTER_ADDR", "0.0.0.0"))
+    try:
+        settings = load(ExporterSettings)
+    except SettingError as exc:
+        parser.error(str(exc))
+    parser.add_argument("--port", type=int, default=settings.exporter_port)
+    parser.add_argument("--addr", default=settings.exporter_addr)
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = RedisConfig.from_env()
-    queues = [q.strip() for q in os.environ.get("QUEUES", "celery").split(",") if q.strip()]
-    dead_after = float(os.environ.get("DEAD_WORKER_TIMEOUT", "15"))
     client = config.client(socket_connect_timeout=5, socket_timeout=5)
-    collector = QueueCollector(client, config, queues, dead_after)
+    collector = QueueCollector(client, config, list(settings.queues), settings.dead_worker_timeout)
     results = ResultStoreConfig.from_env(broker=config)
     if store_memory.apart(results, config):
         collector.results = results

@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from producer.connections import RedisConfig, RedisConfigError, ResultStoreConfig
 from producer.contract import DEFAULT_REDIS_URL
+from producer.settings import DeliverySettings, SettingError, env, parsed
 from worker.errors import ConfigError
 
 if TYPE_CHECKING:  # imports torch; settings are read before the model is wanted
@@ -31,8 +32,8 @@ DEFAULT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-# Parsers: each setting declares its own (starlette's `Config(cast=...)`), raising ValueError.
-T = TypeVar("T")
+# Parsers: each setting declares its own (starlette's `Config(cast=...)`), raising ValueError;
+# `env` declares a setting (producer/settings.py).
 
 
 def boolean(raw: str) -> bool:
@@ -61,30 +62,6 @@ def formats(raw: str) -> tuple[str, ...]:
 
 def networks(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
-
-
-def env(
-    default: T,
-    parse: Callable[[str], T],
-    doc: str = "",
-    *,
-    shown: str | None = None,
-    secret: bool = False,
-) -> T:
-    """A setting read from the environment variable of its upper-cased name by `parse`.
-
-    `doc` says what it does and `shown` how to show its default, where the value alone would
-    mislead (`0` meaning "sized from the machine"); docs/settings.md is generated from both
-    (scripts/settings_doc.py). `secret` keeps the value out of the settings' repr.
-    """
-    if isinstance(default, list | dict | set):
-        raise TypeError("mutable defaults are not settings")
-    made: T = field(
-        default=default,
-        repr=not secret,
-        metadata={"parse": parse, "doc": doc, "shown": shown},
-    )
-    return made
 
 
 def webhook_keys(raw: str) -> tuple[bytes, ...]:
@@ -117,8 +94,11 @@ def _gpu_visible() -> bool:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """The worker's configuration; build it with `Settings.from_env()`."""
+class Settings(DeliverySettings):
+    """The worker's configuration; build it with `Settings.from_env()`.
+
+    DEAD_WORKER_TIMEOUT is declared in producer.settings.DeliverySettings (the exporter and
+    `imgqueue status` read it too)."""
 
     redis_url: str = env(
         DEFAULT_REDIS_URL,
@@ -364,12 +344,6 @@ class Settings:
         int,
         "starts allowed per job before it fails with `JobLost` (its worker died each time)",
     )
-    dead_worker_timeout: float = env(
-        15.0,
-        float,
-        "seconds without a heartbeat before a worker process counts as dead; any live worker"
-        " then returns its jobs to the head of their queues",
-    )
     broker_poll_interval: float = env(
         0.5,
         float,
@@ -435,17 +409,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        source = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = source.get(f.name.upper())
-            if raw is None or raw.strip() == "":
-                continue
-            try:
-                values[f.name] = f.metadata["parse"](raw.strip())
-            except ValueError as exc:
-                raise ConfigError(f"{f.name.upper()}={raw.strip()!r} is invalid: {exc}") from exc
-        settings = cls(**values)  # type: ignore[arg-type]
+        try:
+            values = parsed(cls, environ)
+        except SettingError as exc:
+            raise ConfigError(str(exc)) from exc
+        settings = cls(**values)
         settings.validate()
         return settings
 
@@ -489,8 +457,10 @@ class Settings:
             )
         if not 1 <= self.result_wait_timeout_ms <= 60_000:
             raise ConfigError("RESULT_WAIT_TIMEOUT_MS must be within 1..60000")
-        if not 1 <= self.dead_worker_timeout <= 3600:
-            raise ConfigError("DEAD_WORKER_TIMEOUT must be within 1..3600 seconds")
+        try:
+            super().validate()  # DEAD_WORKER_TIMEOUT
+        except SettingError as exc:
+            raise ConfigError(str(exc)) from exc
         if not 0.01 <= self.broker_poll_interval <= 5:
             raise ConfigError("BROKER_POLL_INTERVAL must be within 0.01..5 seconds")
         if self.max_message_bytes < 1024 or self.dead_letter_limit < 1:
