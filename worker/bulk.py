@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from producer.connections import mget
 from producer.contract import (
@@ -27,6 +27,10 @@ from producer.contract import (
 from worker import events, result_store
 from worker.cancels import monotonic, parse_deadline
 from worker.errors import ClassifyError, InternalError, InvalidArguments
+
+if TYPE_CHECKING:  # both import torch; `run` imports them when called
+    from worker.pipeline import Prepared, Submitted
+    from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +168,7 @@ DECODE_CHUNK = 16
 DECODE_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def run(images: list[Image], rt: Any, outcome: Outcome, started: dict[str, float]) -> None:
+def run(images: list[Image], rt: Runtime, outcome: Outcome, started: dict[str, float]) -> None:
     """Classify the images: every input goes to the batcher before any result is awaited, so
     one message fills batches by itself. Fills `outcome`; `started` gets each image's start.
 
@@ -214,7 +218,9 @@ def run(images: list[Image], rt: Any, outcome: Outcome, started: dict[str, float
     cache.store_all(rt.cache_client, sink, rt.settings)
 
 
-def _decode_chunk(chunk: list[tuple[Image, Any]], rt: Any, outcome: Outcome) -> list[Any]:
+def _decode_chunk(
+    chunk: list[tuple[Image, Prepared]], rt: Runtime, outcome: Outcome
+) -> list[tuple[Image, Submitted]]:
     from worker import cache, pipeline
 
     model = rt.classifier

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import Tensor
@@ -55,30 +55,31 @@ def _wait(rt: Runtime, future: Future[tuple[Tensor, int]]) -> tuple[Tensor, int]
 
 
 @dataclass
-class Prepared:
-    """A job fetched and not found in the cache: its bytes wait to be decoded."""
+class Job:
+    """What a job carries from stage to stage: its source as results show it, top_k, the
+    model's description, its cache entry, and when it started (t0) and was fetched (t1)."""
 
     shown: str
     top_k: int
     description: dict[str, Any]
     entry: cache.Entry
-    fetched: Fetched
     t0: float
     t1: float
 
 
 @dataclass
-class Submitted:
+class Prepared(Job):
+    """A job fetched and not found in the cache: its bytes wait to be decoded."""
+
+    fetched: Fetched
+
+
+@dataclass
+class Submitted(Job):
     """A job whose input waits in the batcher: what `finish` needs to make its result."""
 
-    shown: str
-    top_k: int
-    description: dict[str, Any]
-    entry: cache.Entry
     decoded: Decoded
     future: Future[tuple[Tensor, int]]
-    t0: float
-    t1: float
     t2: float
     encoded: bytes | None = None  # submitted as JPEG bytes: kept for a Pillow fallback
     deadline: float | None = None  # monotonic: its batch waits for partners no longer
@@ -112,7 +113,7 @@ def prepare(
     if entry.stored is not None:
         fetched.release()
         return entry.reuse(shown, t1 - t0, t0)
-    return Prepared(shown, top_k, description, entry, fetched, t0, t1)
+    return Prepared(shown, top_k, description, entry, t0, t1, fetched=fetched)
 
 
 def submit_decoded(
@@ -127,10 +128,10 @@ def submit_decoded(
     t2 = time.perf_counter()
     future = _hand_over(rt, item, deadline)
     encoded = item if isinstance(item, bytes) else None  # kept for a Pillow fallback
+    carried = {f.name: getattr(job, f.name) for f in fields(Job)}
     return Submitted(
-        job.shown, job.top_k, job.description, job.entry, decoded, future, job.t0, job.t1, t2,
-        encoded, deadline,
-    )  # fmt: skip
+        **carried, decoded=decoded, future=future, t2=t2, encoded=encoded, deadline=deadline
+    )
 
 
 def submit(
