@@ -12,15 +12,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from producer.connections import RedisConfig, RedisConfigError, ResultStoreConfig
 from producer.contract import DEFAULT_REDIS_URL
 from producer.settings import DeliverySettings, SettingError, env, parsed
 from worker.errors import ConfigError
-
-if TYPE_CHECKING:  # imports torch; settings are read before the model is wanted
-    from worker.model.onnx import OnnxOptions
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -91,6 +87,17 @@ def webhook_keys(raw: str) -> tuple[bytes, ...]:
 def _gpu_visible() -> bool:
     # Only for picking defaults in the parent process: a device node check never touches CUDA.
     return os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES") != ""
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """The ONNX Runtime backend's settings (worker/model/onnx.py; here, where they are read,
+    since that module imports torch): ONNX_CACHE_DIR (None: the default), ONNX_SPINNING, and
+    the intra-op threads (0: torch.get_num_threads())."""
+
+    cache_dir: Path | None = None
+    spinning: str = ONNX_SPINNING[0]
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -523,8 +530,6 @@ class Settings(DeliverySettings):
 
     @property
     def onnx_options(self) -> OnnxOptions:
-        from worker.model.onnx import OnnxOptions
-
         return OnnxOptions(self.onnx_cache_dir, self.onnx_spinning)
 
     @property

@@ -44,6 +44,7 @@ from PIL import Image
 from worker.errors import ConfigError
 from worker.model.spec import ModelSpec
 from worker.settings import BACKENDS, ONNX_SPINNING
+from worker.settings import OnnxOptions as OnnxOptions  # read with the settings (no torch)
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,6 @@ SPINNING = {
 }
 DEFAULT_SPINNING = "pass"
 assert tuple(SPINNING) == ONNX_SPINNING
-
-
-@dataclass(frozen=True)
-class OnnxOptions:
-    """The backend's settings: ONNX_CACHE_DIR (None: the default), ONNX_SPINNING, and the
-    intra-op threads (0: torch.get_num_threads())."""
-
-    cache_dir: Path | None = None
-    spinning: str = DEFAULT_SPINNING
-    threads: int = 0
 
 
 class OnnxUnavailable(Exception):
