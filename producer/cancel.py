@@ -28,17 +28,14 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import redis
 
-from producer.connections import mget
+from producer.connections import RedisConfig, ResultStoreConfig, mget
 from producer.errors import BrokerUnavailable, ProducerError, RedisFull
 from producer.jobs import CANCEL_TAKEN, CANCEL_TTL, cancel_key
 from producer.memory import is_out_of_memory
-
-if TYPE_CHECKING:
-    from producer.client import Client
 
 FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 # Ids per round trip.
@@ -80,6 +77,21 @@ class CancelResult:
             "unknown": self.unknown,
             "states": self.states,
         }
+
+
+class Client(Protocol):
+    """What a cancel needs of a producer.client.Client, which calls in here (so this module
+    does not import it)."""
+
+    config: RedisConfig
+    result_config: ResultStoreConfig
+
+    @property
+    def results(self) -> Any: ...
+
+    def group_ids(self, group_id: str) -> list[str]: ...
+
+    def cancel(self, task_ids: Iterable[str]) -> CancelResult: ...
 
 
 def valid_id(task_id: Any) -> bool:
