@@ -38,7 +38,6 @@ from celery.exceptions import Ignore
 
 from producer.connections import is_cluster_client, mget
 from producer.jobs import CANCEL_TAKEN, DEADLINE_HEADER, cancel_key
-from producer.redaction import display_url
 from worker import result_store
 from worker.errors import Cancelled, ClassifyError, Expired, InvalidArguments
 
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
     from celery import Task
 
     from worker.backend import Started
-    from worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -258,33 +256,14 @@ def _take(client: Any, keys: list[str]) -> set[str]:
     return {key for key, old in zip(keys, replies, strict=True) if old is not None}
 
 
-def end_images(
-    task: Task,
-    ended: dict[str, ClassifyError],
-    sources: dict[str, str],
-    key_prefix: str,
-    metrics: Metrics,
-) -> None:
-    """Store the ended images' REVOKED states in one call, drop their taken cancel keys, and
-    log and count each as a job."""
-    from worker import joblog
-
+def end_images(task: Task, ended: dict[str, ClassifyError], key_prefix: str) -> None:
+    """Store the ended images' REVOKED states in one call and drop their taken cancel keys
+    (the task logs and counts each as a job)."""
     if not ended:
         return
-    request = task.request
     task.app.backend.store_many([(i, error, REVOKED) for i, error in ended.items()])
     release(task.app.backend.client, [i for i, e in ended.items() if isinstance(e, Cancelled)],
             key_prefix)  # fmt: skip
-    wait = joblog.queue_wait(request, time.time())
-    for task_id, error in ended.items():
-        job = joblog.Job(
-            id=task_id,
-            source=display_url(sources.get(task_id, "")) or None,
-            retries=request.retries,
-            queue_wait=wait,
-            bulk=request.id,
-        )
-        joblog.record(job, "revoked", type(error).__name__, str(error), metrics)
 
 
 def _status(raw: Any) -> Any:
