@@ -8,15 +8,14 @@ A second app in the same process (a benchmark's) is left alone by this one's hoo
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any, cast
+from typing import Any
 
-from celery import Celery, Task, signals
+from celery import Celery, signals
 from celery.worker.control import inspect_command
 
 from producer.contract import TASK_NAMES
 from producer.models import queue_for
-from worker import ops, result_store
+from worker import lifecycle, ops, result_store, tasks
 from worker.broker import BrokerIncompatible, transport_for
 from worker.context import Context, configure_openmp
 from worker.errors import ConfigError, WeightsUnavailable
@@ -53,10 +52,6 @@ class ImgqueueApp(Celery):  # type: ignore[misc]  # Celery is untyped
 
     def fetch_paused(self) -> bool:
         return self.context is not None and self.context.fetch_paused()
-
-
-def app_of(task: Task) -> ImgqueueApp:
-    return cast(ImgqueueApp, task.app)
 
 
 def create_app(settings: Settings) -> ImgqueueApp:
@@ -132,8 +127,6 @@ def create_app(settings: Settings) -> ImgqueueApp:
         worker_send_task_events=settings.task_events,
         task_send_sent_event=True,
     )
-    from worker import tasks  # the task module imports no torch until a job runs
-
     tasks.register(app)
     inspect_command()(imgqueue_info)
     _connect_hooks(app)
@@ -153,7 +146,7 @@ def _pool_forks(pool: Any) -> bool:
 
 def _connect_hooks(app: ImgqueueApp) -> None:
     """Hooks for this app's worker only: each checks the sender, or is connected by one that
-    did. Connected once per app; a worker process builds its Context in them."""
+    did. Connected once per app; they hand the process's life to worker/lifecycle.py."""
     settings = app.settings
 
     def on_import_modules(sender: Any = None, **_: Any) -> None:
@@ -174,15 +167,8 @@ def _connect_hooks(app: ImgqueueApp) -> None:
         ):
             signal.connect(receiver, weak=False)
         try:
-            forks = _pool_forks(getattr(sender, "pool_cls", "threads"))
             _check_broker(app)
-            app.context = ctx = Context(settings, main_pid=os.getpid())
-            ops.starting(ctx, forks=forks)
-            from worker import runtime  # imports torch: OpenMP was set at import_modules
-
-            ctx.weights = runtime.prepare(settings)
-            if not forks:
-                ops.ready(ctx)
+            lifecycle.start(app, forks=_pool_forks(getattr(sender, "pool_cls", "threads")))
         except (WeightsUnavailable, ConfigError, BrokerIncompatible) as exc:
             log.critical("worker cannot start: %s", exc)
             raise SystemExit(f"worker cannot start: {exc}") from exc
@@ -192,14 +178,11 @@ def _connect_hooks(app: ImgqueueApp) -> None:
             ops.configure_logging(settings, logger)
 
     def on_process_init(**_: Any) -> None:
-        """A forked pool child: its own context and model, never the parent's."""
-        parent = app.context or Context(settings, main_pid=os.getppid())
-        app.context = parent.forked()
-        ops.ready(app.context)
+        lifecycle.forked(app)  # a forked pool child: its own context and model
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app and app.context is not None:
-            ops.stopping(app.context)
+            lifecycle.stop(app.context)
 
     signals.import_modules.connect(on_import_modules, weak=False)
     signals.worker_init.connect(on_worker_init, weak=False)

@@ -1,14 +1,15 @@
 """What one worker process holds, in one object instead of module globals.
 
-The process-start hooks (worker/celery_app.py) build it: `worker_init` in the worker's main
-process, then `worker_process_init` again in every forked pool child, which starts with fresh
-metrics and loads its own model. Tasks reach it as `task.app.context`.
+worker/lifecycle.py builds it, in the worker's main process and again in every forked pool
+child, which starts with fresh metrics and loads its own model. Tasks reach it as
+`task.app.context`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -71,24 +72,12 @@ class Context:
         """The context of a pool child: the same settings and weights, nothing else shared."""
         return Context(self.settings, self.main_pid, weights=self.weights)
 
-    def load(self) -> Runtime:
-        """Load the model once for this process (idempotent, thread-safe)."""
+    def load(self, start: Callable[[], Runtime]) -> Runtime:
+        """The process's model: `start()` the first time (thread-safe), then the same one."""
         with self._lock:
             if self.runtime is None:
-                from worker import runtime
-
-                self.runtime = runtime.start(
-                    self.settings,
-                    self.weights,
-                    on_batch=self.metrics.observe_batch,
-                    on_death=self._on_inference_death,
-                )
+                self.runtime = start()
             return self.runtime
-
-    def _on_inference_death(self, exc: BaseException) -> None:
-        from worker import ops
-
-        ops.inference_died(self, exc)
 
     def close(self) -> None:
         with self._lock:

@@ -16,8 +16,6 @@ and holds new ones back, so only the suspect itself is counted if the process di
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -198,10 +196,3 @@ def record_start(
             settings.max_deliveries,
         )
     return count
-
-
-def maybe_poison(source: str, settings: Settings) -> None:
-    """Test-only fault: SIGKILL this worker process when the source is TEST_POISON_SOURCE."""
-    if settings.test_poison_source and source == settings.test_poison_source:
-        log.critical("TEST_POISON_SOURCE matched: killing this worker process (tests only)")
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,5 +1,5 @@
-"""Operations hooks the Celery signals call: metrics endpoint, readiness, the model registry,
-log redaction."""
+"""Operations: the model's served name and its entry in the registry, what `imgqueue status`
+shows of a worker, and its logging (redaction, levels). worker/lifecycle.py drives readiness."""
 
 from __future__ import annotations
 
@@ -7,49 +7,13 @@ import logging
 import os
 from typing import Any
 
-from celery.platforms import EX_FAILURE
-
 from producer import models
 from producer.redaction import redact_text
-from worker import health
 from worker.context import Context
 from worker.errors import ConfigError
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _serve(ctx: Context) -> None:
-    settings = ctx.settings
-    if settings.metrics_port:
-        ctx.metrics.serve(settings.metrics_addr, settings.metrics_port, ctx.is_ready)
-
-
-def starting(ctx: Context, *, forks: bool = False) -> None:
-    """Before the model loads: not ready yet, but the endpoint already answers (/ready: 503).
-
-    With a forking pool the models live in the children, so the first child serves instead.
-    """
-    ctx.ready.clear()
-    health.mark_loading(ctx.settings.ready_file)
-    ctx.metrics.ready.set(0)
-    if not forks:
-        _serve(ctx)
-
-
-def ready(ctx: Context) -> None:
-    """Load the model (once), then publish the load time and report ready."""
-    rt = ctx.load()
-    _serve(ctx)
-    ctx.metrics.model_load.set(rt.load_seconds)
-    ctx.metrics.ready.set(1)
-    ctx.ready.set()
-    model = rt.classifier
-    description = identity(model.describe(), ctx.settings)
-    ctx.metrics.set_model(description)
-    register(ctx.settings, description)
-    info = {"pid": ctx.main_pid, "model": model.name, "weights": model.weights_id}
-    health.mark_ready(ctx.settings.ready_file, info)
 
 
 def served_name(settings: Settings) -> str:
@@ -93,20 +57,6 @@ def register(settings: Settings, description: dict[str, Any]) -> None:
     log.info("registered model %s on queue %s", models.shown(entry["name"]), entry["queue"])
 
 
-def inference_died(ctx: Context, exc: BaseException) -> None:
-    """The model is gone: not ready any more, and the worker exits (code 1) so that its
-    supervisor restarts it. Jobs already waiting failed with InferenceUnavailable and retry
-    on other workers."""
-    log.critical("the inference thread died (%r): this worker is no longer ready and exits", exc)
-    ctx.ready.clear()
-    ctx.metrics.ready.set(0)
-    health.mark_stopped(ctx.settings.ready_file)
-    from celery.worker import state
-
-    # What Celery's own SIGTERM handler sets; its loop raises WorkerShutdown(1) next turn.
-    state.should_stop = EX_FAILURE
-
-
 def info(ctx: Context | None, settings: Settings) -> dict[str, Any]:
     """What `imgqueue status` shows of this worker (the `imgqueue_info` control command)."""
     rt = ctx.runtime if ctx is not None else None
@@ -131,13 +81,6 @@ def info(ctx: Context | None, settings: Settings) -> dict[str, Any]:
         "jobs_last_minute": ctx.metrics.jobs_last_minute() if ctx else 0,
         "images_per_second": round(ctx.metrics.images_per_second(), 2) if ctx else 0.0,
     }
-
-
-def stopping(ctx: Context) -> None:
-    ctx.ready.clear()
-    ctx.metrics.ready.set(0)
-    health.mark_stopped(ctx.settings.ready_file)
-    ctx.close()
 
 
 class RedactingFilter(logging.Filter):

@@ -1,13 +1,13 @@
 """The model side of a worker process: the loaded model, its batcher, its decoders.
 
 `prepare` runs in the worker's main process before any fork (files only, never CUDA);
-`start` runs once per process that executes tasks, after the fork for prefork pools. The
-process's Context (worker/context.py) holds the result; nothing here is global.
+`start` runs once per process that executes tasks, after the fork for prefork pools
+(worker/lifecycle.py). The process's Context (worker/context.py) holds the result; nothing
+here is global.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+import torch
 
-from worker import cache
+from worker import cache, testing
 from worker.batcher import Batcher
 from worker.model import ImageModel, build_model
 from worker.model.card import served_name
@@ -45,8 +46,6 @@ class Runtime:
         The inference thread set its own thread count at setup, so this leaves it alone.
         """
         if not getattr(_task_thread, "ready", False):
-            import torch
-
             torch.set_num_threads(1)
             _task_thread.ready = True
 
@@ -92,58 +91,24 @@ def start(
     on_batch: Callable[[int, float], None] | None = None,
     on_death: Callable[[BaseException], None] | None = None,
 ) -> Runtime:
-    """Load the model, warm it up, and start its batcher (once per process: Context.load)."""
+    """Load the model, warm it up, and start its batcher (once per process, after any fork:
+    worker/lifecycle.py)."""
     started = time.perf_counter()
     if spec is None and not settings.model.startswith("sleep:"):
         spec = from_settings(settings)
-    name = served_name(settings.model_name, settings.model_card)
-    loaded: list[ImageModel] = []
-    import torch
-
-    threads = torch.get_num_threads()
-
-    def load() -> None:
-        # On the inference thread: an OpenMP thread team made by another thread (here,
-        # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
-        torch.set_num_threads(threads)
-        model = build_model(
-            settings.model,
-            spec,
-            settings.device,
-            settings.precision,
-            settings.gpu_decode,
-            name,
-            settings.backend,
-            settings.onnx_options,
-        )
-        model.warm_up()
-        # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
-        model.warm_up(settings.effective_batch_size)
-        loaded.append(model)
-
-    batches = itertools.count(1)
-    fatal_after = settings.test_fatal_inference_after
-
-    def infer(batch: torch.Tensor) -> torch.Tensor:
-        if fatal_after and next(batches) >= fatal_after:
-            raise SystemError("TEST_FATAL_INFERENCE_AFTER: a simulated fatal error (tests)")
-        return loaded[0].launch(batch)  # the batcher reads the outputs when it hands them out
-
-    def decode_encoded(datas: list[bytes]) -> list[torch.Tensor | None]:
-        return loaded[0].decode_batch(datas)
-
+    model = _InferenceModel(settings, spec)
     batcher = Batcher(
-        infer,
+        testing.fatal_inference(model.infer, settings),
         settings.effective_batch_size,
         settings.max_batch_delay_ms / 1000.0,
         on_batch=on_batch,
-        setup=load,
+        setup=model.load,  # on the inference thread; its errors raise here
         on_death=on_death,
         # CUDA with GPU_DECODE: JPEG bytes go to the inference thread, decoded a batch at a
         # time (the batcher uses it only on a CUDA device).
-        decode_encoded=decode_encoded if settings.gpu_decode else None,
+        decode_encoded=model.decode if settings.gpu_decode else None,
     )
-    classifier = loaded[0]
+    classifier = model.loaded
     batcher.device = classifier.device
     decoder = None
     if settings.decode_sandbox:
@@ -155,9 +120,7 @@ def start(
                 settings.decode_seconds_per_megapixel,
             )
         )
-    cache_client = None
-    if cache.enabled(settings):
-        cache_client = cache.connect(settings)
+    cache_client = cache.connect(settings) if cache.enabled(settings) else None
     load_seconds = time.perf_counter() - started
     rt = Runtime(settings, classifier, batcher, load_seconds, decoder, cache_client)
     log.info(
@@ -171,3 +134,42 @@ def start(
         rt.load_seconds,
     )
     return rt
+
+
+class _InferenceModel:
+    """The model as the batcher's inference thread runs it: built there (`load`, the batcher's
+    setup), then called there for every batch."""
+
+    loaded: ImageModel  # once `load` ran
+
+    def __init__(self, settings: Settings, spec: ModelSpec | None) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.name = served_name(settings.model_name, settings.model_card)
+        self.threads = torch.get_num_threads()  # this (the main) thread's: OMP_NUM_THREADS
+
+    def load(self) -> None:
+        # On the inference thread: an OpenMP thread team made by another thread (here,
+        # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
+        torch.set_num_threads(self.threads)
+        settings = self.settings
+        model = build_model(
+            settings.model,
+            self.spec,
+            settings.device,
+            settings.precision,
+            settings.gpu_decode,
+            self.name,
+            settings.backend,
+            settings.onnx_options,
+        )
+        model.warm_up()
+        # oneDNN and cuDNN pick kernels per shape: pay for the full batch shape now too.
+        model.warm_up(settings.effective_batch_size)
+        self.loaded = model
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.loaded.launch(batch)  # the batcher reads the outputs when it hands them out
+
+    def decode(self, datas: list[bytes]) -> list[torch.Tensor | None]:
+        return self.loaded.decode_batch(datas)

@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import Retry
 
 from producer.contract import BULK_TASK_NAME, TASK_NAME
 from producer.redaction import display_url
-from worker import bulk, cancels, deliveries, events, joblog
+from worker import bulk, cancels, deliveries, events, joblog, lifecycle, testing
+from worker.context import Context
 from worker.errors import (
     Cancelled,
     ClassifyError,
@@ -24,14 +24,10 @@ from worker.errors import (
 )
 from worker.redis_full import retry_while_full, telling
 
-if TYPE_CHECKING:
-    from worker.celery_app import ImgqueueApp
-    from worker.context import Context
-
 log = logging.getLogger(__name__)
 
 
-def register(app: ImgqueueApp) -> None:
+def register(app: Celery) -> None:
     # throws: expected input errors are logged as one line, without a traceback.
     app.task(name=TASK_NAME, bind=True, throws=(ClassifyError,))(classify)
     # max_retries=None: FETCH_RETRIES bounds the retries of each image (see classify_many).
@@ -41,7 +37,7 @@ def register(app: ImgqueueApp) -> None:
 
 
 def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    ctx = _context(self)
+    ctx = lifecycle.current(self.app)
     with joblog.track(self.request, args, ctx.metrics) as job:
         # Counted, so a job that keeps killing its worker is capped (MAX_DELIVERIES).
         request = self.request
@@ -64,15 +60,6 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return job.result
 
 
-def _context(task: Task) -> Context:
-    ctx: Context | None = getattr(task.app, "context", None)
-    if ctx is None:  # no worker_init ran in this process (a pool Celery did not fork)
-        from worker.context import Context
-
-        ctx = task.app.context = Context(task.app.settings, main_pid=os.getpid())
-    return ctx
-
-
 def _classify(
     self: Task,
     ctx: Context,
@@ -84,9 +71,9 @@ def _classify(
 
     settings = ctx.settings
     source, top_k = pipeline.validate_args(args, kwargs)
-    deliveries.maybe_poison(source, settings)
+    testing.maybe_poison(source, settings)
     try:
-        return pipeline.classify(source, top_k, ctx.load(), cancels.monotonic(deadline))
+        return pipeline.classify(source, top_k, lifecycle.load(ctx), cancels.monotonic(deadline))
     except ClassifyError as exc:
         if exc.transient and self.request.retries < settings.fetch_retries:
             # Exponential backoff (FETCH_RETRY_BACKOFF x 1, 2, 4 ...) for resets, timeouts,
@@ -101,7 +88,7 @@ def _classify(
 
 def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     """Many images, one message: each image's result or error is stored under its own id."""
-    ctx = _context(self)
+    ctx = lifecycle.current(self.app)
     settings, request = ctx.settings, self.request
     client = self.app.backend.client
     try:
@@ -136,8 +123,8 @@ def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
                 return {**outcome.summary(len(done)), "split": len(todo)}
             todo = _end_early(self, ctx, todo, outcome)
             for image in todo:
-                deliveries.maybe_poison(image.source, settings)
-            bulk.run(todo, ctx.load(), outcome, started)
+                testing.maybe_poison(image.source, settings)
+            bulk.run(todo, lifecycle.load(ctx), outcome, started)
     except JobLost as exc:
         outcome.failures.update((i.id, exc) for i in todo)
     _store(self, ctx, images, outcome, started)
@@ -162,8 +149,18 @@ def _end_early(
     ended = cancels.start_images(task, images, prefix)
     if not ended:
         return images
+    cancels.end_images(task, ended, prefix)
+    wait = joblog.queue_wait(task.request, time.time())
     sources = {i.id: i.source for i in images}
-    cancels.end_images(task, ended, sources, prefix, ctx.metrics)
+    for task_id, error in ended.items():
+        job = joblog.Job(
+            id=task_id,
+            source=display_url(sources.get(task_id, "")) or None,
+            retries=task.request.retries,
+            queue_wait=wait,
+            bulk=task.request.id,
+        )
+        joblog.record(job, "revoked", type(error).__name__, str(error), ctx.metrics)
     outcome.revoked += len(ended)
     return [i for i in images if i.id not in ended]
 
