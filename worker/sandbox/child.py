@@ -42,35 +42,23 @@ def main(conn: Connection, memory_limit: int, recycle_rss: int) -> None:
     Image.init()  # every format plugin now, not on the first job
 
     while True:
+        # A request, then its `count` images; the replies as a list, then each one's pixels.
         try:
             request: dict[str, Any] = conn.recv()
-            data = conn.recv_bytes()
+            inputs = [conn.recv_bytes() for _ in range(request["count"])]
         except (EOFError, OSError):
             return
-        if request["op"] == "decode_many":
-            # Several images, one round trip: the replies as a list, then each one's pixels.
-            inputs = [data] + [conn.recv_bytes() for _ in range(request["count"] - 1)]
-            del data
-            replies, outputs = [], []
-            for i in range(len(inputs)):
-                reply, pixels = _one(imaging, request, inputs[i], memory_limit)
-                inputs[i] = b""
-                replies.append(reply)
-                outputs.append(pixels)
-            recycle = _rss() > recycle_rss
-            conn.send((replies, recycle))
-            for reply, pixels in zip(replies, outputs, strict=True):
-                if reply[0] == "done":
-                    conn.send_bytes(pixels)
-            if recycle:
-                return
-            continue
-        reply, pixels = _one(imaging, request, data, memory_limit)
-        del data
+        replies, outputs = [], []
+        for i in range(len(inputs)):
+            reply, pixels = _one(imaging, request, inputs[i], memory_limit)
+            inputs[i] = b""  # freed before the recycle check
+            replies.append(reply)
+            outputs.append(pixels)
         recycle = _rss() > recycle_rss
-        conn.send((*reply, recycle))
-        if reply[0] == "done":
-            conn.send_bytes(pixels)
+        conn.send((replies, recycle))
+        for reply, pixels in zip(replies, outputs, strict=True):
+            if reply[0] == "done":
+                conn.send_bytes(pixels)
         if recycle:
             return
 

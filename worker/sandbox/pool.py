@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -119,11 +119,10 @@ class DecodePool:
         a failed job's traceback keeps them alive.
         """
         request = {"op": "decode", "draft_size": draft_size, "resize": resize}
-        reply, pixels = self._run(request, source, max_pixels, allowed_formats)
-        if reply[0] != "done":
-            raise _error(reply)
-        _, width, height, fmt, size = reply
-        return Decoded(Image.frombytes("RGB", size, pixels), width, height, fmt)
+        decoded = _decoded(*self._run_one(request, source, max_pixels, allowed_formats))
+        if isinstance(decoded, errors.ClassifyError):
+            raise decoded
+        return decoded
 
     def decode_many(
         self,
@@ -138,33 +137,12 @@ class DecodePool:
         under its own deadline. Should the child die on one of them, they are decoded again
         one at a time, so that only the culprit fails."""
         options = {"draft_size": draft_size, "resize": resize}
-        request = {"op": "decode_many", "count": len(sources), **options}
-        self._prepare(request, max_pixels, allowed_formats)
-        budget = len(sources) * self.limits.longest(max_pixels) + _GRACE
         try:
-            with self._slot() as (child, keep):
-                try:
-                    child.conn.send(request)
-                    for source in sources:
-                        child.conn.send_bytes(source.data)
-                    if not child.conn.poll(budget):
-                        raise _timed_out(self.limits)
-                    replies, recycle = child.conn.recv()
-                    pixels = [child.conn.recv_bytes() if r[0] == "done" else b"" for r in replies]
-                except (EOFError, OSError) as exc:
-                    raise _ChildDied from exc
-                keep[0] = not recycle
+            answers = self._run({"op": "decode", **options}, sources, max_pixels, allowed_formats)
         except (_ChildDied, errors.DecodeTimeout):
             log.warning("a decode process ended during %d images: one at a time", len(sources))
             return [self._decode_or_error(s, max_pixels, allowed_formats, options) for s in sources]
-        out: list[Decoded | errors.ClassifyError] = []
-        for reply, data in zip(replies, pixels, strict=True):
-            if reply[0] != "done":
-                out.append(_error(reply))
-                continue
-            _, width, height, fmt, size = reply
-            out.append(Decoded(Image.frombytes("RGB", size, data), width, height, fmt))
-        return out
+        return [_decoded(reply, pixels) for reply, pixels in answers]
 
     def _decode_or_error(
         self,
@@ -184,7 +162,7 @@ class DecodePool:
         self, data: bytes, *, max_pixels: int, allowed_formats: tuple[str, ...]
     ) -> Decoded | None:
         """The header checks only (for decoders other than Pillow), or None."""
-        reply, _ = self._run({"op": "probe"}, data, max_pixels, allowed_formats)
+        reply, _ = self._run_one({"op": "probe"}, data, max_pixels, allowed_formats)
         if reply[0] == "none":
             return None
         if reply[0] != "probed":
@@ -206,34 +184,50 @@ class DecodePool:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _run(
+    def _run_one(
         self,
         request: dict[str, Any],
         source: Fetched | bytes,
         max_pixels: int,
         allowed_formats: tuple[str, ...],
     ) -> tuple[tuple[Any, ...], bytes]:
-        """One request to a free child (waiting for one): its reply (less the recycle flag)
-        and pixels."""
+        """`_run` for one image, whose fault it is when the child dies: its deadline ended it
+        (DecodeTimeout), or it crashed (NotAnImage)."""
+        try:
+            [answer] = self._run(request, [source], max_pixels, allowed_formats)
+        except _ChildDied as exc:
+            if exc.code == -signal.SIGALRM:
+                raise _timed_out(self.limits) from None
+            raise errors.NotAnImage(
+                f"the image decoder crashed on this image ({_how(exc.code)})"
+            ) from exc.__cause__
+        return answer
+
+    def _run(
+        self,
+        request: dict[str, Any],
+        sources: Sequence[Fetched | bytes],
+        max_pixels: int,
+        allowed_formats: tuple[str, ...],
+    ) -> list[tuple[tuple[Any, ...], bytes]]:
+        """One request for `sources` to a free child (waiting for one), each image under its
+        own deadline: each one's reply and pixels. DecodeTimeout when the child stays silent
+        past them all (stopped, say), _ChildDied when it ends."""
         self._prepare(request, max_pixels, allowed_formats)
+        request["count"] = len(sources)
         with self._slot() as (child, keep):
             try:
                 child.conn.send(request)
-                child.conn.send_bytes(source.data if isinstance(source, Fetched) else source)
-                if not child.conn.poll(self.limits.longest(max_pixels) + _GRACE):
-                    raise _timed_out(self.limits)  # alive but silent: stopped, say
-                reply: tuple[Any, ...] = child.conn.recv()
-                pixels = child.conn.recv_bytes() if reply[0] == "done" else b""
+                for source in sources:  # the holders, not their bytes, stay in this frame
+                    child.conn.send_bytes(source.data if isinstance(source, Fetched) else source)
+                if not child.conn.poll(len(sources) * self.limits.longest(max_pixels) + _GRACE):
+                    raise _timed_out(self.limits)
+                replies, recycle = child.conn.recv()
+                pixels = [child.conn.recv_bytes() if r[0] == "done" else b"" for r in replies]
             except (EOFError, OSError) as exc:
-                code = child.ended()
-                if code == -signal.SIGALRM:
-                    raise _timed_out(self.limits) from None
-                raise errors.NotAnImage(
-                    f"the image decoder crashed on this image ({_how(code)})"
-                ) from exc
-            if reply[-1]:  # it grew too big and exits by itself: replace it
-                keep[0] = False
-            return reply[:-1], pixels
+                raise _ChildDied(child.ended()) from exc
+            keep[0] = not recycle  # it grew too big and exits by itself: replace it
+        return list(zip(replies, pixels, strict=True))
 
     def _prepare(
         self, request: dict[str, Any], max_pixels: int, allowed_formats: tuple[str, ...]
@@ -283,7 +277,12 @@ class DecodePool:
 
 
 class _ChildDied(Exception):
-    """Raised when a decode process ends or stops answering in the middle of a request."""
+    """Raised when a decode process ends in the middle of a request; `code`: its exit status
+    (negative: the signal), None when it has not ended after all."""
+
+    def __init__(self, code: int | None) -> None:
+        super().__init__(_how(code))
+        self.code = code
 
 
 def _timed_out(limits: Limits) -> errors.DecodeTimeout:
@@ -292,6 +291,14 @@ def _timed_out(limits: Limits) -> errors.DecodeTimeout:
         f"DECODE_SECONDS_PER_MEGAPIXEL={limits.seconds_per_megapixel:g}s per megapixel): the "
         "image is too costly to decode"
     )
+
+
+def _decoded(reply: tuple[Any, ...], pixels: bytes) -> Decoded | errors.ClassifyError:
+    """A "done" reply's image, else its error."""
+    if reply[0] != "done":
+        return _error(reply)
+    _, width, height, fmt, size = reply
+    return Decoded(Image.frombytes("RGB", size, pixels), width, height, fmt)
 
 
 def _error(reply: tuple[Any, ...]) -> errors.ClassifyError:
