@@ -15,9 +15,10 @@ lint:
 test:
 	bash scripts/test.sh
 
-# The unit tier: no worker processes, under a minute. `make test` (and CI) run everything.
+# The unit tier (tests/unit): no worker processes. `make test` (and CI) run tests/unit and
+# tests/system.
 test-fast:
-	$(PY) -m pytest -m "not processes" -q
+	$(PY) -m pytest -q tests/unit
 
 demo:
 	bash scripts/demo.sh

@@ -31,7 +31,8 @@ import redis
 from bench.images import SIZES, make_set
 from bench.service import Cluster, Run, ids_keys
 from producer.contract import DEFAULT_QUEUE, TASK_NAME
-from tests.support import ROOT, WorkerProcess
+from tests.support.paths import ROOT
+from tests.support.workers import WorkerProcess
 
 PIP = "pip install --no-deps --target /tmp/celery-batches-pkg celery-batches==0.11"
 QUEUE = "imgqueue-batches"  # bench/batches_app.py's queue; not imported here (no torch)

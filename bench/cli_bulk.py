@@ -51,7 +51,8 @@ def run_cli(images: Path, redis_url: str, bulk_size: int) -> float:
 
 
 def main() -> None:
-    from tests.support import RedisServer, WorkerProcess
+    from tests.support.redis_server import RedisServer
+    from tests.support.workers import WorkerProcess
 
     p = argparse.ArgumentParser(prog="python -m bench.cli_bulk", description=__doc__)
     p.add_argument("--images", type=int, default=1500)

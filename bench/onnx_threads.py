@@ -28,7 +28,7 @@ import torch
 from bench.images import SAMPLES, make_set
 from bench.quiet import wait_quiet
 from bench.service import Cluster
-from tests.support import WorkerProcess
+from tests.support.workers import WorkerProcess
 from worker.model import onnx
 from worker.model.classifier import Classifier
 from worker.model.spec import resolve_model

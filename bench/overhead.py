@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.images import SAMPLES
 from bench.service import Cluster
-from tests.support import ROOT
+from tests.support.paths import ROOT
 
 
 def cpu_seconds(pid: int) -> float:

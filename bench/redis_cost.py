@@ -95,7 +95,9 @@ def measure(
     from bench.images import SAMPLES
     from producer import Client
     from producer.contract import result_key
-    from tests.support import RedisServer, WorkerProcess, free_port
+    from tests.support.ports import free_port
+    from tests.support.redis_server import RedisServer
+    from tests.support.workers import WorkerProcess
 
     root = workdir / "images"
     (root / "samples").mkdir(parents=True, exist_ok=True)
@@ -243,7 +245,7 @@ def script_cost(work: Path, images: int = 6400, rounds: int = 3) -> dict[str, di
     from producer.contract import BULK_TASK_NAME, TASK_NAME
     from producer.groups import create
     from producer.jobs import GROUP_HEADER
-    from tests.support import RedisServer
+    from tests.support.redis_server import RedisServer
 
     server = RedisServer(work / "script-cost").start()
     raw = redis.Redis.from_url(server.url(0))

@@ -48,8 +48,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--stores", type=int, default=400, help="single stores per round")
     ns = parser.parse_args()
-    from tests.cluster_support import RedisClusterNodes
-    from tests.support import RedisServer
+    from tests.support.redis_cluster import RedisClusterNodes
+    from tests.support.redis_server import RedisServer
 
     with tempfile.TemporaryDirectory() as tmp:
         cluster = RedisClusterNodes(Path(tmp) / "cluster").start()

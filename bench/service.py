@@ -14,7 +14,9 @@ import redis
 
 from producer import Client
 from producer.client import parse_meta
-from tests.support import ROOT, RedisServer, WorkerProcess
+from tests.support.paths import ROOT
+from tests.support.redis_server import RedisServer
+from tests.support.workers import WorkerProcess
 
 POLL_S = 0.005
 # Between idle-latency jobs: longer than BROKER_POLL_INTERVAL (0.5 s) and than OpenMP's spinning,

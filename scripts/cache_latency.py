@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from producer import Client  # noqa: E402
-from tests.support import SAMPLES, RedisServer, WorkerFactory  # noqa: E402
+from tests.support.paths import SAMPLES  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
+from tests.support.workers import WorkerFactory  # noqa: E402
 
 
 def summary(name: str, values: list[float]) -> str:

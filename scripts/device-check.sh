@@ -17,7 +17,7 @@ export MODEL_WEIGHTS=random:0
     $PY -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name())'
     redis-server --version
     # GPU path tests that need no Redis: the classifier on cuda, fp16, nvJPEG decode.
-    $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
+    $PY -m pytest -q -p no:cacheprovider tests/unit/test_gpu.py 2>&1 | tail -15
     # Model only, fp16, batch 64 and 256 (no decoding, no queue).
     $PY -c 'import time, torch; from worker.model.classifier import Classifier; from worker.model.weights import resolve
 m = Classifier(resolve("random:0"), "cuda", "fp16")

@@ -9,15 +9,10 @@ import pytest
 import redis
 
 from producer import Client
-from tests.support import ROOT, SAMPLES, RedisServer, WorkerFactory, http_server
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that starts real worker processes needs `worker_env`: mark it, so the fast
-    tier (`make test-fast`) can leave those out."""
-    for item in items:
-        if "worker_env" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.processes)
+from tests.support.http_server import http_server
+from tests.support.paths import ROOT, SAMPLES
+from tests.support.redis_server import RedisServer
+from tests.support.workers import WorkerFactory
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +67,7 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def http_base(image_root: Path) -> Iterator[str]:
-    """A real HTTP server on loopback serving IMAGE_ROOT (see tests.support.ImageHandler)."""
+    """A real HTTP server on loopback serving IMAGE_ROOT (see tests/support/http_server.py)."""
     with http_server(image_root) as base:
         yield base
 

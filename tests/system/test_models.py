@@ -1,0 +1,146 @@
+"""Your own models served by real workers: a fine-tuned head answers with its own labels, a
+checkpoint that does not fit stops the worker before any job, and a rollout under load."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+import torchvision
+
+from producer import Client
+from producer.contract import DEFAULT_QUEUE
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerFactory, WorkerProcess
+from worker.deliveries import delivery_key
+from worker.model.arch import head_keys
+from worker.model.labels import labels_id
+from worker.model.pack import pack
+
+DEFECTS = ["ok", "scratch", "dent"]
+TINY = ["circle", "square", "triangle", "star"]
+
+
+def checkpoint(path: Path, arch: str, classes: int, seed: int = 0) -> Path:
+    """Seeded random weights whose head is scaled up: random heads are so small that every
+    image gets nearly uniform probabilities, and parity with those would prove nothing."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
+    state = model.state_dict()
+    for key in head_keys(arch):
+        state[key] = state[key] * 100
+    torch.save(state, path)
+    return path
+
+
+def labels_file(path: Path, labels: list[str]) -> Path:
+    path.write_text("\n".join(labels) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-class ResNet-50 and a 4-class SqueezeNet, with labels, as training would leave them."""
+    d = tmp_path_factory.mktemp("checkpoints")
+    checkpoint(d / "defects.pt", "resnet50", 3)
+    labels_file(d / "defects.txt", DEFECTS)
+    for version, seed in (("1", 1), ("2", 2)):
+        checkpoint(d / f"tiny-v{version}.pt", "squeezenet1_1", 4, seed)
+    labels_file(d / "tiny.txt", TINY)
+    return d
+
+
+# -- labels, cards and refusals, without Redis ------------------------------------------------
+
+
+# -- served by real workers -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cards(made: Path) -> dict[str, Path]:
+    """Packed models: a 3-class ResNet-50 `defects`, and `tiny` (SqueezeNet) versions 1 and 2."""
+    out = {"defects": made / "card-defects"}
+    pack(made / "defects.pt", arch="resnet50", labels=made / "defects.txt", out=out["defects"],
+         name="defects", version="2026.11")  # fmt: skip
+    for version in ("1", "2"):
+        out[f"tiny-v{version}"] = made / f"card-tiny-v{version}"
+        pack(made / f"tiny-v{version}.pt", arch="squeezenet1_1", labels=made / "tiny.txt",
+             out=out[f"tiny-v{version}"], name="tiny", version=version)  # fmt: skip
+    return out
+
+
+def serve(workers: WorkerFactory, card: Path) -> WorkerProcess:
+    return workers.start(MODEL_CARD=str(card), MODEL_WEIGHTS="")  # the card names its weights
+
+
+def test_a_checkpoint_that_does_not_fit_stops_the_worker_before_any_job(
+    workers: WorkerFactory, made: Path, redis_url: str
+) -> None:
+    with Client(redis_url, bulk_size=1) as client:
+        client.submit("cat.jpg")  # waiting before the worker starts: it must not be taken
+    worker = workers.start(wait=False, MODEL_WEIGHTS=str(made / "defects.pt"))
+    assert worker.proc.wait(120) != 0
+    log = worker.log()
+    assert "worker cannot start" in log
+    assert "the checkpoint's head (fc.weight) has 3 outputs" in log and "MODEL_LABELS" in log
+    r = redis.Redis.from_url(redis_url)
+    assert r.llen(DEFAULT_QUEUE) == 1
+    r.delete(DEFAULT_QUEUE)
+    r.close()
+
+
+def test_a_fine_tuned_resnet50_answers_with_its_own_labels(
+    workers: WorkerFactory, cards: dict[str, Path], redis_url: str
+) -> None:
+    serve(workers, cards["defects"])
+    with Client(redis_url) as client:
+        ids = client.submit_many(["cat.jpg", "rocket.jpg"], top_k=3, model="defects")
+        outcomes = list(client.wait(ids, timeout=120))
+    assert {o.state for o in outcomes} == {"SUCCESS"}, [o.result for o in outcomes]
+    for outcome in outcomes:
+        result = outcome.result
+        assert {p["label"] for p in result["predictions"]} == set(DEFECTS)
+        assert sum(p["probability"] for p in result["predictions"]) == pytest.approx(1, abs=1e-5)
+        assert result["model"] == "defects" and result["arch"] == "resnet50"
+        assert result["version"] == "2026.11" and result["labels"] == labels_id(DEFECTS)
+        assert result["weights"].startswith("file:")
+
+
+def test_rolling_out_a_new_version_under_load_loses_nothing_and_runs_nothing_twice(
+    workers: WorkerFactory, cards: dict[str, Path], redis_url: str
+) -> None:
+    """Version 1 serves; version 2 joins the same queue; version 1 gets SIGTERM (a rolling
+    deployment's warm shutdown) while jobs keep coming."""
+    old = serve(workers, cards["tiny-v1"])
+    ids: list[str] = []
+    done = threading.Event()
+    with Client(redis_url, bulk_size=1) as client:
+
+        def produce() -> None:
+            while not done.is_set():
+                ids.extend(client.submit_many(["cat.jpg", "rocket.jpg"], top_k=2, model="tiny"))
+                done.wait(0.1)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            wait_for(lambda: len(ids) >= 10, 30, "jobs under way")
+            serve(workers, cards["tiny-v2"])
+            old.kill(signal.SIGTERM)
+            assert old.proc.wait(60) == 0
+        finally:
+            done.set()
+            producer.join()
+        outcomes = list(client.wait(ids, timeout=120))
+        counts = client.redis.mget([delivery_key(t, 0) for t in ids])
+    assert len(outcomes) == len(ids) and {o.state for o in outcomes} == {"SUCCESS"}
+    versions = [o.result["version"] for o in outcomes]
+    assert set(versions) == {"1", "2"}, "both versions served during the rollout"
+    assert {o.result["arch"] for o in outcomes} == {"squeezenet1_1"}
+    assert {p["label"] for o in outcomes for p in o.result["predictions"]} <= set(TINY)
+    assert max(int(c or 0) for c in counts) == 1, "a job ran twice"

@@ -1,0 +1,183 @@
+"""docker-compose.yml and the Dockerfiles, checked without a Docker engine.
+
+The compose file is validated against the Compose Specification schema (vendored inside
+check-jsonschema, so this works offline); the Dockerfiles are parsed and every file, module,
+extra and setting they name is checked against this repository.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomllib
+from ruamel.yaml import YAML
+
+from tests.support.paths import ROOT
+from worker.settings import Settings
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = YAML(typ="safe").load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def instructions(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / name).read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def pyproject() -> dict[str, Any]:
+    data: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return data
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    exe = shutil.which("check-jsonschema") or str(
+        Path(sys.executable).with_name("check-jsonschema")
+    )
+    out = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_compose_services() -> None:
+    services = compose()["services"]
+    redis_cmd = services["redis"]["command"]
+    conf_mount = next(v for v in services["redis"]["volumes"] if v.startswith("./deploy/"))
+    assert conf_mount.split(":")[1] in redis_cmd
+    conf = (ROOT / conf_mount.split(":")[0]).read_text()
+    assert re.search(r"^appendonly yes$", conf, re.M)
+    assert re.search(r"^maxmemory-policy noeviction$", conf, re.M)
+    assert re.search(r"^user default on nopass .* -@all \+ping", conf, re.M)
+    producer_url = services["producer"]["environment"]["REDIS_URL"]
+    assert producer_url.startswith("redis://producer:")
+
+    gpu = services["worker"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    cpu = services["worker-cpu"]
+    assert cpu["profiles"] == ["cpu"] and cpu["environment"]["DEVICE"] == "cpu"
+    # A second model side by side: a card from the ./models volume, under its own profile.
+    defects = services["worker-defects"]
+    assert defects["profiles"] == ["models"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in defects["volumes"]}
+    card = defects["environment"]["MODEL_CARD"]
+    assert card.startswith("/models/") and mounts["/models"] == "./models"
+    for worker in (gpu, cpu, defects):
+        # `--scale worker=N` needs no fixed name and no published host port.
+        assert "container_name" not in worker and "ports" not in worker
+        # The worker ACL user of deploy/redis.conf.
+        assert worker["environment"]["REDIS_URL"].startswith("redis://worker:")
+        assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.health"]
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "flower" in services["flower"]["command"]
+    assert services["producer"]["profiles"] == ["example"]
+    assert services["producer"]["command"][0] == "submit"
+
+
+def test_compose_references_exist() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        build = service.get("build")
+        if build:
+            assert (ROOT / build["context"] / build.get("dockerfile", "Dockerfile")).is_file()
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source}"
+    env_names = {f.name.upper() for f in fields(Settings)}
+    for name in ("worker", "worker-cpu", "worker-defects"):
+        assert set(services[name]["environment"]) <= env_names
+
+
+def test_compose_webhooks_service() -> None:
+    """The webhook dispatcher: the producer image (no torch), the worker ACL user, a secret."""
+    hooks = compose()["services"]["webhooks"]
+    assert hooks["entrypoint"] == ["python", "-m", "worker.webhooks"]
+    assert importlib.util.find_spec("worker.webhooks") is not None
+    assert hooks["build"]["dockerfile"] == "Dockerfile.producer"
+    env = hooks["environment"]
+    assert set(env) <= {f.name.upper() for f in fields(Settings)}
+    assert env["REDIS_URL"].startswith("redis://worker:") and env["WEBHOOK_SECRET"]
+    assert hooks["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.producer"])
+def test_dockerfile_copies_existing_paths(dockerfile: str) -> None:
+    readme = pyproject()["project"]["readme"]
+    for word, rest in instructions(dockerfile):
+        if word == "COPY":
+            *sources, _dest = shlex.split(rest)
+            for source in sources:
+                # The README is the lead's (merged from main); pyproject needs it for `pip install`.
+                assert (ROOT / source).exists() or source == readme, source
+
+
+def test_worker_dockerfile_uses_the_documented_commands() -> None:
+    steps = instructions("Dockerfile")
+    runs = " ".join(rest for word, rest in steps if word == "RUN")
+    # The same install as scripts/bootstrap.sh, minus the dev tools.
+    assert "pip install '.[worker]'" in runs
+    assert "'.[worker,dev]'" in (ROOT / "scripts/bootstrap.sh").read_text()
+    assert "worker" in pyproject()["project"]["optional-dependencies"]
+    # The weights-baking step calls a real function with the build argument.
+    code = re.search(r'python -c "([^"]+)"', runs)
+    assert code is not None
+    assert "from worker.model.weights import resolve" in code.group(1)
+    assert callable(importlib.import_module("worker.model.weights").resolve)
+    assert any(w == "ENV" and "TORCH_HOME=" in r for w, r in steps)
+    # The worker starts the way the README and scripts/demo.sh start it.
+    cmd = next(rest for word, rest in steps if word == "CMD")
+    assert cmd.startswith('["celery", "-A", "worker", "worker"')
+    assert "celery -A worker worker" in (ROOT / "scripts/demo.sh").read_text()
+    health = next(rest for word, rest in steps if word == "HEALTHCHECK")
+    assert health.endswith('CMD ["python", "-m", "worker.health"]')
+    assert importlib.util.find_spec("worker.health") is not None
+    settings = {f.name.upper() for f in fields(Settings)}
+    env_text = " ".join(rest for word, rest in steps if word == "ENV")
+    for name in ("METRICS_PORT", "READY_FILE", "MODEL_WEIGHTS"):
+        assert f"{name}=" in env_text and name in settings
+
+
+def test_producer_dockerfile_installs_no_torch() -> None:
+    steps = instructions("Dockerfile.producer")
+    runs = [rest for word, rest in steps if word == "RUN"]
+    assert "pip install ." in runs
+    assert not any("[worker" in r or "torch" in r for r in runs)
+    entry = next(rest for word, rest in steps if word == "ENTRYPOINT")
+    assert entry == '["imgqueue"]' and "imgqueue" in pyproject()["project"]["scripts"]
+
+
+def test_the_package_builds_without_a_warning_of_ours(tmp_path: Path) -> None:
+    """pyproject.toml: an SPDX `license` string, nothing setuptools deprecates."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    assert "Deprecat" not in text and "project.license" not in text, text[-2000:]
+    assert list(tmp_path.glob("imgqueue-*.whl"))

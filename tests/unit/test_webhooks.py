@@ -1,0 +1,561 @@
+"""Webhooks: the dispatcher (`python -m worker.webhooks`, a real process) POSTing to a loopback
+receiver. Signatures are checked here with an HMAC computed independently; retries, the SSRF
+refusal, a hanging receiver and dead letters are observed from outside, on deadlines.
+
+Each test has its own REDIS_KEY_PREFIX, so its stream, retry set and dead letters are its own.
+Events are XADDed here in producer.jobs' documented shape."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import http.server
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from producer import Client, InvalidWebhook, ProducerError, status
+from producer.contract import result_key
+from producer.jobs import (
+    EVENT_FIELDS,
+    EVENTS_STREAM,
+    WEBHOOK_CONSUMER_GROUP,
+    WEBHOOK_DEAD_LETTERS,
+    WEBHOOK_HEADER,
+    WEBHOOK_RETRIES,
+)
+from producer.webhooks import check_webhook
+from tests.support.cli import imgqueue
+from tests.support.messages import queued_messages
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_for
+from worker.errors import ConfigError
+from worker.settings import Settings, webhook_keys
+from worker.webhooks import MAX_RETRY_DELAY, Delivery, retry_delay, sign
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+_PREFIXES = itertools.count()
+
+
+# -- a receiver on loopback ------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.monotonic() when the request had arrived
+
+
+class Receiver:
+    """A threaded HTTP server recording every POST. Paths:
+
+    /ok                 200
+    /flaky/<n>/<name>   500 for the first n requests of that path, then 200
+    /status/<code>      that status
+    /hang               holds the request until the test ends, then 200
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                got = Received(
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    time.monotonic(),
+                )
+                with receiver.lock:
+                    receiver.requests.append(got)
+                    seen = sum(1 for r in receiver.requests if r.path == self.path)
+                parts = self.path.strip("/").split("/")
+                if parts[0] == "hang":
+                    receiver.release.wait(30)
+                    code = 200
+                elif parts[0] == "flaky":
+                    code = 500 if seen <= int(parts[1]) else 200
+                elif parts[0] == "status":
+                    code = int(parts[1])
+                else:
+                    code = 200
+                with contextlib.suppress(OSError):
+                    self.send_response(code)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def to(self, path: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if r.path == path]
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def verify(request: Received, secret: str = SECRET) -> dict[str, Any]:
+    """Check a delivery as a receiver would, with nothing of worker.webhooks: the signature is
+    HMAC-SHA256 over "<webhook-id>.<webhook-timestamp>.<body>" with the base64-decoded key."""
+    msg_id = request.headers["webhook-id"]
+    timestamp = request.headers["webhook-timestamp"]
+    assert abs(int(timestamp) - time.time()) < 60
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    expected = base64.b64encode(
+        hmac.new(key, f"{msg_id}.{timestamp}.".encode() + request.body, hashlib.sha256).digest()
+    ).decode()
+    given = [s.split(",", 1)[1] for s in request.headers["webhook-signature"].split()]
+    assert any(hmac.compare_digest(expected, s) for s in given), request.headers
+    assert request.headers["content-type"] == "application/json"
+    body: dict[str, Any] = json.loads(request.body)
+    return body
+
+
+def documented(lang: str) -> str:
+    """A code block of docs/lifecycle.md's "Verifying a delivery", as written there."""
+    text = (ROOT / "docs" / "lifecycle.md").read_text()
+    found = re.search(rf"```{lang}\n(.*?)```", text[text.index("### Verifying a delivery") :], re.S)
+    assert found is not None, lang
+    return found.group(1)
+
+
+_NODE_DRIVER = """
+const input = JSON.parse(require("node:fs").readFileSync(0, "utf8"));
+const body = Buffer.from(input.body, "base64");
+const out = {id: verify(input.secret, input.headers, body).id};
+try { verify(input.secret, input.headers, Buffer.concat([body, Buffer.from(" ")])); }
+catch (e) { out.tampered = e.message; }
+console.log(JSON.stringify(out));
+"""
+
+
+def check_documented_receivers(request: Received) -> None:
+    """The Python and Node.js receivers of docs/lifecycle.md accept a real delivery and refuse
+    it with one byte added."""
+    namespace: dict[str, Any] = {}
+    exec(documented("python"), namespace)
+    python_verify = namespace["verify"]
+    assert python_verify(SECRET, request.headers, request.body)["id"] == verify(request)["id"]
+    with pytest.raises(ValueError, match="no valid webhook-signature"):
+        python_verify(SECRET, request.headers, request.body + b" ")
+    node = shutil.which("node")
+    if node is None:
+        return
+    data = {
+        "secret": SECRET,
+        "headers": request.headers,
+        "body": base64.b64encode(request.body).decode(),
+    }
+    out = subprocess.run(
+        [node, "-e", documented("js") + _NODE_DRIVER],
+        input=json.dumps(data),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer == {"id": verify(request)["id"], "tampered": "no valid webhook-signature"}
+
+
+# -- the dispatcher, a real process ----------------------------------------------------------
+
+
+class Dispatcher:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.webhooks"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@dataclass
+class Setup:
+    """One test's keys, its Redis client and a way to start dispatchers on them."""
+
+    r: redis.Redis
+    prefix: str
+    env: dict[str, str]
+    start: Callable[..., Dispatcher]
+
+    def event(self, task_id: str, webhook: str, *, state: str = "SUCCESS", **extra: str) -> None:
+        fields = {"kind": "job", "id": task_id, "state": state, "error": "", "queue": "celery"}
+        fields.update(group="", webhook=webhook, time=f"{time.time():.3f}", **extra)
+        self.r.xadd(self.prefix + EVENTS_STREAM, fields)  # type: ignore[arg-type]
+
+    def result(self, task_id: str, meta: dict[str, Any]) -> None:
+        self.r.set(result_key(task_id, self.prefix), json.dumps({"task_id": task_id, **meta}))
+
+    def dead(self) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.r.lrange(self.prefix + WEBHOOK_DEAD_LETTERS, 0, -1)]
+
+    def retrying(self) -> int:
+        return int(self.r.zcard(self.prefix + WEBHOOK_RETRIES))
+
+
+@pytest.fixture
+def setup(redis_url: str, tmp_path: Path) -> Iterator[Setup]:
+    prefix = f"wh{os.getpid()}-{next(_PREFIXES)}:"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "PYTEST"))}
+    env.update(
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=prefix,
+        PYTHONPATH=str(ROOT),
+        WEBHOOK_SECRET=SECRET,
+        FETCH_ALLOW_NETWORKS="127.0.0.0/8",
+        WEBHOOK_RETRY_BACKOFF="0.05",
+        WEBHOOK_TIMEOUT="5",
+    )
+    started: list[Dispatcher] = []
+
+    def start(**overrides: str) -> Dispatcher:
+        d = Dispatcher({**env, **overrides}, tmp_path / f"dispatcher-{len(started)}.log")
+        started.append(d)
+        return d
+
+    client = redis.Redis.from_url(redis_url)
+    yield Setup(client, prefix, env, start)
+    for d in started:
+        running = d.proc.poll() is None
+        code = d.stop()  # SIGTERM: in-flight attempts end, then exit 0
+        assert code == 0 or not running, f"unclean stop ({code}):\n{d.log()[-3000:]}"
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+# -- units -----------------------------------------------------------------------------------
+
+
+def test_the_default_settings() -> None:
+    s = Settings.from_env({})
+    assert s.webhook_secret == ""
+    assert (s.webhook_timeout, s.webhook_max_attempts) == (10.0, 10)
+    assert (s.webhook_retry_backoff, s.webhook_concurrency) == (5.0, 16)
+    # The default schedule: 5 s doubling, nine retries over about 43 minutes.
+    delays = [retry_delay(n, s.webhook_retry_backoff, jitter=0) for n in range(1, 10)]
+    assert delays == [5, 10, 20, 40, 80, 160, 320, 640, 1280]
+    assert retry_delay(30, 5.0, jitter=0) == MAX_RETRY_DELAY == 3600
+    assert all(5 <= retry_delay(1, 5.0) <= 5.5 for _ in range(100))  # up to 10% later
+
+
+def test_webhook_secrets_and_their_errors() -> None:
+    raw = b"0123456789abcdef0123456789abcdef"
+    assert webhook_keys(SECRET) == (raw,)
+    assert webhook_keys("a-raw-secret-of-24-chars") == (b"a-raw-secret-of-24-chars",)
+    assert webhook_keys(f"{SECRET}  next-secret-000000000") == (raw, b"next-secret-000000000")
+    assert webhook_keys("") == ()
+    for bad in ("whsec_not*base64", "short", "whsec_" + base64.b64encode(b"tiny").decode()):
+        with pytest.raises(ConfigError, match="WEBHOOK_SECRET") as info:
+            Settings.from_env({"WEBHOOK_SECRET": bad})
+        assert bad not in str(info.value)
+    assert SECRET not in repr(Settings.from_env({"WEBHOOK_SECRET": SECRET}))
+    for name, value in (
+        ("WEBHOOK_TIMEOUT", "0"),
+        ("WEBHOOK_MAX_ATTEMPTS", "0"),
+        ("WEBHOOK_CONCURRENCY", "0"),
+        ("WEBHOOK_RETRY_BACKOFF", "-1"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})
+
+
+def test_the_signature_matches_the_standard_webhooks_test_vector() -> None:
+    # From the Standard Webhooks specification's reference libraries.
+    keys = webhook_keys("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    got = sign(keys, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}')
+    assert got == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    two = sign([*keys, b"x" * 16], "m", 1, b"{}").split()
+    assert len(two) == 2 and all(s.startswith("v1,") for s in two)
+
+
+def test_check_webhook() -> None:
+    for good in ("https://hooks.example.com/in", "http://127.0.0.1:8080/x?token=abc"):
+        assert check_webhook(good) == good
+    bad = {
+        "ftp://example.com/x": "scheme",
+        "https://user:pass@example.com/x": "user or password",
+        "https://:pass@example.com/": "user or password",
+        "https:///nohost": "no host",
+        "https://example.com/a b": "whitespace",
+        "https://example.com:99999/": "not a valid URL",
+        "https://example.com/" + "a" * 3000: "over 2048",
+        "": "non-empty",
+    }
+    for url, why in bad.items():
+        with pytest.raises(InvalidWebhook, match=why) as info:
+            check_webhook(url)
+        assert "pass@" not in str(info.value)
+    assert issubclass(InvalidWebhook, ProducerError) and issubclass(InvalidWebhook, ValueError)
+
+
+def test_an_event_becomes_one_delivery() -> None:
+    fields = {f.encode(): b"" for f in EVENT_FIELDS}
+    assert Delivery.from_event(fields) is None  # no webhook: nothing to deliver
+    fields.update({b"id": b"t1", b"webhook": b"https://h/x", b"kind": b"job", b"state": b"SUCCESS"})
+    first, again = Delivery.from_event(fields), Delivery.from_event(dict(fields))
+    assert first is not None and first == again and first.member() == again.member()  # type: ignore[union-attr]
+    assert first.webhook_id == "job_t1"
+    assert Delivery.from_member(first.member()) == first
+    group = Delivery.from_event({**fields, b"kind": b"group", b"total": b"3"})
+    assert group is not None and group.extra == (("total", "3"),)
+    assert Delivery.from_member(group.member()) == group
+
+
+def test_the_dispatcher_imports_neither_celery_nor_torch() -> None:
+    code = "import sys, worker.webhooks; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert not {"celery", "kombu", "torch", "PIL"} & set(json.loads(out.stdout.replace("'", '"')))
+
+
+def test_the_dispatcher_needs_a_secret(setup: Setup) -> None:
+    d = setup.start(WEBHOOK_SECRET="")
+    assert d.proc.wait(30) == 2
+    assert "WEBHOOK_SECRET is unset" in d.log()
+
+
+# -- the dispatcher, end to end on XADDed events ---------------------------------------------
+
+
+def test_a_signed_delivery_of_each_outcome(setup: Setup, receiver: Receiver) -> None:
+    ok = "ok-" + os.urandom(4).hex()
+    setup.result(ok, {"status": "SUCCESS", "result": {"predictions": [{"label": "tabby"}]}})
+    bad = "bad-" + os.urandom(4).hex()
+    setup.result(
+        bad,
+        {"status": "FAILURE", "result": {"exc_type": "SourceNotFound", "exc_message": ["404"]}},
+    )
+    setup.event("no-webhook", "")  # acknowledged, never delivered
+    setup.event(ok, receiver.base + "/ok")
+    setup.event(bad, receiver.base + "/ok", state="FAILURE", error="SourceNotFound")
+    setup.start()
+    wait_for(lambda: len(receiver.to("/ok")) == 2, 20, "two deliveries")
+    bodies = {verify(r)["id"]: (r, verify(r)) for r in receiver.to("/ok")}
+    request, body = bodies[ok]
+    assert request.headers["webhook-id"] == f"job_{ok}"
+    assert request.headers["user-agent"].startswith("imgqueue-webhooks/")
+    assert body["type"] == "job" and body["state"] == "SUCCESS" and body["queue"] == "celery"
+    assert body["result"] == {"predictions": [{"label": "tabby"}]} and "error" not in body
+    check_documented_receivers(request)
+    _, body = bodies[bad]
+    assert body["state"] == "FAILURE" and body["error"] == {
+        "type": "SourceNotFound",
+        "message": "404",
+    }
+    # Everything acknowledged, nothing left to retry, nothing dead.
+    stream = setup.prefix + EVENTS_STREAM
+    wait_for(lambda: setup.r.xpending(stream, WEBHOOK_CONSUMER_GROUP)["pending"] == 0, 10, "acks")
+    wait_for(lambda: setup.retrying() == 0, 10, "an empty retry set")
+    assert setup.dead() == []
+
+
+def test_500s_then_200_is_delivered_on_the_third_attempt(setup: Setup, receiver: Receiver) -> None:
+    setup.result("t-flaky", {"status": "SUCCESS", "result": {"n": 1}})
+    setup.event("t-flaky", receiver.base + "/flaky/2/a")
+    setup.start()
+    wait_for(lambda: len(receiver.to("/flaky/2/a")) == 3, 20, "three attempts")
+    wait_for(lambda: setup.retrying() == 0, 10, "the delivery to leave the retry set")
+    attempts = receiver.to("/flaky/2/a")
+    assert {r.headers["webhook-id"] for r in attempts} == {"job_t-flaky"}
+    assert len({r.body for r in attempts}) == 1  # the same bytes every time
+    for r in attempts:
+        verify(r)
+    # Backoff: 0.05 s, then 0.1 s (each up to 10% more).
+    gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1, gaps
+    assert setup.dead() == []
+
+
+def test_refused_addresses_are_dead_lettered_without_connecting(
+    setup: Setup, receiver: Receiver
+) -> None:
+    """FETCH_ALLOW_NETWORKS opens loopback only: a private address and the cloud metadata
+    address are refused before any connection (the reason says which policy refused them)."""
+    setup.event("t-private", "http://10.0.0.1/hook?token=SECRET-TOKEN")
+    setup.event("t-metadata", "http://169.254.169.254/latest/meta-data/")
+    setup.event("t-creds", "https://user:pw@example.com/hook")
+    setup.event("t-fine", receiver.base + "/ok")
+    d = setup.start()
+    wait_for(lambda: len(setup.dead()) == 3, 20, "three dead letters")
+    dead = {e["id"]: e for e in setup.dead()}
+    assert dead["t-private"]["reason"] == "refused" and dead["t-private"]["attempts"] == 1
+    assert "10.0.0.1, a non-public address: private" in dead["t-private"]["error"]
+    assert dead["t-private"]["url"] == "http://10.0.0.1/hook?REDACTED"
+    assert "link-local (cloud metadata)" in dead["t-metadata"]["error"]
+    assert "user or password" in dead["t-creds"]["error"]
+    assert all(e["status"] is None for e in dead.values())
+    wait_for(lambda: receiver.to("/ok"), 10, "the allowed delivery")
+    assert "SECRET-TOKEN" not in d.log() and "pw@" not in d.log()
+    assert d.log().count("webhook given up") == 3
+
+
+def test_a_failing_receiver_is_dead_lettered_after_the_last_attempt(
+    setup: Setup, receiver: Receiver
+) -> None:
+    setup.event("t-down", receiver.base + "/status/503")
+    d = setup.start(WEBHOOK_MAX_ATTEMPTS="3")
+    wait_for(setup.dead, 20, "a dead letter")
+    (entry,) = setup.dead()
+    assert entry["reason"] == "attempts" and entry["attempts"] == 3
+    assert entry["status"] == 503 and entry["error"] == "HTTP 503"
+    assert entry["webhook_id"] == "job_t-down" and entry["kind"] == "job"
+    assert len(receiver.to("/status/503")) == 3 and setup.retrying() == 0
+    assert "webhook given up" in d.log()
+    # The expired result left the event's state; the body said so.
+    assert verify(receiver.to("/status/503")[0])["state"] == "SUCCESS"
+    # `imgqueue status` shows it.
+    out = imgqueue(
+        setup.env["REDIS_URL"], "--key-prefix", setup.prefix, "status", "--json", "--timeout", "0.2"
+    )
+    assert out.returncode == 0, out.stderr
+    state = json.loads(out.stdout)
+    hooks = state["webhooks"]
+    assert hooks["dead_letters"] == 1 and hooks["retrying"] == 0 and hooks["lag"] == 0
+    assert hooks["recent"][0]["id"] == "t-down"
+    text = status.render(state)  # what `imgqueue status` prints of the same
+    assert "webhooks: 0 retrying, 1 dead-lettered, 0 event(s) not yet read" in text
+    assert f"job t-down  {receiver.base}/status/503  HTTP 503 (attempts, 3 attempt(s))" in text
+
+
+def test_a_hanging_receiver_costs_one_timeout_and_blocks_nothing(
+    setup: Setup, receiver: Receiver
+) -> None:
+    setup.event("t-hang", receiver.base + "/hang")
+    setup.start(WEBHOOK_TIMEOUT="1.5", WEBHOOK_MAX_ATTEMPTS="1")
+    wait_for(lambda: receiver.to("/hang"), 20, "the hanging request")
+    setup.event("t-other", receiver.base + "/ok")
+    wait_for(lambda: receiver.to("/ok"), 5, "the other delivery")
+    (hang,), (other,) = receiver.to("/hang"), receiver.to("/ok")
+    assert other.at - hang.at < 1.5  # delivered while the first one still hung
+    wait_for(setup.dead, 10, "the hanging delivery's dead letter")
+    (entry,) = setup.dead()
+    assert entry["id"] == "t-hang" and "no answer within WEBHOOK_TIMEOUT (1.5 s)" in entry["error"]
+    assert 1.4 <= entry["at"] - entry["first_at"] < 4
+
+
+def test_what_a_stopped_dispatcher_held_is_delivered(setup: Setup, receiver: Receiver) -> None:
+    stream = setup.prefix + EVENTS_STREAM
+    setup.r.xgroup_create(stream, WEBHOOK_CONSUMER_GROUP, id="0", mkstream=True)
+    setup.event("t-orphan", receiver.base + "/ok")
+    ((_, entries),) = setup.r.xreadgroup(WEBHOOK_CONSUMER_GROUP, "gone:1", {stream: ">"})
+    # As if read a minute ago by a dispatcher that died before moving it.
+    setup.r.xclaim(stream, WEBHOOK_CONSUMER_GROUP, "gone:1", 0, [entries[0][0]], idle=60_000)
+    # A delivery whose lease ran out (its dispatcher died mid-attempt), and junk.
+    leased = Delivery("job", "t-leased", receiver.base + "/leased", attempts=1, body='{"kept":1}')
+    setup.r.zadd(setup.prefix + WEBHOOK_RETRIES, {leased.member(): time.time() - 1, "junk": 0})
+    d = setup.start()
+    request = wait_for(lambda: receiver.to("/ok"), 20, "the orphaned event's delivery")[0]
+    assert verify(request)["id"] == "t-orphan"
+    wait_for(lambda: setup.r.xpending(stream, WEBHOOK_CONSUMER_GROUP)["pending"] == 0, 10, "ack")
+    (again,) = wait_for(lambda: receiver.to("/leased"), 10, "the leased delivery, made again")
+    assert verify(again) == {"kept": 1} and again.headers["webhook-id"] == "job_t-leased"
+    wait_for(lambda: setup.retrying() == 0, 10, "an empty retry set")
+    assert "dropped a retry set member that is not a delivery: b'junk'" in d.log()
+
+
+# -- the producer side -----------------------------------------------------------------------
+
+
+def _headers(raw: bytes) -> dict[str, Any]:
+    headers: dict[str, Any] = json.loads(raw)["headers"]
+    return headers
+
+
+def test_submit_carries_the_webhook(redis_url: str, redis_client: redis.Redis) -> None:
+    queue = f"wh-submit-{os.getpid()}"
+    hook = "https://hooks.example.com/in?token=t"
+    with Client(redis_url) as client:
+        one = client.submit("cat.jpg", queue=queue, webhook=hook)
+        many = client.submit_many(["a.jpg", "b.jpg"], queue=queue, webhook=hook, bulk_size=64)
+        plain = client.submit("c.jpg", queue=queue)
+        for bad in ("ftp://h/x", "https://u:p@h/x", "not a url"):
+            with pytest.raises(InvalidWebhook):
+                client.submit_many(["d.jpg", "e.jpg"], queue=queue, webhook=bad)
+    messages = [_headers(m) for m in queued_messages(redis_client, [queue])]
+    redis_client.delete(queue)
+    assert len(messages) == 3  # the refused calls sent nothing
+    by_id = {h["id"]: h for h in messages}
+    assert by_id[one][WEBHOOK_HEADER] == hook
+    assert WEBHOOK_HEADER not in by_id[plain]
+    (bulk,) = [h for h in messages if h["task"] == "classify_many"]
+    # A bulk message's header holds for each of its images (producer.jobs; worker/events.py).
+    assert bulk[WEBHOOK_HEADER] == hook and len(many) == 2
+
+
+def test_the_cli_takes_a_webhook(redis_url: str, redis_client: redis.Redis) -> None:
+    queue = f"wh-cli-{os.getpid()}"
+    bad = imgqueue(redis_url, "submit", "--queue", queue, "--webhook", "https://u:pw@h/x", "x.jpg")
+    assert bad.returncode == 2 and "user or password" in bad.stderr and "pw" not in bad.stderr
+    good = imgqueue(redis_url, "submit", "--queue", queue, "--webhook", "http://h/in", "x.jpg")
+    assert good.returncode == 0, good.stderr
+    (message,) = queued_messages(redis_client, [queue])
+    redis_client.delete(queue)
+    assert _headers(message)[WEBHOOK_HEADER] == "http://h/in"
+
+
+# -- with a real worker ----------------------------------------------------------------------
