@@ -26,6 +26,7 @@ from celery import Celery
 from producer import Client
 from producer.contract import queue_list
 from producer.deadletters import DeadLetters
+from producer.keys import CONSUMERS_KEY as CONSUMERS
 from tests.support.messages import held_messages, queued_messages
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
@@ -298,7 +299,15 @@ def test_connections_killed_under_load_lose_nothing(
         time.sleep(0.5)
     assert {o.state for o in dclient.wait(ids, timeout=120)} == {"SUCCESS"}
     assert all(w.alive() for w in workers)
-    wait_for(lambda: not held_messages(dclient.redis), 30, "no message held")
+    try:
+        wait_for(lambda: not held_messages(dclient.redis), 30, "no message held")
+    except TimeoutError:  # say who holds what: a live consumer's claim, or a dead one's
+        r = dclient.redis
+        now = float(r.time()[0])
+        beats = {c.decode(): round(now - s, 1) for c, s in r.zrange(CONSUMERS, 0, -1, True)}
+        held = {k.decode(): r.type(k).decode() for k in r.scan_iter("imgqueue:[iu]n*")}
+        logs = "\n".join(w.log()[-3000:] for w in workers)
+        raise AssertionError(f"held {held}, heartbeat ages {beats}\n{logs}") from None
 
 
 def test_a_key_prefix_keeps_every_key_under_it_and_the_guarantee(

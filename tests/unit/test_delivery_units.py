@@ -247,6 +247,28 @@ def test_one_fetch_moves_up_to_n_messages_highest_priority_first_and_claims_them
     assert r.eval(scripts.FETCH, len(args), *args, 5) is None
 
 
+def test_a_claim_sent_again_after_its_reply_was_lost_claims_once_and_says_so(
+    r: redis.Redis,
+) -> None:
+    """The channel sends a claim again when its connection dropped before the reply; the
+    second call must not read "left the inbox" for messages the first call claimed."""
+    keys = scripts.Keys("", "c5")
+    r.lpush("q", b"m1", b"m2")
+    out = r.eval(scripts.FETCH, 2, "q", keys.inbox("q"), 5)
+    assert out == [1, b"m1", 1, b"m2"]
+    claim_keys = [keys.unacked, keys.unacked_at, keys.inbox("q"), keys.inbox("q")]
+    triples = ["m1", "t1", "v1", "m2", "t2", "v2"]
+    for _ in range(2):
+        assert r.eval(scripts.CLAIM_MANY, len(claim_keys), *claim_keys, *triples) == [1, 1]
+    assert r.hgetall(keys.unacked) == {b"t1": b"v1", b"t2": b"v2"}
+    assert r.zcard(keys.unacked_at) == 2
+    r.lpush("q", b"m3")
+    r.eval(scripts.FETCH, 2, "q", keys.inbox("q"))
+    single = [keys.inbox("q"), keys.unacked, keys.unacked_at, "m3", "t3", "v3"]
+    assert [r.eval(scripts.CLAIM, 3, *single) for _ in range(2)] == [1, 1]
+    assert r.hlen(keys.unacked) == 3 and r.llen(keys.inbox("q")) == 0
+
+
 def test_delivery_scripts_run_when_redis_is_full_and_fetch_does_not(r: redis.Redis) -> None:
     keys = scripts.Keys("", "c3")
     r.lpush("q", b"m1", b"m2")
