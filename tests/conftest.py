@@ -85,6 +85,10 @@ def worker_env(redis_url: str, weights_file: Path, image_root: Path) -> dict[str
         FETCH_ALLOW_NETWORKS="127.0.0.0/8",
         PYTHONPATH=str(ROOT),
         MAX_BATCH_DELAY_MS="5",
+        # ONNX Runtime costs a worker 1-2 s more to start (load the session, check it against
+        # torch). test_service.py's worker runs the default (auto) end to end, and
+        # test_onnx.py the onnxruntime backend itself; the rest are about the queue.
+        BACKEND="torch",
     )
     return env
 

@@ -20,7 +20,7 @@ SAMPLE_NAMES = ["cat.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg"]
 
 @pytest.fixture(scope="module")
 def worker(workers: WorkerFactory) -> Iterator[WorkerProcess]:
-    yield workers.start()
+    yield workers.start(BACKEND="auto")  # the default: ONNX Runtime on this CPU at fp32
 
 
 def reference_probabilities(weights_file: Path, image: Path) -> list[float]:
@@ -46,6 +46,12 @@ def test_result_contract(worker: WorkerProcess, client: Client, weights_file: Pa
     assert result["model"] == "resnet50"
     assert result["weights"] == "file:" + file_digest(weights_file)[:12]
     assert result["image"] == {"width": 451, "height": 300, "format": "JPEG"}
+    # BACKEND=auto on a CPU at fp32 (the tests pin fp32) is ONNX Runtime, and says so.
+    assert (result["backend"], result["precision"], result["device"]) == (
+        "onnxruntime",
+        "fp32",
+        "cpu",
+    )
     preds = result["predictions"]
     assert len(preds) == 3
     assert [sorted(p) for p in preds] == [["index", "label", "probability"]] * 3
