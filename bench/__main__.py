@@ -63,182 +63,247 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
-    n = args.images or (48 if args.quick else 192)
-    settings = Settings(device=args.device, max_batch_size=args.batch_size)
-    batch = settings.effective_batch_size
-    draft = settings.draft_decode
-    report = Report(info={"images_per_size": n, "batch_size": batch, "draft_decode": draft})
-    work = Path(tempfile.mkdtemp(prefix="imgqueue-bench-"))
-    root = work / "images"
-    for sample in SAMPLES.glob("*.jpg"):
-        (root / "samples").mkdir(parents=True, exist_ok=True)
-        shutil.copy(sample, root / "samples" / sample.name)
-    started = time.perf_counter()
-    names = {size: make_set(root, size, n) for size in args.sizes.split(",") if size}
-    print(f"made {n} JPEGs per size in {time.perf_counter() - started:.1f}s under {root}")
+Key = tuple[str, str]  # (precision, backend) as loaded: auto resolved, a fallback named
 
-    # 1 + model latency: in-process, same precision, backend and batch size as the service.
-    # The default precision runs on each backend (ONNX Runtime: fp32 on a CPU only, see
-    # worker/model/onnx.py), the second precision on torch.
-    backends = [b for b in args.backends.split(",") if b] if args.device == "cpu" else ["torch"]
-    wanted = [(args.precision, b) for b in backends]
-    wanted += [] if args.also == "none" else [(args.also, "torch")]
-    waited: list[float] = []  # --quiet-wait: seconds spent waiting for other work to pass
 
-    def settle() -> None:
-        waited.append(wait_quiet(args.quiet_wait))
+class Bench:
+    """One run's state: the options, the images, the models loaded and what they measured.
 
-    models: dict[tuple[str, str], Classifier] = {}
-    sweeps: dict[tuple[str, str], dict[int, float]] = {}
-    for precision, backend in wanted:
-        model = inprocess.load(precision, args.device, backend)
-        key = (model.precision, model.backend)  # what ran: auto resolved, a fallback named
-        if key in models:
-            continue
-        models[key] = model
-        if precision == args.precision:
-            sizes = [1, 2, 4, 8] if args.quick else [1, 2, 4, 8, 16, 32]
-            sweeps[key] = inprocess.batch_sweep(model, sorted({*sizes, batch}), settle=settle)
-            for b, secs in sweeps[key].items():
-                report.add(
-                    f"model only, batch {b}, {model.backend}",
-                    model.precision,
-                    "-",
-                    b / secs,
-                    p50_ms=secs * 1e3,
+    Each method is one step of main(); the report's rows and ratios come out in the order the
+    steps run, so main() fixes the table's order too."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.n: int = args.images or (48 if args.quick else 192)
+        self.settings = Settings(device=args.device, max_batch_size=args.batch_size)
+        self.batch = self.settings.effective_batch_size
+        self.draft = self.settings.draft_decode
+        self.report = Report(
+            info={"images_per_size": self.n, "batch_size": self.batch, "draft_decode": self.draft}
+        )
+        self.waited: list[float] = []  # --quiet-wait: seconds spent waiting for other work to pass
+        self.models: dict[Key, Classifier] = {}
+        self.sweeps: dict[Key, dict[int, float]] = {}  # model-only seconds per batch size
+        self.seeds: dict[str, list[float]] = {}  # seed-loop img/s per size, every bracket
+        self.services: dict[Key, dict[str, float]] = {}  # service img/s per size
+        self.ceilings: dict[Key, dict[str, float]] = {}  # in-process ceiling img/s per size
+        self.service_sweep: dict[int, float] = {}  # service img/s per MAX_BATCH_SIZE
+        self.sweep: dict[int, float] = {}  # the default model's sweep: the plot's curve
+        self.work = Path(tempfile.mkdtemp(prefix="imgqueue-bench-"))
+        self.root = self.work / "images"
+        self.started = 0.0
+        self.names: dict[str, list[str]] = {}
+        self.seed_files: dict[str, list[Path]] = {}
+
+    @property
+    def default(self) -> Key:
+        """The first model loaded: the default precision on the first backend."""
+        return next(iter(self.models))
+
+    def settle(self) -> None:
+        self.waited.append(wait_quiet(self.args.quiet_wait))
+
+    def make_images(self) -> None:
+        """The samples, plus --images distinct JPEGs of each size, under a private folder."""
+        for sample in SAMPLES.glob("*.jpg"):
+            (self.root / "samples").mkdir(parents=True, exist_ok=True)
+            shutil.copy(sample, self.root / "samples" / sample.name)
+        self.started = time.perf_counter()
+        sizes = [size for size in self.args.sizes.split(",") if size]
+        self.names = {size: make_set(self.root, size, self.n) for size in sizes}
+        took = time.perf_counter() - self.started
+        print(f"made {self.n} JPEGs per size in {took:.1f}s under {self.root}")
+
+    def measure_models(self) -> None:
+        """1 + model latency: in-process, same precision, backend and batch size as the
+        service. The default precision runs on each backend (ONNX Runtime: fp32 on a CPU only,
+        see worker/model/onnx.py), the second precision on torch."""
+        args = self.args
+        backends = [b for b in args.backends.split(",") if b] if args.device == "cpu" else ["torch"]
+        wanted = [(args.precision, b) for b in backends]
+        wanted += [] if args.also == "none" else [(args.also, "torch")]
+        for precision, backend in wanted:
+            model = inprocess.load(precision, args.device, backend)
+            key = (model.precision, model.backend)  # what ran: auto resolved, a fallback named
+            if key in self.models:
+                continue
+            self.models[key] = model
+            if precision == args.precision:
+                sizes = [1, 2, 4, 8] if args.quick else [1, 2, 4, 8, 16, 32]
+                sweep = inprocess.batch_sweep(
+                    model, sorted({*sizes, self.batch}), settle=self.settle
                 )
-    default = next(iter(models))
-    sweep = sweeps[default]
-    report.info["precision"], report.info["backend"] = default
-    report.info["cpu"] = cpu_name()
-    # This machine's speed drifts by up to 10% over minutes (a shared VM): the ceiling and the
-    # seed loop are measured right before and right after each service run, with the worker
-    # idle, and each ratio divides by the mean of that bracket.
-    report.info["baselines"] = "measured before and after each service run; ratios use the mean"
-    seed_count = min(48, max(8, n // 8))  # one at a time on the CPU: enough to time it
-    seed_files = {size: [root / f for f in files[:seed_count]] for size, files in names.items()}
+                self.sweeps[key] = sweep
+                for b, secs in sweep.items():
+                    self.report.add(
+                        f"model only, batch {b}, {model.backend}",
+                        model.precision,
+                        "-",
+                        b / secs,
+                        p50_ms=secs * 1e3,
+                    )
 
-    def baselines(key: tuple[str, str], size: str) -> tuple[float, float]:
-        paths = [root / f for f in names[size]]
-        waited.append(wait_quiet(args.quiet_wait))
-        ceiling = inprocess.ceiling(models[key], paths, batch, draft)
-        return ceiling, inprocess.seed_loop(seed_files[size])
+    def describe_run(self) -> None:
+        """What ran where, and how the baselines are taken; picks the seed loop's files."""
+        info = self.report.info
+        info["precision"], info["backend"] = self.default
+        info["cpu"] = cpu_name()
+        # This machine's speed drifts by up to 10% over minutes (a shared VM): the ceiling and
+        # the seed loop are measured right before and right after each service run, with the
+        # worker idle, and each ratio divides by the mean of that bracket.
+        info["baselines"] = "measured before and after each service run; ratios use the mean"
+        self.sweep = self.sweeps[self.default]  # the plot's model-only curve
+        seed_count = min(48, max(8, self.n // 8))  # one at a time on the CPU: enough to time it
+        self.seed_files = {
+            size: [self.root / f for f in files[:seed_count]] for size, files in self.names.items()
+        }
 
-    cluster = Cluster(work, root)
-    try:
-        # 2 + 3 + 4: the seed loop, the real service (one worker, each configuration), latency.
-        env = {"DEVICE": args.device, "MAX_BATCH_SIZE": str(batch)}
-        seeds: dict[str, list[float]] = {size: [] for size in names}
-        services: dict[tuple[str, str], dict[str, float]] = {key: {} for key in models}
-        ceilings: dict[tuple[str, str], dict[str, float]] = {key: {} for key in models}
-        for key in models:
+    def baselines(self, key: Key, size: str) -> tuple[float, float]:
+        """The in-process ceiling and the seed loop, img/s, with the worker idle."""
+        paths = [self.root / f for f in self.names[size]]
+        self.settle()
+        ceiling = inprocess.ceiling(self.models[key], paths, self.batch, self.draft)
+        return ceiling, inprocess.seed_loop(self.seed_files[size])
+
+    def measure_services(self, cluster: Cluster) -> None:
+        """2 + 3 + 4: the seed loop, the real service (each configuration), latency."""
+        self.seeds = {size: [] for size in self.names}
+        self.services = {key: {} for key in self.models}
+        self.ceilings = {key: {} for key in self.models}
+        env = {"DEVICE": self.args.device, "MAX_BATCH_SIZE": str(self.batch)}
+        for key in self.models:
             precision, backend = key
-            with cluster.workers(args.workers, PRECISION=precision, BACKEND=backend, **env):
-                first = next(iter(names.values()))
-                cluster.burst(first[: 2 * batch * args.workers])  # warm-up: threads, shapes
-                for size, files in names.items():
-                    ceiling_before, seed_before = baselines(key, size)
-                    waited.append(wait_quiet(args.quiet_wait))
-                    run = cluster.burst(files)
-                    ceiling_after, seed_after = baselines(key, size)
-                    ceiling = (ceiling_before + ceiling_after) / 2
-                    seed = (seed_before + seed_after) / 2
-                    seeds[size] += [seed_before, seed_after]
-                    services[key][size], ceilings[key][size] = run.throughput, ceiling
-                    report.add(f"in-process ceiling, {backend}", precision, size, ceiling)
-                    service = f"service, {args.workers} worker(s), {backend}"
-                    report.add(service, precision, size, run.throughput)
-                    label = f"{precision} {backend} {size}"
-                    report.ratio(f"service / ceiling, {label}", run.throughput / ceiling, ">= 0.9")
-                    report.ratio(
-                        f"service / seed loop, {label}",
-                        run.throughput / seed,
-                        ">= 2.5 (default), >= 4 (int8)",
-                    )
-                    if args.bulk > 1:
-                        bulk = cluster.burst(files, args.bulk)
-                        what = f"service, bulk {args.bulk}, {args.workers} worker(s), {backend}"
-                        report.add(what, precision, size, bulk.throughput)
-                        report.ratio(
-                            f"bulk / single, {label}", bulk.throughput / run.throughput, "> 1"
-                        )
-                if key in sweeps:
-                    idle = cluster.idle_latency("samples/cat.jpg", 7, settle=settle)
-                    report.add(
-                        f"idle latency, 1 job (451x300), {backend}",
-                        precision,
-                        "sample",
-                        None,
-                        p50_ms=idle.percentile(50) * 1e3,
-                    )
-                    idle_big = cluster.idle_latency(first[0], 7, settle=settle)
-                    report.add(
-                        f"idle latency, 1 job, {backend}",
-                        precision,
-                        next(iter(names)),
-                        None,
-                        p50_ms=idle_big.percentile(50) * 1e3,
-                    )
-                    # An idle job within the model's own batch-1 time (this backend's) + 25 ms.
-                    budget = sweeps[key][1] + 0.025
-                    report.ratio(
-                        f"idle latency / (model batch-1 + 25 ms), {backend}",
-                        idle.percentile(50) / budget,
-                        "<= 1.0",
-                    )
-                if key == default:
-                    window = settings.effective_concurrency * args.workers
-                    loaded = cluster.closed_loop(first, window)
-                    report.add(
-                        f"under load, {window} in flight, {backend}",
-                        precision,
-                        next(iter(names)),
-                        loaded.throughput,
-                        p50_ms=loaded.percentile(50) * 1e3,
-                        p99_ms=loaded.percentile(99) * 1e3,
-                    )
-        # ONNX Runtime against torch, both fp32, both measured in this run.
+            with cluster.workers(self.args.workers, PRECISION=precision, BACKEND=backend, **env):
+                first = next(iter(self.names.values()))
+                # Warm-up: threads, shapes.
+                cluster.burst(first[: 2 * self.batch * self.args.workers])
+                for size, files in self.names.items():
+                    self.service_throughput(cluster, key, size, files)
+                if key in self.sweeps:
+                    self.idle_latency(cluster, key, first)
+                if key == self.default:
+                    self.under_load(cluster, key, first)
+
+    def service_throughput(self, cluster: Cluster, key: Key, size: str, files: list[str]) -> None:
+        """One burst of every image of `size`, bracketed by the baselines it is divided by."""
+        args, report = self.args, self.report
+        precision, backend = key
+        ceiling_before, seed_before = self.baselines(key, size)
+        self.settle()
+        run = cluster.burst(files)
+        ceiling_after, seed_after = self.baselines(key, size)
+        ceiling = (ceiling_before + ceiling_after) / 2
+        seed = (seed_before + seed_after) / 2
+        self.seeds[size] += [seed_before, seed_after]
+        self.services[key][size], self.ceilings[key][size] = run.throughput, ceiling
+        report.add(f"in-process ceiling, {backend}", precision, size, ceiling)
+        service = f"service, {args.workers} worker(s), {backend}"
+        report.add(service, precision, size, run.throughput)
+        label = f"{precision} {backend} {size}"
+        report.ratio(f"service / ceiling, {label}", run.throughput / ceiling, ">= 0.9")
+        report.ratio(
+            f"service / seed loop, {label}",
+            run.throughput / seed,
+            ">= 2.5 (default), >= 4 (int8)",
+        )
+        if args.bulk > 1:
+            bulk = cluster.burst(files, args.bulk)
+            what = f"service, bulk {args.bulk}, {args.workers} worker(s), {backend}"
+            report.add(what, precision, size, bulk.throughput)
+            report.ratio(f"bulk / single, {label}", bulk.throughput / run.throughput, "> 1")
+
+    def idle_latency(self, cluster: Cluster, key: Key, first: list[str]) -> None:
+        """One job at a time on an idle worker: the sample, then an image of the first size."""
+        precision, backend = key
+        idle = cluster.idle_latency("samples/cat.jpg", 7, settle=self.settle)
+        self.report.add(
+            f"idle latency, 1 job (451x300), {backend}",
+            precision,
+            "sample",
+            None,
+            p50_ms=idle.percentile(50) * 1e3,
+        )
+        idle_big = cluster.idle_latency(first[0], 7, settle=self.settle)
+        self.report.add(
+            f"idle latency, 1 job, {backend}",
+            precision,
+            next(iter(self.names)),
+            None,
+            p50_ms=idle_big.percentile(50) * 1e3,
+        )
+        # An idle job within the model's own batch-1 time (this backend's) + 25 ms.
+        budget = self.sweeps[key][1] + 0.025
+        self.report.ratio(
+            f"idle latency / (model batch-1 + 25 ms), {backend}",
+            idle.percentile(50) / budget,
+            "<= 1.0",
+        )
+
+    def under_load(self, cluster: Cluster, key: Key, first: list[str]) -> None:
+        """Latency with the workers' full concurrency kept in flight (closed loop)."""
+        precision, backend = key
+        window = self.settings.effective_concurrency * self.args.workers
+        loaded = cluster.closed_loop(first, window)
+        self.report.add(
+            f"under load, {window} in flight, {backend}",
+            precision,
+            next(iter(self.names)),
+            loaded.throughput,
+            p50_ms=loaded.percentile(50) * 1e3,
+            p99_ms=loaded.percentile(99) * 1e3,
+        )
+
+    def compare_backends(self) -> None:
+        """ONNX Runtime against torch, both fp32, both measured in this run."""
         ort, eager = ("fp32", "onnxruntime"), ("fp32", "torch")
-        if ort in services and eager in services:
-            for size in names:
-                report.ratio(
-                    f"service onnxruntime / service torch, fp32 {size}",
-                    services[ort][size] / services[eager][size],
-                    ">= 1.35 (1024x768, 1 worker)",
-                )
-                report.ratio(
-                    f"ceiling onnxruntime / ceiling torch, fp32 {size}",
-                    ceilings[ort][size] / ceilings[eager][size],
-                    "-",
-                )
-            report.ratio(
-                "model only onnxruntime / torch, fp32 batch 1",
-                sweeps[eager][1] / sweeps[ort][1] if eager in sweeps and ort in sweeps else 0.0,
+        if ort not in self.services or eager not in self.services:
+            return
+        for size in self.names:
+            self.report.ratio(
+                f"service onnxruntime / service torch, fp32 {size}",
+                self.services[ort][size] / self.services[eager][size],
+                ">= 1.35 (1024x768, 1 worker)",
+            )
+            self.report.ratio(
+                f"ceiling onnxruntime / ceiling torch, fp32 {size}",
+                self.ceilings[ort][size] / self.ceilings[eager][size],
                 "-",
             )
+        sweeps = self.sweeps
+        self.report.ratio(
+            "model only onnxruntime / torch, fp32 batch 1",
+            sweeps[eager][1] / sweeps[ort][1] if eager in sweeps and ort in sweeps else 0.0,
+            "-",
+        )
 
-        for size, values in seeds.items():
-            report.add("seed loop (fp32, 1 at a time)", "fp32", size, sum(values) / len(values))
+    def add_seed_loop(self) -> None:
+        """The seed loop per size: the mean of every bracket around every service run."""
+        for size, values in self.seeds.items():
+            self.report.add(
+                "seed loop (fp32, 1 at a time)", "fp32", size, sum(values) / len(values)
+            )
 
-        service_sweep: dict[int, float] = {}
-        for b in [int(x) for x in args.service_sweep.split(",") if x]:
+    def sweep_service_batch(self, cluster: Cluster) -> None:
+        """--service-sweep: the default model's service at each MAX_BATCH_SIZE, one worker."""
+        precision, backend = self.default
+        for b in [int(x) for x in self.args.service_sweep.split(",") if x]:
             with cluster.workers(
                 1,
-                PRECISION=default[0],
-                BACKEND=default[1],
-                DEVICE=args.device,
+                PRECISION=precision,
+                BACKEND=backend,
+                DEVICE=self.args.device,
                 MAX_BATCH_SIZE=str(b),
             ):
-                size, files = next(iter(names.items()))
+                size, files = next(iter(self.names.items()))
                 cluster.burst(files[: 2 * b])
                 run = cluster.burst(files)
-                service_sweep[b] = run.throughput
-                label = f"service, MAX_BATCH_SIZE={b}, {default[1]}"
-                report.add(label, default[0], size, run.throughput)
+                self.service_sweep[b] = run.throughput
+                label = f"service, MAX_BATCH_SIZE={b}, {backend}"
+                self.report.add(label, precision, size, run.throughput)
 
-        # 5: the stand-in model measures the queue, not the CPU.
+    def measure_scaling(self, cluster: Cluster) -> None:
+        """5: the stand-in model measures the queue, not the CPU."""
+        args = self.args
         scaling = {}
         for count in [int(x) for x in args.scaling.split(",") if x]:
             with cluster.workers(count, MODEL=args.standin, MAX_BATCH_SIZE="1"):
@@ -246,7 +311,7 @@ def main() -> None:
                 cluster.burst(["samples/cat.jpg"] * 2 * count)
                 run = cluster.burst(jobs)
                 scaling[count] = run.throughput
-                report.add(
+                self.report.add(
                     f"stand-in {args.standin}, {count} worker(s)",
                     "none",
                     "sample",
@@ -255,28 +320,48 @@ def main() -> None:
                 )
         if len(scaling) > 1:
             lo, hi = min(scaling), max(scaling)
-            report.ratio(
+            self.report.ratio(
                 f"stand-in scaling, {hi} vs {lo} worker(s)",
                 scaling[hi] / scaling[lo],
                 f">= {0.875 * hi / lo:.1f}",
             )
+
+    def finish(self) -> None:
+        """Print the table, write bench.json, bench.md and the plot, remove the images."""
+        args, waited = self.args, self.waited
+        print()
+        print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
+        if args.quiet_wait:
+            self.report.info["quiet_wait_s"] = round(sum(waited), 1)
+            capped = sum(1 for w in waited if w >= args.quiet_wait)
+            timings = f"{capped} of {len(waited)} timings without"
+            print(f"waited {sum(waited):.0f}s for quiet CPUs; {timings}")
+        print(self.report.render())
+        self.report.save(args.out)
+        if plot(
+            self.sweep, self.service_sweep, " ".join(self.default), args.out / "batch-size.png"
+        ):
+            print(f"\nplot: {args.out / 'batch-size.png'}")
+        print(f"total {time.perf_counter() - self.started:.0f}s; results in {args.out}/")
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def main() -> None:
+    bench = Bench(parse_args())
+    bench.make_images()
+    bench.measure_models()
+    bench.describe_run()
+    cluster = Cluster(bench.work, bench.root)
+    try:
+        # The order matters: the table lists rows and ratios in the order they are measured.
+        bench.measure_services(cluster)
+        bench.compare_backends()
+        bench.add_seed_loop()
+        bench.sweep_service_batch(cluster)
+        bench.measure_scaling(cluster)
     finally:
         cluster.close()
-
-    print()
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
-    if args.quiet_wait:
-        report.info["quiet_wait_s"] = round(sum(waited), 1)
-        capped = sum(1 for w in waited if w >= args.quiet_wait)
-        print(
-            f"waited {sum(waited):.0f}s for quiet CPUs; {capped} of {len(waited)} timings without"
-        )
-    print(report.render())
-    report.save(args.out)
-    if plot(sweep, service_sweep, " ".join(default), args.out / "batch-size.png"):
-        print(f"\nplot: {args.out / 'batch-size.png'}")
-    print(f"total {time.perf_counter() - started:.0f}s; results in {args.out}/")
-    shutil.rmtree(work, ignore_errors=True)
+    bench.finish()
 
 
 if __name__ == "__main__":
