@@ -1,7 +1,7 @@
 """Faults the test suite injects into real worker processes; nothing else uses them.
 
 Each is off unless the worker's environment switches it on (read into Settings with the
-rest; tests/test_faults.py sets them):
+rest; tests/system/test_faults.py sets them):
 
 - TEST_POISON_SOURCE=<source>: a job for exactly that source SIGKILLs its own worker process,
   as a crashing decoder or the OOM killer would (delivery counting, MAX_DELIVERIES).

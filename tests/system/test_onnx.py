@@ -43,7 +43,7 @@ def test_worker_on_onnxruntime_matches_torchvision_and_says_so(
 ) -> None:
     """The parity test (tests/system/test_service.py) on ONNX Runtime: the seed tutorial's pipeline
     within 1e-5, every result naming its backend; the export is timed and kept in the cache."""
-    from tests.test_service import reference_probabilities
+    from tests.system.test_service import reference_probabilities
 
     names = [p.name for p in SAMPLE_PATHS]
     ids = client.submit_many(names, top_k=1000)

@@ -77,7 +77,7 @@ def check() -> None:
             f"worker.broker extends kombu internals that {versions()} lacks "
             f"({', '.join(missing)}); it was tested with {_tested()}. Install those "
             "(pip install -e '.[worker]' keeps the pins) or port worker/broker and re-run "
-            "tests/test_delivery*.py."
+            "tests/*/test_delivery*.py."
         )
     if kombu_redis.Channel.sep != PRIORITY_SEPARATOR:
         # Producers' kombu names priority lists with its `sep`; producer/keys.py with ours.
@@ -88,7 +88,7 @@ def check() -> None:
     found = {"kombu": kombu.VERSION[:2], "celery": celery.VERSION[:2]}
     if any(tuple(found[name]) != tested for name, tested in TESTED.items()):
         log.warning(
-            "worker.broker was tested with %s, this is %s: run tests/test_delivery*.py",
+            "worker.broker was tested with %s, this is %s: run tests/*/test_delivery*.py",
             _tested(),
             versions(),
         )
