@@ -249,6 +249,7 @@ class Channel(kombu_redis.Channel):
         """The messages of one fetch, `((queue, list, inbox), message)`: checked, claimed in
         one call, then delivered. Empty when none is left to deliver."""
         claims: list[tuple[str, str, dict[str, Any], list[Any]]] = []
+        delivered = False
         for (queue, lst, inbox), item in popped:
             if queue not in self.connection._callbacks:
                 continue  # no consumer any more; the heartbeat returns the inbox
@@ -256,6 +257,9 @@ class Channel(kombu_redis.Channel):
                 payload = self._take(queue, lst, inbox, item, no_ack=True)
                 if payload is not None:
                     self.connection._deliver(payload, queue)
+                    # Said, or a synchronous drain (a control command's replies) goes on
+                    # waiting until its timeout with the reply in hand.
+                    delivered = True
                 continue
             try:
                 payload = envelope.parse(item, self.rules, task_queue=True)
@@ -265,13 +269,14 @@ class Channel(kombu_redis.Channel):
             tag, entry = self._claim_entry(lst, payload)
             claims.append((queue, inbox, payload, [item, tag, entry]))
         if not claims:
-            raise Empty()
+            if not delivered:
+                raise Empty()
+            return True
         keys = [self.keys.unacked, self.keys.unacked_at, *(inbox for _, inbox, _, _ in claims)]
         args = [a for *_, triple in claims for a in triple]
         taken = self.idempotent(
             lambda: self._claim_many(keys=keys, args=args, client=self.raw_client())
         )
-        delivered = False
         for (queue, _, payload, _), ok in zip(claims, taken, strict=True):
             if ok:
                 self.connection._deliver(payload, queue)
