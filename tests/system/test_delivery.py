@@ -27,6 +27,11 @@ from producer import Client
 from producer.contract import queue_list
 from producer.deadletters import DeadLetters
 from producer.keys import CONSUMERS_KEY as CONSUMERS
+from tests.support.delivery import (
+    dclient_fixture,  # noqa: F401  (the fixture `dclient`)
+    dead_letter_reasons,
+    dredis_fixture,  # noqa: F401  (the fixture `dredis`)
+)
 from tests.support.messages import held_messages, queued_messages
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
@@ -34,13 +39,6 @@ from tests.support.redis_server import RedisServer, fake_old_redis
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess
 from worker.deliveries import delivery_key
-
-
-@pytest.fixture(scope="module")
-def dredis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("delivery-redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -52,12 +50,6 @@ def dworkers(
     factory = WorkerFactory(env, tmp_path)
     yield factory
     factory.stop_all()
-
-
-@pytest.fixture
-def dclient(dredis: RedisServer) -> Iterator[Client]:
-    with Client(dredis.url(), bulk_size=1) as c:  # the delivery layer, message by message
-        yield c
 
 
 def real_message(client: Client, source: str = "cat.jpg", **options: Any) -> bytes:
@@ -90,10 +82,6 @@ def consumer_of(r: redis.Redis, worker: WorkerProcess, prefix: str = "") -> str:
 
 def states(client: Client, ids: list[str]) -> list[str]:
     return [o.state for o in client._fetch(ids)]
-
-
-def dead_letter_reasons(client: Client) -> list[str]:
-    return sorted(e.reason for e in DeadLetters(client.redis, client.config).read())
 
 
 def metric(port: int, line_start: str) -> float:

@@ -3,47 +3,17 @@ permanent ones do not."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from producer import Client, JobFailed
-from tests.support.http_server import http_server
-from tests.support.paths import SAMPLES
+from tests.support.sources import (
+    server_fixture,  # noqa: F401  (the fixture `server`)
+    tree_fixture,  # noqa: F401  (the fixture `tree`)
+)
 from tests.support.workers import WorkerFactory
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """base/img is IMAGE_ROOT; base/img2 is a sibling sharing its prefix; base/secret outside."""
-    base = tmp_path_factory.mktemp("tree")
-    root = base / "img"
-    (root / "sub").mkdir(parents=True)
-    (base / "img2").mkdir()
-    (base / "img2" / "cat.jpg").write_bytes((SAMPLES / "cat.jpg").read_bytes())
-    (base / "secret.jpg").write_bytes((SAMPLES / "cat.jpg").read_bytes())
-    (root / "cat.jpg").write_bytes((SAMPLES / "cat.jpg").read_bytes())
-    (root / "big.jpg").write_bytes(b"\xff" * 5000)
-    (root / "inside-link.jpg").symlink_to(root / "cat.jpg")
-    (root / "escape.jpg").symlink_to(base / "secret.jpg")
-    (root / "dir-escape").symlink_to(base)
-    (root / "zero.jpg").symlink_to("/dev/zero")
-    os.mkfifo(root / "pipe.jpg")
-    return root
-
-
-# -- URLs --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tree: Path) -> Iterator[tuple[str, dict[str, int]]]:
-    counters: dict[str, int] = {}
-    with http_server(tree, counters) as base:
-        yield base, counters
-
 
 # -- the retry policy, through a real worker ----------------------------------------------------
 

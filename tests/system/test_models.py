@@ -9,54 +9,19 @@ from pathlib import Path
 
 import pytest
 import redis
-import torch
-import torchvision
 
 from producer import Client
 from producer.contract import DEFAULT_QUEUE
+from tests.support.models import (
+    DEFECTS,
+    TINY,
+    made_fixture,  # noqa: F401  (the fixture `made`)
+)
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess
 from worker.deliveries import delivery_key
-from worker.model.arch import head_keys
 from worker.model.labels import labels_id
 from worker.model.pack import pack
-
-DEFECTS = ["ok", "scratch", "dent"]
-TINY = ["circle", "square", "triangle", "star"]
-
-
-def checkpoint(path: Path, arch: str, classes: int, seed: int = 0) -> Path:
-    """Seeded random weights whose head is scaled up: random heads are so small that every
-    image gets nearly uniform probabilities, and parity with those would prove nothing."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
-    state = model.state_dict()
-    for key in head_keys(arch):
-        state[key] = state[key] * 100
-    torch.save(state, path)
-    return path
-
-
-def labels_file(path: Path, labels: list[str]) -> Path:
-    path.write_text("\n".join(labels) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-class ResNet-50 and a 4-class SqueezeNet, with labels, as training would leave them."""
-    d = tmp_path_factory.mktemp("checkpoints")
-    checkpoint(d / "defects.pt", "resnet50", 3)
-    labels_file(d / "defects.txt", DEFECTS)
-    for version, seed in (("1", 1), ("2", 2)):
-        checkpoint(d / f"tiny-v{version}.pt", "squeezenet1_1", 4, seed)
-    labels_file(d / "tiny.txt", TINY)
-    return d
-
-
-# -- labels, cards and refusals, without Redis ------------------------------------------------
-
 
 # -- served by real workers -------------------------------------------------------------------
 

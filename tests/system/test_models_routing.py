@@ -15,25 +15,8 @@ from producer.models import (
     registered,
 )
 from producer.status import gather, render
+from tests.support.cli import run_cli
 from tests.support.workers import WorkerFactory, WorkerProcess
-
-# -- routing and the registry, no worker -----------------------------------------------------
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
-    """The CLI in this process (as `imgqueue --redis-url URL ARGS`): exit status, out, err."""
-    from producer.cli import main
-
-    try:
-        code = main(["--redis-url", url, *args])
-    except SystemExit as exc:  # argparse's usage errors
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-# -- the shipped ACL users -------------------------------------------------------------------
-
 
 # -- two models, two real workers ------------------------------------------------------------
 

@@ -3,30 +3,13 @@ synchronous get claims and acks like the consumer (tests/system/test_delivery.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from producer import Client
-from producer.deadletters import DeadLetters
+from tests.support.delivery import (
+    dclient_fixture,  # noqa: F401  (the fixture `dclient`)
+    dead_letter_reasons,
+    dredis_fixture,  # noqa: F401  (the fixture `dredis`)
+)
 from tests.support.redis_server import RedisServer
-
-
-@pytest.fixture(scope="module")
-def dredis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("delivery-redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def dclient(dredis: RedisServer) -> Iterator[Client]:
-    with Client(dredis.url(), bulk_size=1) as c:  # the delivery layer, message by message
-        yield c
-
-
-def dead_letter_reasons(client: Client) -> list[str]:
-    return sorted(e.reason for e in DeadLetters(client.redis, client.config).read())
 
 
 def test_a_synchronous_get_claims_like_the_consumer(dclient: Client, dredis: RedisServer) -> None:

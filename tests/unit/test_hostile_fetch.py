@@ -9,38 +9,22 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.http_server import http_server
 from tests.support.paths import SAMPLES
+from tests.support.sources import (
+    server_fixture,  # noqa: F401  (the fixture `server`)
+    tree_fixture,  # noqa: F401  (the fixture `tree`)
+)
 from worker.errors import FetchFailed, SourceNotAllowed, SourceNotFound, TooLarge
 from worker.fetch import fetch
 from worker.settings import Settings
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """base/img is IMAGE_ROOT; base/img2 is a sibling sharing its prefix; base/secret outside."""
-    base = tmp_path_factory.mktemp("tree")
-    root = base / "img"
-    (root / "sub").mkdir(parents=True)
-    (base / "img2").mkdir()
-    (base / "img2" / "cat.jpg").write_bytes((SAMPLES / "cat.jpg").read_bytes())
-    (base / "secret.jpg").write_bytes((SAMPLES / "cat.jpg").read_bytes())
-    (root / "cat.jpg").write_bytes((SAMPLES / "cat.jpg").read_bytes())
-    (root / "big.jpg").write_bytes(b"\xff" * 5000)
-    (root / "inside-link.jpg").symlink_to(root / "cat.jpg")
-    (root / "escape.jpg").symlink_to(base / "secret.jpg")
-    (root / "dir-escape").symlink_to(base)
-    (root / "zero.jpg").symlink_to("/dev/zero")
-    os.mkfifo(root / "pipe.jpg")
-    return root
 
 
 def files(root: Path | None, **kw: Any) -> Settings:
@@ -155,13 +139,6 @@ def test_non_public_addresses_are_blocked_by_default(host: str) -> None:
     with pytest.raises(SourceNotAllowed, match="non-public address"):
         fetch(f"http://{host}:9/cat.jpg", Settings())
     assert time.monotonic() - started < 2  # refused before any connection attempt
-
-
-@pytest.fixture(scope="module")
-def server(tree: Path) -> Iterator[tuple[str, dict[str, int]]]:
-    counters: dict[str, int] = {}
-    with http_server(tree, counters) as base:
-        yield base, counters
 
 
 def web(**kw: Any) -> Settings:
@@ -283,6 +260,3 @@ def test_slow_drip_servers_hit_the_total_deadline(
         fetch(server[0] + path, web(fetch_total_timeout=1.0, fetch_read_timeout=5))
     assert info.value.transient
     assert time.monotonic() - started < 2.5
-
-
-# -- the retry policy, through a real worker ----------------------------------------------------

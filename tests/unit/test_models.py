@@ -1,5 +1,5 @@
-"""Your own models without a worker: checkpoints made here, labels files, packed, checked and
-refused saying what differs.
+"""Your own models without a worker: checkpoints (made by tests/support/models.py), labels files,
+packed, checked and refused saying what differs.
 
 The checkpoints are seeded random weights with real heads (3 and 4 classes): what a fine-tuned
 model's file looks like, without downloading one."""
@@ -14,46 +14,18 @@ import pytest
 import torch
 import torchvision
 
+from tests.support.models import (
+    DEFECTS,
+    TINY,
+    checkpoint,
+    labels_file,
+    made_fixture,  # noqa: F401  (the fixture `made`)
+)
 from worker.errors import ConfigError, WeightsUnavailable
-from worker.model.arch import head_keys
 from worker.model.card import read_card
 from worker.model.labels import labels_id, read_labels
 from worker.model.pack import check, pack, read_checkpoint
 from worker.model.spec import resolve_model
-
-DEFECTS = ["ok", "scratch", "dent"]
-TINY = ["circle", "square", "triangle", "star"]
-
-
-def checkpoint(path: Path, arch: str, classes: int, seed: int = 0) -> Path:
-    """Seeded random weights whose head is scaled up: random heads are so small that every
-    image gets nearly uniform probabilities, and parity with those would prove nothing."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
-    state = model.state_dict()
-    for key in head_keys(arch):
-        state[key] = state[key] * 100
-    torch.save(state, path)
-    return path
-
-
-def labels_file(path: Path, labels: list[str]) -> Path:
-    path.write_text("\n".join(labels) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-class ResNet-50 and a 4-class SqueezeNet, with labels, as training would leave them."""
-    d = tmp_path_factory.mktemp("checkpoints")
-    checkpoint(d / "defects.pt", "resnet50", 3)
-    labels_file(d / "defects.txt", DEFECTS)
-    for version, seed in (("1", 1), ("2", 2)):
-        checkpoint(d / f"tiny-v{version}.pt", "squeezenet1_1", 4, seed)
-    labels_file(d / "tiny.txt", TINY)
-    return d
-
 
 # -- labels, cards and refusals, without Redis ------------------------------------------------
 
@@ -194,6 +166,3 @@ def test_another_architecture_matches_the_seed_tutorials_way_within_1e_5(made: P
     assert float((ref - ref[0]).abs().max()) > 0.05, "the images must get different answers"
     c = compare(ref, worker_way(Classifier(spec, "cpu", "fp32"), paths, draft=False))
     assert c["max_dp"] < 1e-5 and c["top5_order"] == 1.0, c
-
-
-# -- served by real workers -------------------------------------------------------------------

@@ -27,6 +27,7 @@ from producer.models import (
 )
 from producer.status import per_model
 from tests.support.cli import imgqueue as cli
+from tests.support.cli import run_cli
 from tests.support.messages import queued_messages
 from tests.support.paths import ROOT
 from tests.support.redis_server import RedisServer
@@ -137,18 +138,6 @@ def test_the_registry_is_read_once_per_call_and_cached(server: RedisServer, r: r
         with pytest.raises(UnknownModel):  # past the TTL a forgotten model is refused
             client.submit("cat.jpg", model="alpha")
         assert calls(r, "hgetall") == 4
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
-    """The CLI in this process (as `imgqueue --redis-url URL ARGS`): exit status, out, err."""
-    from producer.cli import main
-
-    try:
-        code = main(["--redis-url", url, *args])
-    except SystemExit as exc:  # argparse's usage errors
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_submit_model_and_the_model_commands(
@@ -288,6 +277,3 @@ def test_shipped_users_route_to_models_and_only_workers_register(tmp_path: Path)
         worker.close()
         admin.close()
         server.stop()
-
-
-# -- two models, two real workers ------------------------------------------------------------
