@@ -54,7 +54,11 @@ def test_a_real_worker_end_to_end(
         group = client.submit_many(
             ["cat.jpg", "coffee.jpg", "rocket.jpg"], group=True, webhook=receiver.base + "/group"
         )
-    wait_for(lambda: len(receiver.to("/bulk")) == 2 and receiver.to("/group"), 30, "deliveries")
+    wait_for(
+        lambda: receiver.to("/one") and len(receiver.to("/bulk")) == 2 and receiver.to("/group"),
+        30,
+        "deliveries (the dispatcher sends them in any order)",
+    )
     (single,) = receiver.to("/one")
     body = verify(single)
     assert body["id"] == one and body["state"] == "SUCCESS" and body["result"]["predictions"]
