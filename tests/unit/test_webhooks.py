@@ -311,7 +311,7 @@ def test_a_hanging_receiver_costs_one_timeout_and_blocks_nothing(
     wait_for(setup.dead, 20, "the hanging delivery's dead letter")
     (entry,) = setup.dead()
     assert entry["id"] == "t-hang" and "no answer within WEBHOOK_TIMEOUT (4 s)" in entry["error"]
-    assert 1.4 <= entry["at"] - entry["first_at"] < 4
+    assert 3.9 <= entry["at"] - entry["first_at"] < 10  # one timeout, not more
 
 
 def test_what_a_stopped_dispatcher_held_is_delivered(setup: Setup, receiver: Receiver) -> None:
