@@ -14,6 +14,7 @@ from pathlib import Path
 
 import redis
 
+from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
@@ -80,6 +81,16 @@ class RedisServer:
     def restart(self) -> None:
         self.stop(signal.SIGKILL)
         self.start()
+
+
+def with_shipped_users(workdir: Path) -> RedisServer:
+    """A started redis-server with exactly the `user` lines of deploy/redis.conf (the rest of
+    that file points at /data), so tests hold the shipped ACLs to what each role may do."""
+    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
+    workdir.mkdir(parents=True, exist_ok=True)
+    users = workdir / "users.conf"
+    users.write_text("\n".join(line for line in shipped if line.startswith("user ")) + "\n")
+    return RedisServer(workdir / "acl", config=users).start()
 
 
 def _pings(client: redis.Redis) -> bool:

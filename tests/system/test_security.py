@@ -17,9 +17,8 @@ from celery import Celery
 from producer import Client, JobFailed
 from producer.deadletters import DeadLetters
 from producer.errors import BrokerUnavailable
-from tests.support.paths import ROOT
 from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, with_shipped_users
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory
 
@@ -204,11 +203,7 @@ def test_redis_users_give_producers_no_way_to_forge_results(
     and reads, and cannot write a result, a cache entry or the delivery layer's keys."""
     from producer.contract import result_key
 
-    # The shipped `user` lines, exactly (the rest of that file points at /data).
-    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
-    users = tmp_path / "users.conf"
-    users.write_text("\n".join(line for line in shipped if line.startswith("user ")) + "\n")
-    server = RedisServer(tmp_path / "acl", config=users).start()
+    server = with_shipped_users(tmp_path)
     base = f"127.0.0.1:{server.port}/0"
     factory = WorkerFactory(
         {

@@ -17,8 +17,7 @@ from producer.errors import BrokerUnavailable, QueueFull, RedisFull
 from producer.limits import Admission, get_limit, limits_key, set_limit
 from producer.memory import format_bytes, is_out_of_memory
 from tests.support.cli import imgqueue as cli
-from tests.support.paths import ROOT
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, with_shipped_users
 
 
 @pytest.fixture(scope="module")
@@ -232,10 +231,7 @@ def test_limits_live_under_the_key_prefix(server: RedisServer, r: redis.Redis) -
 def test_shipped_producer_user_reads_limits_and_gets_redis_full(tmp_path: Path) -> None:
     """deploy/redis.conf's users: the producer reads the limits (and may not change them); it
     may not run INFO, so its RedisFull has no numbers but still says full."""
-    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
-    users = tmp_path / "users.conf"
-    users.write_text("\n".join(line for line in shipped if line.startswith("user ")) + "\n")
-    server = RedisServer(tmp_path / "acl", config=users).start()
+    server = with_shipped_users(tmp_path)
     base = f"127.0.0.1:{server.port}/0"
     admin = redis.Redis(port=server.port, username="admin", password="imgqueue-admin-dev")
     try:

@@ -21,8 +21,7 @@ from producer.contract import result_key
 from producer.jobs import CANCEL_TAKEN, cancel_key
 from tests.support.cli import imgqueue
 from tests.support.messages import queued_messages
-from tests.support.paths import ROOT
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import with_shipped_users
 from worker import cancels
 from worker.backend import Started
 from worker.batcher import Batcher
@@ -107,10 +106,7 @@ def test_the_shipped_producer_user_may_cancel_and_nothing_more(
 ) -> None:
     """deploy/redis.conf's users: the producer writes cancels (a selector on imgqueue:cancel:*)
     and still cannot delete or overwrite anything else."""
-    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
-    users = tmp_path / "users.conf"
-    users.write_text("\n".join(line for line in shipped if line.startswith("user ")) + "\n")
-    server = RedisServer(tmp_path / "acl", config=users).start()
+    server = with_shipped_users(tmp_path)
     worker = redis.Redis(port=server.port, username="worker", password="imgqueue-worker-dev")
     try:
         url = f"redis://producer:imgqueue-producer-dev@127.0.0.1:{server.port}/0"

@@ -16,8 +16,7 @@ from producer import Client
 from producer.contract import TASK_NAME, result_key
 from producer.groups import create, keys
 from producer.jobs import EVENTS_STREAM, GROUP_HEADER
-from tests.support.paths import ROOT
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, with_shipped_users
 from worker.backend import ResultBackend
 
 # -- the counters, on the backend alone (no worker process) --------------------------------------
@@ -137,10 +136,7 @@ def test_the_shipped_producer_user_may_make_groups_and_read_events(tmp_path: Pat
     """deploy/redis.conf's users: the producer writes and reads its groups (a selector on
     imgqueue:group:*) and reads the events stream, and still cannot write a result or an
     event."""
-    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
-    users = tmp_path / "users.conf"
-    users.write_text("\n".join(line for line in shipped if line.startswith("user ")) + "\n")
-    server = RedisServer(tmp_path / "acl", config=users).start()
+    server = with_shipped_users(tmp_path)
     worker = redis.Redis(port=server.port, username="worker", password="imgqueue-worker-dev")
     try:
         url = f"redis://producer:imgqueue-producer-dev@127.0.0.1:{server.port}/0"

@@ -29,8 +29,7 @@ from producer.status import per_model
 from tests.support.cli import imgqueue as cli
 from tests.support.cli import run_cli
 from tests.support.messages import queued_messages
-from tests.support.paths import ROOT
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, with_shipped_users
 from worker.exporter import QueueCollector, routes
 
 ALPHA = {"name": "alpha", "model": "alpha", "arch": "resnet50", "version": "1", "weights": "w1"}
@@ -248,10 +247,7 @@ def test_status_groups_workers_by_model() -> None:
 
 
 def test_shipped_users_route_to_models_and_only_workers_register(tmp_path: Path) -> None:
-    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
-    users = tmp_path / "users.conf"
-    users.write_text("\n".join(line for line in shipped if line.startswith("user ")) + "\n")
-    server = RedisServer(tmp_path / "acl", config=users).start()
+    server = with_shipped_users(tmp_path)
     base = f"127.0.0.1:{server.port}/0"
     worker = redis.Redis(port=server.port, username="worker", password="imgqueue-worker-dev")
     admin = redis.Redis(port=server.port, username="admin", password="imgqueue-admin-dev")
