@@ -268,19 +268,16 @@ class Channel(kombu_redis.Channel):
                 continue
             tag, entry = self._claim_entry(lst, payload)
             claims.append((queue, inbox, payload, [item, tag, entry]))
-        if not claims:
-            if not delivered:
-                raise Empty()
-            return True
-        keys = [self.keys.unacked, self.keys.unacked_at, *(inbox for _, inbox, _, _ in claims)]
-        args = [a for *_, triple in claims for a in triple]
-        taken = self.idempotent(
-            lambda: self._claim_many(keys=keys, args=args, client=self.raw_client())
-        )
-        for (queue, _, payload, _), ok in zip(claims, taken, strict=True):
-            if ok:
-                self.connection._deliver(payload, queue)
-                delivered = True
+        if claims:
+            keys = [self.keys.unacked, self.keys.unacked_at, *(i for _, i, _, _ in claims)]
+            args = [a for *_, triple in claims for a in triple]
+            taken = self.idempotent(
+                lambda: self._claim_many(keys=keys, args=args, client=self.raw_client())
+            )
+            for (queue, _, payload, _), ok in zip(claims, taken, strict=True):
+                if ok:
+                    self.connection._deliver(payload, queue)
+                    delivered = True
         if not delivered:
             raise Empty()
         return True
