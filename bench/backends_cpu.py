@@ -12,16 +12,14 @@ import time
 
 import torch
 
-from worker.model.classifier import Classifier
-from worker.model.spec import resolve_model
+from bench import inprocess
 
 
 def main() -> None:
-    spec = resolve_model(arch="resnet50", weights="random:0")
     cands = {
-        "torch fp32": Classifier(spec, device="cpu", precision="fp32", backend="torch"),
-        "torch bf16": Classifier(spec, device="cpu", precision="bf16", backend="torch"),
-        "onnxruntime fp32": Classifier(spec, device="cpu", precision="fp32", backend="onnxruntime"),
+        "torch fp32": inprocess.load("fp32", "cpu", "torch"),
+        "torch bf16": inprocess.load("bf16", "cpu", "torch"),
+        "onnxruntime fp32": inprocess.load("fp32", "cpu", "onnxruntime"),
     }
     for c in cands.values():
         c.warm_up(8)
