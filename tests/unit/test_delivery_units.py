@@ -13,6 +13,7 @@ import redis
 
 from producer.connections import RedisConfig, RedisConfigError
 from producer.deadletters import MAX_KEPT, DeadLetter, make_entry
+from producer.keys import Keys
 from tests.support.redis_server import RedisServer
 from worker.broker import compat, envelope, scripts
 from worker.errors import ConfigError
@@ -194,7 +195,7 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-def claim(r: redis.Redis, keys: scripts.Keys, lst: str, tag: str, message: bytes) -> None:
+def claim(r: redis.Redis, keys: Keys, lst: str, tag: str, message: bytes) -> None:
     """What a channel does: fetch into the inbox, then claim."""
     inbox = keys.inbox(lst)
     fetched = r.eval(scripts.FETCH, 2, lst, inbox)
@@ -215,7 +216,7 @@ def claim(r: redis.Redis, keys: scripts.Keys, lst: str, tag: str, message: bytes
 
 
 def test_fetch_takes_the_highest_priority_list_first(r: redis.Redis) -> None:
-    keys = scripts.Keys("", "c1")
+    keys = Keys("", "c1")
     r.lpush("q\x06\x169", b"low")
     r.lpush("q", b"high")
     lists = ["q", "q\x06\x165", "q\x06\x169"]
@@ -229,7 +230,7 @@ def test_fetch_takes_the_highest_priority_list_first(r: redis.Redis) -> None:
 def test_one_fetch_moves_up_to_n_messages_highest_priority_first_and_claims_them_at_once(
     r: redis.Redis,
 ) -> None:
-    keys = scripts.Keys("", "c2")
+    keys = Keys("", "c2")
     r.lpush("q\x06\x169", b"low")
     r.lpush("q", b"h1", b"h2")  # h1 at the head
     lists = ["q", "q\x06\x169"]
@@ -252,7 +253,7 @@ def test_a_claim_sent_again_after_its_reply_was_lost_claims_once_and_says_so(
 ) -> None:
     """The channel sends a claim again when its connection dropped before the reply; the
     second call must not read "left the inbox" for messages the first call claimed."""
-    keys = scripts.Keys("", "c5")
+    keys = Keys("", "c5")
     r.lpush("q", b"m1", b"m2")
     out = r.eval(scripts.FETCH, 2, "q", keys.inbox("q"), 5)
     assert out == [1, b"m1", 1, b"m2"]
@@ -270,7 +271,7 @@ def test_a_claim_sent_again_after_its_reply_was_lost_claims_once_and_says_so(
 
 
 def test_delivery_scripts_run_when_redis_is_full_and_fetch_does_not(r: redis.Redis) -> None:
-    keys = scripts.Keys("", "c3")
+    keys = Keys("", "c3")
     r.lpush("q", b"m1", b"m2")
     claim(r, keys, "q", "t1", b"m1")
     used = int(r.info("memory")["used_memory"])
@@ -289,7 +290,7 @@ def test_delivery_scripts_run_when_redis_is_full_and_fetch_does_not(r: redis.Red
 
 
 def test_a_dead_consumers_messages_return_to_the_head_oldest_first(r: redis.Redis) -> None:
-    keys = scripts.Keys("", "dead-1")
+    keys = Keys("", "dead-1")
     r.lpush("q", b"m1", b"m2", b"m3")  # m1 is at the head (the right end)
     for tag in ("t1", "t2"):
         claim(r, keys, "q", tag, r.lindex("q", -1) or b"")
@@ -311,7 +312,7 @@ def test_a_dead_consumers_messages_return_to_the_head_oldest_first(r: redis.Redi
 def test_a_live_consumers_overdue_message_returns_after_the_visibility_timeout(
     r: redis.Redis,
 ) -> None:
-    keys = scripts.Keys("p:", "live-1")
+    keys = Keys("p:", "live-1")
     r.lpush("p:q", b"m1", b"m2")
     claim(r, keys, "p:q", "old", b"m1")
     claim(r, keys, "p:q", "new", b"m2")
@@ -324,7 +325,7 @@ def test_a_live_consumers_overdue_message_returns_after_the_visibility_timeout(
 
 
 def test_the_dead_letter_list_is_capped(r: redis.Redis) -> None:
-    keys = scripts.Keys("", "c")
+    keys = Keys("", "c")
     for i in range(5):
         r.lpush(keys.inbox("q"), f"m{i}".encode())
         dropped = r.eval(

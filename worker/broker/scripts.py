@@ -11,9 +11,6 @@ stops, any live worker's sweep returns its inboxes and unacked messages to their
 
 from __future__ import annotations
 
-# Re-exported: tests name the layout as scripts.Keys.
-from producer.keys import Keys as Keys
-
 # Scripts that only move a message or refresh a bookkeeping entry run even when Redis is at
 # maxmemory (noeviction): they free as much as they take, and a full Redis must not stall
 # acks, heartbeats or the sweep (a worker whose heartbeat fails looks dead). FETCH is the
