@@ -18,11 +18,13 @@ ARG TORCH_INDEX=""
 WORKDIR /app
 
 # Dependencies first, so editing the code does not re-download torch.
+# The versions requirements/lock.txt pins (bash scripts/lock.sh refreshes it), as CI tests them.
 COPY pyproject.toml README.md ./
+COPY requirements/lock.txt ./requirements/
 COPY producer ./producer
 COPY worker ./worker
 RUN if [ -n "$TORCH_INDEX" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX"; fi \
-    && pip install '.[worker]'
+    && pip install -c requirements/lock.txt '.[worker]'
 
 # Bake the weights into $TORCH_HOME (verified by their sha256 prefix). Any MODEL_WEIGHTS value
 # works: IMAGENET1K_V2, IMAGENET1K_V1, or a state-dict file copied into the build context.

@@ -27,6 +27,11 @@ from producer.contract import DEFAULT_REDIS_URL, result_key
 from producer.keys import BROKER_KEY_PREFIX, PRIORITY_STEPS
 
 SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+# Set here rather than left to redis-py, whose default changed (none before 8, 5 s since). A
+# command that blocks on the server (XREAD BLOCK, a pub/sub wait) blocks for less than
+# SOCKET_TIMEOUT: see `block_budget`.
+SOCKET_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
 PREFIX_ENDINGS = ":_-."
 
 
@@ -122,6 +127,7 @@ class RedisConfig:
         import redis
         from redis.sentinel import Sentinel
 
+        kwargs = _with_timeouts(kwargs, self.url)
         if not self.sentinel:
             return redis.Redis.from_url(self.url, **kwargs)
         first = self._first()
@@ -131,9 +137,8 @@ class RedisConfig:
             if v
         }
         sentinel = Sentinel(self.sentinels(), **kwargs)
-        master: redis.Redis = sentinel.master_for(
-            self.sentinel_master, db=self.db, **auth, **kwargs
-        )
+        options: dict[str, Any] = {**auth, **kwargs}  # typed apart from master_for's classes
+        master: redis.Redis = sentinel.master_for(self.sentinel_master, db=self.db, **options)
         return master
 
     def broker_transport_options(self) -> dict[str, Any]:
@@ -372,7 +377,7 @@ class ResultStoreConfig:
             f"?{query}" if query else ""
         )
         rest = [ClusterNode(h, p) for h, p in nodes[1:]]
-        return RedisCluster(url=first, startup_nodes=rest, **kwargs)
+        return RedisCluster(url=first, startup_nodes=rest, **_with_timeouts(kwargs, self.url))
 
     def backend_transport_options(self) -> dict[str, Any]:
         """Celery's `result_backend_transport_options` for this store."""
@@ -388,6 +393,39 @@ class ResultStoreConfig:
         userinfo, hosts = netloc.rsplit("@", 1)
         user = userinfo.partition(":")[0]
         return f"{scheme}://{user}:***@{hosts}" + rest[len(netloc) :]
+
+
+def _with_timeouts(kwargs: dict[str, Any], url: str) -> dict[str, Any]:
+    """`kwargs` with SOCKET_TIMEOUT and CONNECT_TIMEOUT where neither they nor the URL's query
+    (`?socket_timeout=...`) set one."""
+    query = dict(parse_qsl(urlsplit(url.replace(",", "_").split(";", 1)[0]).query))
+    out = dict(kwargs)
+    for name, value in (
+        ("socket_timeout", SOCKET_TIMEOUT),
+        ("socket_connect_timeout", CONNECT_TIMEOUT),
+    ):
+        if name not in query:
+            out.setdefault(name, value)
+    return out
+
+
+def socket_timeout(client: Any) -> float | None:
+    """The socket timeout a redis-py client (plain, Sentinel's or a cluster's) reads with."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if kwargs is None:  # RedisCluster: the nodes' shared connection options
+        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+    value = (kwargs or {}).get("socket_timeout")
+    return float(value) if value else None
+
+
+def block_budget(client: Any, wanted: float) -> float:
+    """How long a blocking command on `client` may block (seconds): `wanted`, or less, so that
+    the reply arrives a second before the client's socket timeout would cut the wait short."""
+    timeout = socket_timeout(client)
+    if timeout is None:
+        return wanted
+    return max(min(wanted, timeout - 1.0), min(wanted, timeout / 2))
 
 
 def _quote(text: str) -> str:

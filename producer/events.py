@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from producer.connections import block_budget
 from producer.jobs import EVENT_FIELDS, EVENTS_STREAM, GROUP_EVENT_COUNTS
 
-# The longest a single XREAD blocks; `follow` reads again until its own timeout.
-_BLOCK_MS = 5_000
+# The longest a single XREAD blocks (less on a client whose socket timeout is shorter); `follow`
+# reads again until its own timeout.
+_BLOCK = 5.0
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,9 @@ def _read(
     client: Any, stream: str, last: str, timeout: float | None, count: int
 ) -> Iterator[Event]:
     idle_since = time.monotonic()
+    most = int(block_budget(client, _BLOCK) * 1000)
     while True:
-        block = _BLOCK_MS
+        block = most
         if timeout is not None:
             left = timeout - (time.monotonic() - idle_since)
             if left <= 0:

@@ -5,6 +5,8 @@ announced once."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
 import time
@@ -128,6 +130,28 @@ def test_client_events_goes_on_after_an_entry_and_times_out(
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert {x["id"] for x in lines} >= set(ids)
+
+
+def test_the_cli_follows_through_12_s_of_quiet(worker: WorkerProcess, client: Client) -> None:
+    # redis-py 8 reads with a 5 s socket timeout by default: an XREAD that blocked 5 s on such a
+    # client timed out, and `imgqueue events` exited 3 after the first quiet 5 s.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": client.redis_url}
+    command = [sys.executable, "-m", "producer", "events", "--timeout", "60", "--kind", "job"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as follower:
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):  # still following after 12 s of quiet
+                follower.wait(timeout=12)
+            task_id = client.submit("cat.jpg", top_k=1)
+            assert follower.stdout is not None
+            ready = select.select([follower.stdout], [], [], 60)[0]
+            line = follower.stdout.readline() if ready else ""
+        finally:
+            follower.kill()
+            _, err = follower.communicate(timeout=10)
+    assert line, f"no event within 60 s; the CLI said: {err}"
+    assert json.loads(line)["id"] == task_id
 
 
 def job_lines(worker: WorkerProcess, task_id: str, outcome: str) -> list[str]:

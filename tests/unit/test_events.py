@@ -122,3 +122,25 @@ def test_events_maxlen_bounds_the_stream_and_zero_turns_it_off(
 
 
 # -- real workers --------------------------------------------------------------------------------
+
+
+# -- blocking reads and socket timeouts ----------------------------------------------------------
+
+
+def test_a_blocking_read_never_outlasts_the_clients_socket_timeout(
+    redis_server: RedisServer, store: redis.Redis
+) -> None:
+    from producer.connections import SOCKET_TIMEOUT, RedisConfig, block_budget, socket_timeout
+    from producer.events import follow
+
+    # Our clients set their own timeout instead of taking redis-py's default (5 s since 8.0).
+    ours = RedisConfig(redis_server.url(DB)).client()
+    assert socket_timeout(ours) == SOCKET_TIMEOUT
+    assert block_budget(ours, 5.0) == 5.0
+    ours.close()
+    # An app's own client with a short timeout: each XREAD blocks for less than it, so a quiet
+    # stream ends the follow at its own timeout, not with "Timeout reading from ...".
+    short = redis.Redis.from_url(redis_server.url(DB), socket_timeout=1.5)
+    assert block_budget(short, 5.0) < 1.5
+    assert list(follow(short, timeout=3.5)) == []
+    short.close()

@@ -138,7 +138,7 @@ def test_worker_dockerfile_uses_the_documented_commands() -> None:
     steps = instructions("Dockerfile")
     runs = " ".join(rest for word, rest in steps if word == "RUN")
     # The same install as scripts/bootstrap.sh, minus the dev tools.
-    assert "pip install '.[worker]'" in runs
+    assert "pip install -c requirements/lock.txt '.[worker]'" in runs
     assert "'.[worker,dev]'" in (ROOT / "scripts/bootstrap.sh").read_text()
     assert "worker" in pyproject()["project"]["optional-dependencies"]
     # The weights-baking step calls a real function with the build argument.
@@ -163,7 +163,7 @@ def test_worker_dockerfile_uses_the_documented_commands() -> None:
 def test_producer_dockerfile_installs_no_torch() -> None:
     steps = instructions("Dockerfile.producer")
     runs = [rest for word, rest in steps if word == "RUN"]
-    assert "pip install ." in runs
+    assert "pip install -c requirements/lock.txt ." in runs  # a constraint: pins, adds nothing
     assert not any("[worker" in r or "torch" in r for r in runs)
     entry = next(rest for word, rest in steps if word == "ENTRYPOINT")
     assert entry == '["imgqueue"]' and "imgqueue" in pyproject()["project"]["scripts"]
