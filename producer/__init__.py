@@ -13,6 +13,8 @@ from typing import Any
 from producer.contract import ERROR_TYPES, TASK_NAME
 from producer.errors import (
     BrokerUnavailable,
+    ConfigError,
+    InvalidSource,
     JobFailed,
     ProducerError,
     QueueFull,
@@ -27,6 +29,8 @@ __all__ = [
     "TASK_NAME",
     "BrokerUnavailable",
     "Client",
+    "ConfigError",
+    "InvalidSource",
     "InvalidWebhook",
     "JobFailed",
     "Outcome",

@@ -248,11 +248,18 @@ def _errors() -> tuple[type[Exception], ...]:
 def deadline_at(deadline: float | datetime | None, now: float | None = None) -> float | None:
     """A submit's `deadline=` as epoch seconds: seconds from now (an int or float above 0), or
     an absolute time (a datetime; a naive one is local time). None: no deadline. ValueError
-    for anything else."""
+    for anything else, a time already past included (its job could only expire)."""
     if deadline is None:
         return None
     if isinstance(deadline, datetime):
-        return deadline.timestamp()
+        at = deadline.timestamp()
+        current = time.time() if now is None else now
+        if at <= current:
+            zone = deadline.tzinfo
+            shown = deadline.isoformat() + ("" if zone else " (local time)")
+            then = datetime.fromtimestamp(current, zone).isoformat(timespec="seconds")
+            raise ValueError(f"deadline {shown} has already passed (it is now {then})")
+        return at
     if isinstance(deadline, bool) or not isinstance(deadline, int | float):
         raise ValueError(
             f"deadline must be seconds from now or a datetime, got {type(deadline).__name__}"
@@ -264,21 +271,27 @@ def deadline_at(deadline: float | datetime | None, now: float | None = None) -> 
 
 def parse_deadline(text: str) -> float | datetime:
     """`--deadline`: SECONDS from now, or an ISO 8601 time (`2030-01-02T03:04:05Z`; without an
-    offset, local time)."""
+    offset, local time) still to come."""
     try:
         seconds = float(text)
     except ValueError:
         pass
     else:
         if not math.isfinite(seconds) or seconds <= 0:
-            raise argparse.ArgumentTypeError("a deadline in seconds must be above 0")
+            raise argparse.ArgumentTypeError(
+                f"expected seconds above 0 or a time to come, got {text!r}"
+            )
         return seconds
     try:
-        return datetime.fromisoformat(text.strip())
+        when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not seconds nor an ISO 8601 time: {text!r} (e.g. 30, or 2030-01-02T03:04:05Z)"
-        ) from None
+        expected = "seconds or an ISO 8601 time (e.g. 30, or 2030-01-02T03:04:05Z)"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    try:
+        deadline_at(when)  # one that has passed: refused as by the Client
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return when
 
 
 # -- `imgqueue cancel` ------------------------------------------------------------------------
@@ -300,18 +313,14 @@ def add_subparser(sub: Any, expand: Any) -> None:
 
 
 def cmd_cancel(client: Client, ns: argparse.Namespace, expand: Any) -> int:
-    from producer.groups import UnknownGroup
+    from producer.exits import ExitStatus
 
     ids = list(expand(ns.ids, sys.stdin))
     if ns.group is not None:
-        try:
-            ids += client.group_ids(ns.group)
-        except UnknownGroup as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        ids += client.group_ids(ns.group)  # UnknownGroup: a usage error, as for `status G`
     elif not ids:
         print("error: give task ids, - for stdin, or --group", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
     result = client.cancel(ids)
     verdicts = result.verdicts()
     for task_id in dict.fromkeys(ids):
@@ -319,4 +328,4 @@ def cmd_cancel(client: Client, ns: argparse.Namespace, expand: Any) -> int:
         if task_id in result.states:
             line["state"] = result.states[task_id]
         print(json.dumps(line, sort_keys=True), flush=True)
-    return 0 if result.all_cancelled else 1
+    return ExitStatus.OK if result.all_cancelled else ExitStatus.JOB_FAILED

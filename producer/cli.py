@@ -1,26 +1,20 @@
 """Command line: `python -m producer submit|result|results|events|cancel|status|limits|
 dead-letters|model ...` (also `imgqueue`).
 
-Exit status:
-  0  every job succeeded (or was only submitted; cancel: every job was cancelled)
-  1  some job failed (cancel: some job was too late, or unknown)
-  2  usage error
-  3  Redis unreachable, or results did not arrive in time
-  4  Redis is full (maxmemory reached with noeviction): nothing was submitted
-  5  the queue is at the depth limit an operator set (`imgqueue limits`): nothing was submitted
-  6  no worker serves the model named with --model (`imgqueue model list`): nothing was submitted
+Exit status (the table in producer/exits.py):
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from producer import groups
 from producer.cancel import add_subparser as add_cancel
@@ -33,12 +27,13 @@ from producer.contract import (
     MAX_PRIORITY,
     MAX_TOP_K,
     MIN_PRIORITY,
-    ArgumentError,
     check_top_k,
 )
 from producer.deadletters import DeadLetters
-from producer.errors import ProducerError, QueueFull, RedisFull, UnknownModel
+from producer.errors import ProducerError
 from producer.events import add_subparser as add_events
+from producer.exits import ExitStatus, status_for
+from producer.exits import describe as describe_exits
 from producer.groups import add_subparser as add_results
 from producer.model_cli import add_subparser as add_model
 from producer.model_cli import served_name
@@ -46,8 +41,10 @@ from producer.render import add_subparser as add_render
 from producer.settings import ReportSettings, SettingError, load
 from producer.webhooks import InvalidWebhook, check_webhook
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
-EXIT_REDIS_FULL, EXIT_QUEUE_FULL, EXIT_UNKNOWN_MODEL = 4, 5, 6
+__doc__ = f"{__doc__ or ''}{describe_exits()}\n"
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = ExitStatus.OK, ExitStatus.JOB_FAILED, ExitStatus.USAGE
+EXIT_UNAVAILABLE = ExitStatus.UNAVAILABLE
 
 
 def expand_sources(args: Iterable[str], stdin: TextIO) -> Iterator[str]:
@@ -95,13 +92,27 @@ def _print_outcomes(
 ) -> int:
     bar = Progress(len(ids), sys.stderr, progress or sys.stderr.isatty())
     any_failed = False
+    printed: set[str] = set()
     try:
-        for outcome in client.wait(ids, timeout=timeout):
-            print(json.dumps(outcome.to_dict(), sort_keys=True), flush=True)
-            any_failed |= not outcome.ok
-            bar.update(outcome)
-    finally:
-        bar.close()
+        try:
+            for outcome in client.wait(ids, timeout=timeout):
+                print(json.dumps(outcome.to_dict(), sort_keys=True), flush=True)
+                printed.add(outcome.task_id)
+                any_failed |= not outcome.ok
+                bar.update(outcome)
+        finally:
+            bar.close()
+    except BrokenPipeError:
+        raise  # nobody reads stdout any more
+    except (Exception, KeyboardInterrupt) as exc:
+        # A timeout, a lost result store, a Ctrl-C: every job sent can still be found again,
+        # the unfinished ones with the last state read of them (PENDING when none was).
+        known = {o.task_id: o for o in getattr(exc, "unfinished", ())}
+        for task_id in dict.fromkeys(ids):
+            if task_id not in printed:
+                outcome = known.get(task_id) or Outcome(task_id, "PENDING")
+                print(json.dumps(outcome.to_dict(), sort_keys=True), flush=True)
+        raise
     return EXIT_JOB_FAILED if any_failed else EXIT_OK
 
 
@@ -191,7 +202,13 @@ def cmd_status(client: Client, ns: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     queues = [q for q in ns.queue or settings.queues if q]
-    state = status.gather(client, queues, ns.timeout, settings.dead_worker_timeout)
+    state = status.gather(
+        client,
+        queues,
+        ns.timeout,
+        settings.dead_worker_timeout,
+        say=lambda line: print(f"status: {line}", file=sys.stderr, flush=True),
+    )
     if ns.json:
         print(json.dumps(state, sort_keys=True))
     else:
@@ -240,27 +257,36 @@ def cmd_limits(client: Client, ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _limit(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("a limit is a number of messages, 0 or more")
+# Each type= function raises ArgumentTypeError for any bad text: argparse prefixes it with the
+# option as typed, where a bare ValueError (int("abc")) would name the function instead.
+
+
+def _integer(text: str, low: int, high: int | None, expected: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _limit(text: str) -> int:
+    return _integer(text, 0, None, "a number of messages, 0 or more")
 
 
 def _priority(text: str) -> int:
-    value = int(text)
-    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
-        raise argparse.ArgumentTypeError(
-            f"priority must be within {MIN_PRIORITY} (highest) .. {MAX_PRIORITY} (lowest)"
-        )
-    return value
+    expected = f"an integer within {MIN_PRIORITY} (highest) .. {MAX_PRIORITY} (lowest)"
+    return _integer(text, MIN_PRIORITY, MAX_PRIORITY, expected)
 
 
 def _top_k(text: str) -> int:
     try:
         return check_top_k(int(text))
-    except ArgumentError:  # the contract's rule, in the CLI's words
-        raise argparse.ArgumentTypeError(f"top-k must be within 1..{MAX_TOP_K}") from None
+    except ValueError:  # int()'s, or the contract's ArgumentError: in the CLI's words
+        raise argparse.ArgumentTypeError(
+            f"expected an integer within 1..{MAX_TOP_K}, got {text!r}"
+        ) from None
 
 
 def _webhook(text: str) -> str:
@@ -271,16 +297,42 @@ def _webhook(text: str) -> str:
 
 
 def _bulk_size(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= MAX_BULK_IMAGES:
-        raise argparse.ArgumentTypeError(f"bulk-size must be within 1..{MAX_BULK_IMAGES}")
-    return value
+    return _integer(text, 1, MAX_BULK_IMAGES, f"an integer within 1..{MAX_BULK_IMAGES}")
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless it has none (None, a flag's False) or
+    the help places it itself (`%(default)s`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.option_strings or action.nargs in ("?", "*")
+        if (
+            "%(default)" in text
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+            or action.nargs == 0
+            or not shown
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+class _TopFormatter(argparse.RawDescriptionHelpFormatter, _DefaultsFormatter):
+    """The top level's: its description (the module doc) as written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """`imgqueue`'s parser; add_subparsers makes every subcommand's of this class too, so each
+    --help shows the defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="imgqueue", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="imgqueue", description=__doc__, formatter_class=_TopFormatter)
     parser.add_argument(
         "--redis-url",
         default=None,
@@ -309,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="enqueue image URLs or paths; prints task ids")
     p.add_argument("sources", nargs="+", help="URL, path, directory (recursive) or - for stdin")
-    p.add_argument("--top-k", type=_top_k, default=DEFAULT_TOP_K)
+    p.add_argument("--top-k", type=_top_k, default=DEFAULT_TOP_K, help="predictions per image")
     p.add_argument("--queue", default=None, help="queue to send to (default: celery)")
     p.add_argument(
         "--model",
@@ -328,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--bulk-size",
         type=_bulk_size,
         default=DEFAULT_BULK_SIZE,
-        help=f"images per message (default {DEFAULT_BULK_SIZE}; 1: one message per image, "
-        "for workers older than classify_many)",
+        help="images per message (default: %(default)s; 1: one message per image, for workers "
+        "older than classify_many)",
     )
     p.add_argument(
         "--webhook",
@@ -393,7 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue", action="append", help="a queue to show even with no worker (default $QUEUES)"
     )
     st.add_argument("--json", action="store_true", help="one JSON object")
-    st.add_argument("--timeout", type=float, default=1.5, help="seconds to wait for workers")
+    st.add_argument(
+        "--timeout",
+        type=float,
+        default=1.5,
+        help="seconds to wait for the next worker's answer; it stops waiting once every "
+        "worker with a fresh heartbeat has answered",
+    )
     st.set_defaults(func=cmd_status)
 
     lim = sub.add_parser(
@@ -426,33 +484,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    if getattr(ns, "offline", None) is not None:
-        offline: int = ns.offline(ns)
-        return offline
+    client: Client | None = None
     try:
-        with Client(
-            ns.redis_url,
-            sentinel_master=ns.sentinel_master,
-            key_prefix=ns.key_prefix,
-            result_url=ns.result_url,
-            result_sentinel_master=ns.result_sentinel_master,
-        ) as client:
-            code: int = ns.func(client, ns)
-            return code
-    except RedisFull as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REDIS_FULL
-    except QueueFull as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_QUEUE_FULL
-    except UnknownModel as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN_MODEL
-    except ProducerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        if getattr(ns, "offline", None) is not None:
+            code: int = ns.offline(ns)
+        else:
+            client = Client(
+                ns.redis_url,
+                sentinel_master=ns.sentinel_master,
+                key_prefix=ns.key_prefix,
+                result_url=ns.result_url,
+                result_sentinel_master=ns.result_sentinel_master,
+            )
+            with client:
+                code = ns.func(client, ns)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
+    except BrokenPipeError:
+        _drop_stdout()
+        return ExitStatus.BROKEN_PIPE
     except KeyboardInterrupt:
-        return 130
+        return ExitStatus.INTERRUPTED
+    except Exception as exc:
+        status = status_for(exc)
+        if status is None:
+            raise  # a bug: its traceback is what helps
+        print(f"error: {_explain(exc, client)}", file=sys.stderr)
+        return status
+
+
+def _explain(exc: Exception, client: Client | None) -> str:
+    """One line for an error: the producer's own say what happened; a Redis or kombu error
+    that no wrapper caught (a server that is not Redis, a dropped connection) gets where."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ProducerError | OSError):
+        return text
+    where = "Redis"
+    if client is not None:
+        where = f"Redis at {client.config.safe_url()}"
+        if client.result_config.safe_url() != client.config.safe_url():
+            where += f" (or the result store at {client.result_config.safe_url()})"
+    from redis.exceptions import InvalidResponse
+
+    hint = " (not a Redis server?)" if isinstance(exc, InvalidResponse) else ""
+    return f"cannot reach {where}: {text}{hint}"
+
+
+def _drop_stdout() -> None:
+    """After a closed pipe: what is left for stdout goes to /dev/null, or Python's own flush at
+    exit fails once more and prints "Exception ignored ... BrokenPipeError"."""
+    with contextlib.suppress(OSError, ValueError):  # no real stdout (a test's capture)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

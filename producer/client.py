@@ -40,9 +40,12 @@ from producer.contract import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     TASK_NAME,
+    source_problem,
 )
 from producer.errors import (
     BrokerUnavailable,
+    ConfigError,
+    InvalidSource,
     JobFailed,
     ProducerError,
     RedisFull,
@@ -205,8 +208,8 @@ class Client:
             self.result_config = ResultStoreConfig.from_env(
                 url=result_url, sentinel_master=result_sentinel_master, broker=self.config
             )
-        except RedisConfigError as exc:
-            raise ProducerError(str(exc)) from exc
+        except RedisConfigError as exc:  # a usage error (imgqueue exits 2), not an outage
+            raise ConfigError(str(exc)) from exc
         self.redis_url = self.config.url
         self.queue = queue
         self.celery = make_celery(self.config)
@@ -300,7 +303,12 @@ class Client:
 
         `deadline`: seconds from now (int or float), or a datetime (naive: local time). A job
         no worker has started by then ends REVOKED with the error type `Expired`, never
-        fetched nor inferred (producer/cancel.py); ValueError for anything else.
+        fetched nor inferred (producer/cancel.py); ValueError for anything else, a datetime
+        already past included.
+
+        Raises InvalidSource (a ValueError), sending nothing, for a source outside the
+        contract (producer.contract.source_problem: empty or blank, over MAX_SOURCE_CHARS
+        characters, a control character), wherever it is among `sources`.
 
         Up to `bulk_size` (default: the client's) sources travel in one `classify_many`
         message; each still gets its own task id, result and state, read as for `submit`.
@@ -320,6 +328,11 @@ class Client:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
         target = route(queue or self.queue, model, queue_given=bool(queue))
         listed = [str(s) for s in sources]
+        # The contract's rule, as workers apply it: a bad source costs nothing sent.
+        for index, source in enumerate(listed):
+            problem = source_problem(source)
+            if problem is not None:
+                raise InvalidSource(source, index, problem)
         ids: list[str] = []
         options: dict[str, Any] = {"queue": target}
         if priority is not None:
@@ -487,16 +500,30 @@ class Client:
         """Yield each job's Outcome as it finishes, in completion order.
 
         Raises ResultTimeout when `timeout` passes with jobs still unfinished, and
-        BrokerUnavailable when Redis stays unreachable for `reconnect_timeout` seconds.
+        BrokerUnavailable when Redis stays unreachable for `reconnect_timeout` seconds, or
+        what answers is not Redis. Either has `unfinished`: the Outcome last read of each job
+        not yielded (PENDING where none was), in the order given.
         """
         pending = list(dict.fromkeys(task_ids))
         deadline = None if timeout is None else time.monotonic() + timeout
-        # A few jobs: their result channels wake the wait as each is stored (workers publish
-        # only to channels someone listens on), so a lone job is seen at once, not at the next
-        # poll; polling stays, for what a wake-up can miss.
-        listener = self._listen(pending) if len(pending) <= _LISTEN_AT_MOST else None
+        unfinished = {task_id: Outcome(task_id, "PENDING") for task_id in pending}
+        listener = None
         try:
-            yield from self._wait(pending, deadline, timeout, reconnect_timeout, listener)
+            # A few jobs: their result channels wake the wait as each is stored (workers
+            # publish only to channels someone listens on), so a lone job is seen at once, not
+            # at the next poll; polling stays, for what a wake-up can miss.
+            if len(pending) <= _LISTEN_AT_MOST:
+                listener = self._listen(pending)
+            yield from self._wait(
+                pending, deadline, timeout, reconnect_timeout, listener, unfinished
+            )
+        except (ResultTimeout, BrokerUnavailable) as exc:
+            exc.unfinished = tuple(unfinished.values())
+            raise
+        except (redis.RedisError, RedisClusterException) as exc:  # a protocol error: not Redis
+            error = self._store_unavailable(exc)
+            error.unfinished = tuple(unfinished.values())
+            raise error from exc
         finally:
             if listener is not None:
                 listener.close()
@@ -508,9 +535,11 @@ class Client:
         timeout: float | None,
         reconnect_timeout: float,
         listener: Any,
+        unfinished: dict[str, Outcome],
     ) -> Iterator[Outcome]:
         delay = _POLL_MIN_S
         down_since: float | None = None
+        down: BrokerUnavailable | None = None  # why the last read failed
         cursor = 0  # where the next look at the jobs past the window starts
         while pending:
             # Bounded reads: the oldest jobs (which finish first) and a rotating slice of the
@@ -522,20 +551,27 @@ class Client:
             cursor += _WAIT_WINDOW
             try:
                 outcomes = self._fetch(looked)
-                down_since = None
-            except BrokerUnavailable:
+                down_since = down = None
+            except BrokerUnavailable as exc:
                 now = time.monotonic()
-                down_since = down_since or now
+                down_since, down = down_since or now, exc
                 if now - down_since > reconnect_timeout:
                     raise
                 outcomes = []
+            for outcome in outcomes:  # the last state read, for a wait that fails
+                if outcome.done:
+                    unfinished.pop(outcome.task_id, None)
+                else:
+                    unfinished[outcome.task_id] = outcome
             finished = [o for o in outcomes if o.done]
             if finished:
                 done_ids = {o.task_id for o in finished}
                 pending = [t for t in pending if t not in done_ids]
                 yield from finished
             if deadline is not None and time.monotonic() >= deadline and pending:
-                raise ResultTimeout(f"{len(pending)} job(s) unfinished after {timeout}s")
+                # Say why, where the store was down: a timeout alone would hide it.
+                why = "" if down is None else f" ({down})"
+                raise ResultTimeout(f"{len(pending)} job(s) unfinished after {timeout}s{why}")
             if not pending or (len(finished) >= _WAIT_ENOUGH and len(looked) < len(pending)):
                 continue  # many finished: look at the next ones right away
             # Few finished per look: wait longer, so each read finds more; many: poll sooner.

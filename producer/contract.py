@@ -5,6 +5,8 @@ Everything here is plain data: importing it never pulls Celery's worker side or 
 
 from __future__ import annotations
 
+import re
+
 # The delivery layer's key layout and priority lists live in producer.keys.
 from producer.keys import BROKER_KEY_PREFIX as BROKER_KEY_PREFIX
 from producer.keys import CONSUMERS_KEY as CONSUMERS_KEY
@@ -31,6 +33,9 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 1000
 MAX_SOURCE_CHARS = 8192
+# No source holds one: C0 controls (NUL, tab, line breaks, ...) and DEL. A URL's would be
+# refused when parsed; a path's could end it early (NUL) or forge log lines.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # The keyword arguments `classify` and `classify_many` take.
 TASK_KWARGS = frozenset({"top_k"})
 RESULT_KEY_PREFIX = "celery-task-meta-"
@@ -52,6 +57,10 @@ ERROR_TYPES: dict[str, str] = {
     "Cancelled": "the job was cancelled (Client.cancel, imgqueue cancel) before it started; "
     "state REVOKED",
     "Expired": "the job was not started by its deadline; state REVOKED",
+    # Celery's own: stored by Celery, not raised by the worker (worker/errors.py has no class).
+    "TaskRevokedError": "state REVOKED, by Celery itself: `celery control revoke` before the "
+    "job started (never fetched nor inferred), `revoke --terminate` while it ran with "
+    "POOL=prefork (with threads a running job finishes), or a Celery `expires` passed",
     "InternalError": "an unexpected worker error; the message says more",
 }
 
@@ -74,13 +83,31 @@ class ArgumentError(ValueError):
     InvalidArguments and this message)."""
 
 
-def check_source(source: object) -> str:
-    """`source` if the contract allows it: a non-empty string of at most MAX_SOURCE_CHARS."""
-    if not isinstance(source, str) or not source.strip():
-        raise ArgumentError(f"source must be a non-empty string, got {type(source).__name__}")
+def source_problem(source: object) -> str | None:
+    """Why `source` is outside the contract, or None: it must be a string, not empty nor
+    blank, of at most MAX_SOURCE_CHARS characters, none of them a control character
+    (CONTROL_CHARS). The one rule: producers check it before sending, workers on receipt."""
+    if not isinstance(source, str):
+        return f"source must be a non-empty string, got {type(source).__name__}"
+    if not source.strip():
+        return "source must be a non-empty string, got an empty or blank one"
     if len(source) > MAX_SOURCE_CHARS:
-        raise ArgumentError(f"source is longer than {MAX_SOURCE_CHARS} characters")
-    return source
+        return f"source is longer than {MAX_SOURCE_CHARS} characters ({len(source)})"
+    control = CONTROL_CHARS.search(source)
+    if control is not None:
+        return (
+            f"source contains a control character (U+{ord(control.group()):04X} at "
+            f"position {control.start()})"
+        )
+    return None
+
+
+def check_source(source: object) -> str:
+    """`source` if the contract allows it (source_problem); ArgumentError saying why not."""
+    problem = source_problem(source)
+    if problem is not None:
+        raise ArgumentError(problem)
+    return str(source)
 
 
 def check_top_k(top_k: object) -> int:

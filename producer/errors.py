@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ProducerError(Exception):
     """Base class for every error the producer API raises."""
@@ -17,12 +19,28 @@ class JobFailed(ProducerError):
         self.message = message
 
 
+class ConfigError(ProducerError):
+    """Raised when REDIS_URL, RESULT_URL or another Redis setting is malformed (a usage error:
+    nothing was asked of Redis)."""
+
+
 class ResultTimeout(ProducerError):
-    """Raised when a result did not arrive before the caller's deadline."""
+    """Raised when a result did not arrive before the caller's deadline. From `Client.wait`,
+    `unfinished` holds the jobs it had not yielded, each with the last state read of it
+    (producer.client.Outcome; PENDING when none was)."""
+
+    unfinished: tuple[Any, ...] = ()
 
 
 class BrokerUnavailable(ProducerError):
-    """Raised when Redis cannot be reached for submitting or polling."""
+    """Raised when Redis cannot be reached for submitting or polling (or what answers is not
+    Redis). From `Client.wait`, `unfinished` as for ResultTimeout."""
+
+    unfinished: tuple[Any, ...] = ()
+
+
+class UnknownGroup(ProducerError):
+    """No such group: never created, or expired with its results."""
 
 
 class RedisFull(ProducerError):
@@ -74,3 +92,15 @@ class UnknownModel(ProducerError):
         )
         self.model = model
         self.known = known
+
+
+class InvalidSource(ProducerError, ValueError):
+    """Raised at submit when a source breaks the contract (empty, longer than MAX_SOURCE_CHARS,
+    control characters): nothing was sent. `index` is its position among the sources given."""
+
+    def __init__(self, source: str, index: int, reason: str) -> None:
+        shown = source if len(source) <= 80 else source[:77] + "..."
+        super().__init__(f"source #{index + 1} {shown!r}: {reason} (nothing was sent)")
+        self.source = source
+        self.index = index
+        self.reason = reason

@@ -141,8 +141,8 @@ def add_subparser(sub: Any) -> None:
     e.add_argument(
         "--since",
         default="$",
-        help="'$' (default): from now on; '0': every event the stream still holds; or an "
-        "entry_id to go on after",
+        help="'$': from now on; '0': every event the stream still holds; or an entry_id to go "
+        "on after",
     )
     e.add_argument(
         "--timeout", type=float, default=None, help="stop after this many seconds without one"

@@ -19,14 +19,21 @@ They expire: WAIT_EXPIRES after submit until a job ends, then as long as results
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from producer.errors import ProducerError
+from producer.errors import UnknownGroup
 from producer.jobs import group_key
+
+__all__ = ["GroupIds", "GroupStatus", "UnknownGroup"]  # UnknownGroup: in producer.errors
 
 # How long a group waits for its first jobs to end before it expires (a backlog of a week).
 WAIT_EXPIRES = 7 * 24 * 3600
@@ -41,10 +48,6 @@ class GroupIds(list[str]):
     def __init__(self, ids: Sequence[str], group_id: str) -> None:
         super().__init__(ids)
         self.group_id = group_id
-
-
-class UnknownGroup(ProducerError):
-    """No such group: never created, or expired with its results."""
 
 
 def new_id() -> str:
@@ -312,7 +315,7 @@ def add_subparser(sub: Any) -> None:
         "have not ended).",
     )
     r.add_argument("group", help="the group id `imgqueue submit --group` printed")
-    r.add_argument("--out", default="-", help="file to write (default: stdout)")
+    r.add_argument("--out", default="-", help="file to write, - for stdout")
     r.add_argument(
         "--wait", action="store_true", help="wait until every job of the group has ended first"
     )
@@ -339,51 +342,86 @@ def wait_done(client: Any, group_id: str, timeout: float | None) -> GroupStatus:
         delay = min(delay * 1.5, 1.0)
 
 
-EXIT_UNKNOWN_GROUP = 2  # as a usage error (producer/cli.py)
-
-
-def _unknown(exc: UnknownGroup) -> int:
-    import sys
-
-    print(f"error: {exc}", file=sys.stderr)
-    return EXIT_UNKNOWN_GROUP
+# An unknown group (UnknownGroup) is a usage error: producer/cli.py's main() says so, exit 2.
 
 
 def cmd_results(client: Any, ns: Any) -> int:
-    try:
-        return _results(client, ns)
-    except UnknownGroup as exc:
-        return _unknown(exc)
-
-
-def _results(client: Any, ns: Any) -> int:
     import json
-    import sys
 
-    if ns.wait:
-        wait_done(client, ns.group, ns.timeout)
+    from producer.exits import ExitStatus
+
+    out, target = sys.stdout, None
+    if ns.out != "-":
+        try:
+            target = _Replacement(ns.out)
+        except OSError as exc:  # no such directory, not writable: before asking Redis anything
+            why = exc.strerror or exc
+            print(f"error: cannot write --out {ns.out}: {why}", file=sys.stderr)
+            return ExitStatus.USAGE
+        out = target.file
     counts: dict[str, int] = {}
-    out = sys.stdout if ns.out == "-" else open(ns.out, "w", encoding="utf-8")  # noqa: SIM115
     try:
+        if ns.wait:
+            wait_done(client, ns.group, ns.timeout)
         for outcome in client.group_results(ns.group):
             out.write(json.dumps(outcome.to_dict(), sort_keys=True) + "\n")
             counts[outcome.state] = counts.get(outcome.state, 0) + 1
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        if target is not None:
+            target.commit()
+    except BaseException:
+        if target is not None:
+            target.discard()
+        raise
     shown = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     where = "stdout" if ns.out == "-" else ns.out
     print(f"group {ns.group}: {sum(counts.values())} jobs ({shown}) to {where}", file=sys.stderr)
-    return 0 if set(counts) <= {"SUCCESS"} else 1
+    return ExitStatus.OK if set(counts) <= {"SUCCESS"} else ExitStatus.JOB_FAILED
+
+
+class _Replacement:
+    """`--out FILE`, written to a temporary file beside it and renamed over it by `commit`:
+    until then (an unknown group, a lost Redis, an interrupt) FILE stays as it was."""
+
+    def __init__(self, path: str) -> None:
+        target = os.path.realpath(path)  # through a symlink, as open() writes
+        try:
+            mode: int | None = os.stat(target).st_mode
+        except FileNotFoundError:
+            mode = None
+        self.target = target
+        self.temp: str | None = None
+        if mode is not None and not stat.S_ISREG(mode):  # /dev/stdout, a FIFO: written as is
+            self.file = open(target, "w", encoding="utf-8")  # noqa: SIM115
+            return
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask  # what open() would create
+        self.mode = stat.S_IMODE(mode)
+        fd, self.temp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
+        )
+        self.file = os.fdopen(fd, "w", encoding="utf-8")
+
+    def commit(self) -> None:
+        self.file.close()  # a full disk shows here, before FILE is touched
+        if self.temp is not None:
+            os.chmod(self.temp, self.mode)
+            os.replace(self.temp, self.target)
+            self.temp = None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        if self.temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp)
 
 
 def cmd_status(client: Any, ns: Any) -> int:
     """`imgqueue status GROUP [--json]`."""
     import json
 
-    try:
-        state = client.group(ns.group)
-    except UnknownGroup as exc:
-        return _unknown(exc)
+    state = client.group(ns.group)
     print(json.dumps(state.to_dict(), sort_keys=True) if ns.json else state.render())
     return 0

@@ -182,11 +182,16 @@ def _pack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="the torchvision architecture, e.g. resnet50")
     p.add_argument("--labels", required=True, help="one label per line, or JSON")
     p.add_argument("--name", required=True, type=served_name, help="what producers route by")
-    p.add_argument("--version", default="1", help="named in every result (default 1)")
+    p.add_argument("--version", default="1", help="named in every result")
     p.add_argument("--out", required=True, help="the directory to write the model into")
     p.add_argument("--resize", type=int, default=0, help="preprocessing: the shorter side")
     p.add_argument("--crop", type=int, default=0, help="preprocessing: the centre crop")
-    p.add_argument("--interpolation", default="bilinear", choices=("bilinear", "bicubic"))
+    p.add_argument(
+        "--interpolation",
+        default="bilinear",
+        choices=("bilinear", "bicubic"),
+        help="preprocessing: the resize filter",
+    )
     p.add_argument(
         "--trust-pickle",
         action="store_true",
@@ -196,7 +201,12 @@ def _pack_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("card", help="a packed model's directory, or its model.json")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"))
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "int8"),
+        help="the precision a worker would run it at",
+    )
 
 
 def _list_arguments(p: argparse.ArgumentParser) -> None:

@@ -70,6 +70,19 @@ def depth(client: Any, config: RedisConfig, queue: str) -> int:
         return sum(int(n) for n in pipe.execute())
 
 
+def live_workers(
+    client: Any, config: RedisConfig, dead_after: float = DeliverySettings.dead_worker_timeout
+) -> list[str]:
+    """The worker processes with a fresh heartbeat, as `host-pid` (a consumer id is
+    `host-pid-channel`, and one process may have several channels): who `imgqueue status`
+    expects an answer from."""
+    now_s, now_us = client.time()
+    now = float(now_s) + float(now_us) / 1e6
+    members = client.zrange(Keys(config.key_prefix).consumers, 0, -1, withscores=True)
+    fresh = [_text(cid) for cid, score in members if now - float(score) <= dead_after]
+    return sorted({cid.rsplit("-", 1)[0] for cid in fresh})
+
+
 def snapshot(
     client: Any,
     config: RedisConfig,

@@ -123,9 +123,9 @@ def render(
 def add_subparser(sub: Any) -> None:
     p = sub.add_parser("render", help="draw a contact sheet (PNG) from results JSON lines")
     p.add_argument("results", help="JSON lines from `imgqueue submit --wait`, or - for stdin")
-    p.add_argument("-o", "--output", type=Path, default=Path("sheet.png"))
+    p.add_argument("-o", "--output", type=Path, default=Path("sheet.png"), help="the PNG to write")
     p.add_argument("--image-root", type=Path, default=None, help="where relative sources live")
-    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--columns", type=int, default=4, help="images per row")
     p.add_argument("--top", type=int, default=3, help="predictions per image")
     p.set_defaults(offline=cmd_render)
 

@@ -5,9 +5,11 @@ Models are the registered ones (producer.models: every model some worker served,
 queue's depth and in-flight count, its workers (ready or not) and the versions they run.
 
 Queues come from Redis (producer.queues: every priority list, in-flight claims, dead letters).
-Workers are asked over Celery's broadcast: `ping`, and `imgqueue_info` for their model,
-device, precision, readiness and the jobs they finished in the last minute. It needs read
-access to the delivery layer's keys and to publish: the `admin` user of deploy/redis.conf.
+Workers are asked over Celery's broadcast, `imgqueue_info`, for their model, device,
+precision, readiness and the jobs they finished in the last minute; the answers are awaited
+until every worker with a fresh heartbeat has answered, else `--timeout` past the last one
+(`ask_workers`). It needs read access to the delivery layer's keys and to publish: the `admin`
+user of deploy/redis.conf.
 
 Redis' memory comes from `INFO memory`, with an estimate of the hours of results it still has
 room for: (maxmemory - used_memory) / (results per hour x bytes per result). Results per hour
@@ -21,13 +23,14 @@ store's, per master (producer.store_memory), and the broker's line shows its mem
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from producer import memory, models, store_memory, webhooks
 from producer.client import Client
-from producer.queues import snapshot
+from producer.queues import live_workers, snapshot
 from producer.settings import DeliverySettings
 
 
@@ -36,20 +39,15 @@ def gather(
     queues: list[str],
     timeout: float = 1.5,
     dead_after: float = DeliverySettings.dead_worker_timeout,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Everything `imgqueue status` prints, as one JSON-ready dict."""
+    """Everything `imgqueue status` prints, as one JSON-ready dict. `say` is told, in a line,
+    what the workers' answers are waited for when that is more than a round trip."""
     try:
         registered = models.registered(client.redis, client.config)
     except redis.exceptions.NoPermissionError:
         registered = {}
-    control = client.celery.control
-    workers: dict[str, dict[str, Any]] = {}
-    for reply in control.broadcast("imgqueue_info", reply=True, timeout=timeout) or []:
-        for name, info in reply.items():
-            workers[name] = dict(info) if isinstance(info, dict) else {"error": str(info)}
-    for reply in control.ping(timeout=timeout) or []:
-        for name in reply:
-            workers.setdefault(name, {"ready": None, "note": "answered ping only"})
+    workers = ask_workers(client, timeout, dead_after, say)
     # The queues named, every registered model's and every answering worker's model's.
     model_queues = [m["queue"] for m in registered.values()]
     model_queues += [str(w["queue"]) for w in workers.values() if w.get("queue")]
@@ -74,6 +72,43 @@ def gather(
             hours_left=None if hours is None else round(hours, 2),
         )
     return out
+
+
+def ask_workers(
+    client: Client,
+    timeout: float,
+    dead_after: float = DeliverySettings.dead_worker_timeout,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each answering worker's `imgqueue_info`, by node name.
+
+    A broadcast waits until `timeout` seconds pass without a reply, so without a count it
+    always waits that long after the last one: it stops instead once as many workers answered
+    as have a fresh heartbeat (queues.live_workers), one round trip on a healthy cluster. One
+    that was never heard of (no heartbeat yet) can be missed then; with none known, or one
+    silent, the wait runs its course. A worker answers a command it does not know with an
+    error, so a `ping` would add nothing.
+    """
+    try:
+        live = live_workers(client.redis, client.config, dead_after)
+    except redis.exceptions.NoPermissionError:
+        live = []
+    if say is not None and not live:
+        say(f"no worker has a fresh heartbeat: waiting {timeout:g}s for any to answer")
+    control = client.celery.control
+    replies = control.broadcast(
+        "imgqueue_info", reply=True, timeout=timeout, limit=len(live) or None
+    )
+    workers: dict[str, dict[str, Any]] = {}
+    for reply in replies or []:
+        for name, info in reply.items():
+            workers[name] = dict(info) if isinstance(info, dict) else {"error": str(info)}
+    if say is not None and live and len(workers) < len(live):
+        say(
+            f"{len(workers)} of the {len(live)} workers with a fresh heartbeat answered within "
+            f"{timeout:g}s: a silent one is busy, stuck or just stopped"
+        )
+    return workers
 
 
 def per_model(

@@ -21,8 +21,6 @@ from worker.context import Context, configure_openmp
 from worker.errors import ConfigError, WeightsUnavailable
 from worker.settings import Settings
 
-log = logging.getLogger(__name__)
-
 
 class ImgqueueApp(Celery):  # type: ignore[misc]  # Celery is untyped
     """A Celery app with this process's Context (None until the worker starts)."""
@@ -163,6 +161,7 @@ def _connect_hooks(app: ImgqueueApp) -> None:
             (signals.after_setup_logger, ops.redact_logs),
             (signals.after_setup_task_logger, ops.redact_logs),
             (signals.worker_process_init, on_process_init),
+            (signals.worker_ready, on_worker_ready),
             (signals.worker_shutdown, on_shutdown),
         ):
             signal.connect(receiver, weak=False)
@@ -170,12 +169,18 @@ def _connect_hooks(app: ImgqueueApp) -> None:
             _check_broker(app)
             lifecycle.start(app, forks=_pool_forks(getattr(sender, "pool_cls", "threads")))
         except (WeightsUnavailable, ConfigError, BrokerIncompatible) as exc:
-            log.critical("worker cannot start: %s", exc)
+            # Printed once, to stderr, on exit. Not logged too: Celery sets up logging after
+            # worker_init, so a log line here went to stderr as well and said it twice.
             raise SystemExit(f"worker cannot start: {exc}") from exc
 
     def on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
         if logger is not None:
             ops.configure_logging(settings, logger)
+
+    def on_worker_ready(sender: Any = None, **_: Any) -> None:
+        # The main process loaded its model in worker_init, before logging was set up.
+        if getattr(sender, "app", None) is app and app.context is not None:
+            lifecycle.announce(app.context)
 
     def on_process_init(**_: Any) -> None:
         lifecycle.forked(app)  # a forked pool child: its own context and model

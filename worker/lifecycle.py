@@ -9,6 +9,8 @@ Celery's signals call in here (worker/celery_app.py connects them, for its own a
    its own and loads its model there. So the model (and CUDA) is only ever loaded after the
    fork, never in a parent that forks.
 3. `ready` (from either): loads the model, then says so (metrics, READY_FILE, the registry).
+   `announce` logs what the process serves, once logging is set up: a child's at once, the
+   main process's at `worker_ready` (Celery sets up logging after `worker_init`).
 4. `worker_shutdown`: `stop` reports "not ready" and releases the model and the metrics.
 
 The inference thread's death (`died`) ends the worker so its supervisor restarts it. Lower
@@ -63,6 +65,7 @@ def forked(app: App) -> None:
     parent = app.context or Context(app.settings, main_pid=os.getppid())
     app.context = ctx = parent.forked()
     ready(ctx)
+    announce(ctx)  # a child inherits the main process's logging, already set up
 
 
 def current(app: App) -> Context:
@@ -102,6 +105,29 @@ def ready(ctx: Context) -> None:
     ops.register(ctx.settings, description)
     info = {"pid": ctx.main_pid, "model": model.name, "weights": model.weights_id}
     health.mark_ready(ctx.settings.ready_file, info)
+
+
+def announce(ctx: Context) -> None:
+    """One INFO line naming the model this process serves and how, once it is loaded."""
+    rt = ctx.runtime
+    if rt is None:  # a forking pool's main process: its children serve and say so
+        return
+    model = rt.classifier
+    d = ops.identity(model.describe(), ctx.settings)
+    log.info(
+        "serving model %s version=%s arch=%s weights=%s labels=%s backend=%s precision=%s "
+        "device=%s batch=%d load=%.1fs",
+        d.get("model") or d.get("name") or "-",
+        d.get("version") or "-",
+        d.get("arch") or "-",
+        model.weights_id,
+        d.get("labels") or "-",
+        model.backend,
+        model.precision,
+        model.device,
+        rt.batcher.max_batch_size,
+        rt.load_seconds,
+    )
 
 
 def stop(ctx: Context) -> None:

@@ -72,16 +72,7 @@ def prepare(settings: Settings) -> ModelSpec | None:
             "MODEL_WEIGHTS=%s: RANDOM WEIGHTS, labels are meaningless; results say so",
             settings.model_weights,
         )
-    log.info(
-        "model %s: %s weights=%s labels=%s (%d) version=%s",
-        spec.model,
-        spec.arch,
-        spec.weights.weights_id,
-        spec.labels_id,
-        len(spec.labels),
-        spec.version or "-",
-    )
-    return spec
+    return spec  # what it is, the worker logs once loaded (lifecycle.announce)
 
 
 def start(
@@ -122,18 +113,8 @@ def start(
         )
     cache_client = cache.connect(settings) if cache.enabled(settings) else None
     load_seconds = time.perf_counter() - started
-    rt = Runtime(settings, classifier, batcher, load_seconds, decoder, cache_client)
-    log.info(
-        "model ready: %s weights=%s device=%s precision=%s backend=%s batch<=%d in %.1fs",
-        classifier.name,
-        classifier.weights_id,
-        classifier.device,
-        classifier.precision,
-        classifier.backend,
-        batcher.max_batch_size,
-        rt.load_seconds,
-    )
-    return rt
+    # Said in one line by lifecycle.announce, once logging is set up.
+    return Runtime(settings, classifier, batcher, load_seconds, decoder, cache_client)
 
 
 class _InferenceModel:

@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+from producer.contract import CONTROL_CHARS as _CONTROL  # the contract's, redirects' too
 from producer.redaction import display_url
 from worker.errors import InvalidArguments, SourceNotAllowed
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_CHARS = re.compile(r"^[a-z0-9_-]+$")
 # WHATWG: the path percent-encode set is C0 controls, space, " # < > ? ` { } and non-ASCII.
 _PATH_SAFE = (

@@ -21,7 +21,7 @@ from celery import Celery
 
 from producer import Client
 from producer.client import Outcome
-from producer.contract import BULK_TASK_NAME, TASK_NAME, result_key
+from producer.contract import BULK_TASK_NAME, ERROR_TYPES, TASK_NAME, result_key
 from producer.jobs import DEADLINE_HEADER, cancel_key
 from tests.support.http_server import http_server
 from tests.support.waiting import wait_for
@@ -64,19 +64,21 @@ def fetched(hits: dict[str, int], url: str) -> int:
 @pytest.fixture(scope="module")
 def early(workers: WorkerFactory, redis_url: str, http: str) -> Early:
     """Submit and cancel with no worker running, then start the module's worker."""
-    past = datetime.now(UTC) - timedelta(seconds=1)
     with Client(redis_url) as c:
         single_urls, bulk_urls = urls(http, "s", 4), urls(http, "b", 6)
         singles = c.submit_many(single_urls, bulk_size=1)
         bulk = c.submit_many(bulk_urls, bulk_size=6)
         late_urls = urls(http, "e", 4)
-        expired = c.submit_many(late_urls[:2], bulk_size=1, deadline=past)
-        expired += c.submit_many(late_urls[2:], bulk_size=2, deadline=past)
+        # Past before the worker starts (a deadline already past is refused at submit).
+        soon = datetime.now(UTC) + timedelta(seconds=2)
+        expired = c.submit_many(late_urls[:2], bulk_size=1, deadline=soon)
+        expired += c.submit_many(late_urls[2:], bulk_size=2, deadline=soon)
         result = c.cancel([*singles[:2], *bulk[:3]])
     assert result.cancelled == [*singles[:2], *bulk[:3]]
     assert not result.too_late and not result.unknown
     assert set(result.states.values()) == {"PENDING"}
     sources = dict(zip(singles + bulk + expired, single_urls + bulk_urls + late_urls, strict=True))
+    wait_for(lambda: datetime.now(UTC) > soon, 10, "the deadline of the late jobs to pass")
     workers.start(MODEL=LATENCY, CONCURRENCY="2", MAX_BATCH_SIZE="4")
     return Early(singles, bulk, expired, result.cancelled, sources)
 
@@ -196,6 +198,7 @@ def test_celery_control_revoke_still_works(
             "TaskRevokedError",
         )
         assert fetched(hits, url) == 0
+    assert "TaskRevokedError" in ERROR_TYPES, "a type results carry is in the contract"
 
 
 def test_malformed_deadlines_from_other_producers_fail_the_job(

@@ -3,6 +3,8 @@ checkpoint that does not fit stops the worker before any job, and a rollout unde
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -59,10 +61,29 @@ def test_a_checkpoint_that_does_not_fit_stops_the_worker_before_any_job(
     r.close()
 
 
+def test_labels_that_do_not_fit_the_head_are_refused_once_naming_the_file_and_both_counts(
+    workers: WorkerFactory, cards: dict[str, Path], tmp_path: Path
+) -> None:
+    card = tmp_path / "relabelled"
+    shutil.copytree(cards["tiny-v1"], card)
+    (card / "labels.json").write_text(json.dumps(TINY[:3]))  # the head has 4 outputs
+    worker = workers.start(wait=False, MODEL_CARD=str(card), MODEL_WEIGHTS="")
+    assert worker.proc.wait(120) != 0
+    card = card.resolve()
+    message = (
+        f"worker cannot start: the weights {card / 'weights.pt'}: the checkpoint's head "
+        f"(classifier.1.weight) has 4 outputs; the labels file {card / 'labels.json'} (of "
+        f"MODEL_CARD {card / 'model.json'}) has 3 labels"
+    )
+    # stdout and stderr together: logged and raised, it was said twice.
+    assert worker.log().count(message) == 1, worker.log()[-2000:]
+    assert worker.log().count("worker cannot start") == 1
+
+
 def test_a_fine_tuned_resnet50_answers_with_its_own_labels(
     workers: WorkerFactory, cards: dict[str, Path], redis_url: str
 ) -> None:
-    serve(workers, cards["defects"])
+    worker = serve(workers, cards["defects"])
     with Client(redis_url) as client:
         ids = client.submit_many(["cat.jpg", "rocket.jpg"], top_k=3, model="defects")
         outcomes = list(client.wait(ids, timeout=120))
@@ -74,6 +95,15 @@ def test_a_fine_tuned_resnet50_answers_with_its_own_labels(
         assert result["model"] == "defects" and result["arch"] == "resnet50"
         assert result["version"] == "2026.11" and result["labels"] == labels_id(DEFECTS)
         assert result["weights"].startswith("file:")
+    # One line at start says what the worker serves, as its results do.
+    lines = [line for line in worker.log().splitlines() if "serving model" in line]
+    assert len(lines) == 1, lines
+    served = lines[0].split("serving model ", 1)[1].split()
+    fields = dict(field.split("=", 1) for field in served[1:])
+    assert served[0] == "defects" and float(fields.pop("load").removesuffix("s")) > 0
+    facts = ("version", "arch", "weights", "labels", "backend", "precision", "device")
+    assert fields == {**{k: str(result[k]) for k in facts}, "batch": "8"}
+    assert (fields["backend"], fields["precision"], fields["device"]) == ("torch", "fp32", "cpu")
 
 
 def test_rolling_out_a_new_version_under_load_loses_nothing_and_runs_nothing_twice(

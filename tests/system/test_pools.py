@@ -13,7 +13,7 @@ def test_prefork_loads_the_model_after_the_fork(workers: WorkerFactory, client: 
     assert all(o.ok for o in client.wait(ids, timeout=120))
 
     def ready_lines() -> list[str]:
-        return [line for line in worker.log().splitlines() if "model ready" in line]
+        return [line for line in worker.log().splitlines() if "serving model" in line]
 
     # Children load independently; the second may finish after the jobs above.
     wait_for(lambda: len(ready_lines()) == 2, 60, "both children to load the model")

@@ -3,13 +3,15 @@ them to a loopback receiver."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from producer import Client
-from tests.support.paths import SAMPLES
+from tests.support.paths import ROOT, SAMPLES
 from tests.support.waiting import wait_for
 from tests.support.webhooks import (
     Receiver,
@@ -36,6 +38,30 @@ def stand_in_workers(setup: Setup, tmp_path: Path) -> Iterator[WorkerFactory]:
     factory = WorkerFactory(env, tmp_path)
     yield factory
     factory.stop_all()
+
+
+def _documented_bodies() -> list[dict[str, Any]]:
+    """docs/lifecycle.md's examples under *What is POSTed*: a success, a failure, a group."""
+    text = (ROOT / "docs/lifecycle.md").read_text()
+    block = text.split("\n### What is POSTed\n", 1)[1].split("```json\n", 1)[1]
+    return [json.loads(line) for line in block.split("```", 1)[0].splitlines()]
+
+
+def _documented_result() -> dict[str, Any]:
+    """docs/contract.md's example of a successful job's result."""
+    text = (ROOT / "docs/contract.md").read_text()
+    block = text.split("\n## Results\n", 1)[1].split("```json\n", 1)[1]
+    result: dict[str, Any] = json.loads(block.split("```", 1)[0])
+    return result
+
+
+def _shape(value: Any) -> Any:
+    """The keys of every object, nested (a list's by its first item), without the values."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value[:1]]
+    return None
 
 
 def test_a_real_worker_end_to_end(
@@ -71,3 +97,10 @@ def test_a_real_worker_end_to_end(
     assert summary["type"] == "group" and summary["id"] == group.group_id  # type: ignore[attr-defined]
     assert (summary["total"], summary["succeeded"], summary["failed"]) == (3, 3, 0)
     assert len(receiver.requests) == 4  # a group's jobs have no webhook of their own
+    # The docs show what is sent, key for key (the stand-in model's results add a warning).
+    success, failure, finished = _documented_bodies()
+    body["result"].pop("warning")
+    assert _shape(success) == _shape(body)
+    assert _shape(_documented_result()) == _shape(body["result"])
+    assert _shape(failure) == _shape(by_id[bulk[1]])
+    assert _shape(finished) == _shape(summary)

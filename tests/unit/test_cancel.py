@@ -34,7 +34,7 @@ from worker.settings import Settings
 
 def test_the_cli_cancels_and_sends_deadlines(redis_url: str, client: Client) -> None:
     queue = f"nobody-{uuid.uuid4().hex[:8]}"  # no worker consumes it
-    at = "2030-01-02T03:04:05Z"
+    at = "2100-01-02T03:04:05Z"
     args = ("submit", "a.jpg", "b.jpg", "--queue", queue, "--deadline", at, "--group")
     sent = imgqueue(redis_url, *args)
     assert sent.returncode == 0, sent.stderr
@@ -133,12 +133,12 @@ def test_the_shipped_producer_user_may_cancel_and_nothing_more(
 def test_deadlines_given_and_parsed() -> None:
     assert deadline_at(None) is None
     assert deadline_at(30, now=1000.0) == 1030.0
-    assert deadline_at(datetime(2030, 1, 2, tzinfo=UTC)) == 1893542400.0
+    assert deadline_at(datetime(2100, 1, 2, tzinfo=UTC)) == 4102531200.0
     for bad in (0, -1, float("nan"), True, "30"):
         with pytest.raises(ValueError):
             deadline_at(bad)  # type: ignore[arg-type]
     assert parse_deadline("2.5") == 2.5
-    assert parse_deadline("2030-01-02T00:00:00Z") == datetime(2030, 1, 2, tzinfo=UTC)
+    assert parse_deadline("2100-01-02T00:00:00Z") == datetime(2100, 1, 2, tzinfo=UTC)
     for bad_text in ("0", "soon", "nan"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_deadline(bad_text)

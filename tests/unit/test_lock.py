@@ -4,8 +4,8 @@ and used by every install (scripts/bootstrap.sh, the Dockerfiles)."""
 from __future__ import annotations
 
 import re
-import tomllib
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version

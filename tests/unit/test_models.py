@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pwd
+import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -133,6 +138,48 @@ def test_a_card_is_checked_against_its_files(made: Path, tmp_path: Path) -> None
     (out / "model.json").write_text(json.dumps(card))
     with pytest.raises(ConfigError, match=r"MODEL_CARD .* names MODEL='vit_b_16', but MODEL="):
         resolve_model(card=out, arch="resnet50x")
+
+
+def _pack_under_umask_077(made: Path, out: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        pack(made / "tiny-v1.pt", arch="squeezenet1_1", labels=made / "tiny.txt", out=out,
+             name="tiny")  # fmt: skip
+    finally:
+        os.umask(old)
+
+
+def test_pack_writes_files_0644_and_directories_0755_whatever_the_umask(
+    made: Path, tmp_path: Path
+) -> None:
+    """The compose worker runs as uid 10001 and mounts ./models read-only: mkstemp alone made
+    pack's files 0600, which it could not read."""
+    out = tmp_path / "models" / "tiny"
+    _pack_under_umask_077(made, out)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out.parent, out, *out.rglob("*")]}
+    files = dict.fromkeys(("model.json", "weights.pt", "labels.json"), 0o644)
+    assert modes == {"models": 0o755, "tiny": 0o755, **files}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading as another uid needs root to switch")
+def test_another_uid_reads_a_packed_model(made: Path) -> None:
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody to read the files as")
+    # pytest's tmp_path is 0700: nobody could not reach anything under it.
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)  # the mount point, as ./models would be
+        out = Path(top) / "models" / "tiny"
+        _pack_under_umask_077(made, out)
+        files = [str(out / name) for name in ("model.json", "weights.pt", "labels.json")]
+        # cat, not Python: the interpreter may sit where nobody cannot reach it (/root).
+        read = subprocess.run(
+            ["cat", *files], user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+            capture_output=True, check=False,
+        )  # fmt: skip
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.startswith(b"{") and len(read.stdout) > 1_000_000  # weights.pt too
 
 
 def test_the_cli_packs_and_checks_without_redis(

@@ -29,6 +29,9 @@ from worker.model.weights import file_digest, state_dict_of
 WEIGHTS_FILE = "weights.pt"
 LABELS_FILE = "labels.json"
 CARD_FILE = "model.json"
+# A worker often reads the model as another user (the image's uid 10001, from a read-only
+# mount): what pack writes is readable by all, whatever the umask.
+FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def pack(
     state, found = read_checkpoint(checkpoint, trust_pickle)
     labelled = f"--labels {labels} has {len(label_list)} labels"
     check_state_dict(arch, state, len(label_list), labelled, f"{checkpoint}")
-    out.mkdir(parents=True, exist_ok=True)
+    _make_dirs(out)
     # contiguous copies: a view into a larger storage would save that whole storage
     tensors = {k: v.detach().clone().contiguous() for k, v in state.items()}
     _atomic(out / WEIGHTS_FILE, lambda f: torch.save(tensors, f))
@@ -122,9 +125,21 @@ def describe(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+def _make_dirs(path: Path) -> None:
+    """`path` and its missing parents, each DIR_MODE; an existing directory keeps its mode."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, DIR_MODE)
+
+
 def _atomic(path: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)

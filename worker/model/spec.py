@@ -69,7 +69,6 @@ def resolve_model(
     """Resolve and check the configured model (the settings' names in the errors)."""
     version = None
     custom: Preprocessing | None = None
-    labels_setting = "MODEL_LABELS"
     if card is not None:
         found = read_card(card)
         _agree(found.path, "MODEL", arch, DEFAULT_ARCH, found.arch)
@@ -78,7 +77,7 @@ def resolve_model(
         if labels is not None and labels.resolve() != found.labels:
             raise ConfigError(f"MODEL_CARD {found.path} names its labels; unset MODEL_LABELS")
         arch, weights, labels, version = found.arch, str(found.weights), found.labels, found.version
-        custom, labels_setting = found.preprocess, f"the labels of MODEL_CARD {found.path}"
+        custom = found.preprocess
         if not found.weights.is_file():
             raise WeightsUnavailable(f"MODEL_CARD {found.path}: {found.weights} does not exist")
     arch = check_arch(arch)
@@ -98,9 +97,11 @@ def resolve_model(
     if member is None:
         member = enum_member(arch, source.enum_name) if source.enum_name else default_member(arch)
     if labels is not None:
-        label_list = read_labels(labels, labels_setting if card is None else "MODEL_CARD labels")
-        where_labels = f"{labels_setting} {labels}" if card is None else labels_setting
-        labels_from = f"{where_labels} has {len(label_list)} labels"
+        label_list = read_labels(labels, "MODEL_LABELS" if card is None else "MODEL_CARD labels")
+        # The labels file by its path, a card's too: it is the file to fix or replace.
+        where_labels = f"MODEL_LABELS {labels}" if card is None else f"the labels file {labels}"
+        of_card = "" if card is None else f" (of MODEL_CARD {found.path})"
+        labels_from = f"{where_labels}{of_card} has {len(label_list)} labels"
     else:
         label_list = list(member.meta["categories"])
         labels_from = (
@@ -108,7 +109,7 @@ def resolve_model(
         )
     if source.path is not None:
         state, _ = read_state_dict(source.path)
-        where = f"MODEL_WEIGHTS {source.path}"
+        where = f"MODEL_WEIGHTS {source.path}" if card is None else f"the weights {source.path}"
         check_state_dict(arch, state, len(label_list), labels_from, where)
         del state
     preprocessing = custom or enum_preprocessing(member)
