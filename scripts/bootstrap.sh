@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with the worker and dev extras, at the versions requirements/lock.txt pins
+# Create .venv with the worker, gateway and dev extras, at the versions requirements/lock.txt pins
 # (torch from this machine's pip cache/disk). Idempotent: an existing venv is only topped up.
 #
 #   LATEST=1 bash scripts/bootstrap.sh   # .venv-latest instead: the newest versions
@@ -25,7 +25,7 @@ fi
 stamp="$VENV/.installed-$stamp_of"
 if [ ! -f "$stamp" ]; then
     "$VENV/bin/pip" install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-    "$VENV/bin/pip" install --quiet "${install[@]}" -e '.[worker,dev]' 2>&1 \
+    "$VENV/bin/pip" install --quiet "${install[@]}" -e '.[worker,gateway,dev]' 2>&1 \
         | grep -v '^WARNING: Location' || true
     "$VENV/bin/python" -c 'import torch, torchvision, celery, redis' # fail loudly if incomplete
     rm -f "$VENV"/.installed-*

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from producer import Client, JobFailed
+from producer.contract import TASK_NAME
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess
@@ -38,7 +39,9 @@ def test_secrets_never_reach_logs_errors_results_or_metrics(
     host = http_base.removeprefix("http://")
     good = client.submit(TRICKY.format(host=host, path="cat.jpg"))
     bad = client.submit(TRICKY.format(host=host, path="status/404"))
-    huge = client.submit("x" * 100_000 + ".jpg")  # over the length limit
+    # Over the length limit: the Client refuses it, so it goes as another language's producer
+    # would send it, and the worker must refuse it too.
+    huge = client.celery.send_task(TASK_NAME, args=["x" * 100_000 + ".jpg"]).id
     result = client.result(good, timeout=60)
     with pytest.raises(JobFailed, match="longer than 8192"):
         client.result(huge, timeout=60)
