@@ -15,6 +15,8 @@ DEADLINE_HEADER = "imgqueue_deadline"
 GROUP_HEADER = "imgqueue_group"
 # Where to POST the job's result when it ends (a group's own webhook is in its metadata).
 WEBHOOK_HEADER = "imgqueue_webhook"
+# The tenant that submitted the job through the HTTP gateway (producer/tenants.py).
+TENANT_HEADER = "imgqueue_tenant"
 # A bulk message's images each carry these as fields of their entry instead:
 # {"id": ..., "source": ..., "deadline": 1795813200.0, "group": "<gid>", "webhook": "https://..."}
 
@@ -65,6 +67,24 @@ CANCEL_TTL = 30 * 24 * 3600
 # What a worker leaves in a cancel key it has taken, until the job's REVOKED state is stored
 # (then it deletes the key): a cancel a producer wrote holds anything else.
 CANCEL_TAKEN = "taken"
+
+
+# -- uploads ---------------------------------------------------------------------------------
+# Image bytes sent with the job instead of a URL (Client.submit(bytes), POST /v1/jobs as
+# multipart): kept on the broker's Redis at `imgqueue:upload:<task id>` with a TTL, the job's
+# source being `upload:<task id>`. The worker reads them from there and deletes the key when the
+# job reaches a final state.
+UPLOAD_SOURCE_PREFIX = "upload:"
+UPLOAD_KEY_PREFIX = BROKER_KEY_PREFIX + "upload:"
+
+
+def upload_source(task_id: str) -> str:
+    return UPLOAD_SOURCE_PREFIX + task_id
+
+
+def upload_key(task_id: str) -> str:
+    """The key of an upload, after REDIS_KEY_PREFIX."""
+    return UPLOAD_KEY_PREFIX + task_id
 
 
 # -- webhooks --------------------------------------------------------------------------------
