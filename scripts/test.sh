@@ -27,6 +27,12 @@ if ! command -v promtool >/dev/null; then
     echo "promtool is not installed; installing prometheus" >&2
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+if ! command -v chromium >/dev/null; then
+    # The gateway page's browser test drives Debian's chromium with Playwright (Playwright's
+    # own browser download is not used).
+    echo "chromium is not installed; installing it" >&2
+    apt-get install -y -qq chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+fi
 if [ "${LATEST:-0}" = 1 ]; then
     "$VENV/bin/python" -m pip list --format=freeze 2>/dev/null \
         | grep -iE '^(celery|kombu|redis|torch|torchvision|onnxruntime|mypy|ruff)==' | tr '\n' ' '
