@@ -5,7 +5,8 @@ Starts a private six-node cluster (three masters, a replica each) and one redis-
 loopback, then times the result backend's own store calls from one process, in rounds that
 alternate the settings: a single job's final state (`store_result`, as `classify` stores
 SUCCESS) and a bulk message's 64 final states (`store_many`). Prints the median per call and
-per image, and what WAIT adds.
+per image, what WAIT adds, and what the events' outbox adds (worker/outbox.py: the intents
+written before the results, so a worker killed in between loses no event).
 """
 
 from __future__ import annotations
@@ -20,8 +21,17 @@ from typing import Any
 
 from celery import Celery, states
 
+from worker.results_cluster import ClusterResultBackend
+
 RESULT = {"source": "cat.jpg", "predictions": [{"index": 281, "label": "tabby", "p": 0.6}] * 5}
 BULK = 64
+
+
+class NoOutbox(ClusterResultBackend):
+    """The cluster's store without the outbox's intents (as before it), to measure them."""
+
+    def _intend(self, notes: Any) -> None:
+        return None
 
 
 def _backend(spec: str, wait: int) -> Any:
@@ -65,6 +75,9 @@ def main() -> None:
                 "cluster, RESULT_WAIT_REPLICAS=1": _backend(
                     f"worker.results_cluster:ClusterResultBackend+{cluster.url()}", 1
                 ),
+                "cluster, WAIT 1, no outbox": _backend(
+                    f"bench.result_wait:NoOutbox+{cluster.url()}", 1
+                ),
             }
             for backend in setups.values():
                 _time(backend, 50)  # warm: connections, scripts, slots
@@ -87,6 +100,11 @@ def main() -> None:
     print(
         f"WAIT 1 adds {on[0] - off[0]:.3f} ms per single store and {on[1] - off[1]:.3f} ms per "
         f"bulk store ({(on[1] - off[1]) / BULK * 1000:.1f} us per image)"
+    )
+    bare = medians["cluster, WAIT 1, no outbox"]
+    print(
+        f"the outbox adds {on[0] - bare[0]:.3f} ms per single store and {on[1] - bare[1]:.3f} ms "
+        f"per bulk store ({(on[1] - bare[1]) / BULK * 1000:.1f} us per image)"
     )
 
 

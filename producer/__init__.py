@@ -14,13 +14,16 @@ from producer.contract import ERROR_TYPES, TASK_NAME
 from producer.errors import (
     BrokerUnavailable,
     ConfigError,
+    Forbidden,
     InvalidSource,
     JobFailed,
     ProducerError,
     QueueFull,
     RedisFull,
     ResultTimeout,
+    TenantQuotaExceeded,
     UnknownModel,
+    UploadTooLarge,
 )
 from producer.webhooks import InvalidWebhook
 
@@ -30,6 +33,7 @@ __all__ = [
     "BrokerUnavailable",
     "Client",
     "ConfigError",
+    "Forbidden",
     "InvalidSource",
     "InvalidWebhook",
     "JobFailed",
@@ -38,7 +42,9 @@ __all__ = [
     "QueueFull",
     "RedisFull",
     "ResultTimeout",
+    "TenantQuotaExceeded",
     "UnknownModel",
+    "UploadTooLarge",
 ]
 
 

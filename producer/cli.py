@@ -35,9 +35,11 @@ from producer.events import add_subparser as add_events
 from producer.exits import ExitStatus, status_for
 from producer.exits import describe as describe_exits
 from producer.groups import add_subparser as add_results
+from producer.keys_cli import add_subparser as add_keys
 from producer.model_cli import add_subparser as add_model
 from producer.model_cli import served_name
 from producer.render import add_subparser as add_render
+from producer.serve_cli import add_subparser as add_serve
 from producer.settings import ReportSettings, SettingError, load
 from producer.webhooks import InvalidWebhook, check_webhook
 
@@ -478,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_results(sub)
     add_events(sub)
     add_model(sub)
+    add_keys(sub)
     add_render(sub)  # offline: needs no Redis
+    add_serve(sub)  # offline: the gateway makes its own clients
     return parser
 
 

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 import redis
 from celery import Celery
 from kombu.exceptions import BatchPublishError, OperationalError
 from redis.exceptions import RedisClusterException
 
-from producer import events, groups
+from producer import events, groups, tenants
 from producer.cancel import CancelResult, deadline_at
 from producer.cancel import cancel as cancel_jobs
 from producer.connections import (
@@ -45,13 +46,25 @@ from producer.contract import (
 from producer.errors import (
     BrokerUnavailable,
     ConfigError,
+    Forbidden,
     InvalidSource,
     JobFailed,
     ProducerError,
     RedisFull,
     ResultTimeout,
+    TenantQuotaExceeded,
+    UploadTooLarge,
 )
-from producer.jobs import DEADLINE_HEADER, GROUP_HEADER, WEBHOOK_HEADER
+from producer.jobs import (
+    DEADLINE_HEADER,
+    GROUP_HEADER,
+    TENANT_HEADER,
+    UPLOAD_MAX_BYTES,
+    UPLOAD_TTL_S,
+    WEBHOOK_HEADER,
+    upload_key,
+    upload_source,
+)
 from producer.limits import Admission
 from producer.memory import is_out_of_memory, read_memory
 from producer.models import Registry, queue_for
@@ -73,6 +86,9 @@ _LISTEN_AT_MOST = 64
 DEFAULT_BULK_SIZE = 64
 # Well under the workers' MAX_MESSAGE_BYTES (1 MiB by default), whatever the sources' lengths.
 _BULK_MAX_SOURCE_CHARS = 256 * 1024
+# What `submit` takes: a URL or path, or an image's bytes (or a binary file to read them from),
+# which travel through Redis as an upload (producer.jobs).
+Source = str | bytes | IO[bytes]
 
 
 @dataclass(frozen=True)
@@ -191,16 +207,23 @@ class Client:
         bulk_size: int = DEFAULT_BULK_SIZE,
         result_url: str | None = None,
         result_sentinel_master: str | None = None,
+        upload_max_bytes: int | None = None,
+        upload_ttl_s: int | None = None,
     ) -> None:
         """`redis_url`, `sentinel_master` and `key_prefix` default to REDIS_URL,
         REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX (see producer.connections). `bulk_size`:
         images per message in `submit_many` (1: one `classify` message per image).
         `result_url` (default RESULT_URL, else the broker's) is where results are read, a
         Redis Cluster included (`redis-cluster://host:port,...`), with
-        `result_sentinel_master` (default RESULT_SENTINEL_MASTER) for a sentinel:// one."""
+        `result_sentinel_master` (default RESULT_SENTINEL_MASTER) for a sentinel:// one.
+        `upload_max_bytes` (default UPLOAD_MAX_BYTES, else 20 MiB) caps each image submitted as
+        bytes; `upload_ttl_s` (default UPLOAD_TTL_S, else 24 h) is how long its bytes wait in
+        Redis for a worker."""
         if not 1 <= bulk_size <= MAX_BULK_IMAGES:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
         self.bulk_size = bulk_size
+        self.upload_max_bytes = _positive(upload_max_bytes, "UPLOAD_MAX_BYTES", UPLOAD_MAX_BYTES)
+        self.upload_ttl_s = _positive(upload_ttl_s, "UPLOAD_TTL_S", UPLOAD_TTL_S)
         try:
             self.config = RedisConfig.from_env(
                 url=redis_url, sentinel_master=sentinel_master, key_prefix=key_prefix
@@ -249,7 +272,7 @@ class Client:
 
     def submit(
         self,
-        source: str,
+        source: Source,
         *,
         top_k: int = DEFAULT_TOP_K,
         queue: str | None = None,
@@ -257,13 +280,16 @@ class Client:
         model: str | None = None,
         webhook: str | None = None,
         deadline: float | datetime | None = None,
+        tenant: tenants.Tenant | None = None,
     ) -> str:
-        """Enqueue one source (URL or path under the worker's IMAGE_ROOT); returns its task id.
+        """Enqueue one source (URL or path under the worker's IMAGE_ROOT), or an image's bytes
+        (`bytes`, or a binary file object such as `open(path, "rb")`, read here); returns its
+        task id. Bytes are stored in Redis for the job (see `submit_many`).
 
         `queue` defaults to the client's queue; `priority` is 0 (highest, also the default
         when None) to 9 (lowest). `model` routes to that model's workers (queue `model.<name>`;
         "" is the default model, on `celery`), and raises UnknownModel, sending nothing, when
-        no worker of it has registered. `webhook`, `deadline`: see `submit_many`.
+        no worker of it has registered. `webhook`, `deadline`, `tenant`: see `submit_many`.
         """
         ids = self.submit_many(
             [source],
@@ -273,12 +299,13 @@ class Client:
             model=model,
             webhook=webhook,
             deadline=deadline,
+            tenant=tenant,
         )
         return ids[0]
 
     def submit_many(
         self,
-        sources: Iterable[str],
+        sources: Iterable[Source],
         *,
         top_k: int = DEFAULT_TOP_K,
         queue: str | None = None,
@@ -288,6 +315,7 @@ class Client:
         group: bool = False,
         webhook: str | None = None,
         deadline: float | datetime | None = None,
+        tenant: tenants.Tenant | None = None,
     ) -> list[str]:
         """Enqueue many sources over one connection; returns their task ids in order.
 
@@ -310,10 +338,23 @@ class Client:
         contract (producer.contract.source_problem: empty or blank, over MAX_SOURCE_CHARS
         characters, a control character), wherever it is among `sources`.
 
+        Image bytes (`bytes`, or a binary file object, read to its end here) may stand among
+        the sources: each is stored on the broker's Redis for its job (`imgqueue:upload:<id>`,
+        expiring after `upload_ttl_s`), all in one round trip before any message is sent, and
+        its job's source is `upload:<id>`. UploadTooLarge (a ValueError) for one over
+        `upload_max_bytes`, InvalidSource for an empty one, sending nothing. Where sending
+        fails, the bytes of the jobs not sent are deleted.
+
         Up to `bulk_size` (default: the client's) sources travel in one `classify_many`
         message; each still gets its own task id, result and state, read as for `submit`.
         `model` routes to that model's queue (see `submit`); with `queue` too, both must name
         the same queue (ValueError otherwise).
+
+        `tenant` (producer.tenants.Tenant, as a gateway's Keyring gives): the jobs are that
+        tenant's. Their ids are `tenant.new_id()`, every message carries TENANT_HEADER, a group
+        records the tenant; raises Forbidden for a queue or model the tenant may not use, and
+        TenantQuotaExceeded when they would take its unfinished jobs past its `max_queued`
+        (producer.tenants.reserve), sending nothing either way.
 
         Raises UnknownModel, before sending anything, when no worker of `model` has registered
         (producer.models); QueueFull when the messages would take the queue past its depth
@@ -327,12 +368,19 @@ class Client:
         if not 1 <= size <= MAX_BULK_IMAGES:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
         target = route(queue or self.queue, model, queue_given=bool(queue))
-        listed = [str(s) for s in sources]
+        if tenant is not None:
+            _check_tenant(tenant, target, model)
         # The contract's rule, as workers apply it: a bad source costs nothing sent.
-        for index, source in enumerate(listed):
-            problem = source_problem(source)
-            if problem is not None:
-                raise InvalidSource(source, index, problem)
+        given = _read_sources(sources, self.upload_max_bytes)
+        # Every id is planned here, once, before anything is sent: a group lists them before
+        # any of its jobs can end, and an upload's source names its job's id.
+        new_id = tenant.new_id if tenant is not None else _new_id
+        planned_ids = [new_id() for _ in given]
+        uploads = {t: s for t, s in zip(planned_ids, given, strict=True) if isinstance(s, bytes)}
+        listed = [
+            upload_source(t) if t in uploads else str(s)
+            for t, s in zip(planned_ids, given, strict=True)
+        ]
         ids: list[str] = []
         options: dict[str, Any] = {"queue": target}
         if priority is not None:
@@ -340,8 +388,7 @@ class Client:
         single = size == 1 or len(listed) == 1
         # Every message is known before the first is sent: a refused call sends nothing.
         messages = [[source] for source in listed] if single else list(_chunks(listed, size))
-        # Ids too, so that a group lists them before any of its jobs can end.
-        planned = [[str(uuid.uuid4()) for _ in chunk] for chunk in messages]
+        planned = _shaped(planned_ids, messages)
         group_id = groups.new_id() if group and messages else None
         if group_id is not None:
             options["headers"] = {GROUP_HEADER: group_id}
@@ -349,13 +396,21 @@ class Client:
             options["headers"] = {**options.get("headers", {}), WEBHOOK_HEADER: hook}
         if at is not None:  # a single message's header; each image's entry in a bulk one
             options["headers"] = {**options.get("headers", {}), DEADLINE_HEADER: at}
+        if tenant is not None:  # a bulk message's header holds for each of its images
+            options["headers"] = {**options.get("headers", {}), TENANT_HEADER: tenant.name}
+        reserved: list[str] = []
         try:
             if messages and model is not None:
                 self.models.check(model)
             if messages:
                 self.admission.check(target, len(messages))
+            if tenant is not None and messages:
+                reserved = self._reserve(tenant, planned)
+            if uploads:  # stored before any message, so no worker looks for them in vain
+                self._store_uploads(uploads)
             if group_id is not None:
-                self._create_group(group_id, planned, target, model, hook or "")
+                owner = tenant.name if tenant is not None else ""
+                self._create_group(group_id, planned, target, model, hook or "", owner)
             with self.celery.producer_or_acquire() as producer:
                 for start in range(0, len(messages), _PUBLISH_BATCH):
                     batch = slice(start, start + _PUBLISH_BATCH)
@@ -371,7 +426,36 @@ class Client:
             if isinstance(exc, redis.ResponseError):
                 raise
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
+        finally:
+            if tenant is not None and len(ids) < len(reserved):
+                # Whatever stopped the send, jobs never sent must not count against the quota.
+                sent = set(ids)
+                self._release(tenant, [i for i in reserved if i not in sent])
+            if uploads and len(ids) < len(planned_ids):  # their jobs never went: none reads them
+                sent = set(ids)
+                self._discard_uploads([t for t in uploads if t not in sent])
         return ids if group_id is None else groups.GroupIds(ids, group_id)
+
+    def _store_uploads(self, uploads: dict[str, bytes]) -> None:
+        """Each upload's bytes at its key, with UPLOAD_TTL_S, in one pipelined round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id, data in uploads.items():
+            pipe.set(self.config.key_prefix + upload_key(task_id), data, ex=self.upload_ttl_s)
+        try:
+            pipe.execute()
+        except redis.exceptions.NoPermissionError as exc:
+            raise ProducerError(
+                f"this Redis user may not store uploads ({self.config.key('upload:*')}): "
+                f"{exc} (deploy/redis.conf's producer user may)"
+            ) from exc
+        except redis.TimeoutError as exc:  # not a ConnectionError, yet as much an outage
+            raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
+
+    def _discard_uploads(self, task_ids: list[str]) -> None:
+        """Best effort: uploads whose jobs were never sent (they would expire anyway)."""
+        if task_ids:
+            with contextlib.suppress(redis.RedisError, OSError):
+                self.redis.delete(*[self.config.key_prefix + upload_key(t) for t in task_ids])
 
     def full_error(self) -> RedisFull:
         """RedisFull with INFO memory's numbers, where this user may read them."""
@@ -382,6 +466,20 @@ class Client:
         if memory is None:
             return RedisFull(None, None)
         return RedisFull(memory.used_memory, memory.maxmemory, memory.maxmemory_policy)
+
+    def _reserve(self, tenant: tenants.Tenant, planned: list[list[str]]) -> list[str]:
+        """Count the planned ids against the tenant's max_queued; TenantQuotaExceeded when
+        refused. Returns the ids reserved."""
+        ids = [task_id for chunk in planned for task_id in chunk]
+        admitted, queued = tenants.reserve(self.redis, self.config, tenant, ids)
+        if not admitted:
+            raise TenantQuotaExceeded(tenant.name, queued, tenant.max_queued or 0, len(ids))
+        return ids
+
+    def _release(self, tenant: tenants.Tenant, ids: list[str]) -> None:
+        """Best effort: an id left behind stops counting after JOB_COUNT_TTL_S anyway."""
+        with contextlib.suppress(redis.RedisError, OSError):
+            tenants.release(self.redis, self.config, tenant.name, ids)
 
     def _send_group(
         self,
@@ -675,6 +773,7 @@ class Client:
         queue: str,
         model: str | None,
         webhook: str = "",
+        tenant: str = "",
     ) -> None:
         ids = [task_id for chunk in planned for task_id in chunk]
         try:
@@ -686,6 +785,7 @@ class Client:
                 queue=queue,
                 model=model or "",
                 webhook=webhook,
+                tenant=tenant,
             )
         except redis.ResponseError as exc:
             if is_out_of_memory(exc):
@@ -703,6 +803,18 @@ class Client:
         return BrokerUnavailable(
             f"cannot reach the result store at {self.result_config.safe_url()}: {exc}"
         )
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _check_tenant(tenant: tenants.Tenant, queue: str, model: str | None) -> None:
+    """Forbidden, before anything is sent, for a queue or model the tenant may not use."""
+    if not tenant.may_use_queue(queue):
+        raise Forbidden(tenant.name, "queue", queue, tenant.queues)
+    if not tenant.may_use_model(model):
+        raise Forbidden(tenant.name, "model", model or "", tenant.models)
 
 
 def _headers(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -729,6 +841,68 @@ def _nap(listener: Any, seconds: float) -> Any:
         listener.close()
         return None
     return listener
+
+
+def _positive(value: int | None, name: str, default: int) -> int:
+    """`value`, else the environment variable `name`, else `default`; at least 1."""
+    if value is None:
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _read_sources(sources: Iterable[Source], limit: int) -> list[str | bytes]:
+    """Each source as a string (checked against the contract, producer.contract.source_problem)
+    or an upload's bytes (a file object read here, no further than `limit` + 1 bytes). Raises
+    InvalidSource or UploadTooLarge for the first that is wrong: nothing is sent then."""
+    out: list[str | bytes] = []
+    for index, source in enumerate(sources):
+        if isinstance(source, bytes | bytearray | memoryview):
+            data = bytes(source)
+            if len(data) > limit:
+                raise UploadTooLarge(index, len(data), limit)
+        elif not isinstance(source, str) and hasattr(source, "read"):
+            data = _read_file(source, index, limit)
+        else:
+            text = str(source)
+            problem = source_problem(text)
+            if problem is not None:
+                raise InvalidSource(text, index, problem)
+            out.append(text)
+            continue
+        if not data:
+            raise InvalidSource("<upload>", index, "the upload is empty (0 bytes)")
+        out.append(data)
+    return out
+
+
+def _read_file(file: IO[bytes], index: int, limit: int) -> bytes:
+    """A binary file's bytes; UploadTooLarge once it passes `limit` (read no further)."""
+    buf = bytearray()
+    while len(buf) <= limit:
+        chunk: object = file.read(limit + 1 - len(buf))  # a raw file may return less
+        if isinstance(chunk, str):
+            raise InvalidSource("<upload>", index, "a file opened in text mode: open it with 'rb'")
+        if not isinstance(chunk, bytes | bytearray | memoryview) or not chunk:
+            break
+        buf += chunk
+    if len(buf) > limit:
+        raise UploadTooLarge(index, None, limit)
+    return bytes(buf)
+
+
+def _shaped(ids: list[str], messages: list[list[str]]) -> list[list[str]]:
+    """`ids` cut into runs as long as each message's sources."""
+    out, start = [], 0
+    for chunk in messages:
+        out.append(ids[start : start + len(chunk)])
+        start += len(chunk)
+    return out
 
 
 def _chunks(sources: list[str], size: int) -> Iterator[list[str]]:

@@ -104,3 +104,55 @@ class InvalidSource(ProducerError, ValueError):
         self.source = source
         self.index = index
         self.reason = reason
+
+
+class UploadTooLarge(ProducerError, ValueError):
+    """Raised at submit when image bytes (`Client.submit(bytes)`, a file object) are over
+    UPLOAD_MAX_BYTES: nothing was sent. `index` is its position among the sources given; `size`
+    its length in bytes, or None where only "more than `limit`" is known (a file read no
+    further)."""
+
+    def __init__(self, index: int, size: int | None, limit: int) -> None:
+        what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        super().__init__(
+            f"upload #{index + 1}: {what}, over UPLOAD_MAX_BYTES ({limit}) (nothing was sent)"
+        )
+        self.index = index
+        self.size = size
+        self.limit = limit
+
+
+class Forbidden(ProducerError):
+    """Raised when a tenant's submit names a queue or model the tenant may not use
+    (producer/tenants.py): nothing was sent."""
+
+    def __init__(self, tenant: str, what: str, name: str, allowed: tuple[str, ...]) -> None:
+        shown = ", ".join(repr(a) for a in allowed)
+        super().__init__(
+            f"tenant {tenant!r} may not use {what} {name!r} (nothing was sent); its {what}s: "
+            f"{shown}"
+        )
+        self.tenant = tenant
+        self.what = what
+        self.name = name
+        self.allowed = allowed
+
+
+class TenantQuotaExceeded(ProducerError):
+    """Raised when a tenant's submit would take its unfinished jobs past its `max_queued`
+    (producer/tenants.py): nothing was sent. `retry_after`: seconds worth waiting before
+    trying again, as jobs end (an HTTP Retry-After)."""
+
+    def __init__(
+        self, tenant: str, queued: int, limit: int, adding: int, retry_after: int = 5
+    ) -> None:
+        never = " (more than the quota itself: send fewer at once)" if adding > limit else ""
+        super().__init__(
+            f"tenant {tenant!r} is at its quota: {queued} unfinished jobs, max_queued {limit}; "
+            f"refused {adding} more{never} (nothing was sent)"
+        )
+        self.tenant = tenant
+        self.queued = queued
+        self.limit = limit
+        self.adding = adding
+        self.retry_after = retry_after

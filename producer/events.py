@@ -36,6 +36,7 @@ class Event:
     group: str = ""
     webhook: str = ""
     time: float = 0.0
+    tenant: str = ""  # the tenant that submitted the job or group (producer/tenants.py)
     counts: dict[str, int] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -62,6 +63,8 @@ class Event:
             "group": self.group or None,
             "time": self.time,
         }
+        if self.tenant:
+            out["tenant"] = self.tenant
         if self.counts:
             out.update(self.counts)
         return out

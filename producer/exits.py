@@ -13,12 +13,15 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from producer.errors import (
     ConfigError,
+    Forbidden,
     InvalidSource,
     ProducerError,
     QueueFull,
     RedisFull,
+    TenantQuotaExceeded,
     UnknownGroup,
     UnknownModel,
+    UploadTooLarge,
 )
 
 
@@ -43,7 +46,7 @@ MEANINGS: dict[ExitStatus, str] = {
     ),
     ExitStatus.USAGE: (
         "usage error: a bad argument or source, a malformed REDIS_URL or RESULT_URL, an "
-        "unknown group"
+        "unknown group, a queue or model the tenant may not use"
     ),
     ExitStatus.UNAVAILABLE: (
         "Redis unreachable (or not Redis), results did not arrive in time, or another I/O error"
@@ -52,7 +55,8 @@ MEANINGS: dict[ExitStatus, str] = {
         "Redis is full (maxmemory reached with noeviction): nothing was submitted"
     ),
     ExitStatus.QUEUE_FULL: (
-        "the queue is at the depth limit an operator set (`imgqueue limits`): nothing was submitted"
+        "the queue is at the depth limit an operator set (`imgqueue limits`), or the tenant "
+        "at its max_queued: nothing was submitted"
     ),
     ExitStatus.UNKNOWN_MODEL: (
         "no worker serves the model named with `--model` (`imgqueue model list`): nothing was "
@@ -71,10 +75,13 @@ MEANINGS: dict[ExitStatus, str] = {
 ERRORS: tuple[tuple[type[BaseException], ExitStatus], ...] = (
     (RedisFull, ExitStatus.REDIS_FULL),
     (QueueFull, ExitStatus.QUEUE_FULL),
+    (TenantQuotaExceeded, ExitStatus.QUEUE_FULL),
     (UnknownModel, ExitStatus.UNKNOWN_MODEL),
     (InvalidSource, ExitStatus.USAGE),
+    (UploadTooLarge, ExitStatus.USAGE),
     (ConfigError, ExitStatus.USAGE),
     (UnknownGroup, ExitStatus.USAGE),
+    (Forbidden, ExitStatus.USAGE),
     (ProducerError, ExitStatus.UNAVAILABLE),
     (RedisError, ExitStatus.UNAVAILABLE),
     (RedisClusterException, ExitStatus.UNAVAILABLE),

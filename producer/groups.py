@@ -8,8 +8,9 @@ job to end appends one `kind=group` event to the events stream.
 
 Keys (producer.jobs.group_key, one hash tag so a Redis Cluster keeps them on one master):
 
-    imgqueue:group:{<gid>}        hash: total, queue, model, created, webhook; succeeded, failed,
-                                  cancelled, finished; first_done, completed
+    imgqueue:group:{<gid>}        hash: total, queue, model, created, webhook, tenant (when
+                                  submitted with one); succeeded, failed, cancelled, finished;
+                                  first_done, completed
     imgqueue:group:{<gid>}:ids    list of its task ids, in submit order
     imgqueue:group:{<gid>}:done   hash task id -> the final state it was counted with
 
@@ -72,9 +73,11 @@ def create(
     queue: str = "",
     model: str = "",
     webhook: str = "",
+    tenant: str = "",
 ) -> None:
     """Write a group before its messages are sent: the ids first, then the hash (a worker
     counts a job only once the hash exists, and the hash is never there without its ids).
+    `tenant`: whose group it is (a gateway answers only its owner), left out when none.
     One pipeline; the keys share a slot, so a cluster client sends it to one master."""
     meta, _, ids = keys(group_id, key_prefix)
     pipe = client.pipeline(transaction=False)
@@ -94,6 +97,7 @@ def create(
             "failed": 0,
             "cancelled": 0,
             "finished": 0,
+            **({"tenant": tenant} if tenant else {}),
         },
     )
     pipe.expire(meta, WAIT_EXPIRES)
@@ -128,6 +132,7 @@ class GroupStatus:
     model: str = ""
     webhook: str = ""
     now: float = 0.0
+    tenant: str = ""  # whose group it is, when submitted with a tenant
 
     @property
     def finished(self) -> int:
@@ -298,6 +303,7 @@ def status(
         model=meta.get("model", ""),
         webhook=meta.get("webhook", ""),
         now=time.time(),
+        tenant=meta.get("tenant", ""),
     )
 
 

@@ -18,7 +18,8 @@ WEBHOOK_HEADER = "imgqueue_webhook"
 # The tenant that submitted the job through the HTTP gateway (producer/tenants.py).
 TENANT_HEADER = "imgqueue_tenant"
 # A bulk message's images each carry these as fields of their entry instead:
-# {"id": ..., "source": ..., "deadline": 1795813200.0, "group": "<gid>", "webhook": "https://..."}
+# {"id": ..., "source": ..., "deadline": 1795813200.0, "group": "<gid>", "webhook": "https://...",
+#  "tenant": "<name>"}
 
 # -- cancels ---------------------------------------------------------------------------------
 # `imgqueue:cancel:<task id>`: a cancel waiting for its job's message; the worker that takes
@@ -38,13 +39,15 @@ EVENTS_STREAM = BROKER_KEY_PREFIX + "events"
 #   group  the job's group id
 #   webhook  the URL to POST to (the job's or its group's), for the webhook dispatcher
 #   time   epoch seconds when the state was stored
-EVENT_FIELDS = ("kind", "id", "state", "error", "queue", "group", "webhook", "time")
+#   tenant the tenant that submitted the job (TENANT_HEADER) or the group
+EVENT_FIELDS = ("kind", "id", "state", "error", "queue", "group", "webhook", "time", "tenant")
 # A kind=group event carries the group's final counts too (decimal strings).
 GROUP_EVENT_COUNTS = ("total", "succeeded", "failed", "cancelled")
 
 # -- groups ----------------------------------------------------------------------------------
 # A group's keys share one hash tag, so a Redis Cluster keeps them on one node for one script:
-#   imgqueue:group:{<gid>}        hash: total, queue, model, created, webhook, and the counters
+#   imgqueue:group:{<gid>}        hash: total, queue, model, created, webhook, tenant (if any),
+#                                 and the counters
 #                                 succeeded, failed, cancelled, finished; first_done, completed
 #                                 (epoch seconds). Running and queued jobs are not counted here:
 #                                 producer/groups.py reads them from the unfinished jobs' states
@@ -76,6 +79,10 @@ CANCEL_TAKEN = "taken"
 # job reaches a final state.
 UPLOAD_SOURCE_PREFIX = "upload:"
 UPLOAD_KEY_PREFIX = BROKER_KEY_PREFIX + "upload:"
+# Defaults of UPLOAD_MAX_BYTES (bytes per upload, checked by the Client and the gateway) and
+# UPLOAD_TTL_S (how long the bytes wait in Redis for their job).
+UPLOAD_MAX_BYTES = 20 * 1024 * 1024
+UPLOAD_TTL_S = 24 * 3600
 
 
 def upload_source(task_id: str) -> str:

@@ -33,7 +33,7 @@ from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from worker import events
+from worker import events, tenancy
 from worker.redis_full import retry_while_full, telling
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 # KEYS: the result keys, then (worker/events.py) the events stream and three keys per group.
 # ARGV[1]: publish (1) or not (0); ARGV[2], ARGV[3]: seconds to keep a FAILURE and any other
 # state (0: forever); ARGV[4..8]: how many result keys, the events' MAXLEN (0: none), now, the
-# groups' TTL, report (1: return each key's code); then per key 8 values: its state, its
+# groups' TTL, report (1: return each key's code); then per key 9 values: its state, its
 # encoded meta, and what its event says (id, error type, queue, group, the group's index,
-# webhook). A key whose old value is final and may not be replaced gets the old value back,
+# webhook, tenant). A key whose old value is final and may not be replaced gets the old value back,
 # with the expiry of its state restarted. A key that ends in a final state is announced
 # (events.ANNOUNCE): an event when it has just reached that state, and its group's counters.
 # Returns how many keys took the new state; with report, a list: that, then per key '' (not
@@ -62,7 +62,7 @@ local function put(key, state, value)
 end
 local codes = {n}
 for i = 1, nkeys do
-  local a = 8 + 8 * (i - 1)
+  local a = 8 + 9 * (i - 1)
   local state, value = ARGV[a + 1], ARGV[a + 2]
   local old = put(KEYS[i], state, value)
   local was, meta = nil, nil
@@ -92,7 +92,7 @@ if #stored > 0 then
   for j = 2, #subs, 2 do
     if subs[j] > 0 then
       local i = stored[j / 2]
-      redis.call('PUBLISH', KEYS[i], ARGV[8 + 8 * (i - 1) + 2])
+      redis.call('PUBLISH', KEYS[i], ARGV[8 + 9 * (i - 1) + 2])
     end
   end
 end
@@ -143,13 +143,16 @@ class _AtomicStore:
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        value = self._value(task_id, result, state, traceback, request)
         key = self.get_key_for_task(task_id)
         if state == states.STARTED:
+            value = self._value(task_id, result, state, traceback, request)
             self._while_full(self.ensure, self._store_started, (key, value))
         else:
             note = events.note(bytes_to_str(task_id), result, state, request)
+            tenant = note.tenant if note is not None else ""
+            value = self._value(task_id, result, state, traceback, request, tenant)
             self._while_full(self.ensure, self._store_entries, ([(key, value, state)], [note]))
+            tenancy.release(self.app, tenancy.due([note], [state]))
         return result
 
     def started(self, task_id: str, hostname: str | None) -> Started:
@@ -167,13 +170,18 @@ class _AtomicStore:
             (task_id, self.encode_result(result, state), state)
             for task_id, result, state in entries
         ]
+        notes = events.notes(encoded, request)
         values = [
-            (self.get_key_for_task(task_id), self._value(task_id, result, state), state)
-            for task_id, result, state in encoded
+            (
+                self.get_key_for_task(task_id),
+                self._value(task_id, result, state, tenant=note.tenant if note else ""),
+                state,
+            )
+            for (task_id, result, state), note in zip(encoded, notes, strict=True)
         ]
         if values:
-            notes = events.notes(encoded, request)
             self._while_full(self.ensure, self._store_entries, (values, notes))
+            tenancy.release(self.app, tenancy.due(notes, [state for _, _, state in encoded]))
 
     def recount(self, task_ids: list[str], request: Any = None) -> None:
         """Jobs a redelivered bulk message skips as already finished. One Redis counted them
@@ -181,13 +189,24 @@ class _AtomicStore:
         the result's (worker/results_cluster.py), which a killed worker may not have made."""
 
     def _value(
-        self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        tenant: str = "",
     ) -> Any:
-        """The JSON a state is stored as: Celery's meta with the task id."""
+        """The JSON a state is stored as: Celery's meta with the task id, and the tenant of a
+        job submitted with one (in a SUCCESS's result too: docs/contract.md)."""
+        if tenant and state == states.SUCCESS and isinstance(result, dict):
+            result = {**result, "tenant": tenant}
         meta = self._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
         )
         meta["task_id"] = bytes_to_str(task_id)
+        if tenant:
+            meta["tenant"] = tenant
         value = self.encode(meta)
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError(

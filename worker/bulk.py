@@ -49,13 +49,14 @@ class Image:
     # Epoch seconds: not started by then, it ends REVOKED (Expired). A retry or a split is of
     # a started image, so `to_dict` leaves it out.
     deadline: float | None = None
-    # Its entry's group and webhook (producer.jobs), kept by a retry (worker/events.py).
+    # Its entry's group, webhook and tenant (producer.jobs), kept by a retry (worker/events.py).
     group: str = ""
     webhook: str = ""
+    tenant: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "source": self.source, "top_k": self.top_k}
-        return {**out, **events.entry_fields(self.group, self.webhook)}
+        return {**out, **events.entry_fields(self.group, self.webhook, self.tenant)}
 
 
 @dataclass
@@ -133,8 +134,8 @@ def _image(task_id: str, item: dict[str, Any], default_k: int) -> Image:
     except ArgumentError as exc:
         raise InvalidArguments(str(exc)) from None
     deadline = parse_deadline(item.get("deadline"), "deadline")
-    group, webhook = events.entry_origin(item)
-    return Image(task_id, source, top_k, deadline, group=group, webhook=webhook)
+    group, webhook, tenant = events.entry_origin(item)
+    return Image(task_id, source, top_k, deadline, group=group, webhook=webhook, tenant=tenant)
 
 
 def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[str]:
@@ -192,9 +193,10 @@ def run(images: list[Image], rt: Runtime, outcome: Outcome, started: dict[str, f
             job: dict[str, Any] | pipeline.Submitted | pipeline.Prepared
             try:
                 if not chunked:
-                    job = pipeline.submit(image.source, image.top_k, rt, monotonic(image.deadline))
+                    deadline = monotonic(image.deadline)
+                    job = pipeline.submit(image.source, image.top_k, rt, deadline, image.id)
                 else:
-                    job = pipeline.prepare(image.source, image.top_k, rt, sink)
+                    job = pipeline.prepare(image.source, image.top_k, rt, sink, image.id)
             except Exception as exc:
                 _failed(outcome, image, _as_error(exc))
                 continue

@@ -28,8 +28,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from producer.contract import BULK_TASK_NAME
-from producer.jobs import EVENTS_STREAM, GROUP_HEADER, WEBHOOK_HEADER, group_key
+from producer.contract import BULK_TASK_NAME, TASK_NAME
+from producer.jobs import (
+    EVENTS_STREAM,
+    GROUP_HEADER,
+    TENANT_HEADER,
+    UPLOAD_SOURCE_PREFIX,
+    WEBHOOK_HEADER,
+    group_key,
+)
+from producer.tenants import TENANT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +109,8 @@ settle = function(t, now, ttl)
 end
 summary = function(keys)
   local f = redis.call('HMGET', keys[1], 'queue', 'webhook', 'total', 'succeeded', 'failed',
-    'cancelled')
-  for i = 1, 6 do f[i] = f[i] or (i > 2 and '0' or '') end
+    'cancelled', 'tenant')
+  for i = 1, 7 do f[i] = f[i] or ((i > 2 and i < 7) and '0' or '') end
   return f
 end
 """
@@ -147,7 +155,7 @@ local function announce(a, was, now_state, err)
   if emit and maxlen > 0 and tid ~= '' then
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', 'job', 'id', tid,
       'state', now_state, 'error', err, 'queue', ARGV[a + 5], 'group', gid,
-      'webhook', ARGV[a + 8], 'time', now)
+      'webhook', ARGV[a + 8], 'time', now, 'tenant', ARGV[a + 9])
   end
   if report then return (fresh and '+' or '') .. now_state end
   return ''
@@ -160,7 +168,8 @@ local function conclude()
       local f = summary(t.keys)
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', 'group', 'id', t.gid,
         'state', 'DONE', 'error', '', 'queue', f[1], 'group', t.gid, 'webhook', f[2],
-        'time', now, 'total', f[3], 'succeeded', f[4], 'failed', f[5], 'cancelled', f[6])
+        'time', now, 'total', f[3], 'succeeded', f[4], 'failed', f[5], 'cancelled', f[6],
+        'tenant', f[7])
     end
   end
 end
@@ -169,7 +178,8 @@ end
 
 # A Redis Cluster's second call, on the group's master: KEYS the group's three keys; ARGV the
 # group id, now, ttl, then (task id, state) pairs. Returns `count`'s answer per pair, then,
-# when the last job ended, the group's queue, webhook, total, succeeded, failed and cancelled.
+# when the last job ended, the group's queue, webhook, total, succeeded, failed, cancelled and
+# tenant.
 ACCOUNT = (
     GROUP_LOCALS
     + GROUPS
@@ -189,22 +199,28 @@ return out
 @dataclass(frozen=True)
 class Note:
     """What an event tells of a job besides its state: the job's id, its error type, the queue
-    it came from, its group and where to POST it (empty: none)."""
+    it came from, its group, where to POST it and its tenant (empty: none); and `upload`: its
+    source is an upload, whose bytes go when the job ends."""
 
     task_id: str
     error: str = ""
     queue: str = ""
     group: str = ""
     webhook: str = ""
+    tenant: str = ""
+    upload: bool = False
 
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a message came from, for the jobs it carries."""
+    """Where a message came from, for the jobs it carries (`upload`: a single job's source is
+    an upload)."""
 
     queue: str = ""
     group: str = ""
     webhook: str = ""
+    tenant: str = ""
+    upload: bool = False
 
 
 def _text(value: Any, limit: int) -> str:
@@ -213,25 +229,41 @@ def _text(value: Any, limit: int) -> str:
     return ""
 
 
+def tenant_name(value: Any) -> str:
+    """A tenant's name as sent, or "" for anything else: it becomes part of a key's name
+    (producer.tenants.jobs_key)."""
+    return value if isinstance(value, str) and TENANT_NAME.match(value) else ""
+
+
+def is_upload(source: Any) -> bool:
+    return isinstance(source, str) and source.startswith(UPLOAD_SOURCE_PREFIX)
+
+
 def origin(request: Any) -> Origin:
-    """The queue (`delivery_info.routing_key`), group and webhook (message headers) of a
-    Celery request (the task's, or the Context Celery passes to `mark_as_revoked`)."""
+    """The queue (`delivery_info.routing_key`), group, webhook and tenant (message headers) of
+    a Celery request (the task's, or the Context Celery passes to `mark_as_revoked`)."""
     if request is None:
         return Origin()
     info = getattr(request, "delivery_info", None) or {}
     headers = getattr(request, "headers", None) or {}
     group = getattr(request, GROUP_HEADER, None) or headers.get(GROUP_HEADER)
     webhook = getattr(request, WEBHOOK_HEADER, None) or headers.get(WEBHOOK_HEADER)
+    tenant = getattr(request, TENANT_HEADER, None) or headers.get(TENANT_HEADER)
+    args: Any = getattr(request, "args", None) or ()
+    single = getattr(request, "task", None) == TASK_NAME and isinstance(args, list | tuple)
     return Origin(
         queue=_text(info.get("routing_key"), 1024),
         group=_text(group, MAX_GROUP_CHARS),
         webhook=_text(webhook, MAX_WEBHOOK_CHARS),
+        tenant=tenant_name(tenant),
+        upload=single and len(args) > 0 and is_upload(args[0]),
     )
 
 
 def image_origins(request: Any) -> dict[str, Origin]:
-    """Per image of a bulk message (`classify_many`): its entry's `group` and `webhook`, else
-    the message's headers. Empty for any other request."""
+    """Per image of a bulk message (`classify_many`): its entry's `group`, `webhook` and
+    `tenant`, else the message's headers; and whether its source is an upload. Empty for any
+    other request."""
     if request is None or getattr(request, "task", None) != BULK_TASK_NAME:
         return {}
     base = origin(request)
@@ -241,28 +273,31 @@ def image_origins(request: Any) -> dict[str, Origin]:
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
-        if "group" not in item and "webhook" not in item:
+        upload = is_upload(item.get("source"))
+        if not upload and not any(k in item for k in ENTRY_KEYS):
             out[item["id"]] = base
             continue
         out[item["id"]] = Origin(
             base.queue,
             _text(item.get("group"), MAX_GROUP_CHARS) or base.group,
             _text(item.get("webhook"), MAX_WEBHOOK_CHARS) or base.webhook,
+            tenant_name(item.get("tenant")) or base.tenant,
+            upload,
         )
     return out
 
 
-# A bulk message's image entry may carry its own group and webhook (producer.jobs).
-ENTRY_KEYS = ("group", "webhook")
+# A bulk message's image entry may carry its own group, webhook and tenant (producer.jobs).
+ENTRY_KEYS = ("group", "webhook", "tenant")
 
 
-def entry_origin(item: dict[str, Any]) -> tuple[str, str]:
-    """An image entry's group and webhook ("" where absent); InvalidArguments when either is
-    not a printable string within its length."""
+def entry_origin(item: dict[str, Any]) -> tuple[str, str, str]:
+    """An image entry's group, webhook and tenant ("" where absent); InvalidArguments when one
+    is not a printable string within its length (a tenant: not a tenant's name)."""
     from worker.errors import InvalidArguments
 
     out = []
-    for name, limit in zip(ENTRY_KEYS, (MAX_GROUP_CHARS, MAX_WEBHOOK_CHARS), strict=True):
+    for name, limit in zip(ENTRY_KEYS[:2], (MAX_GROUP_CHARS, MAX_WEBHOOK_CHARS), strict=True):
         value = item.get(name)
         if value is None or value == "":
             out.append("")
@@ -270,23 +305,29 @@ def entry_origin(item: dict[str, Any]) -> tuple[str, str]:
             out.append(value)
         else:
             raise InvalidArguments(f"{name} must be a string of 1..{limit} printable characters")
-    return out[0], out[1]
+    tenant = item.get("tenant")
+    if tenant not in (None, "") and not tenant_name(tenant):
+        raise InvalidArguments("tenant must be a tenant's name (producer/tenants.py)")
+    return out[0], out[1], tenant or ""
 
 
-def entry_fields(group: str, webhook: str) -> dict[str, str]:
-    """The entry fields that carry an image's group and webhook on (a retry's message)."""
-    fields = {"group": group, "webhook": webhook}
+def entry_fields(group: str, webhook: str, tenant: str = "") -> dict[str, str]:
+    """The entry fields that carry an image's group, webhook and tenant on (a retry's
+    message)."""
+    fields = {"group": group, "webhook": webhook, "tenant": tenant}
     return {k: v for k, v in fields.items() if v}
 
 
 def headers(found: Origin | None) -> dict[str, str]:
-    """The message headers that carry an origin's group and webhook on (a bulk message's
-    image sent again as its own `classify` message)."""
+    """The message headers that carry an origin's group, webhook and tenant on (a bulk
+    message's image sent again as its own `classify` message)."""
     out: dict[str, str] = {}
     if found is not None and found.group:
         out[GROUP_HEADER] = found.group
     if found is not None and found.webhook:
         out[WEBHOOK_HEADER] = found.webhook
+    if found is not None and found.tenant:
+        out[TENANT_HEADER] = found.tenant
     return out
 
 
@@ -317,7 +358,7 @@ def note(task_id: str, encoded: Any, state: str, request: Any) -> Note | None:
         found = image_origins(request).get(task_id) or origin(request)
     else:
         found = origin(request)
-    return Note(task_id, error_type(encoded), found.queue, found.group, found.webhook)
+    return _note(task_id, encoded, found)
 
 
 def notes(entries: Sequence[tuple[str, Any, str]], request: Any = None) -> list[Note | None]:
@@ -332,9 +373,20 @@ def notes(entries: Sequence[tuple[str, Any, str]], request: Any = None) -> list[
         if state not in FINAL_STATES:
             out.append(None)
             continue
-        found = images.get(task_id, base)
-        out.append(Note(task_id, error_type(encoded), found.queue, found.group, found.webhook))
+        out.append(_note(task_id, encoded, images.get(task_id, base)))
     return out
+
+
+def _note(task_id: str, encoded: Any, found: Origin) -> Note:
+    return Note(
+        task_id,
+        error_type(encoded),
+        found.queue,
+        found.group,
+        found.webhook,
+        found.tenant,
+        found.upload,
+    )
 
 
 class Events:
@@ -359,19 +411,21 @@ class Events:
     ) -> tuple[list[str], list[Any], list[list[Any]]]:
         """What STORE needs besides the results: its extra KEYS (the stream, then three per
         group), its ARGV[4..8] (count of result keys, maxlen, now, the groups' TTL, report),
-        and per result key the six values after its state and value (id, error, queue, group,
-        the group's index among the extra keys, webhook). `announce=False` (a cluster's result
-        calls): the script announces nothing and reports each key's final state."""
+        and per result key the seven values after its state and value (id, error, queue, group,
+        the group's index among the extra keys, webhook, tenant). `announce=False` (a cluster's
+        result calls): the script announces nothing and reports each key's final state."""
         groups: dict[str, int] = {}
         per_key: list[list[Any]] = []
         for note in notes:
             if note is None:
-                per_key.append(["", "", "", "", 0, ""])
+                per_key.append(["", "", "", "", 0, "", ""])
                 continue
             index = 0
             if note.group and announce:
                 index = groups.setdefault(note.group, len(groups) + 1)
-            per_key.append([note.task_id, note.error, note.queue, note.group, index, note.webhook])
+            per_key.append(
+                [note.task_id, note.error, note.queue, note.group, index, note.webhook, note.tenant]
+            )
         extra: list[str] = []
         if announce and any(n is not None for n in notes):
             extra.append(self.stream)
@@ -397,12 +451,13 @@ def fields(kind: str, note: Note, state: str, now: str) -> dict[str, str]:
         "group": note.group,
         "webhook": note.webhook,
         "time": now,
+        "tenant": note.tenant,
     }
 
 
 def group_fields(group_id: str, summary: Sequence[Any], now: str) -> dict[str, str]:
     """The `kind=group` event of a group whose last job ended, from ACCOUNT's summary."""
-    queue, webhook, total, succeeded, failed, cancelled = (text(v) for v in summary)
+    queue, webhook, total, succeeded, failed, cancelled, tenant = (text(v) for v in summary)
     return {
         "kind": "group",
         "id": group_id,
@@ -416,6 +471,7 @@ def group_fields(group_id: str, summary: Sequence[Any], now: str) -> dict[str, s
         "succeeded": succeeded or "0",
         "failed": failed or "0",
         "cancelled": cancelled or "0",
+        "tenant": tenant,
     }
 
 

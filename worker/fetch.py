@@ -1,4 +1,5 @@
-"""Getting a source's bytes: local files (worker.files) and SSRF-safe HTTP(S).
+"""Getting a source's bytes: local files (worker.files), uploads (worker.uploads) and SSRF-safe
+HTTP(S).
 
 URL fetches resolve the host themselves, refuse non-public addresses unless allow-listed, and
 connect to exactly the vetted address (TLS still checks the host name), so a DNS answer that
@@ -30,6 +31,7 @@ from worker.addresses import IPAddress, IPNetwork, blocked_reason
 from worker.errors import FetchFailed, InvalidArguments, SourceNotAllowed, SourceNotFound, TooLarge
 from worker.files import read_file, too_large
 from worker.settings import Settings
+from worker.uploads import Uploads, is_upload
 
 USER_AGENT = "imgqueue-worker/0.1"
 _CHUNK = 64 * 1024
@@ -43,17 +45,24 @@ class Fetched:
     soon as it ends: a failed job's traceback can outlive it, and it holds every frame."""
 
     data: bytes
-    kind: str  # "file" or "url"
-    final: str  # the path read, or the URL after redirects
+    kind: str  # "file", "url" or "upload"
+    final: str  # the path read, the URL after redirects, or the upload's source
 
     def release(self) -> None:
         self.data = b""
 
 
-def fetch(source: str, settings: Settings) -> Fetched:
-    """The source's bytes, or a documented error."""
+def fetch(
+    source: str, settings: Settings, *, task_id: str = "", uploads: Uploads | None = None
+) -> Fetched:
+    """The source's bytes, or a documented error. `task_id`: the job's, the one upload it may
+    read (`upload:<task_id>`, from `uploads`)."""
     if not isinstance(source, str) or not source:
         raise SourceNotAllowed("the source must be a non-empty string")
+    if is_upload(source):
+        if uploads is None:
+            raise SourceNotAllowed("uploads are read by jobs only")
+        return Fetched(uploads.read(source, task_id, settings.max_image_bytes), "upload", source)
     try:
         scheme = urlsplit(source).scheme.lower()
     except ValueError:

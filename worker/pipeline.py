@@ -86,10 +86,15 @@ class Submitted(Job):
 
 
 def prepare(
-    source: str, top_k: int, rt: Runtime, sink: list[tuple[str, str]] | None = None
+    source: str,
+    top_k: int,
+    rt: Runtime,
+    sink: list[tuple[str, str]] | None = None,
+    task_id: str = "",
 ) -> dict[str, Any] | Prepared:
     """Fetch and look up the cache: a cached result at once, or the fetched job. Raises a
     ClassifyError subclass for bad input. The caller releases `.fetched` once decoded.
+    `task_id`: the job's (an `upload:` source must name it).
 
     With a `sink` (a bulk message's), the cache is neither read nor written here: the caller
     looks a chunk up at once (`cache.look_up`) and stores the sink in one round trip.
@@ -97,7 +102,7 @@ def prepare(
     settings, model = rt.settings, rt.classifier
     shown = display_url(source, limit=None)  # results never carry credentials or a query
     t0 = time.perf_counter()
-    fetched = fetch(source, settings)
+    fetched = fetch(source, settings, task_id=task_id, uploads=rt.uploads)
     t1 = time.perf_counter()
     try:
         description = model.describe()
@@ -135,12 +140,12 @@ def submit_decoded(
 
 
 def submit(
-    source: str, top_k: int, rt: Runtime, deadline: float | None = None
+    source: str, top_k: int, rt: Runtime, deadline: float | None = None, task_id: str = ""
 ) -> dict[str, Any] | Submitted:
     """Fetch, look up the cache, decode and hand the input to the batcher: a cached result
     at once, or a Submitted job. Raises a ClassifyError subclass for bad input. Call inside
     `rt.batcher.upcoming()`."""
-    job = prepare(source, top_k, rt)
+    job = prepare(source, top_k, rt, task_id=task_id)
     if isinstance(job, dict):
         return job
     try:
@@ -246,12 +251,14 @@ def finish(job: Submitted, rt: Runtime) -> dict[str, Any]:
     return job.entry.store(result)
 
 
-def classify(source: str, top_k: int, rt: Runtime, deadline: float | None = None) -> dict[str, Any]:
+def classify(
+    source: str, top_k: int, rt: Runtime, deadline: float | None = None, task_id: str = ""
+) -> dict[str, Any]:
     """Classify one source; raises a ClassifyError subclass for bad input. `deadline`
-    (monotonic): the job's, which its batch does not wait past."""
+    (monotonic): the job's, which its batch does not wait past; `task_id`: the job's."""
     rt.enter_task_thread()
     with rt.batcher.upcoming():
-        job = submit(source, top_k, rt, deadline)
+        job = submit(source, top_k, rt, deadline, task_id)
     # Waited for outside `upcoming`: a job waiting for its own batch is not on its way, and
     # counting it made every lone job wait out MAX_BATCH_DELAY_MS for partners.
     return job if isinstance(job, dict) else finish(job, rt)

@@ -39,7 +39,7 @@ from celery.backends.redis import RedisBackend, ResultConsumer
 from redis import exceptions as rexc
 
 from producer.connections import ResultStoreConfig, mget, result_store_errors
-from worker import events, result_store
+from worker import events, outbox, result_store, testing
 from worker.backend import STORE, _AtomicStore
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         stored = 0
         todo = list(values)
         codes: dict[Any, str] = {}
+        token = self._intend(notes) if notes else None
         for _ in range(_MAX_ROUNDS):
             by_node: dict[str, tuple[Any, list[tuple[Any, Any, str]]]] = {}
             for entry in todo:
@@ -198,8 +199,9 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
                 stored += count
                 todo += redirected
             if not todo:
+                testing.kill_after_result(self.app)  # tests only: the outbox's reason to be
                 if notes:
-                    self._announce(values, notes, codes)
+                    self._announce(values, notes, codes, token)
                 return stored
             self._refresh()  # a slot moved: learn where
         raise rexc.TryAgainError("result slots kept moving; the store is retried")
@@ -234,18 +236,48 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         except result_store.ERRORS as exc:
             log.warning("cannot recount %d finished image(s) in their groups: %s", len(found), exc)
 
+    def _intend(self, notes: list[events.Note | None]) -> str | None:
+        """Before any result is stored: the outbox's intents for these final states and
+        their groups (worker/outbox.py), on the stream's master. Returns this call's token
+        (None: events are off, or the stream's name admits no outbox)."""
+        key = outbox.outbox_key(self._events.stream)
+        if key is None or not self._events.maxlen:
+            return None
+        token, now = outbox.new_token(), events.timestamp()
+        args: list[str] = []
+        for note in notes:
+            if note is not None:
+                # The fields but the state, which a sweep reads from the stored result.
+                fields = events.fields("job", note, "", now)
+                args += ["job:" + note.task_id, outbox.intent(token, now, fields)]
+        for group in dict.fromkeys(n.group for n in notes if n is not None and n.group):
+            args += ["group:" + group, outbox.intent(token, now)]
+        if not args:
+            return None
+        self._outbox_intend(keys=[key], args=args)
+        return token
+
+    @cached_property
+    def _outbox_intend(self) -> Any:
+        return self.client.register_script(outbox.INTEND)
+
+    @cached_property
+    def _outbox_announce(self) -> Any:
+        return self.client.register_script(outbox.ANNOUNCE)
+
     def _announce(
         self,
         values: list[tuple[Any, Any, str]],
         notes: list[events.Note | None],
         codes: dict[Any, str],
+        token: str | None = None,
     ) -> None:
         """After the results are stored (and on a replica): each group's counters by one
-        ACCOUNT call on the group's master, then the events in one pipeline to the stream's
-        master. A job whose result was final already (a second run) counts and is announced
-        only where its group had not counted it: a worker killed between these calls leaves
-        the group exact when the job runs again, but an event of a job without a group may
-        then be missing (one Redis does it all in one call, worker/events.py)."""
+        ACCOUNT call on the group's master, then the events by one ANNOUNCE call on the
+        stream's master, which also settles this call's outbox intents (`token`), and those
+        an earlier store of the same jobs left (worker/outbox.py): a job whose result was
+        final already (a second run) is announced only where its group had not counted it,
+        or where an earlier store of it never announced it."""
         stream = self._events
         due: list[tuple[events.Note, str]] = []
         by_group: dict[str, list[tuple[events.Note, str, bool]]] = {}
@@ -271,6 +303,10 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
                     due.append((note, state))
             if len(reply) > len(jobs):
                 finished.append((group, list(reply[len(jobs) :])))
+        key = outbox.outbox_key(stream.stream)
+        if token is not None and key is not None:
+            self._announce_outbox(values, notes, codes, due, finished, token, key, now)
+            return
         if not stream.maxlen or not (due or finished):
             return
         pipe = self.client.pipeline(transaction=False)
@@ -279,6 +315,35 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         for group, summary in finished:
             pipe.xadd(stream.stream, events.group_fields(group, summary, now), **self._trim())
         pipe.execute()
+
+    def _announce_outbox(
+        self,
+        values: list[tuple[Any, Any, str]],
+        notes: list[events.Note | None],
+        codes: dict[Any, str],
+        due: list[tuple[events.Note, str]],
+        finished: list[tuple[str, list[Any]]],
+        token: str,
+        key: str,
+        now: str,
+    ) -> None:
+        """ANNOUNCE: the events due, and every intent of this call settled (worker/outbox.py).
+        A job's fields go along even when its event is not due, for an earlier store's intent."""
+        stream = self._events
+        due_ids = {note.task_id for note, _ in due}
+        args: list[Any] = [token, stream.maxlen]
+        for (key_, _, _), note in zip(values, notes, strict=True):
+            if note is None:
+                continue
+            state = codes.get(key_, "").lstrip("+")
+            fields = outbox.flat(events.fields("job", note, state, now)) if state else ""
+            args += ["job:" + note.task_id, "1" if note.task_id in due_ids else "0", fields]
+        done = {group: summary for group, summary in finished}
+        for group in dict.fromkeys(n.group for n in notes if n is not None and n.group):
+            summary = done.get(group)
+            fields = outbox.flat(events.group_fields(group, summary, now)) if summary else ""
+            args += ["group:" + group, "1" if summary else "0", fields]
+        self._outbox_announce(keys=[stream.stream, key], args=args)
 
     def _trim(self) -> dict[str, Any]:
         return {"maxlen": self._events.maxlen, "approximate": True}

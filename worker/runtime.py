@@ -24,6 +24,7 @@ from worker.model.card import served_name
 from worker.model.spec import ModelSpec, from_settings
 from worker.sandbox.pool import DecodePool, default_limits
 from worker.settings import Settings
+from worker.uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class Runtime:
     decoder: DecodePool | None = None  # None: DECODE_SANDBOX=false, decode in this process
     # The result cache's, on the result store (None: RESULT_CACHE off, or the store was away)
     cache_client: redis.Redis | None = None
+    # The broker's, for uploads (`upload:<id>` sources); None only where no job runs
+    uploads: Uploads | None = None
 
     def enter_task_thread(self) -> None:
         """Once per task thread, before its first torch op: keep it to one intra-op thread.
@@ -55,6 +58,8 @@ class Runtime:
             self.decoder.close()
         if self.cache_client is not None:
             self.cache_client.close()
+        if self.uploads is not None:
+            self.uploads.close()
 
 
 _task_thread = threading.local()
@@ -114,7 +119,8 @@ def start(
     cache_client = cache.connect(settings) if cache.enabled(settings) else None
     load_seconds = time.perf_counter() - started
     # Said in one line by lifecycle.announce, once logging is set up.
-    return Runtime(settings, classifier, batcher, load_seconds, decoder, cache_client)
+    uploads = Uploads.connect(settings)
+    return Runtime(settings, classifier, batcher, load_seconds, decoder, cache_client, uploads)
 
 
 class _InferenceModel:

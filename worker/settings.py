@@ -324,6 +324,13 @@ class Settings(DeliverySettings):
     webhook_concurrency: int = env(
         16, int, "webhook attempts in flight at once, per dispatcher (threads)"
     )
+    events_sweep_after: float = env(
+        60.0,
+        float,
+        "on a Redis Cluster result store: seconds after which a webhook dispatcher appends the"
+        " completion events of results whose worker died before appending them"
+        " (docs/lifecycle.md)",
+    )
 
     result_expires: int = env(
         86_400,
@@ -413,6 +420,12 @@ class Settings(DeliverySettings):
         int,
         "tests only: inference fails fatally from that batch on; never set in production",
     )
+    test_kill_after_result: bool = env(
+        False,
+        boolean,
+        "tests only: on a Redis Cluster result store, a worker SIGKILLs itself right after"
+        " storing final states, before their events; never set in production",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -500,6 +513,8 @@ class Settings(DeliverySettings):
             raise ConfigError(
                 "WEBHOOK_TIMEOUT must be within 0.1..300 seconds, WEBHOOK_RETRY_BACKOFF >= 0"
             )
+        if self.events_sweep_after <= 0:
+            raise ConfigError("EVENTS_SWEEP_AFTER must be positive")
         if not 1 <= self.webhook_max_attempts <= 100 or not 1 <= self.webhook_concurrency <= 1024:
             raise ConfigError(
                 "WEBHOOK_MAX_ATTEMPTS must be within 1..100, WEBHOOK_CONCURRENCY within 1..1024"

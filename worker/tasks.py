@@ -73,7 +73,8 @@ def _classify(
     source, top_k = pipeline.validate_args(args, kwargs)
     testing.maybe_poison(source, settings)
     try:
-        return pipeline.classify(source, top_k, lifecycle.load(ctx), cancels.monotonic(deadline))
+        rt, at = lifecycle.load(ctx), cancels.monotonic(deadline)
+        return pipeline.classify(source, top_k, rt, at, self.request.id)
     except ClassifyError as exc:
         if exc.transient and self.request.retries < settings.fetch_retries:
             # Exponential backoff (FETCH_RETRY_BACKOFF x 1, 2, 4 ...) for resets, timeouts,
@@ -227,7 +228,7 @@ def _split(task: Task, images: list[bulk.Image]) -> None:
     priority = info.get("priority")
     if priority is not None:
         options["priority"] = priority
-    origins = events.image_origins(task.request)  # each image keeps its group and webhook
+    origins = events.image_origins(task.request)  # each keeps its group, webhook, tenant
     with task.app.producer_or_acquire() as producer:
         for image in images:
             task.app.send_task(

@@ -7,15 +7,23 @@ reads as `<host>:<pid>`.
 
 An event with a webhook becomes a delivery in the retry set (WEBHOOK_RETRIES, a sorted set
 scored by when each is due; its first attempt is due at once), and its stream entry is
-acknowledged. A dispatcher with a free slot leases due deliveries (their score moves past the
-lease, so a dispatcher that dies mid-attempt only delays them) and POSTs them from a pool of
-WEBHOOK_CONCURRENCY threads:
+acknowledged. A dispatcher leases due deliveries (their score moves past the lease, so a
+dispatcher that dies mid-attempt only delays them), up to twice WEBHOOK_CONCURRENCY at once,
+and POSTs them from a pool of WEBHOOK_CONCURRENCY threads over kept-alive connections
+(worker/webhook_http.py). Its loop does the Redis work in batches (events read 2,000 at a time,
+the leased deliveries' results in one MGET, what became of finished ones in one call) and is
+woken as soon as half the leased work is done, so a thread that finishes starts the next
+delivery at once (about 1,800 deliveries/s to a receiver that answers at once, measured by
+`python -m bench.webhooks`: docs/performance.md):
 
 - the body is the job's result as `imgqueue result` prints it (read from the result store at
   the first attempt and kept, byte for byte, for every retry), or a group's summary;
 - headers `webhook-id` (the same for every attempt of one delivery), `webhook-timestamp` and
   `webhook-signature` (`v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`, one per
-  WEBHOOK_SECRET key), as Standard Webhooks specifies;
+  WEBHOOK_SECRET key), as Standard Webhooks specifies. An event with a `tenant` is signed with
+  that tenant's own `webhook_secret` instead (producer.tenants, read at most every TENANT_TTL
+  seconds); one whose tenant no longer exists is dead-lettered (`tenant`), never signed with
+  another secret;
 - 2xx: delivered. Anything else, a connection error or no answer within WEBHOOK_TIMEOUT: tried
   again after WEBHOOK_RETRY_BACKOFF seconds, doubling (plus up to 10%), at most an hour, until
   WEBHOOK_MAX_ATTEMPTS; then dead-lettered (WEBHOOK_DEAD_LETTERS, newest first, capped at
@@ -26,9 +34,12 @@ WEBHOOK_CONCURRENCY threads:
   are not followed: a 3xx is a failed attempt.
 
 Entries a dead dispatcher read but never moved are claimed after CLAIM_IDLE_MS (XAUTOCLAIM).
-SIGTERM stops reading and leasing, lets the attempts in flight end (at most WEBHOOK_TIMEOUT),
-and exits 0. With METRICS_PORT set: /metrics and /healthz (see docs/lifecycle.md).
-Celery and torch are never imported.
+On a Redis Cluster result store the dispatcher also sweeps the events' outbox (worker/outbox.py):
+the events of results whose worker died before announcing them are appended, so their webhooks
+are not lost. SIGTERM stops reading and leasing, lets the attempts in flight end (at most
+WEBHOOK_TIMEOUT), gives back those leased but not started (due at once), and exits 0. With
+METRICS_PORT set: /metrics (the backlog and its age among them) and /healthz (see
+docs/lifecycle.md). Celery and torch are never imported.
 """
 
 from __future__ import annotations
@@ -37,28 +48,27 @@ import argparse
 import base64
 import hashlib
 import hmac
-import http.client
 import json
 import logging
 import os
 import random
 import signal
 import socket
-import ssl
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
-from urllib3.exceptions import HTTPError as Urllib3Error
 
-from producer import groups
-from producer.connections import result_store_errors
+from producer import groups, tenants
+from producer.connections import mget, result_store_errors
 from producer.contract import result_key
 from producer.jobs import (
     EVENT_FIELDS,
@@ -70,9 +80,10 @@ from producer.jobs import (
 from producer.redaction import display_url, redact_text
 from producer.webhooks import InvalidWebhook, check_webhook
 from worker import urls
-from worker.errors import ConfigError, FetchFailed, InvalidArguments, SourceNotAllowed
-from worker.fetch import _connection, _cut, vetted_addresses
+from worker.errors import ConfigError, InvalidArguments, SourceNotAllowed
+from worker.outbox import Sweeper
 from worker.settings import Settings, webhook_keys
+from worker.webhook_http import Sender
 
 log = logging.getLogger("imgqueue.webhooks")
 
@@ -82,7 +93,9 @@ JITTER = 0.1  # each retry delay is stretched by up to this fraction, so retries
 CLAIM_IDLE_MS = 30_000  # a stream entry read this long ago and never acknowledged is claimed
 CLAIM_EVERY = 5.0  # seconds between looks for such entries
 FORGET_CONSUMER_IDLE_MS = 3_600_000  # consumers silent this long, holding nothing, are removed
-READ_COUNT = 500  # stream entries per read
+READ_COUNT = 2000  # stream entries per read: a burst of events moves in few round trips
+FLUSH_COUNT = 1000  # outcomes written per call
+TENANT_TTL = 5.0  # seconds a tenant's webhook secret is kept; a changed one is used after this
 MAX_BLOCK = 0.5  # longest wait for new events, so due retries and a SIGTERM are seen soon
 LEASE_MARGIN = 30.0  # a leased delivery is due again after twice WEBHOOK_TIMEOUT plus this
 STALL_AFTER = 60.0  # /healthz answers 503 when the loop has not turned for this long
@@ -94,15 +107,23 @@ for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {due, first[2] or ''}
 """
-# A leased delivery is replaced by its next attempt (ARGV[2] at ARGV[3]), or removed (""), only
-# while it is still there: another dispatcher may have taken it over after the lease ran out.
+# Leased deliveries, each replaced by its next attempt (ARGV[i + 1] at ARGV[i + 2]) or removed
+# (''), only while it is still there: another dispatcher may have taken it over after the
+# lease ran out.
 _REPLACE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  if ARGV[2] ~= '' then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2]) end
-  return 1
+local n = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    if ARGV[i + 1] ~= '' then redis.call('ZADD', KEYS[1], ARGV[i + 2], ARGV[i + 1]) end
+    n = n + 1
+  end
 end
-return 0
+return n
 """
+
+
+# The event's fields a delivery holds on its own; the rest (a group's counters) are `extra`.
+_NOT_EXTRA = frozenset({*EVENT_FIELDS, "tenant"})
 
 
 def sign(keys: Iterable[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
@@ -137,6 +158,7 @@ class Delivery:
     queue: str = ""
     group: str = ""
     time: str = ""  # when the state was stored (the event's), epoch seconds
+    tenant: str = ""  # signed with this tenant's webhook secret (producer.tenants), if any
     attempts: int = 0  # made so far
     first_at: float = 0.0  # when the first attempt started
     body: str | None = None  # fixed at the first attempt, so every retry signs the same bytes
@@ -165,7 +187,8 @@ class Delivery:
             queue=got.get("queue", ""),
             group=got.get("group", ""),
             time=got.get("time", ""),
-            extra=tuple(sorted((k, v) for k, v in got.items() if k not in EVENT_FIELDS)),
+            tenant=got.get("tenant", ""),
+            extra=tuple(sorted((k, v) for k, v in got.items() if k not in _NOT_EXTRA)),
         )
 
     def member(self) -> str:
@@ -244,6 +267,21 @@ class Attempt:
     refused: bool = False  # by the URL check or the SSRF policy: never tried again
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a leased delivery, for the loop to write (`Dispatcher.flush`): `new`
+    replaces `member` in the retry set, due at `due` ("" removes it); `dead` is its dead
+    letter (JSON), recorded first."""
+
+    member: bytes | str
+    new: bytes | str = ""
+    due: float = 0.0
+    dead: str = ""
+
+
+_UNREAD: Any = object()  # a job's result not read ahead: the delivery reads it itself
+
+
 class Metrics:
     """Prometheus metrics of this dispatcher (served only with METRICS_PORT)."""
 
@@ -252,23 +290,123 @@ class Metrics:
         self.outcomes = Counter(
             "imgqueue_webhook_attempts",
             "Webhook attempts by outcome: delivered, retry (failed, tried again), dead "
-            "(failed for the last time), refused (SSRF policy or URL: never connected)",
+            "(failed for the last time), refused (SSRF policy or URL: never connected), "
+            "tenant (its tenant no longer exists: never signed nor sent)",
             ["outcome"],
             registry=self.registry,
         )
         self.seconds = Histogram(
             "imgqueue_webhook_attempt_seconds",
             "Time of one webhook attempt, connecting to the answer",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
         self.in_flight = Gauge(
             "imgqueue_webhook_in_flight", "Webhook attempts in progress", registry=self.registry
         )
+        self.connections = Counter(
+            "imgqueue_webhook_connections",
+            "Connections made to receivers (kept alive between deliveries)",
+            registry=self.registry,
+        )
+
+
+class Backlog:
+    """The backlog gauges, read from the result store at each scrape: what every dispatcher
+    has yet to do, not only this one."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def describe(self) -> list[Any]:
+        return [self._count({}), self._age(0.0)]
+
+    def collect(self) -> Iterator[Any]:
+        try:
+            counts, age = self.dispatcher.backlog()
+        except _STORE_ERRORS as exc:  # the scrape goes on without them
+            log.debug("backlog unreadable: %s", _short(exc))
+            return
+        yield self._count(counts)
+        yield self._age(age)
+
+    @staticmethod
+    def _count(counts: dict[str, int]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            "imgqueue_webhook_backlog",
+            "Webhooks not yet delivered: `stream` events not yet moved to the retry set (unread,"
+            " or read and not acknowledged), `due` deliveries due and not started, `later` in"
+            " flight or waiting for a retry",
+            labels=["where"],
+        )
+        for where, count in counts.items():
+            family.add_metric([where], count)
+        return family
+
+    @staticmethod
+    def _age(age: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "imgqueue_webhook_backlog_age_seconds",
+            "How long the oldest waiting work has waited: an event not yet moved to the retry"
+            " set, or a delivery due and not started (0: none)",
+            value=age,
+        )
+
+
+class TenantKeys:
+    """Each tenant's signing keys, from `imgqueue:tenants` on the broker's Redis
+    (producer.tenants), read at most every TENANT_TTL seconds per tenant."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = settings.redis_config
+        self._client: Any = None
+        self._cache: dict[str, tuple[float, tuple[bytes, ...], str]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, name: str) -> tuple[tuple[bytes, ...], str]:
+        """(the tenant's keys, "") or ((), why none): no such tenant, or no usable secret."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(name)
+        if hit is not None and now - hit[0] < TENANT_TTL:
+            return hit[1], hit[2]
+        found = tenants.get_tenant(self.client(), self.config, name)
+        keys: tuple[bytes, ...] = ()
+        why = ""
+        if found is None:
+            why = f"tenant {name!r} no longer exists: not signed with any other secret"
+        else:
+            try:
+                keys = webhook_keys(found.webhook_secret)
+            except ConfigError:
+                keys = ()
+            if not keys:
+                why = f"tenant {name!r} has no usable webhook secret"
+        with self._lock:
+            if len(self._cache) > 10_000:  # bounded, whatever names events carry
+                self._cache.clear()
+            self._cache[name] = (now, keys, why)
+        return keys, why
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self.config.client(socket_connect_timeout=5, socket_timeout=10)
+            return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 class Dispatcher:
-    """Moves events to the retry set and delivers what is due; `run` until `stop` is set."""
+    """Moves events to the retry set and delivers what is due; `run` until `stop` is set.
+
+    The loop thread reads events, leases due deliveries (with their results, read ahead in
+    one MGET) and writes what became of them, each in batches; WEBHOOK_CONCURRENCY threads
+    only POST. It keeps up to twice that many leased, so a thread that finishes takes the
+    next at once, and is woken when half of them are left rather than waiting out a read.
+    """
 
     def __init__(self, settings: Settings, store: Any, consumer: str) -> None:
         self.settings = settings
@@ -286,16 +424,26 @@ class Dispatcher:
         self.retries = prefix + WEBHOOK_RETRIES
         self.dead = prefix + WEBHOOK_DEAD_LETTERS
         self.timeout = settings.webhook_timeout
+        self.concurrency = settings.webhook_concurrency
+        # Leased at once: every thread busy and as many waiting to start, so a thread that
+        # finishes starts the next while the loop leases more.
+        self.capacity = 2 * self.concurrency
         # Connecting may take the whole attempt, never longer (a watchdog cuts the rest).
         self._connect_settings = replace(
             settings, fetch_connect_timeout=min(settings.fetch_connect_timeout, self.timeout)
         )
         self.stop = threading.Event()
         self.metrics = Metrics()
+        self.sender = Sender(self._connect_settings, self.concurrency, self.metrics.connections.inc)
+        self.tenant_keys = TenantKeys(settings)
+        self.sweeper = Sweeper(store, prefix, settings.events_maxlen, settings.events_sweep_after)
+        self.metrics.registry.register(Backlog(self))
         self.last_turn = time.monotonic()
-        self._pool = ThreadPoolExecutor(settings.webhook_concurrency, thread_name_prefix="webhook")
-        self._busy = 0
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook")
+        self._outstanding = 0  # leased and not yet finished: running or waiting for a thread
         self._lock = threading.Lock()
+        self._wake = threading.Event()  # set when half the leased work is left
+        self._done: deque[Outcome] = deque()  # appended by the threads, written by the loop
         self._lease = store.register_script(_LEASE)
         self._replace = store.register_script(_REPLACE)
         self._next_claim = 0.0
@@ -322,8 +470,19 @@ class Dispatcher:
                 except _STORE_ERRORS as exc:
                     failures = self._pause(failures, exc)
         finally:
-            # In-flight attempts end within WEBHOOK_TIMEOUT; nothing new was leased.
+            # In-flight attempts end within WEBHOOK_TIMEOUT; those not started are given back.
             self._pool.shutdown(wait=True)
+            try:
+                self.flush()
+            except _STORE_ERRORS as exc:
+                log.warning(
+                    "cannot record %d delivery outcome(s) (%s): they are made again after their "
+                    "lease",
+                    len(self._done),
+                    _short(exc),
+                )
+            self.sender.close()
+            self.tenant_keys.close()
 
     def _pause(self, failures: int, exc: BaseException) -> int:
         wait = min(0.5 * 2 ** min(failures, 5), 10.0)
@@ -332,21 +491,37 @@ class Dispatcher:
         return failures + 1
 
     def turn(self) -> None:
-        """One pass: claim stale entries now and then, start due deliveries, read events."""
+        """One pass: write what finished, now and then claim stale entries and sweep, start
+        due deliveries, read events (waiting for them only while threads are free)."""
         self.last_turn = now = time.monotonic()
+        self._wake.clear()
+        self.flush()
         if now >= self._next_claim:
             self.claim_stale()
+            self.sweeper.sweep()
+            self.sender.prune()
             self._next_claim = now + CLAIM_EVERY
-        block = MAX_BLOCK
-        free = self.free()
-        if free:
-            block = min(block, self.start_due(free))
+        room = self.capacity - self.outstanding()
+        wait = MAX_BLOCK
+        saturated = room <= 0
+        if not saturated:
+            started, wait = self.start_due(room)
+            saturated = started >= room  # more may be due
+        if saturated:
+            self.read(None)  # take new events in, without waiting: every slot is taken
+            self._wake.wait(MAX_BLOCK)  # until half the leased work is done
+        else:
+            self.read(wait)
+
+    def read(self, block: float | None) -> None:
+        """New events (at most READ_COUNT), waiting up to `block` seconds (None: not at all)."""
+        options = {} if block is None else {"block": max(int(block * 1000), 1)}
         reply = self.store.xreadgroup(
             WEBHOOK_CONSUMER_GROUP,
             self.consumer,
             {self.stream: ">"},
             count=READ_COUNT,
-            block=max(int(block * 1000), 1),
+            **options,
         )
         for _stream, entries in _stream_entries(reply):
             self.take(entries)
@@ -360,9 +535,9 @@ class Dispatcher:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def free(self) -> int:
+    def outstanding(self) -> int:
         with self._lock:
-            return self.settings.webhook_concurrency - self._busy
+            return self._outstanding
 
     def take(self, entries: Sequence[tuple[Any, Any]]) -> None:
         """Each entry's delivery, if it asks for one, into the retry set due now; then every
@@ -408,49 +583,134 @@ class Dispatcher:
                 if forget and name != self.consumer:
                     self.store.xgroup_delconsumer(self.stream, WEBHOOK_CONSUMER_GROUP, name)
 
-    def start_due(self, free: int) -> float:
-        """Lease up to `free` due deliveries and start them; seconds until the next is due."""
+    def start_due(self, room: int) -> tuple[int, float]:
+        """Lease up to `room` due deliveries, read their results in one MGET and start them.
+        Returns how many, and the seconds until the next is due (at most MAX_BLOCK)."""
         now = time.time()
         lease_end = now + 2 * self.timeout + LEASE_MARGIN
-        due, first = self._lease(keys=[self.retries], args=[repr(now), repr(lease_end), free])
+        due, first = self._lease(keys=[self.retries], args=[repr(now), repr(lease_end), room])
+        if not due:
+            wait = MAX_BLOCK if not first else max(float(first) - time.time(), 0.0)
+            return 0, min(wait, MAX_BLOCK)
+        leased: list[tuple[Any, Delivery]] = []
         for member in due:
-            with self._lock:
-                self._busy += 1
-            self.metrics.in_flight.inc()
-            self._pool.submit(self._deliver_safely, member)
-        if due or not first:
-            return MAX_BLOCK if not due else 0.0
-        return max(float(first) - time.time(), 0.0)
+            try:
+                leased.append((member, Delivery.from_member(member)))
+            except (ValueError, TypeError, AttributeError):
+                log.error("dropped a retry set member that is not a delivery: %.200r", member)
+                self._done.append(Outcome(member))
+        # First attempts of jobs need their results: read ahead, all in one call.
+        firsts = [(m, d) for m, d in leased if d.body is None and d.kind == "job"]
+        raws = mget(self.store, [result_key(d.id, self.prefix) for _, d in firsts])
+        ahead = {m: raw for (m, _), raw in zip(firsts, raws, strict=True)}
+        with self._lock:
+            self._outstanding += len(leased)
+        for member, delivery in leased:
+            raw = ahead.get(member, _UNREAD)
+            self._pool.submit(self._deliver_safely, member, delivery, raw)
+        return len(due), 0.0
+
+    def flush(self) -> None:
+        """Write what became of finished deliveries: dead letters first, then the retry set
+        (removed, or rescheduled), in one call each."""
+        while self._done:
+            batch: list[Outcome] = []
+            while self._done and len(batch) < FLUSH_COUNT:
+                batch.append(self._done.popleft())
+            dead = [o.dead for o in batch if o.dead]
+            try:
+                if dead:
+                    pipe = self.store.pipeline(transaction=False)
+                    pipe.lpush(self.dead, *dead)
+                    pipe.ltrim(self.dead, 0, self.settings.dead_letter_limit - 1)
+                    pipe.execute()
+                    for entry in dead:
+                        log.warning("webhook given up: %s", entry)
+                    batch = [replace(o, dead="") for o in batch]
+                args: list[Any] = []
+                for o in batch:
+                    args += [o.member, o.new, repr(o.due)]
+                self._replace(keys=[self.retries], args=args)
+            except BaseException:
+                self._done.extendleft(reversed(batch))  # written at the next turn
+                raise
+
+    def backlog(self) -> tuple[dict[str, int], float]:
+        """The backlog's counts (see Backlog) and the age of its oldest waiting work."""
+        now = time.time()
+        oldest = now
+        stream = unread = 0
+        try:
+            groups = self.store.xinfo_groups(self.stream)
+        except redis.ResponseError:  # no stream yet
+            groups = []
+        group = next((g for g in groups if _text(g.get("name")) == WEBHOOK_CONSUMER_GROUP), None)
+        if group is not None:
+            last = _text(group.get("last-delivered-id")) or "0-0"
+            after = self.store.xrange(self.stream, min=last, count=2)
+            first_unread = next((i for i, _ in after if _text(i) != last), None)
+            if first_unread is not None:
+                oldest = min(oldest, _entry_time(first_unread))
+            lag = group.get("lag")
+            if lag is None and first_unread is not None:  # Redis before 7, or after a trim
+                unread = len(self.store.xrange(self.stream, min=_text(first_unread), count=10_000))
+            else:
+                unread = int(lag or 0)
+            pending = self.store.xpending(self.stream, WEBHOOK_CONSUMER_GROUP)
+            if pending.get("pending"):
+                oldest = min(oldest, _entry_time(pending["min"]))
+            stream = unread + int(pending.get("pending") or 0)
+        total = int(self.store.zcard(self.retries))
+        due = int(self.store.zcount(self.retries, "-inf", now))
+        first_due = self.store.zrangebyscore(
+            self.retries, "-inf", now, start=0, num=1, withscores=True
+        )
+        if first_due:
+            oldest = min(oldest, float(first_due[0][1]))
+        counts = {"stream": stream, "due": due, "later": total - due}
+        return counts, max(now - oldest, 0.0)
 
     # -- one delivery ------------------------------------------------------------------------
 
-    def _deliver_safely(self, member: bytes) -> None:
+    def _deliver_safely(self, member: Any, delivery: Delivery, raw: Any) -> None:
         try:
-            try:
-                Delivery.from_member(member)
-            except (ValueError, TypeError, AttributeError):
-                log.error("dropped a retry set member that is not a delivery: %.200r", member)
-                self._replace(keys=[self.retries], args=[member, "", 0])
+            if self.stop.is_set():
+                # Leased but not started when SIGTERM came: due again at once, for any one.
+                self._done.append(Outcome(member, member, time.time()))
                 return
-            self.deliver(member)
+            self.metrics.in_flight.inc()
+            try:
+                self.deliver(member, delivery, raw)
+            finally:
+                self.metrics.in_flight.dec()
         except Exception:  # a store error: the lease runs out and it is tried again
             log.exception("webhook delivery interrupted; it is tried again after its lease")
         finally:
-            self._done()
+            with self._lock:
+                self._outstanding -= 1
+                if self._outstanding <= self.concurrency:
+                    self._wake.set()
 
-    def _done(self) -> None:
-        self.metrics.in_flight.dec()
-        with self._lock:
-            self._busy -= 1
-
-    def deliver(self, member: bytes | str) -> Attempt:
-        """One attempt at a leased delivery; then it is removed, rescheduled or dead-lettered."""
-        delivery = Delivery.from_member(member)
+    def deliver(
+        self, member: bytes | str, delivery: Delivery | None = None, raw: Any = _UNREAD
+    ) -> Attempt:
+        """One attempt at a leased delivery; what became of it (removed, rescheduled or
+        dead-lettered) is queued for the loop to write."""
+        if delivery is None:
+            delivery = Delivery.from_member(member)
         if delivery.body is None:
-            delivery = replace(delivery, body=self.payload(delivery), first_at=time.time())
-        started = time.monotonic()
-        attempt = self.attempt(delivery)
-        self.metrics.seconds.observe(time.monotonic() - started)
+            delivery = replace(delivery, body=self.payload(delivery, raw), first_at=time.time())
+        keys, why = self.keys, ""
+        if delivery.tenant:
+            keys, why = self.tenant_keys.lookup(delivery.tenant)
+        if why:
+            attempt = Attempt(False, error=why, refused=True)
+            reason = "tenant"
+        else:
+            started = time.monotonic()
+            attempt = self.attempt(delivery, keys)
+            self.metrics.seconds.observe(time.monotonic() - started)
+            reason = "refused" if attempt.refused else "attempts"
         delivery = replace(
             delivery,
             attempts=delivery.attempts + 1,
@@ -459,17 +719,15 @@ class Dispatcher:
         )
         if attempt.ok:
             self.metrics.outcomes.labels("delivered").inc()
-            self._replace(keys=[self.retries], args=[member, "", 0])
+            self._done.append(Outcome(member))
             log.debug("webhook %s delivered (HTTP %s)", delivery.webhook_id, attempt.status)
         elif attempt.refused or delivery.attempts >= self.settings.webhook_max_attempts:
-            self.metrics.outcomes.labels("refused" if attempt.refused else "dead").inc()
-            self.dead_letter(delivery, "refused" if attempt.refused else "attempts")
-            self._replace(keys=[self.retries], args=[member, "", 0])
+            self.metrics.outcomes.labels(reason if attempt.refused else "dead").inc()
+            self._done.append(Outcome(member, dead=self.dead_letter(delivery, reason)))
         else:
             self.metrics.outcomes.labels("retry").inc()
             delay = retry_delay(delivery.attempts, self.settings.webhook_retry_backoff)
-            due = time.time() + delay
-            self._replace(keys=[self.retries], args=[member, delivery.member(), repr(due)])
+            self._done.append(Outcome(member, delivery.member(), time.time() + delay))
             log.info(
                 "webhook %s to %s: attempt %d failed (%s); again in %.1f s",
                 delivery.webhook_id,
@@ -480,12 +738,14 @@ class Dispatcher:
             )
         return attempt
 
-    def payload(self, delivery: Delivery) -> str:
-        """The body, from the result store (the job's result, or the group's summary)."""
+    def payload(self, delivery: Delivery, raw: Any = _UNREAD) -> str:
+        """The body, from the result store (the job's result, or the group's summary); `raw`:
+        the job's result as read ahead."""
         if delivery.kind == "group":
             data = group_payload(delivery, self.group_summary(delivery.id))
         else:
-            raw = self.store.get(result_key(delivery.id, self.prefix))
+            if raw is _UNREAD:
+                raw = self.store.get(result_key(delivery.id, self.prefix))
             data = job_payload(delivery, raw)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -498,8 +758,9 @@ class Dispatcher:
             return None
         return found.to_dict()
 
-    def attempt(self, delivery: Delivery) -> Attempt:
-        """POST the delivery once; never raises for what the receiver or the network does."""
+    def attempt(self, delivery: Delivery, keys: Sequence[bytes] | None = None) -> Attempt:
+        """POST the delivery once, signed with `keys` (default WEBHOOK_SECRET's); never raises
+        for what the receiver or the network does."""
         try:
             check_webhook(delivery.url)
             target = urls.parse(delivery.url)
@@ -513,54 +774,25 @@ class Dispatcher:
             "Content-Type": "application/json",
             "webhook-id": delivery.webhook_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self.keys, delivery.webhook_id, timestamp, body),
+            "webhook-signature": sign(
+                self.keys if keys is None else keys, delivery.webhook_id, timestamp, body
+            ),
         }
-        deadline = time.monotonic() + self.timeout
-        try:
-            address = vetted_addresses(target.host, target.port, self.settings)[0]
-        except SourceNotAllowed as exc:
-            return Attempt(False, error=f"refused: {exc}", refused=True)
-        except FetchFailed as exc:
-            return Attempt(False, error=str(exc))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        answer = self.sender.post(target, body, headers, self.timeout)
+        if answer.timed_out:
             return Attempt(False, error=self._too_slow())
-        conn = _connection(address, target.port, target.host, target.secure, self._connect_settings)
-        watchdog = threading.Timer(remaining, _cut, args=(conn,))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            conn.connect()
-            conn.timeout = remaining
-            conn.request(
-                "POST",
-                target.target,
-                body=body,
-                headers=headers,
-                preload_content=False,
-                decode_content=False,
-            )
-            response = conn.getresponse()
-            status = response.status
-            response.close()
-        except ssl.SSLCertVerificationError as exc:
-            return Attempt(False, error=f"TLS certificate rejected: {exc.verify_message}")
-        except (Urllib3Error, OSError, http.client.HTTPException) as exc:
-            if time.monotonic() >= deadline - 0.01:
-                return Attempt(False, error=self._too_slow())
-            return Attempt(False, error=f"POST failed: {_short(exc)}")
-        finally:
-            watchdog.cancel()
-            conn.close()
-        if 200 <= status < 300:
-            return Attempt(True, status)
-        return Attempt(False, status, f"HTTP {status}")
+        if answer.status is None:
+            return Attempt(False, error=answer.error, refused=answer.refused)
+        if 200 <= answer.status < 300:
+            return Attempt(True, answer.status)
+        return Attempt(False, answer.status, f"HTTP {answer.status}")
 
     def _too_slow(self) -> str:
         return f"no answer within WEBHOOK_TIMEOUT ({self.timeout:g} s)"
 
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Record a delivery given up on (newest first, capped), with one log line."""
+    def dead_letter(self, delivery: Delivery, reason: str) -> str:
+        """A delivery given up on, as its dead letter (JSON); `flush` records it (newest
+        first, capped) with one log line."""
         entry = {
             "webhook_id": delivery.webhook_id,
             "kind": delivery.kind,
@@ -574,11 +806,14 @@ class Dispatcher:
             "first_at": delivery.first_at or None,
             "at": time.time(),
         }
-        pipe = self.store.pipeline(transaction=False)
-        pipe.lpush(self.dead, json.dumps(entry, sort_keys=True))
-        pipe.ltrim(self.dead, 0, self.settings.dead_letter_limit - 1)
-        pipe.execute()
-        log.warning("webhook given up: %s", json.dumps(entry, sort_keys=True))
+        if delivery.tenant:
+            entry["tenant"] = delivery.tenant
+        return json.dumps(entry, sort_keys=True)
+
+
+def _entry_time(entry_id: Any) -> float:
+    """A stream entry's time (its id's milliseconds), epoch seconds."""
+    return int(_text(entry_id).split("-", 1)[0]) / 1000.0
 
 
 def _none_running(ids: Sequence[str]) -> list[str]:

@@ -1,17 +1,23 @@
 """Webhooks end to end: a real worker writes the events, the dispatcher (a real process) POSTs
-them to a loopback receiver."""
+them to a loopback receiver; on one Redis, and on a real Redis Cluster past a worker killed
+between a result and its event."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from producer import Client
+from producer import Client, groups
+from producer.connections import ResultStoreConfig
+from producer.jobs import EVENTS_STREAM
 from tests.support.paths import ROOT, SAMPLES
+from tests.support.redis_cluster import RedisClusterNodes
 from tests.support.waiting import wait_for
 from tests.support.webhooks import (
     Receiver,
@@ -21,6 +27,9 @@ from tests.support.webhooks import (
     verify,
 )
 from tests.support.workers import WorkerFactory
+from worker import events
+from worker.outbox import Sweeper, outbox_key
+from worker.results_cluster import ClusterResultBackend
 
 
 @pytest.fixture
@@ -104,3 +113,113 @@ def test_a_real_worker_end_to_end(
     assert _shape(_documented_result()) == _shape(body["result"])
     assert _shape(failure) == _shape(by_id[bulk[1]])
     assert _shape(finished) == _shape(summary)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A real Redis Cluster for the results: three masters, a replica each."""
+    nodes = RedisClusterNodes(tmp_path_factory.mktemp("webhooks-cluster")).start()
+    yield nodes
+    nodes.stop()
+
+
+def test_a_worker_killed_between_result_and_event_on_a_cluster_still_posts(
+    setup: Setup,
+    receiver: Receiver,
+    stand_in_workers: WorkerFactory,
+    cluster: RedisClusterNodes,
+) -> None:
+    """RESULT_URL on a real Redis Cluster: the result and the event are separate calls there.
+    A worker SIGKILLed right after storing a job's result, before its event
+    (TEST_KILL_AFTER_RESULT), left the intent the outbox keeps; a dispatcher appends the
+    event from it (EVENTS_SWEEP_AFTER later) and the webhook arrives, with the result."""
+    worker = stand_in_workers.start(RESULT_URL=cluster.url(), TEST_KILL_AFTER_RESULT="1")
+    with Client(setup.env["REDIS_URL"], result_url=cluster.url(), key_prefix=setup.prefix) as c:
+        task = c.submit("cat.jpg", webhook=receiver.base + "/killed")
+        wait_for(lambda: not worker.alive(), 60, "the worker to kill itself after the result")
+        assert worker.proc.returncode == -signal.SIGKILL
+        assert "TEST_KILL_AFTER_RESULT" in worker.log()
+        (stored,) = c._fetch([task])
+        assert stored.state == "SUCCESS"  # the result is there, on a replica too (WAIT)
+    store = ResultStoreConfig(cluster.url()).client()
+    stream = setup.prefix + EVENTS_STREAM
+    outbox = outbox_key(stream)
+    assert outbox is not None
+    try:
+        # Without the outbox this job would never be announced: no event, no webhook.
+        assert [f for _, f in store.xrange(stream) if f[b"id"] == task.encode()] == []
+        assert store.hget(outbox, f"job:{task}") is not None
+        d = setup.start(RESULT_URL=cluster.url(), EVENTS_SWEEP_AFTER="1")
+        (request,) = wait_for(lambda: receiver.to("/killed"), 30, "the webhook of the killed job")
+        body = verify(request)
+        assert body["id"] == task and body["state"] == "SUCCESS" and body["result"]["predictions"]
+        assert request.headers["webhook-id"] == f"job_{task}"
+        (event,) = [f for _, f in store.xrange(stream) if f[b"id"] == task.encode()]
+        assert event[b"state"] == b"SUCCESS" and event[b"webhook"] == b"%s/killed" % (
+            receiver.base.encode()
+        )
+        assert store.hlen(outbox) == 0
+        assert "appended 1 completion event(s) a worker stored the result of" in d.log()
+    finally:
+        for key in (stream, outbox):
+            store.delete(key)
+        store.close()
+
+
+def test_the_outbox_announces_what_a_dead_store_left_once(cluster: RedisClusterNodes) -> None:
+    """The steps of a cluster's store, as a worker killed part way leaves them: the intents and
+    the results written, then (for a group's job) the group counted, no event. The next run
+    of one job announces it although its state is not new; a dispatcher's sweep announces the
+    others and the group it completed; a late run after the sweep adds nothing. One event
+    each, the outbox empty."""
+    from celery import Celery
+
+    prefix = f"outbox{os.getpid()}:"
+    app = Celery("outbox", backend=f"worker.results_cluster:ClusterResultBackend+{cluster.url()}")
+    app.conf.update(
+        result_expires=600, result_backend_transport_options={"global_keyprefix": prefix}
+    )
+    backend = app.backend
+    assert isinstance(backend, ClusterResultBackend)
+    store = backend.client
+    stream = prefix + EVENTS_STREAM
+    box = outbox_key(stream)
+    assert box is not None
+    groups.create(store, "g1", ["c"], key_prefix=prefix, queue="celery", webhook="http://h/g")
+    notes = [
+        events.Note("a", queue="celery", webhook="http://h/a"),
+        events.Note("b", queue="celery", webhook="http://h/b"),
+        events.Note("c", queue="celery", group="g1"),
+    ]
+    values = [
+        (backend.get_key_for_task(n.task_id), json.dumps({"status": "SUCCESS"}), "SUCCESS")
+        for n in notes
+    ]
+
+    def announced() -> dict[str, int]:
+        found: dict[str, int] = {}
+        for _, f in store.xrange(stream):
+            name = f"{f[b'kind'].decode()}:{f[b'id'].decode()}"
+            found[name] = found.get(name, 0) + 1
+        return found
+
+    try:
+        backend._intend(notes)  # 1. the intents
+        backend._store_entries(values)  # 2. the results (and WAIT); killed before the events
+        group = events.Events(prefix).group_keys("g1")
+        assert backend._account(keys=group, args=["g1", "1.0", 600, "c", "SUCCESS"])[0] == 1
+        assert announced() == {} and store.hlen(box) == 4  # three jobs and the group
+        backend._store_entries(values[:1], notes[:1])  # a's message comes back
+        assert announced() == {"job:a": 1}
+        assert Sweeper(store, prefix, 1000, after=0.001).sweep() == 3  # b, c and the group
+        assert announced() == {"job:a": 1, "job:b": 1, "job:c": 1, "group:g1": 1}
+        swept = {f[b"id"]: f for _, f in store.xrange(stream)}
+        assert swept[b"b"][b"state"] == b"SUCCESS" and swept[b"b"][b"webhook"] == b"http://h/b"
+        assert swept[b"g1"][b"kind"] == b"group" and swept[b"g1"][b"succeeded"] == b"1"
+        backend._store_entries(values[1:2], notes[1:2])  # b's message comes back after all
+        assert announced() == {"job:a": 1, "job:b": 1, "job:c": 1, "group:g1": 1}
+        assert store.hlen(box) == 0
+    finally:
+        for key in (stream, box, *group, *(v[0] for v in values)):
+            store.delete(key)
+        app.close()

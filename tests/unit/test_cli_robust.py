@@ -35,6 +35,7 @@ from producer.errors import (
     ResultTimeout,
     UnknownGroup,
     UnknownModel,
+    UploadTooLarge,
 )
 from producer.exits import MEANINGS, ExitStatus, status_for
 from producer.jobs import EVENTS_STREAM
@@ -373,6 +374,7 @@ def test_each_error_ends_in_its_status() -> None:
         (QueueFull("q", 3, 3, 1), 5),
         (UnknownModel("m", []), 6),
         (InvalidSource("", 0, "empty"), 2),
+        (UploadTooLarge(0, 30, 20), 2),
         (ConfigError("REDIS_URL must start with redis://"), 2),
         (UnknownGroup("no group"), 2),
         (ResultTimeout("late"), 3),

@@ -1,4 +1,4 @@
-"""The modules of `worker` and `producer` import each other without cycles.
+"""The modules of `worker`, `producer` and `gateway` import each other without cycles.
 
 Every import counts: at the top, inside a function (a lazy import) and under TYPE_CHECKING
 alike, so that a lower module never reaches up to the one that drives it (it takes a callback
@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("worker", "producer")
+PACKAGES = ("worker", "producer", "gateway")
 
 
 def _modules(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
@@ -121,6 +121,13 @@ def test_the_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
     edges = graph()
     assert "worker.settings" in edges["worker.celery_app"]
     assert "worker.celery_app" in edges["worker"]  # under TYPE_CHECKING and in a function
+
+
+def test_the_gateway_never_imports_the_worker() -> None:
+    """It runs on a producer install (no torch): it reaches workers through Redis only."""
+    edges = graph()
+    reached = {m for name, found in edges.items() if name.startswith("gateway") for m in found}
+    assert reached and not [m for m in reached if m.split(".")[0] == "worker"]
 
 
 def test_find_cycle_names_the_cycle() -> None:

@@ -7,6 +7,7 @@ extra and setting they name is checked against this repository.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import re
@@ -17,6 +18,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import tomllib
@@ -123,6 +125,69 @@ def test_compose_webhooks_service() -> None:
     assert hooks["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
+# What a gateway reads from its environment: its own settings and the producer's Redis ones
+# (producer.connections).
+GATEWAY_ENV = {
+    "REDIS_URL",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_KEY_PREFIX",
+    "RESULT_URL",
+    "RESULT_SENTINEL_MASTER",
+}
+
+
+def gateway_env_names() -> set[str]:
+    from gateway.settings import GatewaySettings
+
+    return GATEWAY_ENV | {f.name.upper() for f in fields(GatewaySettings) if f.metadata}
+
+
+def acl_hash(user: str) -> str:
+    """The password hash of `user` in deploy/redis.conf."""
+    conf = (ROOT / "deploy/redis.conf").read_text()
+    found = re.search(rf"^user {user} on #([0-9a-f]{{64}}) ", conf, re.M)
+    assert found, f"no user {user} in deploy/redis.conf"
+    return found.group(1)
+
+
+def test_compose_gateway_service() -> None:
+    """`imgqueue serve` from the producer image with the gateway extra, as the gateway user,
+    its health check on a route the app has, published on the port it listens on."""
+    from producer.cli import build_parser
+
+    gateway = compose()["services"]["gateway"]
+    build = gateway["build"]
+    assert build["dockerfile"] == "Dockerfile.producer"
+    extras = build["args"]["EXTRAS"].split(",")
+    assert "gateway" in extras and "worker" not in extras  # no torch
+    assert set(extras) <= set(pyproject()["project"]["optional-dependencies"])
+    assert gateway["image"].startswith("imgqueue-producer:")
+    ns = build_parser().parse_args(gateway["command"])  # the image's entrypoint is `imgqueue`
+    assert ns.command == "serve" and ns.host == "0.0.0.0"
+    published = [p.rsplit(":", 1) for p in gateway["ports"]]
+    assert [int(inside) for _, inside in published] == [ns.port]
+    assert all(p[0].startswith("127.0.0.1:") for p in published)  # TLS goes in front
+    env = gateway["environment"]
+    assert set(env) <= gateway_env_names()
+    url = urlsplit(env["REDIS_URL"])
+    assert url.username == "gateway" and url.hostname == "redis"
+    assert hashlib.sha256((url.password or "").encode()).hexdigest() == acl_hash("gateway")
+    assert int(env["UPLOAD_MAX_BYTES"]) > 0
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    check = gateway["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"]
+    compile(check[3], "healthcheck", "exec")
+    assert f"http://127.0.0.1:{ns.port}/healthz" in check[3]
+    from gateway.routes.health import router  # included by gateway.app
+
+    assert "/healthz" in {getattr(route, "path", "") for route in router.routes}
+    # Longer than the gateway's own grace for requests in flight after SIGTERM.
+    from producer.serve_cli import SHUTDOWN_GRACE_S
+
+    grace = gateway["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > SHUTDOWN_GRACE_S
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.producer"])
 def test_dockerfile_copies_existing_paths(dockerfile: str) -> None:
     readme = pyproject()["project"]["readme"]
@@ -167,6 +232,28 @@ def test_producer_dockerfile_installs_no_torch() -> None:
     assert not any("[worker" in r or "torch" in r for r in runs)
     entry = next(rest for word, rest in steps if word == "ENTRYPOINT")
     assert entry == '["imgqueue"]' and "imgqueue" in pyproject()["project"]["scripts"]
+
+
+@pytest.mark.parametrize("extras,expected", [("", None), ("gateway", ".[gateway]")])
+def test_producer_dockerfile_installs_the_extras_asked_for(
+    extras: str, expected: str | None, tmp_path: Path
+) -> None:
+    """`--build-arg EXTRAS=gateway` adds the gateway extra on top of the base install; none
+    by default. The RUN line is run by sh with `pip` standing in as a script that records."""
+    steps = instructions("Dockerfile.producer")
+    assert ("ARG", 'EXTRAS=""') in steps
+    run = next(rest for word, rest in steps if word == "RUN" and "$EXTRAS" in rest)
+    (tmp_path / "pip").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\n')
+    (tmp_path / "pip").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "EXTRAS": extras}
+    done = subprocess.run(["sh", "-c", run], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    recorded = tmp_path / "pip.args"
+    if expected is None:
+        assert not recorded.exists()
+    else:
+        args = recorded.read_text().split("\n")[:-1]
+        assert args == ["install", "-c", "requirements/lock.txt", expected]
 
 
 def test_the_package_builds_without_a_warning_of_ours(tmp_path: Path) -> None:

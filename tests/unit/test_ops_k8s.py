@@ -4,9 +4,11 @@ manifests held to the code they run (settings, probe paths, ACL users, the scali
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import fields
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -146,7 +148,13 @@ def test_manifest_matches_the_kubernetes_schema(name: str, doc: dict[str, Any]) 
 def test_every_file_is_a_known_kind() -> None:
     kinds = {(d["apiVersion"], d["kind"]) for _, d in documents()}
     assert ("keda.sh/v1alpha1", "ScaledObject") in kinds
-    assert {k for _, k in kinds} >= {"Namespace", "Secret", "StatefulSet", "Deployment"}
+    assert {k for _, k in kinds} >= {
+        "Namespace",
+        "Secret",
+        "StatefulSet",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+    }
 
 
 def test_scaled_objects_match_kedas_crd() -> None:
@@ -299,3 +307,116 @@ def test_the_readme_lists_every_manifest() -> None:
     readme = (K8S / "README.md").read_text()
     for path in K8S.glob("*.yaml"):
         assert f"`{path.name}`" in readme, path.name
+
+
+# What a gateway reads from its environment: its own settings and the producer's Redis ones.
+GATEWAY_ENV = {
+    "REDIS_URL",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_KEY_PREFIX",
+    "RESULT_URL",
+    "RESULT_SENTINEL_MASTER",
+}
+
+
+def _size(text: str) -> int:
+    """A Kubernetes/nginx size (`25m`, `20Mi`, `1048576`) in bytes."""
+    found = re.fullmatch(r"(\d+)\s*([kKmMgG]i?)?", text)
+    assert found, text
+    unit = (found.group(2) or "").lower().rstrip("i")
+    return int(found.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+def test_gateway_deployment() -> None:
+    """`imgqueue serve` as the gateway Redis user, probes on routes the app has, non-root as
+    the image's user, and a grace period longer than the longest request."""
+    from gateway.routes import health
+    from gateway.settings import GatewaySettings
+    from producer.cli import build_parser
+    from producer.serve_cli import SHUTDOWN_GRACE_S
+
+    deployment = of_kind("Deployment")["imgqueue-gateway"]
+    c = container(deployment)
+    ns = build_parser().parse_args(c["args"])  # the image's entrypoint is `imgqueue`
+    assert ns.command == "serve" and ns.host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http"] == ns.port
+    paths = {getattr(route, "path", "") for route in health.router.routes}  # in gateway.app
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "http"}
+        assert path in paths
+    # The image compose builds for its gateway service (Dockerfile.producer, EXTRAS=gateway).
+    services = YAML(typ="safe").load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert c["image"] == services["gateway"]["image"]
+    gateway_env = GATEWAY_ENV | {f.name.upper() for f in fields(GatewaySettings) if f.metadata}
+    assert env_names(c) <= gateway_env
+    secret = next(e for e in c["env"] if e["name"] == "REDIS_URL")
+    assert secret["valueFrom"]["secretKeyRef"]["key"] == "gateway-url"
+    spec = deployment["spec"]["template"]["spec"]
+    # The preStop pause, then the gateway's own grace for requests in flight, within the pod's.
+    pause = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep"
+    assert spec["terminationGracePeriodSeconds"] > int(pause[1]) + SHUTDOWN_GRACE_S
+    # Non-root, as the image's own user; nothing to escalate to, nothing written but /tmp.
+    uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile.producer").read_text())
+    assert uid is not None
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == int(uid.group(1))
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp"}
+    # A multipart upload is held whole: the memory limit covers the largest one.
+    from gateway.uploads import MAX_FILES
+
+    upload_max = int(next(e["value"] for e in c["env"] if e["name"] == "UPLOAD_MAX_BYTES"))
+    assert _size(c["resources"]["limits"]["memory"]) > MAX_FILES * upload_max
+
+
+def test_gateway_secret_is_the_gateway_acl_user() -> None:
+    secret = of_kind("Secret")["imgqueue-redis"]["stringData"]
+    url = urlsplit(secret["gateway-url"])
+    assert url.username == "gateway"
+    acl = next(u for u in acl_users((ROOT / "deploy/redis.conf").read_text()) if " gateway " in u)
+    digest = hashlib.sha256((url.password or "").encode()).hexdigest()
+    assert f"#{digest} " in acl
+
+
+def test_gateway_service_and_autoscaler() -> None:
+    deployment = of_kind("Deployment")["imgqueue-gateway"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = of_kind("Service")["imgqueue-gateway"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    port_names = {p["name"] for p in container(deployment)["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    hpa = of_kind("HorizontalPodAutoscaler")["imgqueue-gateway"]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "imgqueue-gateway")
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    # Utilization is a share of the request: the container must have one.
+    assert container(deployment)["resources"]["requests"]["cpu"]
+
+
+def test_the_readmes_ingress_example() -> None:
+    """The Ingress deploy/k8s/README.md shows: valid, aimed at the gateway's Service, its body
+    limit at least one upload, and buffering off (event streams)."""
+    readme = (K8S / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    ingresses = [d for b in blocks for d in YAML(typ="safe").load_all(b) if d["kind"] == "Ingress"]
+    (ingress,) = ingresses
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(ingress, version, strict=True)
+    service = of_kind("Service")["imgqueue-gateway"]
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]
+            assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    notes = ingress["metadata"]["annotations"]
+    c = container(of_kind("Deployment")["imgqueue-gateway"])
+    upload_max = int(next(e["value"] for e in c["env"] if e["name"] == "UPLOAD_MAX_BYTES"))
+    assert _size(notes["nginx.ingress.kubernetes.io/proxy-body-size"]) >= upload_max
+    assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"

@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
-from producer import Client, InvalidWebhook, ProducerError, status
+from producer import Client, InvalidWebhook, ProducerError, status, tenants
+from producer.connections import RedisConfig
 from producer.jobs import (
     EVENT_FIELDS,
     EVENTS_STREAM,
@@ -34,6 +36,7 @@ from producer.webhooks import check_webhook
 from tests.support.cli import imgqueue
 from tests.support.messages import queued_messages
 from tests.support.paths import ROOT
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 from tests.support.webhooks import (
     SECRET,
@@ -45,6 +48,7 @@ from tests.support.webhooks import (
     verify,
 )
 from worker.errors import ConfigError
+from worker.outbox import outbox_key
 from worker.settings import Settings, webhook_keys
 from worker.webhooks import MAX_RETRY_DELAY, Delivery, retry_delay, sign
 
@@ -173,6 +177,29 @@ def test_an_event_becomes_one_delivery() -> None:
     group = Delivery.from_event({**fields, b"kind": b"group", b"total": b"3"})
     assert group is not None and group.extra == (("total", "3"),)
     assert Delivery.from_member(group.member()) == group
+
+
+def test_an_event_s_tenant_is_the_delivery_s() -> None:
+    fields = {b"id": b"t1", b"webhook": b"https://h/x", b"kind": b"job", b"tenant": b"acme"}
+    delivery = Delivery.from_event(fields)
+    assert delivery is not None and delivery.tenant == "acme" and delivery.extra == ()
+    assert Delivery.from_member(delivery.member()) == delivery
+    # A member written before tenants existed reads as no tenant.
+    old = json.loads(delivery.member())
+    del old["tenant"]
+    assert Delivery.from_member(json.dumps(old)).tenant == ""
+
+
+def test_the_outbox_shares_its_stream_s_hash_slot() -> None:
+    """A cluster's outbox and its stream are written by one script: one slot, whatever the
+    prefix (a hash tag in it included); a stray brace that would split them gives none."""
+    for prefix in ("", "app:", "{tenant7}:", "a{b}c:"):
+        stream = prefix + EVENTS_STREAM
+        key = outbox_key(stream)
+        assert key is not None and key != stream, prefix
+        assert key_slot(key.encode()) == key_slot(stream.encode()), prefix
+    assert outbox_key("a{b:" + EVENTS_STREAM) is None
+    assert outbox_key("x-{}-:" + EVENTS_STREAM) is None  # "{}": the whole name is hashed
 
 
 def test_the_dispatcher_imports_neither_celery_nor_torch() -> None:
@@ -372,3 +399,107 @@ def test_the_cli_takes_a_webhook(redis_url: str, redis_client: redis.Redis) -> N
     (message,) = queued_messages(redis_client, [queue])
     redis_client.delete(queue)
     assert _headers(message)[WEBHOOK_HEADER] == "http://h/in"
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """The dispatcher's /metrics samples, by name with labels."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_deliveries_reuse_kept_alive_connections(setup: Setup, receiver: Receiver) -> None:
+    """Forty deliveries to one receiver from two threads come over at most two connections
+    (the receiver sees the client ports), each signed as usual."""
+    for n in range(40):
+        setup.event(f"t-keep-{n}", receiver.base + "/ok")
+    port = free_port()
+    setup.start(WEBHOOK_CONCURRENCY="2", METRICS_PORT=str(port), METRICS_ADDR="127.0.0.1")
+    wait_for(lambda: len(receiver.to("/ok")) == 40, 30, "forty deliveries")
+    requests = receiver.to("/ok")
+    assert {verify(r)["id"] for r in requests} == {f"t-keep-{n}" for n in range(40)}
+    assert 1 <= len({r.port for r in requests}) <= 2, {r.port for r in requests}
+    made = _metrics(port)["imgqueue_webhook_connections_total"]
+    assert made == len({r.port for r in requests})
+
+
+def test_the_backlog_and_its_age_are_metrics(setup: Setup, receiver: Receiver) -> None:
+    """One thread held by a hanging receiver: the dispatcher leases two (one running, one
+    waiting for the thread) and the rest wait due; /metrics shows how many and for how long."""
+    for n in range(5):
+        setup.event(f"t-wait-{n}", receiver.base + "/hang")
+    port = free_port()
+    setup.start(
+        WEBHOOK_CONCURRENCY="1",
+        WEBHOOK_TIMEOUT="30",
+        METRICS_PORT=str(port),
+        METRICS_ADDR="127.0.0.1",
+    )
+    wait_for(lambda: receiver.to("/hang"), 20, "the first delivery")
+
+    def backlog() -> dict[str, float] | None:
+        got = _metrics(port)
+        keep = {k: v for k, v in got.items() if k.startswith("imgqueue_webhook_backlog")}
+        return keep if keep.get("imgqueue_webhook_backlog_age_seconds", 0) >= 1 else None
+
+    seen = wait_for(backlog, 20, "a backlog a second old")
+    assert seen['imgqueue_webhook_backlog{where="due"}'] == 3
+    assert seen['imgqueue_webhook_backlog{where="later"}'] == 2  # leased
+    assert seen['imgqueue_webhook_backlog{where="stream"}'] == 0  # all read and moved
+    assert seen["imgqueue_webhook_backlog_age_seconds"] < 20
+    assert len(receiver.to("/hang")) == 1
+    receiver.release.set()  # the receiver answers: everything goes
+    wait_for(lambda: len(receiver.to("/hang")) == 5, 30, "the rest")
+
+    def drained() -> bool:
+        got = _metrics(port)
+        return got["imgqueue_webhook_backlog_age_seconds"] == 0 and not any(
+            v for k, v in got.items() if k.startswith("imgqueue_webhook_backlog{")
+        )
+
+    wait_for(drained, 20, "an empty backlog")
+
+
+def test_each_tenant_s_deliveries_verify_only_with_its_own_secret(
+    setup: Setup, receiver: Receiver
+) -> None:
+    """An event's `tenant` picks the signing secret: the tenant's own (producer.tenants), not
+    WEBHOOK_SECRET nor another tenant's; no tenant, WEBHOOK_SECRET; a tenant that no longer
+    exists, a dead letter, never signed with another secret nor sent."""
+    config = RedisConfig(setup.env["REDIS_URL"], key_prefix=setup.prefix)
+    _, acme = tenants.create_key(setup.r, config, "acme")
+    _, globex = tenants.create_key(setup.r, config, "globex")
+    ids = {"acme": acme.new_id(), "globex": globex.new_id()}
+    setup.event(ids["acme"], receiver.base + "/acme", tenant="acme")
+    setup.event(ids["globex"], receiver.base + "/globex", tenant="globex")
+    setup.event("t-shared", receiver.base + "/shared", tenant="")
+    setup.event("t-gone", receiver.base + "/gone?token=x", tenant="initech")
+    d = setup.start()
+    wait_for(lambda: len(receiver.requests) == 3 and setup.dead(), 20, "3 deliveries, 1 dead")
+    (to_acme,), (to_globex,), (shared,) = (receiver.to(p) for p in ("/acme", "/globex", "/shared"))
+    secrets = {"acme": acme.webhook_secret, "globex": globex.webhook_secret, "shared": SECRET}
+    for name, request in (("acme", to_acme), ("globex", to_globex), ("shared", shared)):
+        for other, secret in secrets.items():
+            if other == name:
+                assert verify(request, secret)["id"] in (ids.get(name), "t-shared")
+            else:
+                with pytest.raises(AssertionError):
+                    verify(request, secret)
+    # The documented receiver takes a tenant's secret as it is.
+    namespace: dict[str, Any] = {}
+    exec(documented("python"), namespace)
+    assert (
+        namespace["verify"](acme.webhook_secret, to_acme.headers, to_acme.body)["id"] == ids["acme"]
+    )
+    (dead,) = setup.dead()
+    assert dead["reason"] == "tenant" and dead["tenant"] == "initech"
+    assert "tenant 'initech' no longer exists" in dead["error"] and dead["status"] is None
+    assert receiver.to("/gone?token=x") == []
+    assert acme.webhook_secret not in d.log() and globex.webhook_secret not in d.log()
