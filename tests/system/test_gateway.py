@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support import images
 from tests.support.gateway import Gateway, bearer, create_key
 from tests.support.paths import SAMPLES
 from tests.support.waiting import wait_for
@@ -106,3 +107,24 @@ def test_an_uploaded_image_is_classified(gateway: Gateway, key: str) -> None:
     assert answer.headers["location"] == f"/v1/jobs/{job}"
     done = get(gateway, key, f"/v1/jobs/{job}?wait=30")
     assert done["state"] == "SUCCESS" and len(done["result"]["predictions"]) == 3
+
+
+def test_an_uploaded_bomb_is_refused_by_the_decoder_and_nothing_else_is_lost(
+    gateway: Gateway, key: str
+) -> None:
+    """An upload reaches the same decode sandbox as any fetched image: a decompression bomb
+    (12 kB of PNG, 10000x10000 pixels) fails alone, and the job sent beside it succeeds."""
+    answer = requests.post(
+        f"{gateway.url}/v1/jobs",
+        files=[
+            ("file", ("bomb.png", images.bomb(), "image/png")),
+            ("file", ("cat.jpg", (SAMPLES / "cat.jpg").read_bytes(), "image/jpeg")),
+        ],
+        headers=bearer(key),
+        timeout=10,
+    )
+    assert answer.status_code == 202, answer.text
+    bomb_id, cat_id = answer.json()["ids"]
+    bomb = get(gateway, key, f"/v1/jobs/{bomb_id}?wait=30")
+    assert bomb["state"] == "FAILURE" and bomb["error"]["type"] == "TooLarge", bomb
+    assert get(gateway, key, f"/v1/jobs/{cat_id}?wait=30")["state"] == "SUCCESS"
