@@ -1,5 +1,5 @@
-"""`python -m bench.gateway [--singles N] [--lists M] [--rounds R] [--connections C]`: the HTTP
-gateway against the Python client, in one run.
+"""`python -m bench.gateway [--singles N] [--lists M] [--rounds R] [--connections 4,16]`: the
+HTTP gateway against the Python client, in one run.
 
 Starts a private redis-server (or uses REDIS_URL, under a key prefix of its own), one real
 gateway process (`imgqueue serve` on a free loopback port, its defaults: uvicorn, one process,
@@ -7,12 +7,13 @@ access log on) and an API key for a tenant of its own. The load comes from this 
 small asyncio HTTP/1.1 client with keep-alive connections and each request's bytes made once,
 so it costs the CPUs little beside the gateway. Measured, in this order:
 
-1. submit throughput, one source per request (POST /v1/jobs `{"source": ...}`, C connections
-   kept busy) against `Client.submit(source, tenant=...)` in a loop in this process, and lists
-   of 64 (`{"sources": [...64]}`) against `Client.submit_many(64 sources, tenant=...)`, rounds
-   alternating client and gateway; the jobs go to a queue no worker consumes, emptied after
-   every timing. Prints the medians, each ratio gateway / client (aims: 0.5 and 0.8), and what
-   the gateway process and redis-server spent in CPU per request.
+1. submit throughput, one source per request (POST /v1/jobs `{"source": ...}`, N connections
+   kept busy, for each N of --connections) against `Client.submit(source, tenant=...)` in a
+   loop in this process, and lists of 64 (`{"sources": [...64]}`) against
+   `Client.submit_many(64 sources, tenant=...)`, rounds alternating client and gateway; the
+   jobs go to a queue no worker consumes, emptied after every timing. Prints the medians, each
+   ratio gateway / client (aims: 0.5 and 0.8), and what the gateway process, redis-server and
+   this process (the Client's own work, or the load generator's) spent in CPU per request.
 2. GET /v1/jobs/{id} of finished jobs (their results stored as a worker stores them, with the
    worker's own result backend) at a fixed 200 requests/s for `--get-seconds`, each request
    sent on time whatever the others do (open loop): p50 and p99 of the time from when a request
@@ -44,7 +45,6 @@ from typing import Any
 
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "https://images.example.com/cat.jpg"  # never fetched: no worker reads the queue
 LIST = 64
 AIM_SINGLES, AIM_LISTS, AIM_GET_P99_MS = 0.5, 0.8, 10.0
@@ -295,8 +295,7 @@ def setup(redis_url: str | None, work: Path) -> Iterator[dict[str, Any]]:
     try:
         config = RedisConfig(redis_url, "", prefix)
         key, tenant = tenants.create_key(r, config, "bench-gateway")
-        env = {"REDIS_KEY_PREFIX": prefix} if prefix else {}
-        gateway = Gateway(redis_url, work / "gateway.log", **env).wait_ready()
+        gateway = Gateway(redis_url, work / "gateway.log", REDIS_KEY_PREFIX=prefix).wait_ready()
         yield {
             "redis_url": redis_url,
             "prefix": prefix,
