@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
 from gateway import idempotency, problems
 from gateway.body_limits import BodyLimits
@@ -30,6 +31,10 @@ a tenant sees only its own jobs and groups. Errors are RFC 9457 problem details
 """
 
 
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or load(GatewaySettings)
     app = FastAPI(
@@ -41,6 +46,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        # operationIds are the endpoints' names (submit, get_job, ...): what a generated
+        # client's methods are called.
+        generate_unique_id_function=_operation_id,
     )
     metrics = Metrics()
     app.state.metrics = metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.problems import Problem
@@ -24,7 +25,7 @@ bearer = HTTPBearer(
 )
 
 
-def authenticate(
+async def authenticate(
     resources: Res,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Tenant:
@@ -34,7 +35,10 @@ def authenticate(
             "send an API key: Authorization: Bearer <key>",
             headers={"WWW-Authenticate": 'Bearer realm="imgqueue"'},
         )
-    tenant = resources.keyring.authenticate(credentials.credentials)
+    # On the event loop while the key is cached (most requests); a thread only to ask Redis.
+    known, tenant = resources.keyring.cached(credentials.credentials)
+    if not known:
+        tenant = await run_in_threadpool(resources.keyring.authenticate, credentials.credentials)
     if tenant is None:
         raise Problem(
             401,

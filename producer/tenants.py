@@ -205,15 +205,23 @@ class Keyring:
         self.r, self.config, self.ttl = r, config, ttl
         self._cache: dict[str, tuple[float, Tenant | None]] = {}
 
+    def cached(self, key: str) -> tuple[bool, Tenant | None]:
+        """(known, tenant) from the cache alone, with no I/O: known False means ask
+        `authenticate`. A malformed key is known at once to have no tenant."""
+        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+            return True, None
+        hit = self._cache.get(hash_key(key))
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return True, hit[1]
+        return False, None
+
     def authenticate(self, key: str) -> Tenant | None:
         """The key's tenant, or None for a key that is unknown or revoked."""
-        if not key.startswith(KEY_PREFIX) or len(key) > 200:
-            return None
+        known, tenant = self.cached(key)
+        if known:
+            return tenant
         digest = hash_key(key)
         now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
         raw = self.r.hget(keys_key(self.config), digest)
         tenant = None
         if raw:
