@@ -138,6 +138,31 @@ def cmd_submit(client: Client, ns: argparse.Namespace) -> int:
     except ValueError as exc:  # --queue and --model disagree (no Redis was asked)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:
+        # Redis went away part way: the messages already sent will run, so their ids are
+        # printed (stdout, as on success) before the error is reported.
+        sent: list[str] = getattr(exc, "sent", [])
+        uncertain: list[str] = getattr(exc, "uncertain", [])
+        for task_id in uncertain:  # `imgqueue result ID` tells: PENDING forever if it never went
+            print(f"uncertain {task_id}", file=sys.stderr)
+        if sent:
+            group = getattr(exc, "group_id", None)
+            if group is not None:
+                print(f"group {group}", file=sys.stderr, flush=True)
+            for task_id in sent:
+                print(task_id, flush=True)
+            print(
+                f"{len(sent)} of {len(sources)} job(s) were sent before the error; their ids "
+                "are on stdout"
+                + (
+                    f" ({len(uncertain)} more may have been: 'uncertain' above)"
+                    if uncertain
+                    else ""
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
     group_id = getattr(ids, "group_id", None)
     if group_id is not None and not ns.wait:
         print(group_id, flush=True)  # its ids: `imgqueue results GROUP`

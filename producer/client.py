@@ -399,6 +399,7 @@ class Client:
         if tenant is not None:  # a bulk message's header holds for each of its images
             options["headers"] = {**options.get("headers", {}), TENANT_HEADER: tenant.name}
         reserved: list[str] = []
+        in_flight: list[str] = []
         try:
             if messages and model is not None:
                 self.models.check(model)
@@ -414,6 +415,7 @@ class Client:
             with self.celery.producer_or_acquire() as producer:
                 for start in range(0, len(messages), _PUBLISH_BATCH):
                     batch = slice(start, start + _PUBLISH_BATCH)
+                    in_flight = [i for chunk in planned[batch] for i in chunk]
                     ids += self._send_group(
                         producer, messages[batch], single, top_k, options, planned[batch]
                     )
@@ -422,10 +424,21 @@ class Client:
                 self._discard_group(group_id)
             # kombu wraps connection errors, and Redis' OOM refusal, in OperationalError.
             if is_out_of_memory(exc):
-                raise self.full_error() from exc
-            if isinstance(exc, redis.ResponseError):
+                error: Exception = self.full_error()
+            elif isinstance(exc, redis.ResponseError):
+                error = exc
+            else:
+                error = BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}")
+            # What went out before the failure: its jobs run, so the caller must be able to
+            # find them (`imgqueue submit` prints them).
+            done = set(ids)
+            error.sent = list(ids)  # type: ignore[attr-defined]
+            # The batch being sent when it failed: some of it may have reached Redis.
+            error.uncertain = [i for i in in_flight if i not in done]  # type: ignore[attr-defined]
+            error.group_id = group_id if ids else None  # type: ignore[attr-defined]
+            if error is exc:
                 raise
-            raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
+            raise error from exc
         finally:
             if tenant is not None and len(ids) < len(reserved):
                 # Whatever stopped the send, jobs never sent must not count against the quota.

@@ -52,7 +52,8 @@ MEANINGS: dict[ExitStatus, str] = {
         "Redis unreachable (or not Redis), results did not arrive in time, or another I/O error"
     ),
     ExitStatus.REDIS_FULL: (
-        "Redis is full (maxmemory reached with noeviction): nothing was submitted"
+        "Redis is full (maxmemory reached with noeviction): nothing was submitted, or only the "
+        "jobs whose ids were printed"
     ),
     ExitStatus.QUEUE_FULL: (
         "the queue is at the depth limit an operator set (`imgqueue limits`), or the tenant "

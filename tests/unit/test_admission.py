@@ -17,6 +17,7 @@ from producer.errors import BrokerUnavailable, QueueFull, RedisFull
 from producer.limits import Admission, get_limit, limits_key, set_limit
 from producer.memory import format_bytes, is_out_of_memory
 from tests.support.cli import imgqueue as cli
+from tests.support.messages import queued_messages
 from tests.support.redis_server import RedisServer, with_shipped_users
 
 
@@ -253,3 +254,21 @@ def test_shipped_producer_user_reads_limits_and_gets_redis_full(tmp_path: Path) 
     finally:
         admin.close()
         server.stop()
+
+
+def test_a_submit_cut_short_by_a_full_redis_prints_what_it_sent(
+    server: RedisServer, r: redis.Redis
+) -> None:
+    """Redis fills up part way through 3,000 single messages: the ones already sent will run,
+    so `imgqueue submit` prints their ids (stdout, as on success), names the batch whose fate
+    is unknown, and exits 4."""
+    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + (600 << 10))
+    sources = [f"http://127.0.0.1:9/{i}.jpg" for i in range(3000)]
+    done = cli(server.url(0), "submit", "--bulk-size", "1", *sources)
+    assert done.returncode == 4, done.stderr
+    printed = done.stdout.split()
+    uncertain = [x.split()[1] for x in done.stderr.splitlines() if x.startswith("uncertain ")]
+    queued = {json.loads(m)["headers"]["id"] for m in queued_messages(r, ["celery"])}
+    assert printed and len(printed) < 3000
+    assert set(printed) <= queued <= set(printed) | set(uncertain)
+    assert f"{len(printed)} of 3000 job(s) were sent before the error" in done.stderr
