@@ -25,9 +25,9 @@ fi
 stamp="$VENV/.installed-$stamp_of"
 if [ ! -f "$stamp" ]; then
     "$VENV/bin/pip" install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-    # --no-compile: Python compiles what is imported when it is first imported; compiling all
-    # of torch up front took half the install's time.
-    "$VENV/bin/pip" install --quiet --no-compile "${install[@]}" -e '.[worker,gateway,dev]' 2>&1 \
+    # Compiled at install (pip's default), not left to the first import: with
+    # PYTHONDONTWRITEBYTECODE set, as on these machines, every worker would compile torch again.
+    "$VENV/bin/pip" install --quiet "${install[@]}" -e '.[worker,gateway,dev]' 2>&1 \
         | grep -v '^WARNING: Location' || true
     "$VENV/bin/python" -c 'import torch, torchvision, celery, redis' # fail loudly if incomplete
     rm -f "$VENV"/.installed-*
