@@ -15,23 +15,12 @@ from pathlib import Path
 
 from bench import inprocess
 from bench.images import SAMPLES, SIZES, make_set
+from bench.machine import cpu_name
 from bench.quiet import wait_quiet
 from bench.report import Report, plot
 from bench.service import Cluster
 from worker.model.classifier import Classifier
 from worker.settings import Settings
-
-
-def cpu_name() -> str:
-    """What /proc/cpuinfo calls this CPU, to name beside absolute figures."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def parse_args() -> argparse.Namespace:

@@ -45,6 +45,8 @@ from typing import Any
 
 import redis
 
+from bench.machine import cpu_name
+
 SOURCE = "https://images.example.com/cat.jpg"  # never fetched: no worker reads the queue
 LIST = 64
 AIM_SINGLES, AIM_LISTS, AIM_GET_P99_MS = 0.5, 0.8, 10.0
@@ -55,17 +57,6 @@ RESULT = {
 }
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:\s*chunked", re.I)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def cpu_seconds(pid: int) -> float:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.images import SAMPLES, make_set
+from bench.machine import cpu_name
 from bench.quiet import wait_quiet
 from bench.service import Cluster
 from tests.support.workers import WorkerProcess
@@ -180,7 +181,7 @@ def main() -> None:
     args = p.parse_args()
     chosen = [(int(t), sp) for t, sp in (x.split(":") for x in args.settings.split(",") if x)]
     started = time.perf_counter()
-    print(f"torch threads {torch.get_num_threads()}; CPU: {_cpu()}")
+    print(f"torch threads {torch.get_num_threads()}; CPU: {cpu_name()}")
     if not args.skip_model:
         model_only(args.arch, args.rounds, args.repeats, args.quiet_wait, chosen)
     if not args.skip_service:
@@ -190,17 +191,6 @@ def main() -> None:
         f"\ntotal {time.perf_counter() - started:.0f}s, of which {sum(WAITED):.0f}s waiting for "
         f"other work to pass ({capped} of {len(WAITED)} timings began without a quiet moment)"
     )
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

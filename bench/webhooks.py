@@ -34,6 +34,8 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
+from bench.machine import cpu_name
+
 AIM = 1000.0  # deliveries per second, one dispatcher (issue 25)
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdef012").decode()
 RESULT = {
@@ -257,17 +259,6 @@ def _wait(check: Any, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the dispatcher or the receiver did not start")
         time.sleep(0.05)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
