@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -70,6 +71,20 @@ class Gateway:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self._log.close()
+
+
+@contextlib.contextmanager
+def prefixed_gateway(redis_url: str, log_path: Path, prefix: str, **env: str) -> Iterator[Gateway]:
+    """A ready gateway whose keys all start with `prefix` (REDIS_KEY_PREFIX), deleted after."""
+    gw = Gateway(redis_url, log_path, REDIS_KEY_PREFIX=prefix, **env).wait_ready()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        r = redis.Redis.from_url(redis_url)
+        for key in r.scan_iter(match=f"{prefix}*", count=1000):
+            r.delete(key)
+        r.close()
 
 
 def create_key(redis_url: str, tenant: str, *options: str, prefix: str = "") -> str:

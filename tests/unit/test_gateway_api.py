@@ -22,7 +22,7 @@ import requests
 from producer import tenants
 from producer.connections import RedisConfig
 from producer.keys import priority_lists
-from tests.support.gateway import Gateway, bearer, create_key, make_key
+from tests.support.gateway import Gateway, bearer, create_key, make_key, prefixed_gateway
 from tests.support.waiting import wait_for
 
 PREFIX = f"gwapi{os.getpid()}:"
@@ -31,14 +31,8 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture(scope="module")
 def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    gw = Gateway(redis_url, log, REDIS_KEY_PREFIX=PREFIX).wait_ready()
-    yield gw
-    gw.stop()
-    r = redis.Redis.from_url(redis_url)
-    for key in r.scan_iter(match=f"{PREFIX}*", count=1000):
-        r.delete(key)
-    r.close()
+    with prefixed_gateway(redis_url, tmp_path_factory.mktemp("gw") / "gw.log", PREFIX) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")

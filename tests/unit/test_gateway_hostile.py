@@ -21,7 +21,14 @@ import requests
 
 from producer import tenants
 from producer.connections import RedisConfig
-from tests.support.gateway import Gateway, bearer, make_key, raw_request, status_of
+from tests.support.gateway import (
+    Gateway,
+    bearer,
+    make_key,
+    prefixed_gateway,
+    raw_request,
+    status_of,
+)
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.redis_server import with_shipped_users
@@ -33,14 +40,9 @@ ORIGIN = "https://app.example.com"
 @pytest.fixture(scope="module")
 def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    env = {"REDIS_KEY_PREFIX": PREFIX, "BODY_TIMEOUT_S": "1", "CORS_ORIGINS": ORIGIN}
-    gw = Gateway(redis_url, log, **env).wait_ready()
-    yield gw
-    gw.stop()
-    r = redis.Redis.from_url(redis_url)
-    for key in r.scan_iter(match=f"{PREFIX}*", count=1000):
-        r.delete(key)
-    r.close()
+    env = {"BODY_TIMEOUT_S": "1", "CORS_ORIGINS": ORIGIN}
+    with prefixed_gateway(redis_url, log, PREFIX, **env) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")
