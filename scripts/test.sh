@@ -2,8 +2,7 @@
 # The test command: install (if needed), lint, then the whole suite against real processes.
 # The suite starts its own redis-server on a free port, so it never touches a shared Redis.
 #
-#   bash scripts/test.sh                          # the locked versions (requirements/lock.txt)
-#   bash scripts/test.sh [PYTEST ARGS]            # ... only what the arguments select
+#   bash scripts/test.sh [PYTEST ARGS]            # the locked versions (requirements/lock.txt)
 #   bash scripts/test.sh --latest [PYTEST ARGS]   # the newest versions pyproject.toml allows,
 #                                                 # in .venv-latest (also: LATEST=1)
 set -euo pipefail
@@ -42,19 +41,4 @@ fi
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
-if [ $# -gt 0 ]; then
-    exec "$VENV/bin/python" -m pytest "$@"
-fi
-# The whole suite: the unit tier (no worker processes, mostly CPU) runs beside the system tier
-# (real workers, mostly waiting on them) on the other core, at a lower priority so that it
-# never slows a system test's workers; its output follows the system tier's. Each run has its
-# own redis-server and temporary directory.
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-nice -n 10 "$VENV/bin/python" -m pytest tests/unit --basetemp "$tmp/unit" >"$tmp/unit.log" 2>&1 &
-unit=$!
-status=0
-"$VENV/bin/python" -m pytest tests/system --basetemp "$tmp/system" || status=$?
-wait "$unit" || status=$?
-cat "$tmp/unit.log"
-exit "$status"
+exec "$VENV/bin/python" -m pytest "$@"
