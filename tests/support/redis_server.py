@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import redis
 
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
+from tests.support.tcp import tcp_server
 from tests.support.waiting import wait_for
 
 
@@ -132,28 +132,8 @@ def fake_old_redis(version: str = "6.0.16") -> Iterator[int]:
                     reply = b"-ERR not a real Redis\r\n"
                 conn.sendall(reply)
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join(2)
-        listener.close()
+    with tcp_server(serve) as port:
+        yield port
 
 
 class SentinelCluster:

@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from tests.support.messages import queued_messages
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
+from tests.support.tcp import tcp_server
 
 DB = 12
 URL = "http://127.0.0.1:9/{}.jpg"  # never fetched: no worker runs here
@@ -128,11 +128,6 @@ def test_a_group_wait_that_times_out_shows_the_group_and_every_id(
 def loopback_server(reply: bytes | None) -> Iterator[str]:
     """A loopback TCP server that reads what each connection sends first, answers `reply`
     (None: nothing) and hangs up; yields a redis:// URL to it."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.settimeout(0.1)
-    stop = threading.Event()
 
     def serve(conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
@@ -144,22 +139,8 @@ def loopback_server(reply: bytes | None) -> Iterator[str]:
             while conn.recv(65536):  # until the client hangs up: no reset loses the reply
                 pass
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-    finally:
-        stop.set()
-        thread.join(2)
-        listener.close()
+    with tcp_server(serve) as port:
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture(scope="module")
