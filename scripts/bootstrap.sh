@@ -27,7 +27,7 @@ if [ ! -f "$stamp" ]; then
     "$VENV/bin/pip" install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
     # Compiled at install (pip's default), not left to the first import: with
     # PYTHONDONTWRITEBYTECODE set, as on these machines, every worker would compile torch again.
-    "$VENV/bin/pip" install --quiet "${install[@]}" -e '.[worker,gateway,dev]' 2>&1 \
+    "$VENV/bin/pip" install --quiet "${install[@]}" -e '.[worker,gateway,objects,parquet,dev]' 2>&1 \
         | grep -v '^WARNING: Location' || true
     "$VENV/bin/python" -c 'import torch, torchvision, celery, redis' # fail loudly if incomplete
     rm -f "$VENV"/.installed-*

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Refresh requirements/lock.txt: every package that bootstrap.sh, .ci/run and the Dockerfiles
-# install (the base, worker, gateway, render and dev extras), each pinned, resolved by pip-tools'
+# install (the base, worker, gateway, render, objects, parquet and dev extras), each pinned, resolved by pip-tools'
 # pip-compile from pyproject.toml's ranges. The lock is a pip requirements file: pip (not uv or
 # poetry) reads it, so torch still comes from wherever pip finds it (this machine's disk here).
 #
@@ -27,7 +27,7 @@ fi
 # No index or find-links lines: the lock names versions, not where this machine found them.
 CUSTOM_COMPILE_COMMAND="bash scripts/lock.sh" "$TOOLS/bin/pip-compile" --quiet "${upgrade[@]}" \
     --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
-    --extra worker --extra gateway --extra render --extra dev \
+    --extra worker --extra gateway --extra render --extra objects --extra parquet --extra dev \
     --output-file requirements/lock.txt "$@" pyproject.toml 2>&1 | grep -v '^WARNING: Location' || true
 grep -q '^torch==' requirements/lock.txt  # fail loudly if the resolve did not finish
 echo "requirements/lock.txt: $(grep -c '==' requirements/lock.txt) packages pinned"

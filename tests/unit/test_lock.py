@@ -14,7 +14,7 @@ from tests.support.paths import ROOT
 
 LOCK = ROOT / "requirements" / "lock.txt"
 # What bootstrap.sh, .ci/run and the Dockerfiles install: the base and these extras.
-LOCKED_EXTRAS = ("worker", "gateway", "render", "dev")
+LOCKED_EXTRAS = ("worker", "gateway", "render", "objects", "parquet", "dev")
 
 
 def pins() -> dict[str, Version]:
