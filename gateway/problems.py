@@ -27,6 +27,7 @@ from producer.errors import (
     BrokerUnavailable,
     Forbidden,
     InvalidSource,
+    ObjectStoreError,
     ProducerError,
     QueueFull,
     RedisFull,
@@ -167,6 +168,10 @@ def from_error(exc: BaseException) -> Problem | None:
         log.warning("Redis cannot be reached: %s", exc)
         retry = {"Retry-After": str(RETRY_UNAVAILABLE_S)}
         return Problem(503, "Redis cannot be reached; try again later", headers=retry)
+    if isinstance(exc, ObjectStoreError):  # UPLOAD_URL's store: the operator's to fix
+        log.warning("the upload store failed: %s", exc)
+        retry = {"Retry-After": str(RETRY_UNAVAILABLE_S)}
+        return Problem(503, "the upload store (UPLOAD_URL) failed; try again later", headers=retry)
     if isinstance(exc, ProducerError):
         return Problem(422, str(exc))
     return None

@@ -37,6 +37,7 @@ def lifespan(settings: GatewaySettings) -> Callable[[FastAPI], AbstractAsyncCont
             result_sentinel_master=settings.result_sentinel_master,
             upload_max_bytes=settings.upload_max_bytes,
             upload_ttl_s=settings.upload_ttl_s,
+            upload_url=settings.upload_url or None,
         )
         wakeups = Wakeups(client.result_config)
         keyring = Keyring(client.redis, client.config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from producer.jobs import UPLOAD_MAX_BYTES, UPLOAD_TTL_S
+from producer.objects import is_object_url
 from producer.settings import SettingError, env, names
 
 DEFAULT_HOST = "127.0.0.1"
@@ -61,6 +62,14 @@ class GatewaySettings:
         " SourceNotFound",
         shown=f"`{UPLOAD_TTL_S}` (24 h)",
     )
+    upload_url: str = env(
+        "",
+        str,
+        "`s3://bucket/prefix` (or `gs://`, `az://`): uploaded images are PUT to"
+        " `<prefix>/<task id>` there, and that URL is the job's source, instead of Redis;"
+        " workers read it with their own credentials, and nothing deletes it (docs/objects.md)",
+        shown="unset (Redis)",
+    )
     sse_keepalive_s: float = env(
         15.0,
         float,
@@ -85,6 +94,10 @@ class GatewaySettings:
             raise SettingError("UPLOAD_MAX_BYTES must be 1 or more")
         if self.upload_ttl_s < 1:
             raise SettingError("UPLOAD_TTL_S must be 1 or more seconds")
+        if self.upload_url and not is_object_url(self.upload_url):
+            raise SettingError(
+                f"UPLOAD_URL must be an s3://, gs:// or az:// URL, got {self.upload_url!r}"
+            )
         if not 0 < self.sse_keepalive_s <= 300:
             raise SettingError("SSE_KEEPALIVE_S must be within 0..300 seconds (above 0)")
         for origin in self.cors_origins:

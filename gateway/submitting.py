@@ -24,6 +24,7 @@ from gateway.schemas import SubmitOptions, SubmitRequest, Submitted
 from gateway.settings import GatewaySettings
 from producer.contract import source_problem
 from producer.errors import ProducerError
+from producer.objects import is_prefix
 from producer.tenants import Tenant
 
 log = logging.getLogger("imgqueue.gateway")
@@ -107,6 +108,9 @@ def answer(resources: Resources, tenant: Tenant, submission: Submission, key: st
 def submit(resources: Resources, tenant: Tenant, submission: Submission) -> Answer:
     for index, source in enumerate(submission.sources):
         problem = source_problem(source) if isinstance(source, str) else None
+        if problem is None and isinstance(source, str) and is_prefix(source):
+            # Listed with the gateway's credentials, it would show any tenant the bucket's keys.
+            problem = "a prefix (ending in /) is listed by `imgqueue submit`, not the gateway"
         if problem is not None:
             where = submission.field if submission.single else f"sources.{index}"
             raise problems.Problem(

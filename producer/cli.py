@@ -1,4 +1,4 @@
-"""Command line: `python -m producer submit|result|results|events|cancel|status|limits|
+"""Command line: `python -m producer submit|batch|result|results|events|cancel|status|limits|
 dead-letters|model ...` (also `imgqueue`).
 
 Exit status (the table in producer/exits.py):
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from producer import groups
+from producer.batch_cli import add_subparser as add_batch
 from producer.cancel import add_subparser as add_cancel
 from producer.cancel import parse_deadline
 from producer.client import DEFAULT_BULK_SIZE, Client, Outcome
@@ -38,6 +39,7 @@ from producer.groups import add_subparser as add_results
 from producer.keys_cli import add_subparser as add_keys
 from producer.model_cli import add_subparser as add_model
 from producer.model_cli import served_name
+from producer.objects import is_prefix
 from producer.render import add_subparser as add_render
 from producer.serve_cli import add_subparser as add_serve
 from producer.settings import ReportSettings, SettingError, load
@@ -135,24 +137,27 @@ def cmd_submit(client: Client, ns: argparse.Namespace) -> int:
             deadline=ns.deadline,
             group=ns.group,
         )
-    except ValueError as exc:  # --queue and --model disagree (no Redis was asked)
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except Exception as exc:
-        # Redis went away part way: the messages already sent will run, so their ids are
-        # printed (stdout, as on success) before the error is reported.
+        if isinstance(exc, ValueError) and not getattr(exc, "sent", None):
+            # --queue and --model disagree, a bad source: nothing was sent
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        # Redis went away part way, or a listing failed: the messages already sent will run,
+        # so their ids are printed (stdout, as on success) before the error is reported.
         sent: list[str] = getattr(exc, "sent", [])
         uncertain: list[str] = getattr(exc, "uncertain", [])
         for task_id in uncertain:  # `imgqueue result ID` tells: PENDING forever if it never went
             print(f"uncertain {task_id}", file=sys.stderr)
         if sent:
+            # A prefix's objects are counted as they are listed: the total is not known.
+            of_total = "" if any(map(is_prefix, sources)) else f" of {len(sources)}"
             group = getattr(exc, "group_id", None)
             if group is not None:
                 print(f"group {group}", file=sys.stderr, flush=True)
             for task_id in sent:
                 print(task_id, flush=True)
             print(
-                f"{len(sent)} of {len(sources)} job(s) were sent before the error; their ids "
+                f"{len(sent)}{of_total} job(s) were sent before the error; their ids "
                 "are on stdout"
                 + (
                     f" ({len(uncertain)} more may have been: 'uncertain' above)"
@@ -163,6 +168,9 @@ def cmd_submit(client: Client, ns: argparse.Namespace) -> int:
                 flush=True,
             )
         raise
+    if not ids:
+        print("error: no sources to submit: no image under the prefixes given", file=sys.stderr)
+        return EXIT_USAGE
     group_id = getattr(ids, "group_id", None)
     if group_id is not None and not ns.wait:
         print(group_id, flush=True)  # its ids: `imgqueue results GROUP`
@@ -502,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--json", action="store_true", help="one JSON object")
     lim.set_defaults(func=cmd_limits)
     add_cancel(sub, expand_sources)
+    add_batch(sub, _top_k, _priority, _bulk_size, served_name)
     add_results(sub)
     add_events(sub)
     add_model(sub)

@@ -12,7 +12,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
@@ -22,8 +22,8 @@ from celery import Celery
 from kombu.exceptions import BatchPublishError, OperationalError
 from redis.exceptions import RedisClusterException
 
-from producer import events, groups, tenants
-from producer.cancel import CancelResult, deadline_at
+from producer import events, groups, objects, tenants
+from producer.cancel import MAX_ID_CHARS, CancelResult, deadline_at, valid_id
 from producer.cancel import cancel as cancel_jobs
 from producer.connections import (
     RedisConfig,
@@ -81,6 +81,8 @@ _WAIT_WINDOW = 128
 _WAIT_ENOUGH = 8
 # Messages per pipelined publish round trip (submit_many).
 _PUBLISH_BATCH = 200
+# Sources per submit while a prefix is listed: sent as they come, never held whole.
+_LISTING_WINDOW = 4096
 # Client.wait subscribes to the result channels of at most this many jobs.
 _LISTEN_AT_MOST = 64
 DEFAULT_BULK_SIZE = 64
@@ -209,6 +211,7 @@ class Client:
         result_sentinel_master: str | None = None,
         upload_max_bytes: int | None = None,
         upload_ttl_s: int | None = None,
+        upload_url: str | None = None,
     ) -> None:
         """`redis_url`, `sentinel_master` and `key_prefix` default to REDIS_URL,
         REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX (see producer.connections). `bulk_size`:
@@ -218,12 +221,15 @@ class Client:
         `result_sentinel_master` (default RESULT_SENTINEL_MASTER) for a sentinel:// one.
         `upload_max_bytes` (default UPLOAD_MAX_BYTES, else 20 MiB) caps each image submitted as
         bytes; `upload_ttl_s` (default UPLOAD_TTL_S, else 24 h) is how long its bytes wait in
-        Redis for a worker."""
+        Redis for a worker. `upload_url` (`s3://bucket/prefix`, `gs://`, `az://`): bytes are
+        PUT to `<prefix>/<task id>` there instead, and that URL is the job's source (the
+        objects stay: a lifecycle rule expires them; docs/objects.md)."""
         if not 1 <= bulk_size <= MAX_BULK_IMAGES:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
         self.bulk_size = bulk_size
         self.upload_max_bytes = _positive(upload_max_bytes, "UPLOAD_MAX_BYTES", UPLOAD_MAX_BYTES)
         self.upload_ttl_s = _positive(upload_ttl_s, "UPLOAD_TTL_S", UPLOAD_TTL_S)
+        self.upload_url = _upload_prefix(upload_url)
         try:
             self.config = RedisConfig.from_env(
                 url=redis_url, sentinel_master=sentinel_master, key_prefix=key_prefix
@@ -290,7 +296,10 @@ class Client:
         when None) to 9 (lowest). `model` routes to that model's workers (queue `model.<name>`;
         "" is the default model, on `celery`), and raises UnknownModel, sending nothing, when
         no worker of it has registered. `webhook`, `deadline`, `tenant`: see `submit_many`.
+        InvalidSource for an object-store prefix (`s3://bucket/photos/`): `submit_many` lists it.
         """
+        if isinstance(source, str) and objects.is_prefix(source):
+            raise InvalidSource(source, 0, "a prefix names many objects: submit_many lists it")
         ids = self.submit_many(
             [source],
             top_k=top_k,
@@ -316,6 +325,7 @@ class Client:
         webhook: str | None = None,
         deadline: float | datetime | None = None,
         tenant: tenants.Tenant | None = None,
+        task_ids: Sequence[str] | None = None,
     ) -> list[str]:
         """Enqueue many sources over one connection; returns their task ids in order.
 
@@ -341,9 +351,10 @@ class Client:
         Image bytes (`bytes`, or a binary file object, read to its end here) may stand among
         the sources: each is stored on the broker's Redis for its job (`imgqueue:upload:<id>`,
         expiring after `upload_ttl_s`), all in one round trip before any message is sent, and
-        its job's source is `upload:<id>`. UploadTooLarge (a ValueError) for one over
-        `upload_max_bytes`, InvalidSource for an empty one, sending nothing. Where sending
-        fails, the bytes of the jobs not sent are deleted.
+        its job's source is `upload:<id>` (with the client's `upload_url`, each is PUT to its
+        object there instead, and the job's source is that object's URL). UploadTooLarge (a
+        ValueError) for one over `upload_max_bytes`, InvalidSource for an empty one, sending
+        nothing. Where sending fails, the bytes of the jobs not sent are deleted.
 
         Up to `bulk_size` (default: the client's) sources travel in one `classify_many`
         message; each still gets its own task id, result and state, read as for `submit`.
@@ -356,11 +367,69 @@ class Client:
         TenantQuotaExceeded when they would take its unfinished jobs past its `max_queued`
         (producer.tenants.reserve), sending nothing either way.
 
+        `task_ids`: the ids to use, one per source, instead of new ones (`imgqueue batch`'s
+        `<batch>-<index>`): sending a job again under its own id runs it at most once more,
+        and its stored final state is never replaced. ValueError, sending nothing, for a count
+        that differs from the sources', a repeated id, one a worker would refuse (empty, over
+        MAX_ID_CHARS characters, not printable), or with a `tenant` (whose ids it makes).
+
         Raises UnknownModel, before sending anything, when no worker of `model` has registered
         (producer.models); QueueFull when the messages would take the queue past its depth
         limit (producer.limits); RedisFull when Redis is at maxmemory (noeviction);
         BrokerUnavailable when it cannot be reached.
+
+        Object-store prefixes (`s3://bucket/photos/`, `gs://`, `az://`: a URL ending in "/")
+        among `sources` are listed page by page (producer.objects, with the producer's own
+        credentials and S3_ENDPOINT_URL) and the images under them (by extension, as a
+        directory's) submitted in their place, in the store's order; one object's URL is a
+        source as it is. A listing is never held whole: its jobs are sent every 4096
+        sources as the listing goes, so an error part way (ObjectNotFound for
+        a bucket that does not exist, ObjectAccessDenied, ObjectStoreError, or any above)
+        carries in `sent` the ids already sent. `group=True` and `task_ids` plan every id
+        first, so they hold the listing.
         """
+        given: dict[str, Any] = dict(
+            top_k=top_k,
+            queue=queue,
+            priority=priority,
+            bulk_size=bulk_size,
+            model=model,
+            group=group,
+            webhook=webhook,
+            deadline=deadline,
+            tenant=tenant,
+            task_ids=task_ids,
+        )
+        expansion = objects.Expansion(sources)
+        if group or task_ids is not None:  # every id is planned before the first is sent
+            return self._submit_all(list(expansion), **given)
+        ids: list[str] = []
+        try:
+            for window in _windows(expansion, _LISTING_WINDOW):
+                ids += self._submit_all(window, **given)
+        except Exception as exc:
+            if ids:  # earlier windows' jobs run: the caller must be able to find them
+                exc.sent = [*ids, *getattr(exc, "sent", [])]  # type: ignore[attr-defined]
+            raise
+        return ids
+
+    def _submit_all(
+        self,
+        sources: Iterable[Source],
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        queue: str | None = None,
+        priority: int | None = None,
+        bulk_size: int | None = None,
+        model: str | None = None,
+        group: bool = False,
+        webhook: str | None = None,
+        deadline: float | datetime | None = None,
+        tenant: tenants.Tenant | None = None,
+        task_ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """submit_many's sources, prefixes already listed: every id is planned and every
+        source checked before anything is sent."""
         check_priority(priority)
         hook = None if webhook is None else check_webhook(webhook)
         at = deadline_at(deadline)
@@ -375,10 +444,13 @@ class Client:
         # Every id is planned here, once, before anything is sent: a group lists them before
         # any of its jobs can end, and an upload's source names its job's id.
         new_id = tenant.new_id if tenant is not None else _new_id
-        planned_ids = [new_id() for _ in given]
+        if task_ids is None:
+            planned_ids = [new_id() for _ in given]
+        else:
+            planned_ids = _given_ids(task_ids, given, tenant)
         uploads = {t: s for t, s in zip(planned_ids, given, strict=True) if isinstance(s, bytes)}
         listed = [
-            upload_source(t) if t in uploads else str(s)
+            self._upload_source(t) if t in uploads else str(s)
             for t, s in zip(planned_ids, given, strict=True)
         ]
         ids: list[str] = []
@@ -449,8 +521,17 @@ class Client:
                 self._discard_uploads([t for t in uploads if t not in sent])
         return ids if group_id is None else groups.GroupIds(ids, group_id)
 
+    def _upload_source(self, task_id: str) -> str:
+        """An upload's source: its object's URL under `upload_url`, else `upload:<id>`."""
+        return f"{self.upload_url}/{task_id}" if self.upload_url else upload_source(task_id)
+
     def _store_uploads(self, uploads: dict[str, bytes]) -> None:
-        """Each upload's bytes at its key, with UPLOAD_TTL_S, in one pipelined round trip."""
+        """Each upload's bytes at its key, with UPLOAD_TTL_S, in one pipelined round trip; or
+        each PUT to its object under `upload_url`."""
+        if self.upload_url:
+            for task_id, data in uploads.items():
+                objects.put_bytes(self._upload_source(task_id), data)
+            return
         pipe = self.redis.pipeline(transaction=False)
         for task_id, data in uploads.items():
             pipe.set(self.config.key_prefix + upload_key(task_id), data, ex=self.upload_ttl_s)
@@ -466,7 +547,11 @@ class Client:
 
     def _discard_uploads(self, task_ids: list[str]) -> None:
         """Best effort: uploads whose jobs were never sent (they would expire anyway)."""
-        if task_ids:
+        if task_ids and self.upload_url:
+            for task_id in task_ids:
+                with contextlib.suppress(ProducerError):
+                    objects.delete(self._upload_source(task_id))
+        elif task_ids:
             with contextlib.suppress(redis.RedisError, OSError):
                 self.redis.delete(*[self.config.key_prefix + upload_key(t) for t in task_ids])
 
@@ -822,6 +907,25 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _given_ids(
+    ids: Sequence[str], given: list[str | bytes], tenant: tenants.Tenant | None
+) -> list[str]:
+    """`submit_many(task_ids=)` checked: ValueError for any a worker would refuse."""
+    out = list(ids)
+    if tenant is not None:
+        raise ValueError("task_ids cannot be given with a tenant: its jobs' ids are the tenant's")
+    if len(out) != len(given):
+        raise ValueError(f"{len(out)} task_ids given for {len(given)} sources")
+    if len(set(out)) != len(out):
+        raise ValueError("task_ids must not repeat")
+    for task_id in out:
+        if not valid_id(task_id):
+            raise ValueError(
+                f"task id {task_id!r} must be a printable string of 1..{MAX_ID_CHARS} characters"
+            )
+    return out
+
+
 def _check_tenant(tenant: tenants.Tenant, queue: str, model: str | None) -> None:
     """Forbidden, before anything is sent, for a queue or model the tenant may not use."""
     if not tenant.may_use_queue(queue):
@@ -907,6 +1011,30 @@ def _read_file(file: IO[bytes], index: int, limit: int) -> bytes:
     if len(buf) > limit:
         raise UploadTooLarge(index, None, limit)
     return bytes(buf)
+
+
+def _upload_prefix(url: str | None) -> str:
+    """`upload_url` without its trailing "/"; ConfigError for one that is not an object URL."""
+    if not url:
+        return ""
+    try:
+        objects.parse(url)
+    except ValueError as exc:
+        raise ConfigError(f"upload_url: {exc}") from None
+    return url.rstrip("/")
+
+
+def _windows(expansion: objects.Expansion[Source], size: int) -> Iterator[list[Source | str]]:
+    """The sources in one list, or once a prefix is met, in lists of `size` as listed."""
+    window: list[Source | str] = []
+    yielded = False
+    for source in expansion:
+        window.append(source)
+        if expansion.listed and len(window) >= size:
+            yield window
+            window, yielded = [], True
+    if window or not yielded:
+        yield window
 
 
 def _shaped(ids: list[str], messages: list[list[str]]) -> list[list[str]]:

@@ -44,8 +44,9 @@ RESULT_KEY_PREFIX = "celery-task-meta-"
 ERROR_TYPES: dict[str, str] = {
     "InvalidArguments": "the task was called with arguments outside the contract",
     "SourceNotAllowed": "the source is a forbidden scheme, address, or a path outside IMAGE_ROOT",
-    "SourceNotFound": "the file does not exist or the URL answered 404/410",
-    "FetchFailed": "the URL could not be fetched (network error, timeout, HTTP error)",
+    "SourceNotFound": "the file, object or bucket does not exist, or the URL answered 404/410",
+    "FetchFailed": "the URL or object could not be fetched (network error, timeout, HTTP error, "
+    "access denied)",
     "TooLarge": "the image is over the byte or pixel limit, or needs more memory to decode "
     "than DECODE_MEMORY_LIMIT",
     "DecodeTimeout": "decoding the image took longer than its deadline (a costly or crafted file)",

@@ -156,3 +156,31 @@ class TenantQuotaExceeded(ProducerError):
         self.limit = limit
         self.adding = adding
         self.retry_after = retry_after
+
+
+class ObjectStoreError(ProducerError):
+    """Raised when an object store (`s3://`, `gs://`, `az://`; producer/objects.py) fails a
+    listing, read or write: unreachable, timed out, or an error status. `url` is the object or
+    prefix asked for. Subclasses say when retrying the same call cannot help."""
+
+    def __init__(self, message: str, url: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ObjectNotFound(ObjectStoreError):
+    """Raised when the bucket, or the object read, does not exist."""
+
+
+class ObjectAccessDenied(ObjectStoreError):
+    """Raised when the credentials may not list, read or write there, or none were found."""
+
+
+class ObjectsNotInstalled(ConfigError):
+    """Raised on meeting an object-store URL without obstore installed (the `objects` extra)."""
+
+
+class BatchConflict(ConfigError):
+    """Raised by `imgqueue batch` (producer/batch.py) before anything is sent or overwritten:
+    an --out that is not this batch's own (a user's file, another batch's output), a batch to
+    resume that is not there, or sources that changed since the batch began."""

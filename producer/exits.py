@@ -15,6 +15,8 @@ from producer.errors import (
     ConfigError,
     Forbidden,
     InvalidSource,
+    ObjectAccessDenied,
+    ObjectNotFound,
     ProducerError,
     QueueFull,
     RedisFull,
@@ -46,10 +48,12 @@ MEANINGS: dict[ExitStatus, str] = {
     ),
     ExitStatus.USAGE: (
         "usage error: a bad argument or source, a malformed REDIS_URL or RESULT_URL, an "
-        "unknown group, a queue or model the tenant may not use"
+        "unknown group, a queue or model the tenant may not use, an object-store bucket that "
+        "does not exist or may not be listed"
     ),
     ExitStatus.UNAVAILABLE: (
-        "Redis unreachable (or not Redis), results did not arrive in time, or another I/O error"
+        "Redis unreachable (or not Redis), results did not arrive in time, or another I/O error "
+        "(an object store unreachable included)"
     ),
     ExitStatus.REDIS_FULL: (
         "Redis is full (maxmemory reached with noeviction): nothing was submitted, or only the "
@@ -83,6 +87,8 @@ ERRORS: tuple[tuple[type[BaseException], ExitStatus], ...] = (
     (ConfigError, ExitStatus.USAGE),
     (UnknownGroup, ExitStatus.USAGE),
     (Forbidden, ExitStatus.USAGE),
+    (ObjectNotFound, ExitStatus.USAGE),
+    (ObjectAccessDenied, ExitStatus.USAGE),
     (ProducerError, ExitStatus.UNAVAILABLE),
     (RedisError, ExitStatus.UNAVAILABLE),
     (RedisClusterException, ExitStatus.UNAVAILABLE),

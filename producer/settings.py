@@ -106,3 +106,26 @@ class ReportSettings(DeliverySettings):
         "the queues to report, comma separated, even with no worker (those a live worker"
         " consumes and those of registered models are found by themselves)",
     )
+
+
+def _endpoint(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ObjectStoreSettings:
+    """Object stores (`s3://`, `gs://`, `az://`; docs/objects.md), for workers and producers.
+
+    Read alike by workers, producers and the gateway; credentials are each store's own
+    environment variables (`AWS_ACCESS_KEY_ID`, ...), not settings of this project."""
+
+    s3_endpoint_url: str = env(
+        "",
+        _endpoint,
+        "an S3-compatible endpoint for `s3://` URLs (MinIO, Ceph, R2, a test server), e.g."
+        " `http://minio:9000`; `http://` allows plain HTTP. Unset: AWS (`AWS_ENDPOINT_URL_S3`"
+        " or `AWS_ENDPOINT_URL` where set), in `AWS_REGION`",
+        shown="AWS",
+    )

@@ -12,6 +12,7 @@ from producer import Client
 from tests.support.http_server import http_server
 from tests.support.paths import ROOT, SAMPLES
 from tests.support.redis_server import RedisServer
+from tests.support.s3 import s3, s3_env  # noqa: F401  (the loopback S3's fixtures)
 from tests.support.workers import WorkerFactory
 
 

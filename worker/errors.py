@@ -24,11 +24,12 @@ class SourceNotAllowed(ClassifyError):
 
 
 class SourceNotFound(ClassifyError):
-    """Raised when a file does not exist or a URL answers 404 or 410."""
+    """Raised when a file, object or bucket does not exist, or a URL answers 404 or 410."""
 
 
 class FetchFailed(ClassifyError):
-    """Raised when a URL cannot be fetched: network error, timeout or an HTTP error status."""
+    """Raised when a URL or object cannot be fetched: network error, timeout, an HTTP error
+    status, or an object store's refusal (access denied, no credentials)."""
 
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)

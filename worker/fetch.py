@@ -1,5 +1,5 @@
-"""Getting a source's bytes: local files (worker.files), uploads (worker.uploads) and SSRF-safe
-HTTP(S).
+"""Getting a source's bytes: local files (worker.files), uploads (worker.uploads), objects in
+s3://, gs:// and az:// stores (worker.objects) and SSRF-safe HTTP(S).
 
 URL fetches resolve the host themselves, refuse non-public addresses unless allow-listed, and
 connect to exactly the vetted address (TLS still checks the host name), so a DNS answer that
@@ -25,11 +25,13 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from producer.objects import SCHEMES as OBJECT_SCHEMES
 from producer.redaction import redact_text
 from worker import urls
 from worker.addresses import IPAddress, IPNetwork, blocked_reason
 from worker.errors import FetchFailed, InvalidArguments, SourceNotAllowed, SourceNotFound, TooLarge
 from worker.files import read_file, too_large
+from worker.objects import read_object
 from worker.settings import Settings
 from worker.uploads import Uploads, is_upload
 
@@ -45,8 +47,8 @@ class Fetched:
     soon as it ends: a failed job's traceback can outlive it, and it holds every frame."""
 
     data: bytes
-    kind: str  # "file", "url" or "upload"
-    final: str  # the path read, the URL after redirects, or the upload's source
+    kind: str  # "file", "url", "upload" or "object"
+    final: str  # the path read, the URL after redirects, the upload's or object's source
 
     def release(self) -> None:
         self.data = b""
@@ -69,8 +71,12 @@ def fetch(
         raise InvalidArguments("the source is neither a URL nor a path") from None
     # "data:", "javascript:" ... carry no "//"; anything else with a colon may be a file name.
     if scheme and ("://" in source or scheme in _OPAQUE_SCHEMES):
+        if scheme in OBJECT_SCHEMES:
+            return Fetched(read_object(source, settings), "object", source)
         if scheme not in ("http", "https"):
-            raise SourceNotAllowed(f"scheme {scheme!r} is not allowed; use http or https")
+            raise SourceNotAllowed(
+                f"scheme {scheme!r} is not allowed; use http, https, s3, gs or az"
+            )
         return fetch_url(source, settings)
     path, data = read_file(source, settings)
     return Fetched(data, "file", str(path))

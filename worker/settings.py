@@ -15,7 +15,7 @@ from pathlib import Path
 
 from producer.connections import RedisConfig, RedisConfigError, ResultStoreConfig
 from producer.contract import DEFAULT_REDIS_URL
-from producer.settings import DeliverySettings, SettingError, env, parsed
+from producer.settings import DeliverySettings, ObjectStoreSettings, SettingError, env, parsed
 from worker.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -101,11 +101,12 @@ class OnnxOptions:
 
 
 @dataclass(frozen=True)
-class Settings(DeliverySettings):
+class Settings(DeliverySettings, ObjectStoreSettings):
     """The worker's configuration; build it with `Settings.from_env()`.
 
     DEAD_WORKER_TIMEOUT is declared in producer.settings.DeliverySettings (the exporter and
-    `imgqueue status` read it too)."""
+    `imgqueue status` read it too), S3_ENDPOINT_URL in producer.settings.ObjectStoreSettings
+    (producers and the gateway read it too)."""
 
     redis_url: str = env(
         DEFAULT_REDIS_URL,
@@ -285,9 +286,13 @@ class Settings(DeliverySettings):
     max_image_pixels: int = env(64_000_000, int, "width x height, checked before decoding")
     allowed_formats: tuple[str, ...] = env(DEFAULT_FORMATS, formats, "decodable formats")
 
-    fetch_connect_timeout: float = env(5.0, float, "seconds to connect to a URL's host")
+    fetch_connect_timeout: float = env(
+        5.0, float, "seconds to connect to a URL's host (or an object store)"
+    )
     fetch_read_timeout: float = env(10.0, float, "seconds between bytes of a URL's answer")
-    fetch_total_timeout: float = env(30.0, float, "seconds for a whole URL fetch")
+    fetch_total_timeout: float = env(
+        30.0, float, "seconds for a whole URL fetch (or object read, docs/objects.md)"
+    )
     fetch_max_redirects: int = env(5, int, "redirect hops, each one vetted")
     fetch_retries: int = env(
         3,
