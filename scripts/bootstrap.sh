@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with the worker, gateway and dev extras, at the versions requirements/lock.txt pins
+# Create .venv with the worker, gateway, objects, parquet and dev extras, at the versions requirements/lock.txt pins
 # (torch from this machine's pip cache/disk). Idempotent: an existing venv is only topped up.
 #
 #   LATEST=1 bash scripts/bootstrap.sh   # .venv-latest instead: the newest versions

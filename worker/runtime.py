@@ -3,7 +3,8 @@
 `prepare` runs in the worker's main process before any fork (files only, never CUDA);
 `start` runs once per process that executes tasks, after the fork for prefork pools
 (worker/lifecycle.py). The process's Context (worker/context.py) holds the result; nothing
-here is global.
+here is global. A real model's spec imports torch in `prepare`, before any fork; the stand-in
+(`MODEL=sleep:...`) never imports it.
 """
 
 from __future__ import annotations
@@ -13,18 +14,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
-import torch
 
 from worker import cache, testing
 from worker.batcher import Batcher
+from worker.gap import Gap
 from worker.model import ImageModel, build_model
+from worker.model import standin as standin_model
 from worker.model.card import served_name
-from worker.model.spec import ModelSpec, from_settings
 from worker.sandbox.pool import DecodePool, default_limits
 from worker.settings import Settings
 from worker.uploads import Uploads
+
+if TYPE_CHECKING:  # both import torch: the stand-in needs neither
+    import torch
+
+    from worker.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,10 @@ class Runtime:
         The inference thread set its own thread count at setup, so this leaves it alone.
         """
         if not getattr(_task_thread, "ready", False):
-            torch.set_num_threads(1)
+            if not standin_model.is_standin(self.settings.model):  # no torch op there
+                import torch
+
+                torch.set_num_threads(1)
             _task_thread.ready = True
 
     def stop(self) -> None:
@@ -68,9 +78,11 @@ _task_thread = threading.local()
 def prepare(settings: Settings) -> ModelSpec | None:
     """Resolve and check the configured model (downloading pretrained weights into the cache);
     raises ConfigError or WeightsUnavailable, saying what is wrong, before any job is taken."""
-    if settings.model.startswith("sleep:"):
+    if standin_model.is_standin(settings.model):
         log.warning("MODEL=%s: a stand-in model, results are not real", settings.model)
         return None
+    from worker.model.spec import from_settings  # imports torch
+
     spec = from_settings(settings)
     if spec.weights.pretrained is False:
         log.warning(
@@ -90,7 +102,10 @@ def start(
     """Load the model, warm it up, and start its batcher (once per process, after any fork:
     worker/lifecycle.py)."""
     started = time.perf_counter()
-    if spec is None and not settings.model.startswith("sleep:"):
+    standin = standin_model.is_standin(settings.model)
+    if spec is None and not standin:
+        from worker.model.spec import from_settings
+
         spec = from_settings(settings)
     model = _InferenceModel(settings, spec)
     batcher = Batcher(
@@ -103,9 +118,12 @@ def start(
         # CUDA with GPU_DECODE: JPEG bytes go to the inference thread, decoded a batch at a
         # time (the batcher uses it only on a CUDA device).
         decode_encoded=model.decode if settings.gpu_decode else None,
+        stack=standin_model.stack if standin else None,  # torch.stack otherwise
     )
     classifier = model.loaded
     batcher.device = classifier.device
+    if classifier.device.type == "cpu" and batcher.max_batch_size > 1 and not standin:
+        batcher.gap = Gap(settings.inference_timeout)  # decoding between passes
     decoder = None
     if settings.decode_sandbox:
         decoder = DecodePool(
@@ -114,7 +132,8 @@ def start(
                 settings.decode_memory_limit,
                 settings.decode_timeout,
                 settings.decode_seconds_per_megapixel,
-            )
+            ),
+            before_request=batcher.gap.wait if batcher.gap else None,
         )
     cache_client = cache.connect(settings) if cache.enabled(settings) else None
     load_seconds = time.perf_counter() - started
@@ -133,12 +152,19 @@ class _InferenceModel:
         self.settings = settings
         self.spec = spec
         self.name = served_name(settings.model_name, settings.model_card)
-        self.threads = torch.get_num_threads()  # this (the main) thread's: OMP_NUM_THREADS
+        self.threads: int | None = None  # the stand-in's: it runs no torch op
+        if spec is not None:
+            import torch
+
+            self.threads = torch.get_num_threads()  # this (the main) thread's: OMP_NUM_THREADS
 
     def load(self) -> None:
-        # On the inference thread: an OpenMP thread team made by another thread (here,
-        # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
-        torch.set_num_threads(self.threads)
+        if self.threads is not None:
+            import torch
+
+            # On the inference thread: an OpenMP thread team made by another thread (here,
+            # the main one) made every later forward pass ~1.8x slower (docs/performance.md).
+            torch.set_num_threads(self.threads)
         settings = self.settings
         model = build_model(
             settings.model,

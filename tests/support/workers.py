@@ -31,6 +31,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.name = name
         self._log = log_path.open("wb")
+        self._terminated = False  # SIGTERM sent by `terminate`
         cmd = [
             sys.executable,
             "-m",
@@ -78,9 +79,15 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
 
+    def terminate(self) -> None:
+        """Ask for a warm shutdown without waiting for it (`stop` waits)."""
+        if self.proc.poll() is None and not self._terminated:
+            self.kill(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, timeout: float = 30) -> int | None:
         if self.proc.poll() is None:
-            self.kill(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -94,7 +101,7 @@ class WorkerFactory:
     """Starts workers with a base environment; stops them all at teardown."""
 
     def __init__(self, base_env: dict[str, str], log_dir: Path):
-        self.base_env = base_env
+        self.base_env = dict(base_env)  # its own: a module may change it for its workers only
         self.log_dir = log_dir
         self.workers: list[WorkerProcess] = []
 
@@ -108,6 +115,9 @@ class WorkerFactory:
         return worker.wait_ready() if wait else worker
 
     def stop_all(self) -> None:
+        # All asked at once: each takes up to a broker poll (0.5 s) and its own shutdown.
+        for worker in self.workers:
+            worker.terminate()
         for worker in self.workers:
             worker.stop()
         self.workers.clear()

@@ -204,7 +204,7 @@ def test_worker_dockerfile_uses_the_documented_commands() -> None:
     runs = " ".join(rest for word, rest in steps if word == "RUN")
     # The same install as scripts/bootstrap.sh, minus the dev tools.
     assert "pip install -c requirements/lock.txt '.[worker]'" in runs
-    assert "'.[worker,gateway,dev]'" in (ROOT / "scripts/bootstrap.sh").read_text()
+    assert "'.[worker,gateway,objects,parquet,dev]'" in (ROOT / "scripts/bootstrap.sh").read_text()
     assert "worker" in pyproject()["project"]["optional-dependencies"]
     # The weights-baking step calls a real function with the build argument.
     code = re.search(r'python -c "([^"]+)"', runs)

@@ -2,20 +2,34 @@
 
 It measures the queue, not the CPU: a batch "infers" by sleeping, so throughput scaling across
 worker processes shows what Celery and Redis add. Its results say plainly that they are fake.
+
+It never imports torch (3-4 s of CPU per process start): images are still fetched and decoded
+as for a real model, but what it hands the batcher and gets back are placeholders (`Rows`),
+typed as tensors for the ImageModel interface. The batcher only stacks them (`stack`), moves
+them to the CPU and takes rows; `postprocess` reads a row's numbers.
 """
 
 from __future__ import annotations
 
+import struct
 import time
-from typing import Any
-
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING, Any, cast
 
 from worker.errors import ConfigError
 from worker.model.prediction import Prediction
 
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from worker.imaging import Cropped
+
 NUM_CLASSES = 1000
+
+
+def is_standin(model: str) -> bool:
+    """MODEL names the stand-in: `sleep:<latency>`."""
+    return model.startswith("sleep:")
 
 
 def parse_latency(spec: str) -> float:
@@ -29,6 +43,40 @@ def parse_latency(spec: str) -> float:
         return float(text) / 1000.0
     except ValueError:
         raise ConfigError(f"MODEL={spec!r}: expected sleep:<milliseconds>ms") from None
+
+
+class Rows:
+    """`count` rows of NUM_CLASSES probabilities, each 1/NUM_CLASSES: a batch of the stand-in's
+    inputs and its outputs alike, with what the batcher uses of a tensor."""
+
+    # 1/NUM_CLASSES rounded to float32, as the torch tensors it gave before said it
+    ROW = struct.unpack("f", struct.pack("f", 1.0 / NUM_CLASSES)) * NUM_CLASSES
+
+    def __init__(self, count: int) -> None:
+        self.shape = (count, NUM_CLASSES)
+
+    def cpu(self) -> Rows:
+        return self
+
+    def __getitem__(self, row: int) -> tuple[float, ...]:
+        if not -self.shape[0] <= row < self.shape[0]:
+            raise IndexError(row)
+        return self.ROW
+
+
+class _Cpu:
+    """The stand-in's device: what `torch.device("cpu")` says of itself, without torch."""
+
+    type = "cpu"
+    index = None
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def stack(inputs: list[torch.Tensor]) -> torch.Tensor:
+    """The batcher's `stack` for the stand-in: its inputs (`Rows(1)` each) as one batch."""
+    return cast("torch.Tensor", Rows(len(inputs)))
 
 
 class SleepModel:
@@ -45,9 +93,9 @@ class SleepModel:
         self.name = name or spec
         self.precision = "none"
         self.backend = "none"
-        self.device = torch.device("cpu")
+        self.device = cast("torch.device", _Cpu())
         self.categories = [f"class {i}" for i in range(NUM_CLASSES)]
-        self._input = torch.zeros(3, 1, 1)  # every image's: the pixels are unused
+        self._input = cast("torch.Tensor", Rows(1))  # every image's: the pixels are unused
 
     @property
     def weights_id(self) -> str:
@@ -56,6 +104,10 @@ class SleepModel:
     @property
     def shrink_size(self) -> int | None:
         return 16  # its preprocess ignores the pixels: send few, cheaply
+
+    @property
+    def crop_size(self) -> int | None:
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -76,6 +128,9 @@ class SleepModel:
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._input
 
+    def preprocess_cropped(self, cropped: Cropped) -> torch.Tensor:
+        return self._input
+
     def preprocess_encoded(self, data: bytes) -> torch.Tensor | None:
         return None
 
@@ -87,7 +142,7 @@ class SleepModel:
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         time.sleep(self.latency)
-        return torch.full((batch.shape[0], NUM_CLASSES), 1.0 / NUM_CLASSES)
+        return cast("torch.Tensor", Rows(batch.shape[0]))
 
     def postprocess(self, probabilities: torch.Tensor, top_k: int) -> list[Prediction]:
         return [Prediction(i, self.categories[i], float(probabilities[i])) for i in range(top_k)]
