@@ -30,7 +30,7 @@ import redis
 
 from bench.images import SIZES, make_set
 from bench.service import Cluster, Run, ids_keys
-from producer.contract import DEFAULT_QUEUE, TASK_NAME
+from core.contract import DEFAULT_QUEUE, TASK_NAME
 from tests.support.paths import ROOT
 from tests.support.workers import WorkerProcess
 

@@ -247,8 +247,8 @@ class Results:
         from celery import states
         from celery.app.task import Context
 
-        from producer.contract import BULK_TASK_NAME
-        from producer.jobs import TENANT_HEADER
+        from core.contract import BULK_TASK_NAME
+        from core.lifecycle import TENANT_HEADER
 
         request = Context(
             {
@@ -269,8 +269,8 @@ class Results:
 def setup(redis_url: str | None, work: Path) -> Iterator[dict[str, Any]]:
     """A Redis (private, or REDIS_URL under a prefix of its own), a tenant with a key, a
     gateway process; everything of the run removed after."""
-    from producer import tenants
-    from producer.connections import RedisConfig
+    from core import tenants
+    from core.connections import RedisConfig
     from tests.support.gateway import Gateway
     from tests.support.redis_server import RedisServer
 
@@ -310,8 +310,8 @@ def setup(redis_url: str | None, work: Path) -> Iterator[dict[str, Any]]:
 def submit_throughput(
     ctx: dict[str, Any], singles: int, lists: int, rounds: int, connections: list[int]
 ) -> dict[str, Any]:
+    from core.tenants import jobs_key
     from producer import Client
-    from producer.tenants import jobs_key
 
     r: redis.Redis = ctx["redis"]
     tenant, key, port = ctx["tenant"], ctx["key"], ctx["gateway"].port

@@ -93,8 +93,8 @@ def measure(
     redis-server (RESULT_URL), each server's CPU reported on its own; `env_extra`: more
     worker settings; `group`: every measured submit is a group."""
     from bench.images import SAMPLES
+    from core.contract import result_key
     from producer import Client
-    from producer.contract import result_key
     from tests.support.ports import free_port
     from tests.support.redis_server import RedisServer
     from tests.support.workers import WorkerProcess
@@ -211,7 +211,7 @@ def measure(
 def _stream_bytes(client: redis.Redis) -> float:
     """Bytes the events stream holds (0 when events are off): the measured run's entries and
     the warm-up's few."""
-    from producer.jobs import EVENTS_STREAM
+    from core.lifecycle import EVENTS_STREAM
 
     return float(client.memory_usage(EVENTS_STREAM, samples=0) or 0)
 
@@ -242,9 +242,9 @@ def script_cost(work: Path, images: int = 6400, rounds: int = 3) -> dict[str, di
     from celery import Celery, states
     from celery.app.task import Context
 
-    from producer.contract import BULK_TASK_NAME, TASK_NAME
+    from core.contract import BULK_TASK_NAME, TASK_NAME
+    from core.lifecycle import GROUP_HEADER
     from producer.groups import create
-    from producer.jobs import GROUP_HEADER
     from tests.support.redis_server import RedisServer
 
     server = RedisServer(work / "script-cost").start()

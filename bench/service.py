@@ -180,7 +180,7 @@ class Cluster:
 
 
 def ids_keys(ids: list[str]) -> list[str]:
-    from producer.contract import result_key
+    from core.contract import result_key
 
     return [result_key(t) for t in ids]
 

@@ -2,7 +2,7 @@
 
 Starts a private redis-server (or uses REDIS_URL, under a key prefix of its own), a loopback
 receiver in its own process that answers every POST with 204 at once (asyncio, keep-alive),
-and one real dispatcher (`python -m worker.webhooks`) at its defaults. Then stores the jobs'
+and one real dispatcher (`python -m services.webhooks`) at its defaults. Then stores the jobs'
 results and completion events with the worker's own backend (worker/backend.py's store, 64 per
 call as a bulk message's images are), so the stream holds exactly what a worker writes, and
 waits for every POST.
@@ -119,8 +119,8 @@ def _store_events(redis_url: str, prefix: str, hook: str, jobs: int) -> tuple[fl
     from celery import Celery, states
     from celery.app.task import Context
 
-    from producer.contract import BULK_TASK_NAME
-    from producer.jobs import WEBHOOK_HEADER
+    from core.contract import BULK_TASK_NAME
+    from core.lifecycle import WEBHOOK_HEADER
 
     app = Celery("bench-webhooks", backend=f"worker.backend:ResultBackend+{redis_url}")
     options = {"global_keyprefix": prefix} if prefix else {}
@@ -201,7 +201,7 @@ def run(jobs: int, redis_url: str | None, timeout: float) -> dict[str, Any]:
         )
         log = open(Path(tmp) / "dispatcher.log", "wb")  # noqa: SIM115  (closed below)
         dispatcher = subprocess.Popen(
-            [sys.executable, "-m", "worker.webhooks"],
+            [sys.executable, "-m", "services.webhooks"],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -10,8 +10,8 @@ Importing this package never imports torch or the worker.
 
 from typing import Any
 
-from producer.contract import ERROR_TYPES, TASK_NAME
-from producer.errors import (
+from core.contract import ERROR_TYPES, TASK_NAME
+from core.errors import (
     BrokerUnavailable,
     ConfigError,
     Forbidden,
@@ -28,7 +28,7 @@ from producer.errors import (
     UnknownModel,
     UploadTooLarge,
 )
-from producer.webhooks import InvalidWebhook
+from core.webhooks import InvalidWebhook
 
 __all__ = [
     "ERROR_TYPES",

@@ -1,5 +1,7 @@
+"""`python -m producer`: an alias of `imgqueue` (cli.main)."""
+
 import sys
 
-from producer.cli import main
+from cli.main import main
 
 sys.exit(main())

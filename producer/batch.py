@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
+from core.contract import DEFAULT_TOP_K
+from core.errors import BatchConflict
 from producer.batch_loop import Loop
 from producer.batch_output import check_parquet, object_exists, to_parquet, upload
 from producer.batch_report import Progress, Tally
@@ -28,8 +30,6 @@ from producer.batch_sources import Feed, Spec, count, iter_sources, problem, res
 from producer.batch_state import Journal, Paths, Rows, is_done, paths_for, recover
 from producer.batch_window import MAX_IN_FLIGHT, Window
 from producer.client import DEFAULT_BULK_SIZE, Client
-from producer.contract import DEFAULT_TOP_K
-from producer.errors import BatchConflict
 
 
 @dataclass(frozen=True)

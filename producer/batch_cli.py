@@ -1,5 +1,5 @@
 """`imgqueue batch SOURCE... --out FILE` and `imgqueue batch --resume FILE` (producer/batch.py;
-docs/batch.md). producer/cli.py adds it, handing over its argument types."""
+docs/batch.md). cli/main.py adds it, handing over its argument types."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cli.exits import ExitStatus
 from producer.batch import Options, open_batch, run_batch
 from producer.batch_report import summary
 from producer.batch_window import MAX_IN_FLIGHT
-from producer.exits import ExitStatus
 
 Type = Callable[[str], Any]
 

@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from core.connections import mget, result_store_errors
+from core.errors import BrokerUnavailable, QueueFull
 from producer.batch_rows import Ended, ended, finished, unlink_results
 from producer.batch_sources import Feed, problem
 from producer.batch_state import Journal, Rows, mark
 from producer.batch_window import Window
 from producer.client import Client, Outcome, parse_meta, route
-from producer.connections import mget, result_store_errors
-from producer.errors import BrokerUnavailable, QueueFull
 from producer.queues import depth
 
 _SEND_AT_MOST = 4096  # sources per submit_many call

@@ -18,7 +18,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from producer.errors import BatchConflict, ConfigError
+from core.errors import BatchConflict, ConfigError
 
 _ROW_GROUP = 65_536
 _INDEX = re.compile(rb'^\{"id": "[^"\\]*-(\d+)"')

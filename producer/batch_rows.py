@@ -13,8 +13,8 @@ from typing import Any
 
 import redis
 
+from core.connections import is_cluster_client
 from producer.client import Client, Outcome, parse_meta
-from producer.connections import is_cluster_client
 
 # How the worker stores a success (Celery's result meta): the result comes first.
 _SUCCESS = '{"status": "SUCCESS", "result": '

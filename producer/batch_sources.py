@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from core.contract import IMAGE_EXTENSIONS, source_problem
+from core.errors import BatchConflict
 from producer import objects
-from producer.contract import IMAGE_EXTENSIONS, source_problem
-from producer.errors import BatchConflict
 
 MANIFEST, DIRECTORY, PREFIX = "manifest", "directory", "prefix"
 
@@ -126,7 +126,7 @@ def _walk(root: str, given: str) -> Iterator[str]:
 
 def problem(source: str) -> str | None:
     """Why a source cannot be sent as one job (its row says so), or None: outside the contract
-    (producer.contract.source_problem), or a prefix among a manifest's lines."""
+    (core.contract.source_problem), or a prefix among a manifest's lines."""
     if objects.is_prefix(source):
         return "an object-store prefix names many objects: give it as a SOURCE of its own"
     return source_problem(source)

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import BatchConflict
 from producer.batch_report import Tally
-from producer.errors import BatchConflict
 
 FORMAT = 1
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")

@@ -1,7 +1,7 @@
 """Cancels and deadlines on the producer's side: `Client.cancel`, `imgqueue cancel`, and the
 `deadline=` of submits.
 
-A cancel is a key on the result store, `imgqueue:cancel:<id>` (producer.jobs.cancel_key), that
+A cancel is a key on the result store, `imgqueue:cancel:<id>` (core.lifecycle.cancel_key), that
 waits for the job's message: the worker that takes the message ends the job REVOKED, with the
 error type `Cancelled`, without fetching or inferring anything, whenever that is (a worker that
 starts a week later included), then deletes the key. It is kept CANCEL_TTL (30 days) at most.
@@ -32,10 +32,10 @@ from typing import Any, Protocol
 
 import redis
 
-from producer.connections import RedisConfig, ResultStoreConfig, mget
-from producer.errors import BrokerUnavailable, ProducerError, RedisFull
-from producer.jobs import CANCEL_TAKEN, CANCEL_TTL, cancel_key
-from producer.memory import is_out_of_memory
+from core.connections import RedisConfig, ResultStoreConfig, mget
+from core.errors import BrokerUnavailable, ProducerError, RedisFull
+from core.lifecycle import CANCEL_TAKEN, CANCEL_TTL, cancel_key
+from core.memory import is_out_of_memory
 
 FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 # Ids per round trip.
@@ -237,7 +237,7 @@ def _state(raw: Any) -> tuple[str, str | None]:
 def _errors() -> tuple[type[Exception], ...]:
     from redis.exceptions import RedisClusterException
 
-    from producer.connections import result_store_errors
+    from core.connections import result_store_errors
 
     return (*result_store_errors(), RedisClusterException)
 
@@ -313,7 +313,7 @@ def add_subparser(sub: Any, expand: Any) -> None:
 
 
 def cmd_cancel(client: Client, ns: argparse.Namespace, expand: Any) -> int:
-    from producer.exits import ExitStatus
+    from cli.exits import ExitStatus
 
     ids = list(expand(ns.ids, sys.stdin))
     if ns.group is not None:

@@ -22,10 +22,8 @@ from celery import Celery
 from kombu.exceptions import BatchPublishError, OperationalError
 from redis.exceptions import RedisClusterException
 
-from producer import events, groups, objects, tenants
-from producer.cancel import MAX_ID_CHARS, CancelResult, deadline_at, valid_id
-from producer.cancel import cancel as cancel_jobs
-from producer.connections import (
+from core import tenants
+from core.connections import (
     RedisConfig,
     RedisConfigError,
     ResultStoreConfig,
@@ -33,7 +31,7 @@ from producer.connections import (
     mget,
     result_store_errors,
 )
-from producer.contract import (
+from core.contract import (
     BULK_TASK_NAME,
     DEFAULT_QUEUE,
     DEFAULT_TOP_K,
@@ -43,7 +41,7 @@ from producer.contract import (
     TASK_NAME,
     source_problem,
 )
-from producer.errors import (
+from core.errors import (
     BrokerUnavailable,
     ConfigError,
     Forbidden,
@@ -55,7 +53,7 @@ from producer.errors import (
     TenantQuotaExceeded,
     UploadTooLarge,
 )
-from producer.jobs import (
+from core.lifecycle import (
     DEADLINE_HEADER,
     GROUP_HEADER,
     TENANT_HEADER,
@@ -65,11 +63,14 @@ from producer.jobs import (
     upload_key,
     upload_source,
 )
+from core.memory import is_out_of_memory, read_memory
+from core.models import Registry, queue_for
+from core.redaction import display_url
+from core.webhooks import check_webhook
+from producer import events, groups, objects
+from producer.cancel import MAX_ID_CHARS, CancelResult, deadline_at, valid_id
+from producer.cancel import cancel as cancel_jobs
 from producer.limits import Admission
-from producer.memory import is_out_of_memory, read_memory
-from producer.models import Registry, queue_for
-from producer.redaction import display_url
-from producer.webhooks import check_webhook
 
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _POLL_MIN_S = 0.01
@@ -89,7 +90,7 @@ DEFAULT_BULK_SIZE = 64
 # Well under the workers' MAX_MESSAGE_BYTES (1 MiB by default), whatever the sources' lengths.
 _BULK_MAX_SOURCE_CHARS = 256 * 1024
 # What `submit` takes: a URL or path, or an image's bytes (or a binary file to read them from),
-# which travel through Redis as an upload (producer.jobs).
+# which travel through Redis as an upload (core.lifecycle).
 Source = str | bytes | IO[bytes]
 
 
@@ -182,7 +183,7 @@ def check_priority(priority: int | None) -> int | None:
 
 
 def route(queue: str, model: str | None, *, queue_given: bool = True) -> str:
-    """The queue a submit goes to: `model`'s (producer.models.queue_for) when one is named,
+    """The queue a submit goes to: `model`'s (core.models.queue_for) when one is named,
     else `queue`. Naming both is fine when they agree; else ValueError (BadModelName for a
     malformed name)."""
     if model is None:
@@ -214,7 +215,7 @@ class Client:
         upload_url: str | None = None,
     ) -> None:
         """`redis_url`, `sentinel_master` and `key_prefix` default to REDIS_URL,
-        REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX (see producer.connections). `bulk_size`:
+        REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX (see core.connections). `bulk_size`:
         images per message in `submit_many` (1: one `classify` message per image).
         `result_url` (default RESULT_URL, else the broker's) is where results are read, a
         Redis Cluster included (`redis-cluster://host:port,...`), with
@@ -247,7 +248,7 @@ class Client:
         self._results: Any = self.redis if self.result_config == _same(self.config) else None
         # Queue depth limits an operator set (producer.limits), cached a few seconds.
         self.admission = Admission(self.redis, self.config)
-        # The models workers registered (producer.models), cached a few seconds.
+        # The models workers registered (core.models), cached a few seconds.
         self.models = Registry(self.redis, self.config)
 
     @property
@@ -334,7 +335,7 @@ class Client:
         `group()`, `group_results()` and `imgqueue status GROUP` take, and whose last job to
         end puts one `kind=group` event on the events stream (`events()`).
 
-        `webhook`: an http(s) URL the webhook dispatcher (`python -m worker.webhooks`) POSTs
+        `webhook`: an http(s) URL the webhook dispatcher (`python -m services.webhooks`) POSTs
         each job's result to when it ends, signed (docs/lifecycle.md); with `group=True`, the
         group's summary once its last job ends instead. Raises InvalidWebhook (a ValueError),
         sending nothing, for a URL that is not http(s), has no host, or holds a password.
@@ -345,7 +346,7 @@ class Client:
         already past included.
 
         Raises InvalidSource (a ValueError), sending nothing, for a source outside the
-        contract (producer.contract.source_problem: empty or blank, over MAX_SOURCE_CHARS
+        contract (core.contract.source_problem: empty or blank, over MAX_SOURCE_CHARS
         characters, a control character), wherever it is among `sources`.
 
         Image bytes (`bytes`, or a binary file object, read to its end here) may stand among
@@ -361,11 +362,11 @@ class Client:
         `model` routes to that model's queue (see `submit`); with `queue` too, both must name
         the same queue (ValueError otherwise).
 
-        `tenant` (producer.tenants.Tenant, as a gateway's Keyring gives): the jobs are that
+        `tenant` (core.tenants.Tenant, as a gateway's Keyring gives): the jobs are that
         tenant's. Their ids are `tenant.new_id()`, every message carries TENANT_HEADER, a group
         records the tenant; raises Forbidden for a queue or model the tenant may not use, and
         TenantQuotaExceeded when they would take its unfinished jobs past its `max_queued`
-        (producer.tenants.reserve), sending nothing either way.
+        (core.tenants.reserve), sending nothing either way.
 
         `task_ids`: the ids to use, one per source, instead of new ones (`imgqueue batch`'s
         `<batch>-<index>`): sending a job again under its own id runs it at most once more,
@@ -374,7 +375,7 @@ class Client:
         MAX_ID_CHARS characters, not printable), or with a `tenant` (whose ids it makes).
 
         Raises UnknownModel, before sending anything, when no worker of `model` has registered
-        (producer.models); QueueFull when the messages would take the queue past its depth
+        (core.models); QueueFull when the messages would take the queue past its depth
         limit (producer.limits); RedisFull when Redis is at maxmemory (noeviction);
         BrokerUnavailable when it cannot be reached.
 
@@ -657,7 +658,7 @@ class Client:
             args=[images],
             kwargs={"top_k": top_k},
             producer=producer,
-            # A header of a bulk message holds for each of its images (producer.jobs).
+            # A header of a bulk message holds for each of its images (core.lifecycle).
             headers={"sent_at": time.time(), **headers},
             argsrepr=f"[{len(images)} images, first {display_url(sources[0])!r}]",
             **options,
@@ -935,7 +936,7 @@ def _check_tenant(tenant: tenants.Tenant, queue: str, model: str | None) -> None
 
 
 def _headers(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`send_task` options, and the message headers (producer.jobs) that ride in them."""
+    """`send_task` options, and the message headers (core.lifecycle) that ride in them."""
     if "headers" not in options:
         return options, {}
     rest = dict(options)
@@ -974,7 +975,7 @@ def _positive(value: int | None, name: str, default: int) -> int:
 
 
 def _read_sources(sources: Iterable[Source], limit: int) -> list[str | bytes]:
-    """Each source as a string (checked against the contract, producer.contract.source_problem)
+    """Each source as a string (checked against the contract, core.contract.source_problem)
     or an upload's bytes (a file object read here, no further than `limit` + 1 bytes). Raises
     InvalidSource or UploadTooLarge for the first that is wrong: nothing is sent then."""
     out: list[str | bytes] = []

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.connections import block_budget
-from producer.jobs import EVENT_FIELDS, EVENTS_STREAM, GROUP_EVENT_COUNTS
+from core.connections import block_budget
+from core.lifecycle import EVENT_FIELDS, EVENTS_STREAM, GROUP_EVENT_COUNTS
 
 # The longest a single XREAD blocks (less on a client whose socket timeout is shorter); `follow`
 # reads again until its own timeout.
@@ -36,7 +36,7 @@ class Event:
     group: str = ""
     webhook: str = ""
     time: float = 0.0
-    tenant: str = ""  # the tenant that submitted the job or group (producer/tenants.py)
+    tenant: str = ""  # the tenant that submitted the job or group (core/tenants.py)
     counts: dict[str, int] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -130,7 +130,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# -- the command line (producer/cli.py adds it) -----------------------------------------------
+# -- the command line (cli/main.py adds it) -----------------------------------------------
 
 
 def add_subparser(sub: Any) -> None:

@@ -2,11 +2,11 @@
 
 `Client.submit_many(..., group=True)` writes the group to the result store before sending any
 message (`create`): a hash with its total and metadata, and the list of its task ids. Every
-message carries the group id (producer.jobs.GROUP_HEADER), and the worker that stores a job's
+message carries the group id (core.lifecycle.GROUP_HEADER), and the worker that stores a job's
 final state counts it in the group, once, inside the same script (worker/events.py); the last
 job to end appends one `kind=group` event to the events stream.
 
-Keys (producer.jobs.group_key, one hash tag so a Redis Cluster keeps them on one master):
+Keys (core.lifecycle.group_key, one hash tag so a Redis Cluster keeps them on one master):
 
     imgqueue:group:{<gid>}        hash: total, queue, model, created, webhook, tenant (when
                                   submitted with one); succeeded, failed, cancelled, finished;
@@ -31,10 +31,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from producer.errors import UnknownGroup
-from producer.jobs import group_key
+from core.errors import UnknownGroup
+from core.lifecycle import group_key
 
-__all__ = ["GroupIds", "GroupStatus", "UnknownGroup"]  # UnknownGroup: in producer.errors
+__all__ = ["GroupIds", "GroupStatus", "UnknownGroup"]  # UnknownGroup: in core.errors
 
 # How long a group waits for its first jobs to end before it expires (a backlog of a week).
 WAIT_EXPIRES = 7 * 24 * 3600
@@ -307,7 +307,7 @@ def status(
     )
 
 
-# -- the command line (producer/cli.py adds these) ---------------------------------------------
+# -- the command line (cli/main.py adds these) ---------------------------------------------
 
 
 def add_subparser(sub: Any) -> None:
@@ -332,7 +332,7 @@ def add_subparser(sub: Any) -> None:
 def wait_done(client: Any, group_id: str, timeout: float | None) -> GroupStatus:
     """Poll the group's counters (no result keys read) until every job has ended; raises
     ResultTimeout past `timeout`."""
-    from producer.errors import ResultTimeout
+    from core.errors import ResultTimeout
 
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.05
@@ -348,13 +348,13 @@ def wait_done(client: Any, group_id: str, timeout: float | None) -> GroupStatus:
         delay = min(delay * 1.5, 1.0)
 
 
-# An unknown group (UnknownGroup) is a usage error: producer/cli.py's main() says so, exit 2.
+# An unknown group (UnknownGroup) is a usage error: cli/main.py's main() says so, exit 2.
 
 
 def cmd_results(client: Any, ns: Any) -> int:
     import json
 
-    from producer.exits import ExitStatus
+    from cli.exits import ExitStatus
 
     out, target = sys.stdout, None
     if ns.out != "-":

@@ -26,8 +26,8 @@ from typing import Any
 
 import redis
 
-from producer.connections import RedisConfig
-from producer.errors import QueueFull
+from core.connections import RedisConfig
+from core.errors import QueueFull
 from producer.queues import depth
 
 log = logging.getLogger("imgqueue.producer")

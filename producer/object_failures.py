@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from producer.errors import ObjectAccessDenied, ObjectNotFound, ObjectStoreError
+from core.errors import ObjectAccessDenied, ObjectNotFound, ObjectStoreError
 
 KINDS = (
     "no-object",  # the object does not exist

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from core.contract import IMAGE_EXTENSIONS
+from core.errors import ConfigError, ObjectsNotInstalled, ObjectStoreError
+from core.settings import ObjectStoreSettings, SettingError, load
 from producer import object_failures
-from producer.contract import IMAGE_EXTENSIONS
-from producer.errors import ConfigError, ObjectsNotInstalled, ObjectStoreError
-from producer.settings import ObjectStoreSettings, SettingError, load
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore, RetryConfig
@@ -86,7 +86,7 @@ class StoreOptions:
 
     @classmethod
     def from_env(cls, **given: Any) -> StoreOptions:
-        """S3_ENDPOINT_URL from the environment (producer.settings.ObjectStoreSettings)."""
+        """S3_ENDPOINT_URL from the environment (core.settings.ObjectStoreSettings)."""
         try:
             settings = load(ObjectStoreSettings)
         except SettingError as exc:

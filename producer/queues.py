@@ -1,6 +1,6 @@
 """How much work is waiting: queue depth over every priority list, messages in flight, dead
 letters, live consumers, and Redis' memory (INFO memory). Read straight from the delivery
-layer's keys (producer/keys.py, docs/reliability.md).
+layer's keys (core/keys.py, docs/reliability.md).
 
 One scrape costs O(queues + consumers) commands, never a SCAN of the keyspace: queues are the
 ones named (QUEUES, default `celery`) plus every list a live worker consumes (each registers
@@ -13,11 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from producer.connections import RedisConfig
-from producer.contract import DEFAULT_QUEUE
-from producer.keys import PRIORITY_STEPS, Keys, queue_of, unacked_list
-from producer.memory import MemoryInfo, read_memory
-from producer.settings import DeliverySettings
+from core.connections import RedisConfig
+from core.contract import DEFAULT_QUEUE
+from core.keys import PRIORITY_STEPS, Keys, queue_of, unacked_list
+from core.memory import MemoryInfo, read_memory
+from core.settings import DeliverySettings
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`imgqueue status`: models, queues, workers, dead letters and the last minute's throughput.
 
-Models are the registered ones (producer.models: every model some worker served, until
+Models are the registered ones (core.models: every model some worker served, until
 `imgqueue model forget`) together with those the answering workers serve: for each, its
 queue's depth and in-flight count, its workers (ready or not) and the versions they run.
 
@@ -28,10 +28,11 @@ from typing import Any
 
 import redis
 
-from producer import memory, models, store_memory, webhooks
+from core import memory, models, webhooks
+from core.settings import DeliverySettings
+from producer import store_memory
 from producer.client import Client
 from producer.queues import live_workers, snapshot
-from producer.settings import DeliverySettings
 
 
 def gather(
@@ -58,7 +59,7 @@ def gather(
     out["workers"] = dict(sorted(workers.items()))
     out["models"] = per_model(registered, out["workers"], out["queues"])
     out["jobs_last_minute"] = jobs
-    # Deliveries retrying and dead-lettered, on the result store (producer.webhooks).
+    # Deliveries retrying and dead-lettered, on the result store (core.webhooks).
     out["webhooks"] = webhooks.summary(client.results, client.config.key_prefix)
     if store_memory.apart(client.result_config, client.config):  # RESULT_URL elsewhere
         out["result_store"] = store_memory.summary(client, jobs * 60.0)

@@ -15,9 +15,9 @@ from typing import Any
 import redis
 from redis.exceptions import RedisClusterException
 
-from producer import memory
-from producer.connections import RedisConfig, ResultStoreConfig, is_cluster_client
-from producer.errors import ProducerError
+from core import memory
+from core.connections import RedisConfig, ResultStoreConfig, is_cluster_client
+from core.errors import ProducerError
 
 
 @dataclass(frozen=True)

@@ -36,4 +36,4 @@ done
 echo "worker ready (log: $log); classifying samples/ ..." >&2
 "$PY" -m producer submit --wait --timeout 300 --top-k 3 "$PWD/samples" >/tmp/imgqueue-demo.jsonl || true
 echo "JSON results (one per line): /tmp/imgqueue-demo.jsonl" >&2
-"$PY" -m producer.summary </tmp/imgqueue-demo.jsonl
+"$PY" -m cli.summary </tmp/imgqueue-demo.jsonl

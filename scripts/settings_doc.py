@@ -1,7 +1,7 @@
 """Generate docs/settings.md, the one table of settings, from their typed declarations.
 
-A settings class is any class under worker/, producer/ or gateway/ with a field declared by
-`env(...)` (producer.settings.env: default, parser, description, shown default); each such
+A settings class is any class under worker/, producer/ or services/gateway/ with a field declared by
+`env(...)` (core.settings.env: default, parser, description, shown default); each such
 field is one environment variable, its name the field's upper-cased. So whatever is declared
 when this runs is documented, and nothing else: a variable read without a declaration is listed
 at the end by hand (`UNDECLARED`) until it gets one.
@@ -59,7 +59,7 @@ UNDECLARED = {
 PRODUCERS = """\
 Producers (`producer.Client`, `imgqueue`) read `REDIS_URL`, `REDIS_SENTINEL_MASTER`,
 `REDIS_KEY_PREFIX`, `RESULT_URL` and `RESULT_SENTINEL_MASTER` with the same meaning as the
-workers (`producer.connections`), or take them as arguments (`redis_url=`, `sentinel_master=`,
+workers (`core.connections`), or take them as arguments (`redis_url=`, `sentinel_master=`,
 `key_prefix=`, `result_url=`, `result_sentinel_master=`; `--result-url`). `producer.Client`
 also reads `UPLOAD_MAX_BYTES` (default 20 MiB: the largest image it takes as bytes, else
 `UploadTooLarge`) and `UPLOAD_TTL_S` (default 86400: how long those bytes wait in Redis for a

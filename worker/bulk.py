@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from producer.connections import mget
-from producer.contract import (
+from core.connections import mget
+from core.contract import (
     DEFAULT_TOP_K,
     MAX_BULK_IMAGES,
     TASK_KWARGS,
@@ -49,7 +49,7 @@ class Image:
     # Epoch seconds: not started by then, it ends REVOKED (Expired). A retry or a split is of
     # a started image, so `to_dict` leaves it out.
     deadline: float | None = None
-    # Its entry's group, webhook and tenant (producer.jobs), kept by a retry (worker/events.py).
+    # Its entry's group, webhook and tenant (core.lifecycle), kept by a retry (worker/events.py).
     group: str = ""
     webhook: str = ""
     tenant: str = ""

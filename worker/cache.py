@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from producer.connections import mget
+from core.connections import mget
 from worker import result_store
 from worker.settings import Settings
 

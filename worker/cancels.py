@@ -3,7 +3,7 @@ deadline before it starts ends REVOKED, with the error type `Cancelled` or `Expi
 neither fetched nor inferred. Its state is stored through the backend's usual final-state path.
 
 How a start and a cancel agree. A cancel is a key on the result store, `imgqueue:cancel:<id>`
-(producer.jobs.cancel_key). Each side writes before it reads:
+(core.lifecycle.cancel_key). Each side writes before it reads:
 
 - the producer writes the key (`SET NX`), then reads the job's state;
 - the worker writes the job's STARTED state (`SET NX`), then looks for the key.
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from celery import states
 from celery.exceptions import Ignore
 
-from producer.connections import is_cluster_client, mget
-from producer.jobs import CANCEL_TAKEN, DEADLINE_HEADER, cancel_key
+from core.connections import is_cluster_client, mget
+from core.lifecycle import CANCEL_TAKEN, DEADLINE_HEADER, cancel_key
 from worker import result_store
 from worker.errors import Cancelled, ClassifyError, Expired, InvalidArguments
 

@@ -13,8 +13,8 @@ from typing import Any
 from celery import Celery, signals
 from celery.worker.control import inspect_command
 
-from producer.contract import TASK_NAMES
-from producer.models import queue_for
+from core.contract import TASK_NAMES
+from core.models import queue_for
 from worker import lifecycle, ops, result_store, tasks
 from worker.broker import BrokerIncompatible, transport_for
 from worker.context import Context, configure_openmp
@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> ImgqueueApp:
     backend, backend_options = result_store.backend(settings)
     app = ImgqueueApp("imgqueue", broker=redis.url.split(";", 1)[0], backend=backend)
     app.settings = settings
-    # A card is read here (no torch): its name picks the queue (producer.models.queue_for).
+    # A card is read here (no torch): its name picks the queue (core.models.queue_for).
     from worker.model.card import served_name
 
     app.model_name = served_name(settings.model_name, settings.model_card)

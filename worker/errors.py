@@ -1,6 +1,6 @@
 """The worker's error hierarchy.
 
-Each class name is a public error type of the task contract (see producer.contract.ERROR_TYPES):
+Each class name is a public error type of the task contract (see core.contract.ERROR_TYPES):
 it is what a failed job's result carries as `exc_type`. Every error takes one argument, a
 message a person understands, so it serialises to JSON unchanged.
 """

@@ -1,8 +1,8 @@
 """Completion events and group counters: what a final state adds to the result store.
 
 Every terminal state (SUCCESS, FAILURE, REVOKED) a job reaches is appended to one Redis Stream
-(producer.jobs.EVENTS_STREAM, `XADD MAXLEN ~ EVENTS_MAXLEN`), and a job of a group is counted
-in its group's hash (producer.jobs.group_key). The backend (worker/backend.py) stores results
+(core.lifecycle.EVENTS_STREAM, `XADD MAXLEN ~ EVENTS_MAXLEN`), and a job of a group is counted
+in its group's hash (core.lifecycle.group_key). The backend (worker/backend.py) stores results
 through one Lua script, STORE; this module gives it the Lua that does the rest and the
 arguments it needs, so every final state, whichever path stores it (a task's return, a bulk
 message's images, Celery's own `mark_as_revoked`, a cancel or a deadline), goes through here.
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from producer.contract import BULK_TASK_NAME, TASK_NAME
-from producer.jobs import (
+from core.contract import BULK_TASK_NAME, TASK_NAME
+from core.lifecycle import (
     EVENTS_STREAM,
     GROUP_HEADER,
     TENANT_HEADER,
@@ -37,7 +37,7 @@ from producer.jobs import (
     WEBHOOK_HEADER,
     group_key,
 )
-from producer.tenants import TENANT_NAME
+from core.tenants import TENANT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _text(value: Any, limit: int) -> str:
 
 def tenant_name(value: Any) -> str:
     """A tenant's name as sent, or "" for anything else: it becomes part of a key's name
-    (producer.tenants.jobs_key)."""
+    (core.tenants.jobs_key)."""
     return value if isinstance(value, str) and TENANT_NAME.match(value) else ""
 
 
@@ -287,7 +287,7 @@ def image_origins(request: Any) -> dict[str, Origin]:
     return out
 
 
-# A bulk message's image entry may carry its own group, webhook and tenant (producer.jobs).
+# A bulk message's image entry may carry its own group, webhook and tenant (core.lifecycle).
 ENTRY_KEYS = ("group", "webhook", "tenant")
 
 
@@ -307,7 +307,7 @@ def entry_origin(item: dict[str, Any]) -> tuple[str, str, str]:
             raise InvalidArguments(f"{name} must be a string of 1..{limit} printable characters")
     tenant = item.get("tenant")
     if tenant not in (None, "") and not tenant_name(tenant):
-        raise InvalidArguments("tenant must be a tenant's name (producer/tenants.py)")
+        raise InvalidArguments("tenant must be a tenant's name (core/tenants.py)")
     return out[0], out[1], tenant or ""
 
 
@@ -441,7 +441,7 @@ def timestamp() -> str:
 
 
 def fields(kind: str, note: Note, state: str, now: str) -> dict[str, str]:
-    """An event entry's fields (producer.jobs.EVENT_FIELDS), for a cluster's XADD."""
+    """An event entry's fields (core.lifecycle.EVENT_FIELDS), for a cluster's XADD."""
     return {
         "kind": kind,
         "id": note.task_id,

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery.exceptions import Retry
 
-from producer.redaction import display_url, redact_text
+from core.redaction import display_url, redact_text
 from worker.cancels import Ended
 from worker.errors import ClassifyError
 from worker.metrics import Metrics

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 
+from core.errors import ConfigError, ObjectsNotInstalled
 from producer import object_failures, objects
-from producer.errors import ConfigError, ObjectsNotInstalled
 from worker.errors import ClassifyError, FetchFailed, SourceNotAllowed, SourceNotFound, TooLarge
 from worker.files import too_large
 from worker.settings import Settings

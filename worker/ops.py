@@ -7,8 +7,8 @@ import logging
 import os
 from typing import Any
 
-from producer import models
-from producer.redaction import redact_text
+from core import models
+from core.redaction import redact_text
 from worker.context import Context
 from worker.errors import ConfigError
 from worker.settings import Settings
@@ -36,7 +36,7 @@ def identity(description: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 
 def register(settings: Settings, description: dict[str, Any]) -> None:
-    """Enter this worker's model in the registry (producer.models), best-effort: a Redis that
+    """Enter this worker's model in the registry (core.models), best-effort: a Redis that
     cannot take it logs a warning and the worker serves on (producers then refuse the name
     until some worker of it registers)."""
     config = settings.redis_config

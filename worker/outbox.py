@@ -41,9 +41,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from producer.connections import mget
-from producer.contract import result_key
-from producer.jobs import group_key
+from core.connections import mget
+from core.contract import result_key
+from core.lifecycle import group_key
 from worker import events
 
 log = logging.getLogger(__name__)

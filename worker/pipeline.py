@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import Tensor
 
-from producer.contract import DEFAULT_TOP_K, TASK_KWARGS, ArgumentError, check_source, check_top_k
-from producer.redaction import display_url
+from core.contract import DEFAULT_TOP_K, TASK_KWARGS, ArgumentError, check_source, check_top_k
+from core.redaction import display_url
 from worker import cache
 from worker.batcher import GpuDecodeFailed, InferenceDead
 from worker.errors import ClassifyError, InferenceUnavailable, InvalidArguments

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from producer.memory import is_out_of_memory
+from core.memory import is_out_of_memory
 
 log = logging.getLogger(__name__)
 

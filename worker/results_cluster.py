@@ -38,7 +38,7 @@ from celery import states
 from celery.backends.redis import RedisBackend, ResultConsumer
 from redis import exceptions as rexc
 
-from producer.connections import ResultStoreConfig, mget, result_store_errors
+from core.connections import ResultStoreConfig, mget, result_store_errors
 from worker import events, outbox, result_store, testing
 from worker.backend import STORE, _AtomicStore
 

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.connections import RedisConfig, RedisConfigError, ResultStoreConfig
-from producer.contract import DEFAULT_REDIS_URL
-from producer.settings import DeliverySettings, ObjectStoreSettings, SettingError, env, parsed
+from core.connections import RedisConfig, RedisConfigError, ResultStoreConfig
+from core.contract import DEFAULT_REDIS_URL
+from core.settings import DeliverySettings, ObjectStoreSettings, SettingError, env, parsed
 from worker.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -29,7 +29,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # Parsers: each setting declares its own (starlette's `Config(cast=...)`), raising ValueError;
-# `env` declares a setting (producer/settings.py).
+# `env` declares a setting (core/settings.py).
 
 
 def boolean(raw: str) -> bool:
@@ -104,8 +104,8 @@ class OnnxOptions:
 class Settings(DeliverySettings, ObjectStoreSettings):
     """The worker's configuration; build it with `Settings.from_env()`.
 
-    DEAD_WORKER_TIMEOUT is declared in producer.settings.DeliverySettings (the exporter and
-    `imgqueue status` read it too), S3_ENDPOINT_URL in producer.settings.ObjectStoreSettings
+    DEAD_WORKER_TIMEOUT is declared in core.settings.DeliverySettings (the exporter and
+    `imgqueue status` read it too), S3_ENDPOINT_URL in core.settings.ObjectStoreSettings
     (producers and the gateway read it too)."""
 
     redis_url: str = env(
@@ -308,12 +308,12 @@ class Settings(DeliverySettings, ObjectStoreSettings):
         "CIDRs a URL may reach despite being non-public, e.g. `10.0.0.0/8` (webhook URLs too)",
     )
 
-    # The webhook dispatcher (python -m worker.webhooks; docs/lifecycle.md, Webhooks). Several
+    # The webhook dispatcher (python -m services.webhooks; docs/lifecycle.md, Webhooks). Several
     # secrets, space separated, each sign every delivery while keys rotate.
     webhook_secret: str = env(
         "",
         str,
-        "the webhook dispatcher's (`python -m worker.webhooks`) signing secret:"
+        "the webhook dispatcher's (`python -m services.webhooks`) signing secret:"
         " `whsec_<base64>` (Standard Webhooks; e.g. `whsec_$(openssl rand -base64 32)`) or raw"
         " text, at least 16 bytes; several, space separated, while rotating. Never logged; the"
         " dispatcher will not start without one (docs/lifecycle.md)",

@@ -10,8 +10,8 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import Retry
 
-from producer.contract import BULK_TASK_NAME, TASK_NAME
-from producer.redaction import display_url
+from core.contract import BULK_TASK_NAME, TASK_NAME
+from core.redaction import display_url
 from worker import bulk, cancels, deliveries, events, joblog, lifecycle, testing
 from worker.context import Context
 from worker.errors import (

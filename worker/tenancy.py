@@ -1,13 +1,13 @@
 """What a job's final state frees on the broker's Redis: its place in its tenant's quota and
 its upload's bytes.
 
-A job submitted with a tenant (producer/tenants.py) counts in `imgqueue:tenant-jobs:<tenant>`
+A job submitted with a tenant (core/tenants.py) counts in `imgqueue:tenant-jobs:<tenant>`
 until it ends; a job whose source is `upload:<id>` has its bytes at `imgqueue:upload:<id>`
-(producer/jobs.py). Once its SUCCESS, FAILURE or REVOKED is stored (worker/backend.py, the one
+(core/lifecycle.py). Once its SUCCESS, FAILURE or REVOKED is stored (worker/backend.py, the one
 path every final state takes), one pipeline removes both for every job of the call.
 
 Best effort: a failure here is logged, never the job's. What is left behind expires anyway (a
-tenant's job after producer.tenants.JOB_COUNT_TTL_S, an upload after its TTL).
+tenant's job after core.tenants.JOB_COUNT_TTL_S, an upload after its TTL).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from producer.connections import RedisConfig
-from producer.jobs import upload_key
-from producer.tenants import jobs_key
+from core.connections import RedisConfig
+from core.lifecycle import upload_key
+from core.tenants import jobs_key
 from worker.events import FINAL_STATES, Note
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Uploaded images: bytes a producer stored on the broker's Redis for one job (producer.jobs).
+"""Uploaded images: bytes a producer stored on the broker's Redis for one job (core.lifecycle).
 
 A job whose source is `upload:<task id>` reads `<REDIS_KEY_PREFIX>imgqueue:upload:<task id>`,
 under the same byte cap as a URL's download (MAX_IMAGE_BYTES). The id in the source must be
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import redis
 
-from producer.jobs import UPLOAD_SOURCE_PREFIX, upload_key
+from core.lifecycle import UPLOAD_SOURCE_PREFIX, upload_key
 from worker.errors import FetchFailed, SourceNotAllowed, SourceNotFound, TooLarge
 from worker.files import too_large
 from worker.settings import Settings

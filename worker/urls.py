@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from producer.contract import CONTROL_CHARS as _CONTROL  # the contract's, redirects' too
-from producer.redaction import display_url
+from core.contract import CONTROL_CHARS as _CONTROL  # the contract's, redirects' too
+from core.redaction import display_url
 from worker.errors import InvalidArguments, SourceNotAllowed
 
 _HOST_CHARS = re.compile(r"^[a-z0-9_-]+$")

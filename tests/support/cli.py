@@ -26,7 +26,7 @@ def imgqueue(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def run_cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
     """The CLI in this process (as `imgqueue --redis-url URL ARGS`): exit status, out, err."""
-    from producer.cli import main
+    from cli.main import main
 
     try:
         code = main(["--redis-url", url, *args])

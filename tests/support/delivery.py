@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.deadletters import DeadLetters
 from producer import Client
-from producer.deadletters import DeadLetters
 from tests.support.redis_server import RedisServer
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import redis
 import requests
 
-from producer import tenants
-from producer.connections import RedisConfig
+from core import tenants
+from core.connections import RedisConfig
 from tests.support.cli import imgqueue
 from tests.support.paths import ROOT
 from tests.support.ports import free_port

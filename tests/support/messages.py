@@ -19,7 +19,7 @@ def held_messages(client: redis.Redis, prefix: str = "") -> list[Any]:
 
 def queued_messages(client: redis.Redis, queues: list[str], prefix: str = "") -> list[Any]:
     """Every message waiting in the queues' lists, every priority."""
-    from producer.contract import PRIORITY_STEPS, queue_list
+    from core.contract import PRIORITY_STEPS, queue_list
 
     out: list[Any] = []
     for queue in queues:

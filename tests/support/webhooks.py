@@ -1,5 +1,5 @@
 """Webhook tests' parts: a loopback receiver recording every POST, an independent signature
-check, the dispatcher (`python -m worker.webhooks`) as a real process, and each test's own key
+check, the dispatcher (`python -m services.webhooks`) as a real process, and each test's own key
 prefix to XADD events under.
 
 The fixtures `receiver` and `setup` are defined here under those names; a test module imports
@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import redis
 
-from producer.contract import result_key
-from producer.jobs import EVENTS_STREAM, WEBHOOK_DEAD_LETTERS, WEBHOOK_RETRIES
+from core.contract import result_key
+from core.lifecycle import EVENTS_STREAM, WEBHOOK_DEAD_LETTERS, WEBHOOK_RETRIES
 from tests.support.paths import ROOT
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -121,7 +121,7 @@ def receiver_fixture() -> Iterator[Receiver]:
 
 
 def verify(request: Received, secret: str = SECRET) -> dict[str, Any]:
-    """Check a delivery as a receiver would, with nothing of worker.webhooks: the signature is
+    """Check a delivery as a receiver would, with nothing of services.webhooks: the signature is
     HMAC-SHA256 over "<webhook-id>.<webhook-timestamp>.<body>" with the key: base64-decoded
     after `whsec_`, else the secret's UTF-8 bytes (a tenant's secret)."""
     msg_id = request.headers["webhook-id"]
@@ -149,7 +149,7 @@ class Dispatcher:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.webhooks"],
+            [sys.executable, "-m", "services.webhooks"],
             cwd=ROOT,
             env=env,
             stdout=self._log,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from core.contract import BULK_TASK_NAME, result_key
 from producer import Client
-from producer.contract import BULK_TASK_NAME, result_key
 from producer.status import gather
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from core.contract import BULK_TASK_NAME, ERROR_TYPES, TASK_NAME, result_key
+from core.lifecycle import DEADLINE_HEADER, cancel_key
 from producer import Client
 from producer.client import Outcome
-from producer.contract import BULK_TASK_NAME, ERROR_TYPES, TASK_NAME, result_key
-from producer.jobs import DEADLINE_HEADER, cancel_key
 from tests.support.http_server import http_server
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess

@@ -22,23 +22,23 @@ import pytest
 import redis
 from celery import Celery, states
 
-from producer import Client
-from producer.cli import main as cli
-from producer.connections import (
+from cli.main import main as cli
+from core.connections import (
     RedisConfig,
     ResultStoreConfig,
     is_cluster_client,
     mget,
 )
-from producer.contract import result_key
+from core.contract import result_key
+from producer import Client
 from producer.status import gather, render
+from services.exporter import QueueCollector
 from tests.support.paths import ROOT
 from tests.support.redis_cluster import RedisClusterNodes
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory
 from worker import cache
-from worker.exporter import QueueCollector
 from worker.results_cluster import ClusterResultBackend
 from worker.settings import Settings
 
@@ -126,8 +126,8 @@ def test_group_counters_and_events_on_a_cluster(
     jobs stored twice count once, and the last one appends one group event."""
     from celery.app.task import Context
 
+    from core.lifecycle import EVENTS_STREAM, GROUP_HEADER
     from producer.groups import create, keys
-    from producer.jobs import EVENTS_STREAM, GROUP_HEADER
 
     gid, ids = "cluster-group", [f"g-{i}" for i in range(24)]
     create(backend.client, gid, ids, queue="celery")
@@ -296,7 +296,7 @@ def test_cancels_and_starts_agree_on_a_cluster(
     cancel still agree (worker/cancels.py), single jobs and a bulk message's images alike."""
     from types import SimpleNamespace
 
-    from producer.jobs import CANCEL_TAKEN, cancel_key
+    from core.lifecycle import CANCEL_TAKEN, cancel_key
     from worker import cancels
     from worker.deliveries import record_start
     from worker.errors import Cancelled

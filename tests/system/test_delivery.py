@@ -23,10 +23,10 @@ import pytest
 import redis
 from celery import Celery
 
+from core.contract import queue_list
+from core.deadletters import DeadLetters
+from core.keys import CONSUMERS_KEY as CONSUMERS
 from producer import Client
-from producer.contract import queue_list
-from producer.deadletters import DeadLetters
-from producer.keys import CONSUMERS_KEY as CONSUMERS
 from tests.support.delivery import (
     dclient_fixture,  # noqa: F401  (the fixture `dclient`)
     dead_letter_reasons,

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.contract import TASK_NAME
+from core.lifecycle import EVENTS_STREAM
 from producer import Client
-from producer.contract import TASK_NAME
 from producer.events import Event
-from producer.jobs import EVENTS_STREAM
 from tests.support.cli import imgqueue
 from tests.support.paths import ROOT
 from tests.support.waiting import wait_for

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.errors import ResultTimeout
 from producer import Client
-from producer.errors import ResultTimeout
 from tests.support.messages import held_messages
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for

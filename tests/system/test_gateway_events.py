@@ -1,7 +1,7 @@
 """GET /v1/events on a real gateway process, with a real worker (stand-in model) and Redis:
 each tenant's stream carries its own completion events only, resumes exactly after
 Last-Event-ID, keeps idle connections alive, and many open streams hold no thread nor Redis
-connection of their own (one reader per gateway, gateway/event_hub.py)."""
+connection of their own (one reader per gateway, services/gateway/event_hub.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 import redis
 import requests
 
-from gateway import event_hub
-from gateway.event_hub import EventHub
+from core.lifecycle import EVENTS_STREAM
 from producer import Client
-from producer.jobs import EVENTS_STREAM
+from services.gateway import event_hub
+from services.gateway.event_hub import EventHub
 from tests.support.gateway import Gateway, bearer, make_key
 from tests.support.sse import SseStream
 from tests.support.waiting import wait_for

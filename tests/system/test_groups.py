@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from core.contract import TASK_NAME
+from core.lifecycle import EVENTS_STREAM, GROUP_HEADER
 from producer import Client
-from producer.contract import TASK_NAME
 from producer.groups import GroupIds, UnknownGroup, keys
-from producer.jobs import EVENTS_STREAM, GROUP_HEADER
 from tests.support.cli import imgqueue
 from tests.support.messages import held_messages, queued_messages
 from tests.support.waiting import wait_for

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from core.contract import TASK_NAME
 from producer import Client, JobFailed
-from producer.contract import TASK_NAME
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess

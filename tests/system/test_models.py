@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.contract import DEFAULT_QUEUE
 from producer import Client
-from producer.contract import DEFAULT_QUEUE
 from tests.support.models import (
     DEFECTS,
     TINY,

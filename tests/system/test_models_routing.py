@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer import Client, UnknownModel
-from producer.models import (
+from core.models import (
     register,
     registered,
 )
+from producer import Client, UnknownModel
 from producer.status import gather, render
 from tests.support.cli import run_cli
 from tests.support.workers import WorkerFactory, WorkerProcess

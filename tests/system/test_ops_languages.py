@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from core.contract import result_key
 from producer import Client
-from producer.contract import result_key
 from tests.support.paths import ROOT
 from tests.support.workers import WorkerFactory, WorkerProcess
 

@@ -74,7 +74,7 @@ def test_the_exporter_reports_the_same_numbers_once_for_the_cluster(
         "EXPORTER_PORT": str(port),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.exporter"], env=env, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "services.exporter"], env=env, stderr=subprocess.DEVNULL
     )
     try:
 
@@ -107,7 +107,7 @@ def test_the_exporter_reports_the_same_numbers_once_for_the_cluster(
             [
                 sys.executable,
                 "-c",
-                "import sys, worker.exporter; "
+                "import sys, services.exporter; "
                 "print(sorted(m for m in ('torch', 'celery', 'kombu') if m in sys.modules))",
             ],
             env=env,

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
+from core.contract import result_key
 from producer import Client
-from producer.contract import result_key
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for

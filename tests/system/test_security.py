@@ -14,9 +14,9 @@ import pytest
 import redis
 from celery import Celery
 
+from core.deadletters import DeadLetters
+from core.errors import BrokerUnavailable
 from producer import Client, JobFailed
-from producer.deadletters import DeadLetters
-from producer.errors import BrokerUnavailable
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, with_shipped_users
 from tests.support.waiting import wait_for
@@ -201,7 +201,7 @@ def test_redis_users_give_producers_no_way_to_forge_results(
 ) -> None:
     """deploy/redis.conf's ACL users on a real Redis: the worker runs jobs, the producer submits
     and reads, and cannot write a result, a cache entry or the delivery layer's keys."""
-    from producer.contract import result_key
+    from core.contract import result_key
 
     server = with_shipped_users(tmp_path)
     base = f"127.0.0.1:{server.port}/0"

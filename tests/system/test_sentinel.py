@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ProducerError
 from producer import Client
-from producer.errors import ProducerError
 from tests.support.redis_server import SentinelCluster
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from core.contract import result_key
 from producer import Client, JobFailed
-from producer.contract import result_key
 from tests.support.paths import ROOT, SAMPLES
 from tests.support.workers import WorkerFactory, WorkerProcess
 

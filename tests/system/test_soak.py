@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.contract import queue_list
+from core.deadletters import DeadLetters
 from producer import Client
-from producer.contract import queue_list
-from producer.deadletters import DeadLetters
 from tests.support.messages import held_messages, queued_messages
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import pytest
 import redis
 
+from core.connections import RedisConfig
+from core.contract import result_key
+from core.lifecycle import EVENTS_STREAM, upload_key
+from core.tenants import Tenant, jobs_key
 from producer import Client
-from producer.connections import RedisConfig
-from producer.contract import result_key
 from producer.events import Event
-from producer.jobs import EVENTS_STREAM, upload_key
-from producer.tenants import Tenant, jobs_key
 from tests.support.paths import SAMPLES
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory

@@ -12,10 +12,10 @@ import pytest
 import redis
 from PIL import Image
 
+from core.contract import BULK_TASK_NAME, TASK_NAME
+from core.lifecycle import upload_key
+from core.tenants import Tenant
 from producer import Client, InvalidSource, JobFailed, ProducerError, RedisFull, UploadTooLarge
-from producer.contract import BULK_TASK_NAME, TASK_NAME
-from producer.jobs import upload_key
-from producer.tenants import Tenant
 from tests.support.messages import queued_messages
 from tests.support.paths import SAMPLES
 from tests.support.redis_server import RedisServer, with_shipped_users

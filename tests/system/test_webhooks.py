@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from core.connections import ResultStoreConfig
+from core.lifecycle import EVENTS_STREAM
 from producer import Client, groups
-from producer.connections import ResultStoreConfig
-from producer.jobs import EVENTS_STREAM
 from tests.support.paths import ROOT, SAMPLES
 from tests.support.redis_cluster import RedisClusterNodes
 from tests.support.waiting import wait_for

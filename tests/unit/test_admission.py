@@ -11,11 +11,11 @@ import pytest
 import redis
 from kombu.exceptions import OperationalError
 
+from core.connections import RedisConfig
+from core.errors import BrokerUnavailable, QueueFull, RedisFull
+from core.memory import format_bytes, is_out_of_memory
 from producer import Client
-from producer.connections import RedisConfig
-from producer.errors import BrokerUnavailable, QueueFull, RedisFull
 from producer.limits import Admission, get_limit, limits_key, set_limit
-from producer.memory import format_bytes, is_out_of_memory
 from tests.support.cli import imgqueue as cli
 from tests.support.messages import queued_messages
 from tests.support.redis_server import RedisServer, with_shipped_users

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import redis
 
+from core.contract import result_key
+from core.errors import BatchConflict
 from producer import Client, batch_loop
 from producer.batch import Options, _resume, open_batch, run_batch
 from producer.batch_output import to_parquet, upload
@@ -24,8 +26,6 @@ from producer.batch_rows import ended, row_line
 from producer.batch_sources import Feed, Spec, iter_sources, resolve
 from producer.batch_state import Journal, Rows, index_of, paths_for, recover
 from producer.batch_window import MAX_IN_FLIGHT, MIN_MESSAGES, Window
-from producer.contract import result_key
-from producer.errors import BatchConflict
 from tests.support.cli import run_cli
 from tests.support.messages import queued_messages
 from tests.support.s3 import BUCKET, S3, SET_IMAGES
@@ -339,7 +339,7 @@ def test_jobs_lost_while_no_batch_ran_are_sent_again_and_collected(
 
 
 def queued_messages_keys(queue: str) -> list[str]:
-    from producer.contract import PRIORITY_STEPS, queue_list
+    from core.contract import PRIORITY_STEPS, queue_list
 
     return [queue_list(queue, priority) for priority in PRIORITY_STEPS]
 

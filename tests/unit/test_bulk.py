@@ -8,8 +8,8 @@ import uuid
 
 import redis
 
+from core.contract import BULK_TASK_NAME, TASK_NAME
 from producer import Client
-from producer.contract import BULK_TASK_NAME, TASK_NAME
 
 
 def test_one_message_carries_many_images(redis_url: str) -> None:

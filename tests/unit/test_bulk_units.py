@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.contract import MAX_BULK_IMAGES
 from producer.client import _BULK_MAX_SOURCE_CHARS, _chunks
-from producer.contract import MAX_BULK_IMAGES
 from worker.bulk import ids_in, parse
 from worker.errors import InvalidArguments
 

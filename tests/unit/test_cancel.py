@@ -15,10 +15,10 @@ import pytest
 import redis
 import torch
 
+from core.contract import result_key
+from core.lifecycle import CANCEL_TAKEN, cancel_key
 from producer import Client
 from producer.cancel import deadline_at, parse_deadline
-from producer.contract import result_key
-from producer.jobs import CANCEL_TAKEN, cancel_key
 from tests.support.cli import imgqueue
 from tests.support.messages import queued_messages
 from tests.support.redis_server import with_shipped_users

@@ -22,9 +22,9 @@ import pytest
 import redis
 from redis.exceptions import InvalidResponse
 
-from producer import Client
-from producer.contract import result_key
-from producer.errors import (
+from cli.exits import MEANINGS, ExitStatus, status_for
+from core.contract import result_key
+from core.errors import (
     BrokerUnavailable,
     ConfigError,
     InvalidSource,
@@ -36,8 +36,8 @@ from producer.errors import (
     UnknownModel,
     UploadTooLarge,
 )
-from producer.exits import MEANINGS, ExitStatus, status_for
-from producer.jobs import EVENTS_STREAM
+from core.lifecycle import EVENTS_STREAM
+from producer import Client
 from tests.support.cli import run_cli
 from tests.support.messages import queued_messages
 from tests.support.paths import ROOT
@@ -340,11 +340,11 @@ def _documented() -> dict[int, str]:
 
 
 def test_the_docs_table_of_exit_statuses_is_the_codes() -> None:
-    import producer.cli
+    import cli.main
 
     assert set(MEANINGS) == set(ExitStatus)
     assert _documented() == {int(status): meaning for status, meaning in MEANINGS.items()}
-    doc = producer.cli.__doc__ or ""
+    doc = cli.main.__doc__ or ""
     for status, meaning in MEANINGS.items():
         assert re.search(rf"^ +{int(status)}  {re.escape(meaning)}$", doc, re.MULTILINE)
 

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import redis
 
-from producer import Client
-from producer.connections import (
+from core.connections import (
     RedisConfig,
     RedisConfigError,
     ResultStoreConfig,
 )
+from producer import Client
 from worker import bulk, result_store
 from worker.celery_app import create_app
 from worker.errors import ConfigError

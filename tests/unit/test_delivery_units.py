@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import redis
 
-from producer.connections import RedisConfig, RedisConfigError
-from producer.deadletters import MAX_KEPT, DeadLetter, make_entry
-from producer.keys import Keys
+from core.connections import RedisConfig, RedisConfigError
+from core.deadletters import MAX_KEPT, DeadLetter, make_entry
+from core.keys import Keys
 from tests.support.redis_server import RedisServer
 from worker.broker import compat, envelope, scripts
 from worker.errors import ConfigError

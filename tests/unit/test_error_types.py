@@ -1,11 +1,11 @@
-"""The contract's error types (producer.contract.ERROR_TYPES) are the ones its readers see."""
+"""The contract's error types (core.contract.ERROR_TYPES) are the ones its readers see."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from producer.contract import ERROR_TYPES
+from core.contract import ERROR_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 

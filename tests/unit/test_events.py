@@ -13,8 +13,8 @@ import redis
 from celery import Celery, states
 from celery.app.task import Context
 
-from producer.contract import TASK_NAME
-from producer.jobs import EVENT_FIELDS, EVENTS_STREAM
+from core.contract import TASK_NAME
+from core.lifecycle import EVENT_FIELDS, EVENTS_STREAM
 from tests.support.redis_server import RedisServer
 from worker.backend import ResultBackend
 
@@ -130,7 +130,7 @@ def test_events_maxlen_bounds_the_stream_and_zero_turns_it_off(
 def test_a_blocking_read_never_outlasts_the_clients_socket_timeout(
     redis_server: RedisServer, store: redis.Redis
 ) -> None:
-    from producer.connections import SOCKET_TIMEOUT, RedisConfig, block_budget, socket_timeout
+    from core.connections import SOCKET_TIMEOUT, RedisConfig, block_budget, socket_timeout
     from producer.events import follow
 
     # Our clients set their own timeout instead of taking redis-py's default (5 s since 8.0).

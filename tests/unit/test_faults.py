@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import BrokerUnavailable
 from producer import Client
-from producer.errors import BrokerUnavailable
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for
 from worker.deliveries import Gate

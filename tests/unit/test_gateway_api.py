@@ -19,9 +19,9 @@ import pytest
 import redis
 import requests
 
-from producer import tenants
-from producer.connections import RedisConfig
-from producer.keys import priority_lists
+from core import tenants
+from core.connections import RedisConfig
+from core.keys import priority_lists
 from tests.support.gateway import Gateway, bearer, create_key, make_key, prefixed_gateway
 from tests.support.waiting import wait_for
 

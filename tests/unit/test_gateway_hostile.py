@@ -19,8 +19,8 @@ import pytest
 import redis
 import requests
 
-from producer import tenants
-from producer.connections import RedisConfig
+from core import tenants
+from core.connections import RedisConfig
 from tests.support.gateway import (
     Gateway,
     bearer,

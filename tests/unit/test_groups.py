@@ -12,10 +12,10 @@ import redis
 from celery import Celery, states
 from celery.app.task import Context
 
+from core.contract import TASK_NAME, result_key
+from core.lifecycle import EVENTS_STREAM, GROUP_HEADER
 from producer import Client
-from producer.contract import TASK_NAME, result_key
 from producer.groups import create, keys
-from producer.jobs import EVENTS_STREAM, GROUP_HEADER
 from tests.support.redis_server import RedisServer, with_shipped_users
 from worker.backend import ResultBackend
 

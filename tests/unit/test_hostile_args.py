@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from producer.contract import MAX_TOP_K
+from core.contract import MAX_TOP_K
 from worker.errors import InvalidArguments
 from worker.pipeline import validate_args
 

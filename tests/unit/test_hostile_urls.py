@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer.redaction import display_url, redact_text
+from core.redaction import display_url, redact_text
 from tests.support.http_server import http_server
 from tests.support.paths import SAMPLES
 from worker import urls

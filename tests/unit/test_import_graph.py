@@ -1,4 +1,9 @@
-"""The modules of `worker`, `producer` and `gateway` import each other without cycles.
+"""The layout's rules, read from the imports: no cycles, and each side keeps to its own.
+
+- `core` (the shared core) imports nothing of ours outside itself;
+- `worker` and `producer` never import each other: what both use lives in `core`;
+- `services` (no torch) never import the worker's model code or Celery app;
+- `cli` is the top: nothing imports it but the `python -m producer` alias.
 
 Every import counts: at the top, inside a function (a lazy import) and under TYPE_CHECKING
 alike, so that a lower module never reaches up to the one that drives it (it takes a callback
@@ -11,7 +16,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("worker", "producer", "gateway")
+PACKAGES = ("core", "worker", "producer", "services", "cli")
+# Thin aliases kept for commands users already run (`python -m producer`, `python -m
+# worker.exporter`): a module each, that only re-exports the command's new home.
+ALIASES = frozenset({"producer.__main__", "worker.exporter"})
 
 
 def _modules(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
@@ -123,11 +131,47 @@ def test_the_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
     assert "worker.celery_app" in edges["worker"]  # under TYPE_CHECKING and in a function
 
 
-def test_the_gateway_never_imports_the_worker() -> None:
-    """It runs on a producer install (no torch): it reaches workers through Redis only."""
+def _reached(edges: dict[str, set[str]], package: str) -> set[str]:
+    """The packages (first name) that `package`'s modules import, aliases aside."""
+    return {
+        m.split(".")[0]
+        for name, found in edges.items()
+        if name.split(".")[0] == package and name not in ALIASES
+        for m in found
+    } - {package}
+
+
+def test_the_core_imports_only_itself() -> None:
+    assert _reached(graph(), "core") == set()
+
+
+def test_worker_and_producer_never_import_each_other() -> None:
     edges = graph()
-    reached = {m for name, found in edges.items() if name.startswith("gateway") for m in found}
-    assert reached and not [m for m in reached if m.split(".")[0] == "worker"]
+    assert _reached(edges, "worker") == {"core"}
+    assert _reached(edges, "producer") == {"core"}
+
+
+def test_services_never_import_the_model_or_the_celery_app() -> None:
+    """They run on a producer install (no torch): they reach workers through Redis only.
+    The webhook sender shares the worker's vetted HTTP fetch (worker/fetch.py), which imports
+    neither torch nor Celery."""
+    edges = graph()
+    reached = {m for name, found in edges.items() if name.startswith("services.") for m in found}
+    assert "core.contract" in reached
+    banned = (
+        "worker.model",
+        "worker.celery_app",
+        "worker.tasks",
+        "worker.pipeline",
+        "worker.runtime",
+    )
+    assert not [m for m in reached if m.startswith(banned)]
+
+
+def test_only_the_aliases_import_the_cli() -> None:
+    edges = graph()
+    importers = {name for name, found in edges.items() for m in found if m.startswith("cli")}
+    assert {n for n in importers if not n.startswith("cli")} <= ALIASES
 
 
 def test_find_cycle_names_the_cycle() -> None:

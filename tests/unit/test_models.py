@@ -185,7 +185,7 @@ def test_another_uid_reads_a_packed_model(made: Path) -> None:
 def test_the_cli_packs_and_checks_without_redis(
     made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from producer.cli import main
+    from cli.main import main
 
     out = tmp_path / "tiny"
     args = ["--arch", "squeezenet1_1", "--labels", str(made / "tiny.txt"), "--name", "tiny"]

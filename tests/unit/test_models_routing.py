@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer import Client, UnknownModel
-from producer.client import route
-from producer.connections import RedisConfig
-from producer.models import (
+from core.connections import RedisConfig
+from core.models import (
     BadModelName,
     Registry,
     forget,
@@ -25,12 +23,14 @@ from producer.models import (
     register,
     registered,
 )
+from producer import Client, UnknownModel
+from producer.client import route
 from producer.status import per_model
+from services.exporter import QueueCollector, routes
 from tests.support.cli import imgqueue as cli
 from tests.support.cli import run_cli
 from tests.support.messages import queued_messages
 from tests.support.redis_server import RedisServer, with_shipped_users
-from worker.exporter import QueueCollector, routes
 
 ALPHA = {"name": "alpha", "model": "alpha", "arch": "resnet50", "version": "1", "weights": "w1"}
 

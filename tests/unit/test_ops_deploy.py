@@ -116,8 +116,8 @@ def test_compose_references_exist() -> None:
 def test_compose_webhooks_service() -> None:
     """The webhook dispatcher: the producer image (no torch), the worker ACL user, a secret."""
     hooks = compose()["services"]["webhooks"]
-    assert hooks["entrypoint"] == ["python", "-m", "worker.webhooks"]
-    assert importlib.util.find_spec("worker.webhooks") is not None
+    assert hooks["entrypoint"] == ["python", "-m", "services.webhooks"]
+    assert importlib.util.find_spec("services.webhooks.dispatcher") is not None
     assert hooks["build"]["dockerfile"] == "Dockerfile.producer"
     env = hooks["environment"]
     assert set(env) <= {f.name.upper() for f in fields(Settings)}
@@ -126,7 +126,7 @@ def test_compose_webhooks_service() -> None:
 
 
 # What a gateway reads from its environment: its own settings and the producer's Redis ones
-# (producer.connections).
+# (core.connections).
 GATEWAY_ENV = {
     "REDIS_URL",
     "REDIS_SENTINEL_MASTER",
@@ -137,7 +137,7 @@ GATEWAY_ENV = {
 
 
 def gateway_env_names() -> set[str]:
-    from gateway.settings import GatewaySettings
+    from services.gateway.settings import GatewaySettings
 
     return GATEWAY_ENV | {f.name.upper() for f in fields(GatewaySettings) if f.metadata}
 
@@ -153,7 +153,7 @@ def acl_hash(user: str) -> str:
 def test_compose_gateway_service() -> None:
     """`imgqueue serve` from the producer image with the gateway extra, as the gateway user,
     its health check on a route the app has, published on the port it listens on."""
-    from producer.cli import build_parser
+    from cli.main import build_parser
 
     gateway = compose()["services"]["gateway"]
     build = gateway["build"]
@@ -178,11 +178,11 @@ def test_compose_gateway_service() -> None:
     assert check[:3] == ["CMD", "python", "-c"]
     compile(check[3], "healthcheck", "exec")
     assert f"http://127.0.0.1:{ns.port}/healthz" in check[3]
-    from gateway.routes.health import router  # included by gateway.app
+    from services.gateway.routes.health import router  # included by services.gateway.app
 
     assert "/healthz" in {getattr(route, "path", "") for route in router.routes}
     # Longer than the gateway's own grace for requests in flight after SIGTERM.
-    from producer.serve_cli import SHUTDOWN_GRACE_S
+    from cli.serve import SHUTDOWN_GRACE_S
 
     grace = gateway["stop_grace_period"]
     assert grace.endswith("s") and int(grace[:-1]) > SHUTDOWN_GRACE_S

@@ -15,10 +15,10 @@ import kubernetes_validate
 import pytest
 from ruamel.yaml import YAML
 
-from producer.models import queue_for
+from core.models import queue_for
 from producer.queues import QueueStats, Snapshot
+from services.exporter import per_model, queues_body
 from tests.support.paths import ROOT
-from worker.exporter import per_model, queues_body
 from worker.settings import Settings
 
 K8S = ROOT / "deploy" / "k8s"
@@ -253,7 +253,7 @@ def test_the_worker_image_bakes_the_weights_in() -> None:
 
 def test_exporter_deployment() -> None:
     c = container(of_kind("Deployment")["imgqueue-exporter"])
-    assert c["command"] == ["python", "-m", "worker.exporter"]
+    assert c["command"] == ["python", "-m", "services.exporter"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     allowed = {"REDIS_URL", "RESULT_URL", "QUEUES", "EXPORTER_PORT"}
     assert allowed >= env_names(c) >= {"REDIS_URL"}
@@ -263,7 +263,7 @@ def test_exporter_deployment() -> None:
 def test_webhooks_deployment() -> None:
     deployment = of_kind("Deployment")["imgqueue-webhooks"]
     c = container(deployment)
-    assert c["command"] == ["python", "-m", "worker.webhooks"]
+    assert c["command"] == ["python", "-m", "services.webhooks"]
     assert c["image"].startswith("imgqueue-producer")  # no torch
     assert env_names(c) <= {f.name.upper() for f in fields(Settings)}
     assert {"REDIS_URL", "WEBHOOK_SECRET"} <= env_names(c)
@@ -330,10 +330,10 @@ def _size(text: str) -> int:
 def test_gateway_deployment() -> None:
     """`imgqueue serve` as the gateway Redis user, probes on routes the app has, non-root as
     the image's user, and a grace period longer than the longest request."""
-    from gateway.routes import health
-    from gateway.settings import GatewaySettings
-    from producer.cli import build_parser
-    from producer.serve_cli import SHUTDOWN_GRACE_S
+    from cli.main import build_parser
+    from cli.serve import SHUTDOWN_GRACE_S
+    from services.gateway.routes import health
+    from services.gateway.settings import GatewaySettings
 
     deployment = of_kind("Deployment")["imgqueue-gateway"]
     c = container(deployment)
@@ -341,7 +341,9 @@ def test_gateway_deployment() -> None:
     assert ns.command == "serve" and ns.host == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["http"] == ns.port
-    paths = {getattr(route, "path", "") for route in health.router.routes}  # in gateway.app
+    paths = {
+        getattr(route, "path", "") for route in health.router.routes
+    }  # in services.gateway.app
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         assert c[probe]["httpGet"] == {"path": path, "port": "http"}
         assert path in paths
@@ -368,7 +370,7 @@ def test_gateway_deployment() -> None:
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp"}
     # A multipart upload is held whole: the memory limit covers the largest one.
-    from gateway.uploads import MAX_FILES
+    from services.gateway.uploads import MAX_FILES
 
     upload_max = int(next(e["value"] for e in c["env"] if e["name"] == "UPLOAD_MAX_BYTES"))
     assert _size(c["resources"]["limits"]["memory"]) > MAX_FILES * upload_max

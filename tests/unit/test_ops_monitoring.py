@@ -16,10 +16,10 @@ import pytest
 from prometheus_client.registry import Collector
 from ruamel.yaml import YAML
 
-from producer.connections import RedisConfig
+from core.connections import RedisConfig
 from producer.queues import QueueStats, Snapshot
+from services.exporter import QueueCollector
 from tests.support.paths import ROOT
-from worker.exporter import QueueCollector
 from worker.metrics import Metrics
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -32,7 +32,7 @@ GRAFANA_VARIABLES = {
     "$model": ".*",
     "${model}": ".*",
 }
-# Label values the code emits (worker/joblog.py, worker/metrics.py, worker/exporter.py).
+# Label values the code emits (worker/joblog.py, worker/metrics.py, services/exporter.py).
 LABEL_VALUES = {
     "outcome": {"success", "failure", "retry"},
     "result": {"hit", "miss"},
@@ -193,7 +193,7 @@ def test_compose_provisions_grafana_and_the_exporter() -> None:
     services = YAML(typ="safe").load((ROOT / "docker-compose.yml").read_text())["services"]
     for name in ("exporter", "prometheus", "grafana"):
         assert services[name]["profiles"] == ["monitoring"], name
-    assert services["exporter"]["entrypoint"] == ["python", "-m", "worker.exporter"]
+    assert services["exporter"]["entrypoint"] == ["python", "-m", "services.exporter"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
     provider = YAML(typ="safe").load(
         (ROOT / "deploy/grafana/provisioning/dashboards/imgqueue.yml").read_text()

@@ -16,7 +16,7 @@ from tests.support.paths import ROOT, SAMPLES
 pytest.importorskip("matplotlib", reason="the render extra (matplotlib) is not installed")
 from PIL import Image
 
-from producer.render import BANNER, render
+from cli.render import BANNER, render
 
 
 def success(source: str, weights: str, pretrained: bool | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.redaction import display_url
+from core.redaction import display_url
 from tests.support.paths import ROOT
 from worker import health
 from worker.errors import ConfigError

@@ -10,7 +10,7 @@ from tests.support.paths import ROOT
 
 def test_import_producer_leaves_torch_and_worker_out() -> None:
     code = (
-        "import sys, producer, producer.cli\n"
+        "import sys, producer, cli.main\n"
         "heavy = ('torch', 'torchvision', 'worker', 'PIL')\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "print(','.join(bad))\n"

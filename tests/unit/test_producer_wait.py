@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from core.contract import result_key
 from producer import Client
-from producer.contract import result_key
 from tests.support.redis_server import RedisServer
 
 DB = 9

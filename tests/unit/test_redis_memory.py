@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from producer.connections import RedisConfig
-from producer.memory import (
+from core.connections import RedisConfig
+from core.memory import (
     RESULT_BYTES_FALLBACK,
     MemoryInfo,
     hours_left,
@@ -24,9 +24,9 @@ from producer.memory import (
 )
 from producer.queues import snapshot
 from producer.status import render_memory
+from services.exporter import QueueCollector
 from tests.support.paths import ROOT
 from tests.support.redis_server import RedisServer
-from worker.exporter import QueueCollector
 
 MAXMEMORY = 64 << 20
 # What a worker stores for a top-5 `classify` result (the shape, not real numbers).

@@ -1,6 +1,6 @@
 """What submit refuses before sending anything, and how the command line says it.
 
-Sources outside the contract (producer.contract.source_problem, the rule workers apply too) and
+Sources outside the contract (core.contract.source_problem, the rule workers apply too) and
 deadlines already past are refused with nothing on Redis; argparse errors name the option as
 typed; every subcommand's --help shows its options' defaults.
 """
@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cli.main import build_parser
+from core.contract import MAX_SOURCE_CHARS, MAX_TOP_K, source_problem
 from producer import Client, InvalidSource
-from producer.cli import build_parser
-from producer.contract import MAX_SOURCE_CHARS, MAX_TOP_K, source_problem
 from producer.queues import depth
 from tests.support.cli import run_cli
 

@@ -16,13 +16,12 @@ import redis
 from celery import Celery, states
 from celery.app.task import Context
 
-from producer import Client, Forbidden, TenantQuotaExceeded
-from producer.connections import RedisConfig
-from producer.contract import BULK_TASK_NAME, TASK_NAME, result_key
-from producer.errors import BrokerUnavailable
-from producer.exits import ExitStatus, status_for
-from producer.jobs import EVENTS_STREAM, TENANT_HEADER, upload_key, upload_source
-from producer.tenants import (
+from cli.exits import ExitStatus, status_for
+from core.connections import RedisConfig
+from core.contract import BULK_TASK_NAME, TASK_NAME, result_key
+from core.errors import BrokerUnavailable
+from core.lifecycle import EVENTS_STREAM, TENANT_HEADER, upload_key, upload_source
+from core.tenants import (
     KEY_TTL_S,
     Keyring,
     Tenant,
@@ -32,6 +31,7 @@ from producer.tenants import (
     queued,
     release,
 )
+from producer import Client, Forbidden, TenantQuotaExceeded
 from tests.support.cli import imgqueue, run_cli
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, with_shipped_users
@@ -128,7 +128,7 @@ def test_the_keyring_sees_a_revoke_within_its_ttl(r: redis.Redis) -> None:
     assert tenant is not None and (tenant.name, tenant.max_queued) == ("acme", 3)
     assert ring.authenticate(key[:-1] + "x") is None
     assert ring.authenticate("not-a-key") is None
-    from producer.tenants import revoke
+    from core.tenants import revoke
 
     assert [k.tenant for k in revoke(r, CONFIG, key)] == ["acme"]
     revoked = time.monotonic()
@@ -206,7 +206,7 @@ def test_a_queue_or_model_the_tenant_may_not_use_is_forbidden(url: str, r: redis
             assert "nothing was sent" in str(refused.value)
             assert status_for(refused.value) == ExitStatus.USAGE
         # Allowed, it goes on to the usual checks: no worker serves it yet.
-        from producer.errors import UnknownModel
+        from core.errors import UnknownModel
 
         with pytest.raises(UnknownModel):
             client.submit("a.jpg", tenant=limited, model="defects")

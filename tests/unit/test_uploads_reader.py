@@ -1,5 +1,5 @@
-"""gateway/uploads.py's read_files, through a real uvicorn server on loopback: multipart bodies
-read as they stream, files over the limit refused while the client is still sending."""
+"""The gateway's read_files (uploads.py), through a real uvicorn server on loopback:
+multipart bodies read as they stream, files over the limit refused while the client is still sending."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import problems
-from gateway.settings import GatewaySettings
-from gateway.uploads import read_files, read_form
+from services.gateway import problems
+from services.gateway.settings import GatewaySettings
+from services.gateway.uploads import read_files, read_form
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 

@@ -1,10 +1,10 @@
-"""Webhooks: the dispatcher (`python -m worker.webhooks`, a real process) POSTing to a loopback
+"""Webhooks: the dispatcher (`python -m services.webhooks`, a real process) POSTing to a loopback
 receiver. Signatures are checked with an HMAC computed independently (tests/support/webhooks.py,
 with the receiver and the dispatcher process); retries, the SSRF refusal, a hanging receiver
 and dead letters are observed from outside, on deadlines.
 
 Each test has its own REDIS_KEY_PREFIX, so its stream, retry set and dead letters are its own.
-Events are XADDed here in producer.jobs' documented shape."""
+Events are XADDed here in core.lifecycle' documented shape."""
 
 from __future__ import annotations
 
@@ -23,16 +23,18 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from producer import Client, InvalidWebhook, ProducerError, status, tenants
-from producer.connections import RedisConfig
-from producer.jobs import (
+from core import tenants
+from core.connections import RedisConfig
+from core.lifecycle import (
     EVENT_FIELDS,
     EVENTS_STREAM,
     WEBHOOK_CONSUMER_GROUP,
     WEBHOOK_HEADER,
     WEBHOOK_RETRIES,
 )
-from producer.webhooks import check_webhook
+from core.webhooks import check_webhook
+from producer import Client, InvalidWebhook, ProducerError, status
+from services.webhooks.dispatcher import MAX_RETRY_DELAY, Delivery, retry_delay, sign
 from tests.support.cli import imgqueue
 from tests.support.messages import queued_messages
 from tests.support.paths import ROOT
@@ -50,7 +52,6 @@ from tests.support.webhooks import (
 from worker.errors import ConfigError
 from worker.outbox import outbox_key
 from worker.settings import Settings, webhook_keys
-from worker.webhooks import MAX_RETRY_DELAY, Delivery, retry_delay, sign
 
 
 def documented(lang: str) -> str:
@@ -203,7 +204,10 @@ def test_the_outbox_shares_its_stream_s_hash_slot() -> None:
 
 
 def test_the_dispatcher_imports_neither_celery_nor_torch() -> None:
-    code = "import sys, worker.webhooks; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    code = (
+        "import sys, services.webhooks.dispatcher; "
+        "print(sorted({m.split('.')[0] for m in sys.modules}))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -386,7 +390,7 @@ def test_submit_carries_the_webhook(redis_url: str, redis_client: redis.Redis) -
     assert by_id[one][WEBHOOK_HEADER] == hook
     assert WEBHOOK_HEADER not in by_id[plain]
     (bulk,) = [h for h in messages if h["task"] == "classify_many"]
-    # A bulk message's header holds for each of its images (producer.jobs; worker/events.py).
+    # A bulk message's header holds for each of its images (core.lifecycle; worker/events.py).
     assert bulk[WEBHOOK_HEADER] == hook and len(many) == 2
 
 
@@ -470,7 +474,7 @@ def test_the_backlog_and_its_age_are_metrics(setup: Setup, receiver: Receiver) -
 def test_each_tenant_s_deliveries_verify_only_with_its_own_secret(
     setup: Setup, receiver: Receiver
 ) -> None:
-    """An event's `tenant` picks the signing secret: the tenant's own (producer.tenants), not
+    """An event's `tenant` picks the signing secret: the tenant's own (core.tenants), not
     WEBHOOK_SECRET nor another tenant's; no tenant, WEBHOOK_SECRET; a tenant that no longer
     exists, a dead letter, never signed with another secret nor sent."""
     config = RedisConfig(setup.env["REDIS_URL"], key_prefix=setup.prefix)

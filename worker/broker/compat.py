@@ -15,7 +15,7 @@ import kombu
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from producer.keys import PRIORITY_SEPARATOR
+from core.keys import PRIORITY_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ def check() -> None:
             "tests/*/test_delivery*.py."
         )
     if kombu_redis.Channel.sep != PRIORITY_SEPARATOR:
-        # Producers' kombu names priority lists with its `sep`; producer/keys.py with ours.
+        # Producers' kombu names priority lists with its `sep`; core/keys.py with ours.
         raise BrokerIncompatible(
-            f"kombu's priority list separator is {kombu_redis.Channel.sep!r}, producer/keys.py "
+            f"kombu's priority list separator is {kombu_redis.Channel.sep!r}, core/keys.py "
             f"expects {PRIORITY_SEPARATOR!r} ({versions()}; tested with {_tested()})"
         )
     found = {"kombu": kombu.VERSION[:2], "celery": celery.VERSION[:2]}

@@ -3,7 +3,7 @@
 kombu trusts what it pops: a message that is not JSON, or a JSON object without `properties`,
 raises inside the consumer loop and stops the worker ("Unrecoverable error"), and the message
 then kills the next worker too. Here each message is checked first and, if it fails, gets one
-of producer.contract.DEAD_LETTER_REASONS with a readable detail.
+of core.contract.DEAD_LETTER_REASONS with a readable detail.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from producer.keys import Keys
+from core.keys import Keys
 from worker.broker import scripts
 
 log = logging.getLogger(__name__)

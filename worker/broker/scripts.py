@@ -1,8 +1,8 @@
 """The delivery layer's Lua scripts: every move of a message is one atomic step.
 
-The key layout is producer/keys.py's (`Keys`, with its table of every key); these scripts
+The key layout is core/keys.py's (`Keys`, with its table of every key); these scripts
 build a consumer's keys again in Lua from `P` (`Keys.base`, `<prefix>imgqueue:`) and its id,
-and split an unacked value on its first newline (`producer.keys.unacked_value`).
+and split an unacked value on its first newline (`core.keys.unacked_value`).
 
 A message is always in exactly one of: a queue list, an inbox, an unacked hash, the
 dead-letter list. A consumer id belongs to one channel of one process; when its heartbeat
@@ -19,7 +19,7 @@ ALLOW_OOM = "#!lua flags=allow-oom\n"
 
 # Helpers shared by the scripts. P is `<prefix>imgqueue:`; an unacked value is
 # "<queue list key>\n<message>" (JSON has no raw newline, and queue names carry none).
-# The layout of the keys built here from P is producer/keys.py's: change both together.
+# The layout of the keys built here from P is core/keys.py's: change both together.
 _LIB = """
 local function now()
   local t = redis.call('TIME')

@@ -4,7 +4,7 @@ Selected by Celery's `broker_transport` (worker/celery_app.py), never by patchin
 `worker.broker:Transport` for redis://, rediss:// and unix://, `worker.broker:SentinelTransport`
 for sentinel://. Producers publish with kombu's own transports (a plain LPUSH).
 
-How a message travels (keys in producer/keys.py, scripts in worker/broker/scripts.py):
+How a message travels (keys in core/keys.py, scripts in worker/broker/scripts.py):
 1. Fetch. kombu's BRPOP removes a message before anything records it, so a worker killed with
    the reply in its socket loses it. Here one Lua call LMOVEs as many messages as the consumer
    has free prefetch slots (at most MAX_FETCH), highest priority first over every consumed
@@ -36,9 +36,9 @@ import redis
 import redis.sentinel as redis_sentinel
 from kombu.transport import redis as kombu_redis
 
-from producer import keys as layout
-from producer.deadletters import make_entry
-from producer.memory import is_out_of_memory
+from core import keys as layout
+from core.deadletters import make_entry
+from core.memory import is_out_of_memory
 from worker.broker import compat, envelope, scripts
 from worker.broker.liveness import Liveness
 from worker.broker.qos import QoS

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.models import BadModelName, check_name
+from core.models import BadModelName, check_name
 from worker.errors import ConfigError
 
 CARD_FORMAT = "imgqueue-model/1"

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from producer.models import queue_for
+from core.models import queue_for
 from worker.errors import ConfigError, WeightsUnavailable
 from worker.model.arch import check_arch, check_state_dict
 from worker.model.card import ModelCard, Preprocessing, card_path

@@ -1,0 +1,131 @@
+"""Settings read from the environment: how they are declared (`env`), the one loader (`load`),
+and the settings the workers, the exporter and `imgqueue status` share.
+
+Each setting is one dataclass field declared with `env(default, parse, doc)`: its environment
+variable is the field's name upper-cased, `parse` turns the text into its type (raising
+ValueError), and a class's `validate()` checks ranges. docs/settings.md is generated from these
+declarations (scripts/settings_doc.py). worker/settings.py declares the worker's own on top.
+
+Importing this needs nothing beyond the standard library (a producer-only install).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from core.contract import DEFAULT_QUEUE
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+
+class SettingError(ValueError):
+    """A setting present but malformed or out of range; the message names its variable."""
+
+
+def env(
+    default: T,
+    parse: Callable[[str], T],
+    doc: str = "",
+    *,
+    shown: str | None = None,
+    secret: bool = False,
+) -> T:
+    """A setting read from the environment variable of its upper-cased name by `parse`.
+
+    `doc` says what it does and `shown` how to show its default, where the value alone would
+    mislead (`0` meaning "sized from the machine"); docs/settings.md is generated from both
+    (scripts/settings_doc.py). `secret` keeps the value out of the settings' repr.
+    """
+    if isinstance(default, list | dict | set):
+        raise TypeError("mutable defaults are not settings")
+    made: T = field(
+        default=default,
+        repr=not secret,
+        metadata={"parse": parse, "doc": doc, "shown": shown},
+    )
+    return made
+
+
+def names(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of names, blanks dropped."""
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def parsed(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The `env` fields of `cls` set in `environ` (default: os.environ), parsed; empty counts
+    as unset. SettingError names a malformed one."""
+    source = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        raw = source.get(f.name.upper())
+        if "parse" not in f.metadata or raw is None or raw.strip() == "":
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw.strip())
+        except ValueError as exc:
+            raise SettingError(f"{f.name.upper()}={raw.strip()!r} is invalid: {exc}") from exc
+    return values
+
+
+def load(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+    """`cls` built from the environment and validated; raises SettingError."""
+    settings = cls(**parsed(cls, environ))
+    validate = getattr(settings, "validate", None)
+    if validate is not None:
+        validate()
+    return settings
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """The delivery layer's settings, read alike by workers, the exporter and `imgqueue status`."""
+
+    dead_worker_timeout: float = env(
+        15.0,
+        float,
+        "seconds without a heartbeat before a worker process counts as dead; any live worker"
+        " then returns its jobs to the head of their queues",
+    )
+
+    def validate(self) -> None:
+        if not 1 <= self.dead_worker_timeout <= 3600:
+            raise SettingError("DEAD_WORKER_TIMEOUT must be within 1..3600 seconds")
+
+
+@dataclass(frozen=True)
+class ReportSettings(DeliverySettings):
+    """What `python -m services.exporter` and `imgqueue status` report on."""
+
+    queues: tuple[str, ...] = env(
+        (DEFAULT_QUEUE,),
+        names,
+        "the queues to report, comma separated, even with no worker (those a live worker"
+        " consumes and those of registered models are found by themselves)",
+    )
+
+
+def _endpoint(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ObjectStoreSettings:
+    """Object stores (`s3://`, `gs://`, `az://`; docs/objects.md), for workers and producers.
+
+    Read alike by workers, producers and the gateway; credentials are each store's own
+    environment variables (`AWS_ACCESS_KEY_ID`, ...), not settings of this project."""
+
+    s3_endpoint_url: str = env(
+        "",
+        _endpoint,
+        "an S3-compatible endpoint for `s3://` URLs (MinIO, Ceph, R2, a test server), e.g."
+        " `http://minio:9000`; `http://` allows plain HTTP. Unset: AWS (`AWS_ENDPOINT_URL_S3`"
+        " or `AWS_ENDPOINT_URL` where set), in `AWS_REGION`",
+        shown="AWS",
+    )

@@ -1,0 +1,1 @@
+"""The webhook dispatcher: `python -m services.webhooks` (docs/lifecycle.md)."""

@@ -1,0 +1,3 @@
+from services.webhooks.dispatcher import main
+
+raise SystemExit(main())
