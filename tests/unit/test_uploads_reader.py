@@ -1,5 +1,6 @@
 """The gateway's read_files (uploads.py), through a real uvicorn server on loopback:
-multipart bodies read as they stream, files over the limit refused while the client is still sending."""
+multipart bodies read as they stream, files over the limit refused while the client is
+still sending."""
 
 from __future__ import annotations
 
