@@ -21,7 +21,9 @@ WORKDIR /app
 # The versions requirements/lock.txt pins (bash scripts/lock.sh refreshes it), as CI tests them.
 COPY pyproject.toml README.md ./
 COPY requirements/lock.txt ./requirements/
-COPY producer ./producer
+# The shared core and the worker: nothing of producer/, services/ or cli/ (tests/unit/
+# test_ops_deploy.py checks that the worker imports nothing else).
+COPY core ./core
 COPY worker ./worker
 RUN if [ -n "$TORCH_INDEX" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX"; fi \
     && pip install -c requirements/lock.txt '.[worker]'

@@ -15,8 +15,8 @@ lint:
 test:
 	bash scripts/test.sh
 
-# The unit tier (tests/unit): no worker processes. `make test` (and CI) run tests/unit and
-# tests/system.
+# The unit tier (tests/unit): the pytest process alone, no process or network. `make test`
+# (and CI) run all three tiers once: tests/unit, tests/integration, tests/system.
 test-fast:
 	$(PY) -m pytest -q tests/unit
 

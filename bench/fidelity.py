@@ -6,7 +6,8 @@ mode. Each configuration runs what the worker runs (worker.imaging.decode with o
 Classifier.preprocess, Classifier.infer in that precision, on torch or ONNX Runtime) on the same
 files with the same weights, and is compared on the probabilities of the reference's top-5
 classes and on the top-5 itself. Random weights unless --weights: numerics, not accuracy on
-labelled data.
+labelled data. Both ways and the comparison are tests/support/fidelity.py's, which the
+tests' parity checks share.
 """
 
 from __future__ import annotations
@@ -15,15 +16,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-from PIL import Image
-
 from bench.images import SAMPLES, make_set
-from worker.imaging import decode
-from worker.model.arch import enum_member
-from worker.model.classifier import Classifier, build_network
-from worker.model.spec import INT8_ARCHS, ModelSpec, resolve_model
-from worker.settings import DEFAULT_FORMATS
+from tests.support.fidelity import compare, reference, worker_way
+from worker.model.classifier import Classifier
+from worker.model.spec import INT8_ARCHS, resolve_model
 
 # (label, PRECISION, DRAFT_DECODE, BACKEND); bf16 and int8 run on torch whatever BACKEND says
 CONFIGS = (
@@ -35,52 +31,6 @@ CONFIGS = (
     ("PRECISION=bf16 (draft on)", "bf16", True, "torch"),
     ("PRECISION=int8 DRAFT_DECODE=false", "int8", False, "torch"),
 )
-
-
-def reference(spec: ModelSpec, paths: list[Path]) -> torch.Tensor:
-    """The seed tutorial's way, one image at a time."""
-    model = build_network(spec)  # e.g. resnet50() with the seeded or saved weights
-    model.eval()
-    transforms = enum_member(spec.arch, spec.preprocess_id).transforms()
-    rows = []
-    with torch.inference_mode():
-        for path in paths:
-            with Image.open(path) as image:
-                batch = transforms(image.convert("RGB")).unsqueeze(0)
-            rows.append(model(batch).softmax(1)[0])
-    return torch.stack(rows)
-
-
-def worker_way(model: Classifier, paths: list[Path], draft: bool) -> torch.Tensor:
-    tensors = []
-    for path in paths:
-        decoded = decode(
-            path.read_bytes(),
-            max_pixels=64_000_000,
-            allowed_formats=DEFAULT_FORMATS,
-            draft_size=model.resize_size if draft else None,
-        )
-        tensors.append(model.preprocess(decoded.image))
-    return torch.cat(
-        [model.infer(torch.stack(tensors[i : i + 8])) for i in range(0, len(paths), 8)]
-    )
-
-
-def compare(ref: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
-    top5 = ref.topk(5).indices
-    dp = (ref.gather(1, top5) - got.float().gather(1, top5)).abs()
-    mine = got.float().topk(5).indices
-    n = len(ref)
-    return {
-        "max_dp": float(dp.max()),
-        "mean_dp": float(dp.mean()),
-        "top1": sum(int(a[0] == b[0]) for a, b in zip(top5, mine, strict=True)) / n,
-        "top5_order": sum(int(torch.equal(a, b)) for a, b in zip(top5, mine, strict=True)) / n,
-        "top5_set": sum(
-            int(set(a.tolist()) == set(b.tolist())) for a, b in zip(top5, mine, strict=True)
-        )
-        / n,
-    }
 
 
 def main() -> None:

@@ -19,14 +19,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from cli.models import _redis_errors
+from cli.common import print_table, redis_errors
+from cli.exits import ExitStatus
 from core.models import DEFAULT_LABEL, BadModelName, check_name
 from core.tenants import TenantError, create_key, list_keys, revoke
 
 if TYPE_CHECKING:
     from producer.client import Client
 
-EXIT_OK, EXIT_USAGE = 0, 2
 _WRITERS = "writing API keys needs the admin user (imgqueue:keys, imgqueue:tenants)"
 
 
@@ -77,8 +77,8 @@ def _listed(names: tuple[str, ...]) -> str:
 
 
 def cmd_create(client: Client, ns: argparse.Namespace) -> int:
-    def run() -> int:
-        try:
+    try:
+        with redis_errors(client, _WRITERS):
             key, tenant = create_key(
                 client.redis,
                 client.config,
@@ -87,57 +87,48 @@ def cmd_create(client: Client, ns: argparse.Namespace) -> int:
                 models=ns.models,
                 max_queued=ns.max_queued,
             )
-        except TenantError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        quota = "none" if tenant.max_queued is None else str(tenant.max_queued)
-        print(
-            f"tenant {tenant.name}: queues {_listed(tenant.queues)}, models "
-            f"{_listed(tenant.models)}, max queued {quota}\n"
-            "the API key (shown this once; only its hash is stored):",
-            file=sys.stderr,
-            flush=True,
-        )
-        print(key)  # the last line: `imgqueue keys create ... | tail -1`
-        return EXIT_OK
-
-    return _redis_errors(client, run, _WRITERS)
+    except TenantError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitStatus.USAGE
+    quota = "none" if tenant.max_queued is None else str(tenant.max_queued)
+    print(
+        f"tenant {tenant.name}: queues {_listed(tenant.queues)}, models "
+        f"{_listed(tenant.models)}, max queued {quota}\n"
+        "the API key (shown this once; only its hash is stored):",
+        file=sys.stderr,
+        flush=True,
+    )
+    print(key)  # the last line: `imgqueue keys create ... | tail -1`
+    return ExitStatus.OK
 
 
 def cmd_list(client: Client, ns: argparse.Namespace) -> int:
-    def run() -> int:
+    with redis_errors(client, "reading imgqueue:keys needs the gateway user or more"):
         keys = list_keys(client.redis, client.config)
-        if ns.json:
-            rows = [{"tenant": k.tenant, "key": k.shown, "created": k.created} for k in keys]
-            print(json.dumps(rows, sort_keys=True))
-            return EXIT_OK
-        table = [["tenant", "key", "created"]]
-        table += [[k.tenant, k.shown + "...", _when(k.created)] for k in keys]
-        widths = [max(len(row[i]) for row in table) for i in range(3)]
-        for row in table:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if not keys:
-            print("no API key: make one with `imgqueue keys create --tenant NAME`", file=sys.stderr)
-        return EXIT_OK
-
-    return _redis_errors(client, run, "reading imgqueue:keys needs the gateway user or more")
+    if ns.json:
+        rows = [{"tenant": k.tenant, "key": k.shown, "created": k.created} for k in keys]
+        print(json.dumps(rows, sort_keys=True))
+        return ExitStatus.OK
+    table = [["tenant", "key", "created"]]
+    print_table(table + [[k.tenant, k.shown + "...", _when(k.created)] for k in keys])
+    if not keys:
+        print("no API key: make one with `imgqueue keys create --tenant NAME`", file=sys.stderr)
+    return ExitStatus.OK
 
 
 def cmd_revoke(client: Client, ns: argparse.Namespace) -> int:
-    def run() -> int:
-        try:
+    try:
+        with redis_errors(client, _WRITERS):
             gone = revoke(client.redis, client.config, ns.key.rstrip("."))  # as `list` shows it
-        except TenantError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        if not gone:
-            print("error: no API key matches (see `imgqueue keys list`)", file=sys.stderr)
-            return EXIT_USAGE
-        for k in gone:
-            print(f"revoked {k.shown}... of tenant {k.tenant} (gateways refuse it within seconds)")
-        return EXIT_OK
-
-    return _redis_errors(client, run, _WRITERS)
+    except TenantError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitStatus.USAGE
+    if not gone:
+        print("error: no API key matches (see `imgqueue keys list`)", file=sys.stderr)
+        return ExitStatus.USAGE
+    for k in gone:
+        print(f"revoked {k.shown}... of tenant {k.tenant} (gateways refuse it within seconds)")
+    return ExitStatus.OK
 
 
 def add_subparser(sub: Any) -> None:

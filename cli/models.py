@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.models import BadModelName, check_name, forget, registered, shown
+from cli.common import print_table, redis_errors, served_name
+from cli.exits import ExitStatus
+from core.models import forget, registered, shown
 
 if TYPE_CHECKING:
     from producer.client import Client
-
-EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 2, 3
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,6 @@ class Command:
     run: Callable[[Client, argparse.Namespace], int] | None = None  # needs Redis
     offline: Callable[[argparse.Namespace], int] | None = None  # needs no Redis
     description: str | None = None
-
-
-def served_name(text: str) -> str:
-    """An argparse type: a served name, or '' for the default model."""
-    if text == "":
-        return text
-    try:
-        return check_name(text)
-    except BadModelName as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _age(seen: Any, now: float) -> str:
@@ -66,55 +56,32 @@ def _age(seen: Any, now: float) -> str:
     return f"{seconds / 86400:.0f}d ago"
 
 
-def _redis_errors(client: Client, action: Callable[[], int], who: str) -> int:
-    """Run `action`, turning Redis' refusals into the CLI's messages and exit statuses."""
-    import redis
-
-    from core.errors import BrokerUnavailable
-
-    try:
-        return action()
-    except redis.exceptions.NoPermissionError as exc:
-        print(f"error: {exc} ({who})", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except redis.exceptions.OutOfMemoryError as exc:
-        raise client.full_error() from exc
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        where = client.config.safe_url()
-        raise BrokerUnavailable(f"cannot reach Redis at {where}: {exc}") from exc
-
-
 def cmd_list(client: Client, ns: argparse.Namespace) -> int:
-    def run() -> int:
+    with redis_errors(client, "reading imgqueue:models needs the producer user or more"):
         models = registered(client.redis, client.config)
-        if ns.json:
-            print(json.dumps(list(models.values()), sort_keys=True))
-            return EXIT_OK
-        now = time.time()
-        rows = [["name", "model", "arch", "version", "weights", "labels", "queue", "registered"]]
-        for name, m in models.items():
-            fields = ("model", "arch", "version", "weights", "labels", "queue")
-            rows.append([shown(name), *(str(m.get(k) or "-") for k in fields)])
-            rows[-1].append(_age(m.get("seen"), now))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if not models:
-            print("no model registered: workers register when they are ready", file=sys.stderr)
-        return EXIT_OK
-
-    return _redis_errors(client, run, "reading imgqueue:models needs the producer user or more")
+    if ns.json:
+        print(json.dumps(list(models.values()), sort_keys=True))
+        return ExitStatus.OK
+    now = time.time()
+    rows = [["name", "model", "arch", "version", "weights", "labels", "queue", "registered"]]
+    for name, m in models.items():
+        fields = ("model", "arch", "version", "weights", "labels", "queue")
+        rows.append([shown(name), *(str(m.get(k) or "-") for k in fields)])
+        rows[-1].append(_age(m.get("seen"), now))
+    print_table(rows)
+    if not models:
+        print("no model registered: workers register when they are ready", file=sys.stderr)
+    return ExitStatus.OK
 
 
 def cmd_forget(client: Client, ns: argparse.Namespace) -> int:
-    def run() -> int:
-        if forget(client.redis, client.config, ns.name):
-            print(f"model {shown(ns.name)}: forgotten (its workers register again when ready)")
-        else:
-            print(f"model {shown(ns.name)}: was not registered", file=sys.stderr)
-        return EXIT_OK
-
-    return _redis_errors(client, run, "forgetting a model needs the admin user")
+    with redis_errors(client, "forgetting a model needs the admin user"):
+        forgotten = forget(client.redis, client.config, ns.name)
+    if forgotten:
+        print(f"model {shown(ns.name)}: forgotten (its workers register again when ready)")
+    else:
+        print(f"model {shown(ns.name)}: was not registered", file=sys.stderr)
+    return ExitStatus.OK
 
 
 def _offline_errors(action: Callable[[], int]) -> int:
@@ -124,15 +91,15 @@ def _offline_errors(action: Callable[[], int]) -> int:
         from worker.errors import ConfigError, WeightsUnavailable
     except ImportError as exc:  # pragma: no cover - a producer-only install
         print(f"error: this command needs the worker extra ({exc})", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     try:
         return action()
     except ImportError as exc:
         print(f"error: this command needs the worker extra ({exc})", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except (ConfigError, WeightsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
 
 
 def cmd_pack(ns: argparse.Namespace) -> int:
@@ -144,7 +111,7 @@ def cmd_pack(ns: argparse.Namespace) -> int:
         if ns.resize or ns.crop:
             if not (ns.resize and ns.crop):
                 print("error: --resize and --crop go together", file=sys.stderr)
-                return EXIT_USAGE
+                return ExitStatus.USAGE
             raw = {"resize": ns.resize, "crop": ns.crop, "interpolation": ns.interpolation}
             preprocess = Preprocessing.from_dict(raw, "--resize/--crop")
         packed = pack(
@@ -160,7 +127,7 @@ def cmd_pack(ns: argparse.Namespace) -> int:
         print(f"{ns.checkpoint}: found {packed.found}", file=sys.stderr)
         print(f"wrote {packed.card} (MODEL_CARD for its workers)", file=sys.stderr)
         print(json.dumps(describe(packed.spec), indent=2))
-        return EXIT_OK
+        return ExitStatus.OK
 
     return _offline_errors(run)
 
@@ -172,7 +139,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
         spec = check(Path(ns.card), ns.precision)
         print(json.dumps(describe(spec), indent=2))
         print(f"{ns.card}: the model loads and runs; a worker would start", file=sys.stderr)
-        return EXIT_OK
+        return ExitStatus.OK
 
     return _offline_errors(run)
 

@@ -13,7 +13,8 @@ import dataclasses
 import sys
 from typing import Any
 
-EXIT_USAGE = 2
+from cli.exits import ExitStatus
+
 # The gateway extra's modules (pyproject.toml); another missing module is a bug to show.
 EXTRA_MODULES = frozenset({"fastapi", "uvicorn", "starlette", "pydantic", "multipart"})
 NEEDS_EXTRA = "this command needs the gateway extra: pip install '.[gateway]'"
@@ -56,7 +57,7 @@ def run(ns: argparse.Namespace) -> int:
         if (exc.name or "").split(".")[0] not in EXTRA_MODULES:
             raise
         print(f"error: {NEEDS_EXTRA} (missing {exc.name})", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     from core.connections import RedisConfig, RedisConfigError, ResultStoreConfig
     from core.settings import SettingError, load
 
@@ -78,7 +79,7 @@ def run(ns: argparse.Namespace) -> int:
         )
     except (SettingError, RedisConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     uvicorn.run(
         create_app(settings),
         host=ns.host or settings.gateway_host,

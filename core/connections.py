@@ -14,7 +14,6 @@ Importing this never imports the worker, torch, or redis.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,8 +22,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 if TYPE_CHECKING:
     import redis
 
-from core.contract import DEFAULT_REDIS_URL, result_key
-from core.keys import BROKER_KEY_PREFIX, PRIORITY_STEPS
+from core.contract import DEFAULT_REDIS_URL
+from core.keys import PRIORITY_STEPS, result_key
+from core.settings import ConnectionSettings, load
 
 SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 # Set here rather than left to redis-py, whose default changed (none before 8, 5 s since). A
@@ -56,18 +56,15 @@ class RedisConfig:
         sentinel_master: str | None = None,
         key_prefix: str | None = None,
     ) -> RedisConfig:
-        """Arguments win over REDIS_URL, REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX."""
-        env = os.environ if environ is None else environ
+        """Arguments win over REDIS_URL, REDIS_SENTINEL_MASTER and REDIS_KEY_PREFIX
+        (core.settings.ConnectionSettings)."""
+        declared = load(ConnectionSettings, environ)
         config = cls(
-            url=(url or env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL),
+            url=url or declared.redis_url,
             sentinel_master=(
-                sentinel_master
-                if sentinel_master is not None
-                else env.get("REDIS_SENTINEL_MASTER", "").strip()
+                sentinel_master if sentinel_master is not None else declared.redis_sentinel_master
             ),
-            key_prefix=(
-                key_prefix if key_prefix is not None else env.get("REDIS_KEY_PREFIX", "").strip()
-            ),
+            key_prefix=key_prefix if key_prefix is not None else declared.redis_key_prefix,
         )
         config.validate()
         return config
@@ -114,10 +111,6 @@ class RedisConfig:
     def db(self) -> int:
         path = self._first().path.strip("/")
         return int(path) if path.isdigit() else 0
-
-    def key(self, name: str) -> str:
-        """A key of the delivery layer (`imgqueue:<name>`), after the prefix."""
-        return f"{self.key_prefix}{BROKER_KEY_PREFIX}{name}"
 
     def result_key(self, task_id: str) -> str:
         return result_key(task_id, self.key_prefix)
@@ -236,16 +229,15 @@ class ResultStoreConfig:
         sentinel_master: str | None = None,
         broker: RedisConfig | None = None,
     ) -> ResultStoreConfig:
-        """Arguments win over RESULT_URL and RESULT_SENTINEL_MASTER; `broker` (default: from
-        the same environment) gives the defaults and the key prefix."""
-        env = os.environ if environ is None else environ
-        broker = broker or RedisConfig.from_env(env)
+        """Arguments win over RESULT_URL and RESULT_SENTINEL_MASTER
+        (core.settings.ConnectionSettings); `broker` (default: from the same environment)
+        gives the defaults and the key prefix."""
+        declared = load(ConnectionSettings, environ)
+        broker = broker or RedisConfig.from_env(environ)
         return cls.resolve(
             broker,
-            url if url is not None else env.get("RESULT_URL", ""),
-            sentinel_master
-            if sentinel_master is not None
-            else env.get("RESULT_SENTINEL_MASTER", ""),
+            url if url is not None else declared.result_url,
+            sentinel_master if sentinel_master is not None else declared.result_sentinel_master,
         )
 
     @property

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-# The delivery layer's key layout and priority lists live in core.keys.
+# The key layout (the result key included) and priority lists live in core.keys.
 from core.keys import BROKER_KEY_PREFIX as BROKER_KEY_PREFIX
 from core.keys import CONSUMERS_KEY as CONSUMERS_KEY
 from core.keys import DEAD_LETTERS_KEY as DEAD_LETTERS_KEY
@@ -15,7 +15,9 @@ from core.keys import MAX_PRIORITY as MAX_PRIORITY
 from core.keys import MIN_PRIORITY as MIN_PRIORITY
 from core.keys import PRIORITY_SEPARATOR as PRIORITY_SEPARATOR
 from core.keys import PRIORITY_STEPS as PRIORITY_STEPS
+from core.keys import RESULT_KEY_PREFIX as RESULT_KEY_PREFIX
 from core.keys import queue_list as queue_list
+from core.keys import result_key as result_key
 
 TASK_NAME = "classify"
 # Many images in one message: args `[[{"id": ..., "source": ..., "top_k"?: ...}, ...]]`,
@@ -38,7 +40,6 @@ MAX_SOURCE_CHARS = 8192
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # The keyword arguments `classify` and `classify_many` take.
 TASK_KWARGS = frozenset({"top_k"})
-RESULT_KEY_PREFIX = "celery-task-meta-"
 
 # Error types a failed job can carry in `result.exc_type`. Stable names: other apps branch on them.
 ERROR_TYPES: dict[str, str] = {
@@ -116,8 +117,3 @@ def check_top_k(top_k: object) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise ArgumentError(f"top_k must be an integer within 1..{MAX_TOP_K}, got {top_k!r}")
     return top_k
-
-
-def result_key(task_id: str, key_prefix: str = "") -> str:
-    """The Redis key holding a task's result JSON."""
-    return key_prefix + RESULT_KEY_PREFIX + task_id

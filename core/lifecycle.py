@@ -1,12 +1,21 @@
 """A job's lifecycle as other apps steer and follow it: cancels, deadlines, completion events,
 webhooks and groups. Plain data shared by the producer and the worker (no Celery, no torch).
 
-Every key here sits after REDIS_KEY_PREFIX when one is set, like every other key.
+Its keys are named in core/keys.py, with every other key, and re-exported here for callers
+that import them from the lifecycle they belong to.
 """
 
 from __future__ import annotations
 
-from core.keys import BROKER_KEY_PREFIX
+from core.keys import CANCEL_KEY_PREFIX as CANCEL_KEY_PREFIX
+from core.keys import EVENTS_STREAM as EVENTS_STREAM
+from core.keys import GROUP_KEY_PREFIX as GROUP_KEY_PREFIX
+from core.keys import UPLOAD_KEY_PREFIX as UPLOAD_KEY_PREFIX
+from core.keys import WEBHOOK_DEAD_LETTERS as WEBHOOK_DEAD_LETTERS
+from core.keys import WEBHOOK_RETRIES as WEBHOOK_RETRIES
+from core.keys import cancel_key as cancel_key
+from core.keys import group_key as group_key
+from core.keys import upload_key as upload_key
 
 # -- message headers (set by producers; any language may set them) ---------------------------
 # Absolute deadline, epoch seconds (float): a job not started by then ends REVOKED, `Expired`.
@@ -24,12 +33,10 @@ TENANT_HEADER = "imgqueue_tenant"
 # -- cancels ---------------------------------------------------------------------------------
 # `imgqueue:cancel:<task id>`: a cancel waiting for its job's message; the worker that takes
 # the message ends the job REVOKED and deletes it. Kept on the result store, next to results.
-CANCEL_KEY_PREFIX = BROKER_KEY_PREFIX + "cancel:"
 
 # -- completion events -----------------------------------------------------------------------
 # One Redis Stream on the result store for every queue: each terminal state is one entry,
-# trimmed approximately (XADD MAXLEN ~ EVENTS_MAXLEN).
-EVENTS_STREAM = BROKER_KEY_PREFIX + "events"
+# trimmed approximately (XADD MAXLEN ~ EVENTS_MAXLEN): EVENTS_STREAM.
 # Fields of an event entry (all strings; empty when not applicable):
 #   kind   "job" or "group" (a group's single completion event, when its last job ends)
 #   id     the task id (kind=job) or the group id (kind=group)
@@ -53,15 +60,7 @@ GROUP_EVENT_COUNTS = ("total", "succeeded", "failed", "cancelled")
 #                                 producer/groups.py reads them from the unfinished jobs' states
 #   imgqueue:group:{<gid>}:ids    list of its task ids, in submit order
 #   imgqueue:group:{<gid>}:done   hash task id -> final state, so a job counts once
-GROUP_KEY_PREFIX = BROKER_KEY_PREFIX + "group:"
-
-
-def group_key(group_id: str, part: str = "") -> str:
-    return f"{GROUP_KEY_PREFIX}{{{group_id}}}" + (f":{part}" if part else "")
-
-
-def cancel_key(task_id: str) -> str:
-    return CANCEL_KEY_PREFIX + task_id
+# (group_key, core.keys.group_keys).
 
 
 # How long a cancel waits for its job's message (30 days): a safety net, so a cancel of an id
@@ -78,7 +77,6 @@ CANCEL_TAKEN = "taken"
 # source being `upload:<task id>`. The worker reads them from there and deletes the key when the
 # job reaches a final state.
 UPLOAD_SOURCE_PREFIX = "upload:"
-UPLOAD_KEY_PREFIX = BROKER_KEY_PREFIX + "upload:"
 # Defaults of UPLOAD_MAX_BYTES (bytes per upload, checked by the Client and the gateway) and
 # UPLOAD_TTL_S (how long the bytes wait in Redis for their job).
 UPLOAD_MAX_BYTES = 20 * 1024 * 1024
@@ -89,15 +87,9 @@ def upload_source(task_id: str) -> str:
     return UPLOAD_SOURCE_PREFIX + task_id
 
 
-def upload_key(task_id: str) -> str:
-    """The key of an upload, after REDIS_KEY_PREFIX."""
-    return UPLOAD_KEY_PREFIX + task_id
-
-
 # -- webhooks --------------------------------------------------------------------------------
-# Deliveries the dispatcher gave up on (newest first, capped), shown by `imgqueue status`.
-WEBHOOK_DEAD_LETTERS = BROKER_KEY_PREFIX + "webhooks:dead"
-# Deliveries waiting for their next attempt: sorted set scored by when it is due.
-WEBHOOK_RETRIES = BROKER_KEY_PREFIX + "webhooks:retry"
+# WEBHOOK_DEAD_LETTERS: deliveries the dispatcher gave up on (newest first, capped), shown by
+# `imgqueue status`. WEBHOOK_RETRIES: deliveries waiting for their next attempt, a sorted set
+# scored by when it is due.
 # The consumer group the dispatchers read EVENTS_STREAM with.
 WEBHOOK_CONSUMER_GROUP = "imgqueue-webhooks"

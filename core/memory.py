@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from core.connections import RedisConfig
+from core.text import text
 
 # What one stored result takes in Redis (`MEMORY USAGE` of a top-5 `classify` result: the
 # JSON plus the key and Redis' own overhead), for when no result can be measured.
@@ -70,10 +71,6 @@ def read_memory(client: Any) -> MemoryInfo | None:
     )
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
 def is_out_of_memory(exc: BaseException | None) -> bool:
     """Whether `exc`, or any exception it was raised from or during, is Redis' OOM refusal.
 
@@ -102,7 +99,7 @@ def result_bytes(
         with client.pipeline(transaction=False) as pipe:
             for _ in range(samples):
                 pipe.randomkey()
-            keys = {_text(k) for k in pipe.execute() if k is not None}
+            keys = {text(k) for k in pipe.execute() if k is not None}
         keys = {k for k in keys if k.startswith(prefix)}
         if not keys:
             return RESULT_BYTES_FALLBACK, 0

@@ -17,6 +17,8 @@ import redis
 
 from core.contract import DEFAULT_QUEUE
 from core.errors import UnknownModel
+from core.keys import MODELS_KEY
+from core.text import text
 
 if TYPE_CHECKING:
     from core.connections import RedisConfig
@@ -62,7 +64,7 @@ DEFAULT_LABEL = "(default)"
 
 def models_key(config: RedisConfig) -> str:
     """The registry hash: `<REDIS_KEY_PREFIX>imgqueue:models`."""
-    return config.key("models")
+    return config.key_prefix + MODELS_KEY
 
 
 def shown(name: str) -> str:
@@ -98,7 +100,7 @@ def registered(client: Any, config: RedisConfig) -> dict[str, dict[str, Any]]:
     not a JSON object is kept with its queue only (it still names a served model)."""
     out: dict[str, dict[str, Any]] = {}
     for raw_field, raw_value in client.hgetall(models_key(config)).items():
-        name = raw_field.decode() if isinstance(raw_field, bytes) else str(raw_field)
+        name = text(raw_field)
         try:
             value = json.loads(raw_value)
         except ValueError:

@@ -76,5 +76,12 @@ def redact_text(text: str) -> str:
     return "".join(out)
 
 
+def redact_error(exc: BaseException, limit: int = 200) -> str:
+    """An exception for a log line: its message (else its type's name) as `redact_text` shows
+    it, cut after `limit` characters."""
+    text = redact_text(str(exc) or type(exc).__name__)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _cut(text: str, limit: int | None) -> str:
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

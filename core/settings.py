@@ -1,5 +1,6 @@
 """Settings read from the environment: how they are declared (`env`), the one loader (`load`),
-and the settings the workers, the exporter and `imgqueue status` share.
+and the settings workers, producers and services share (where Redis is, read through
+core.connections; the delivery layer's; object stores).
 
 Each setting is one dataclass field declared with `env(default, parse, doc)`: its environment
 variable is the field's name upper-cased, `parse` turns the text into its type (raising
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from core.contract import DEFAULT_QUEUE
+from core.contract import DEFAULT_QUEUE, DEFAULT_REDIS_URL
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -78,6 +79,46 @@ def load(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
     if validate is not None:
         validate()
     return settings
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Where Redis is, for workers, producers and services alike (core.connections reads them).
+
+    Producers may also take them as arguments (`redis_url=`, `--result-url`, ...)."""
+
+    redis_url: str = env(
+        DEFAULT_REDIS_URL,
+        str,
+        "the broker (queues), and the results unless `RESULT_URL`: `redis://`, `rediss://` (TLS),"
+        " passwords (`redis://:PASSWORD@host:6379/0`), `unix://`, and"
+        " `sentinel://h1:26379;sentinel://h2:26379/0` work",
+    )
+    redis_sentinel_master: str = env(
+        "", str, "the master's name; required with `sentinel://` (producers too)"
+    )
+    # kombu's global_keyprefix, for broker and results alike
+    redis_key_prefix: str = env(
+        "",
+        str,
+        "put before every key (queues, results, the delivery layer's); ends with `:`, `_`, `-`"
+        " or `.`; producers need the same",
+    )
+    result_url: str = env(
+        "",
+        str,
+        "where results (and the result cache, delivery counters, completion events) go,"
+        " producers too: any `REDIS_URL` form, or a Redis Cluster"
+        " `redis-cluster://[user:pass@]host:port[,host:port...][/0]` (`rediss-cluster://` for"
+        " TLS; a few nodes suffice, the rest are found)",
+        shown="`REDIS_URL`",
+    )
+    result_sentinel_master: str = env(
+        "",
+        str,
+        "the master's name for a `sentinel://` `RESULT_URL`",
+        shown="`REDIS_SENTINEL_MASTER`",
+    )
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from core.connections import RedisConfig
+from core.keys import API_KEYS_KEY, TENANTS_KEY, tenant_jobs_key
+from core.text import text
 
 KEY_PREFIX = "iq_"
 KEY_TTL_S = 2.0  # a revoked key works at most this long (plus one request) in a gateway
@@ -47,16 +49,16 @@ class TenantError(ValueError):
 
 
 def tenants_key(config: RedisConfig) -> str:
-    return config.key("tenants")
+    return config.key_prefix + TENANTS_KEY
 
 
 def keys_key(config: RedisConfig) -> str:
-    return config.key("keys")
+    return config.key_prefix + API_KEYS_KEY
 
 
 def jobs_key(config: RedisConfig, tenant: str) -> str:
     """The tenant's unfinished jobs (a sorted set)."""
-    return config.key(f"tenant-jobs:{tenant}")
+    return config.key_prefix + tenant_jobs_key(tenant)
 
 
 def tag_of(name: str) -> str:
@@ -173,7 +175,7 @@ def list_keys(r: Any, config: RedisConfig) -> list[KeyInfo]:
     for digest, raw in r.hgetall(keys_key(config)).items():
         data = json.loads(raw)
         out.append(
-            KeyInfo(_text(digest), data["tenant"], data.get("shown", ""), data.get("created", 0))
+            KeyInfo(text(digest), data["tenant"], data.get("shown", ""), data.get("created", 0))
         )
     return sorted(out, key=lambda k: (k.tenant, k.created))
 
@@ -269,7 +271,3 @@ def release(r: Any, config: RedisConfig, tenant: str, ids: list[str]) -> None:
 def queued(r: Any, config: RedisConfig, tenant: str) -> int:
     """The tenant's unfinished jobs."""
     return int(r.zcount(jobs_key(config, tenant), time.time(), "+inf"))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

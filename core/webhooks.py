@@ -18,13 +18,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.errors import ProducerError
-from core.lifecycle import (
-    EVENTS_STREAM,
-    WEBHOOK_CONSUMER_GROUP,
-    WEBHOOK_DEAD_LETTERS,
-    WEBHOOK_RETRIES,
-)
+from core.keys import EVENTS_STREAM, WEBHOOK_DEAD_LETTERS, WEBHOOK_RETRIES
+from core.lifecycle import WEBHOOK_CONSUMER_GROUP
 from core.redaction import display_url
+from core.text import text
 
 MAX_URL_CHARS = 2048
 _SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
@@ -83,7 +80,7 @@ def summary(store: Any, key_prefix: str = "", recent: int = 3) -> dict[str, Any]
         groups = []
     except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
         return {"error": str(exc)}
-    group = next((g for g in groups if _str(g.get("name")) == WEBHOOK_CONSUMER_GROUP), None)
+    group = next((g for g in groups if text(g.get("name")) == WEBHOOK_CONSUMER_GROUP), None)
     entries = []
     for raw in newest:
         try:
@@ -114,7 +111,3 @@ def render(hooks: dict[str, Any]) -> list[str]:
             f"{e.get('error')} ({e.get('reason')}, {e.get('attempts')} attempt(s))"
         )
     return lines
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

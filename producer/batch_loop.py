@@ -21,6 +21,7 @@ from typing import Any
 
 from core.connections import mget, result_store_errors
 from core.errors import BrokerUnavailable, QueueFull
+from core.states import FINAL_STATES
 from producer.batch_rows import Ended, ended, finished, unlink_results
 from producer.batch_sources import Feed, problem
 from producer.batch_state import Journal, Rows, mark
@@ -34,7 +35,8 @@ _MGET_CHUNK = 500
 # shortest to the longest; every _SWEEP_S every job in flight is read.
 _POLL_MIN_S, _POLL_MAX_S = 0.01, 0.1
 _SWEEP_S = 3.0
-_FINAL = tuple(f'{{"status": "{state}"'.encode() for state in ("SUCCESS", "FAILURE", "REVOKED"))
+# How the worker's JSON of a final state begins (`_is_final`).
+_FINAL = tuple(f'{{"status": "{state}"'.encode() for state in sorted(FINAL_STATES))
 _RECONNECT_S = 60.0  # Redis unreachable longer than this ends the run (resume later)
 # No job of the batch ended for this long, none of those in flight has a state and their queue
 # is empty: their results expired while no batch ran (RESULT_EXPIRES), or their messages were

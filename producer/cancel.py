@@ -1,5 +1,5 @@
-"""Cancels and deadlines on the producer's side: `Client.cancel`, `imgqueue cancel`, and the
-`deadline=` of submits.
+"""Cancels and deadlines on the producer's side: `Client.cancel` (`imgqueue cancel`:
+cli/cancel.py), and the `deadline=` of submits.
 
 A cancel is a key on the result store, `imgqueue:cancel:<id>` (core.lifecycle.cancel_key), that
 waits for the job's message: the worker that takes the message ends the job REVOKED, with the
@@ -19,10 +19,8 @@ before it looks for the key (worker/cancels.py has the whole agreement). So:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -36,8 +34,9 @@ from core.connections import RedisConfig, ResultStoreConfig, mget
 from core.errors import BrokerUnavailable, ProducerError, RedisFull
 from core.lifecycle import CANCEL_TAKEN, CANCEL_TTL, cancel_key
 from core.memory import is_out_of_memory
+from core.states import FINAL_STATES
+from core.text import text
 
-FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 # Ids per round trip.
 _CHUNK = 500
 # How long a cancel waits for another cancel of the same started job to learn its fate.
@@ -88,10 +87,6 @@ class Client(Protocol):
 
     @property
     def results(self) -> Any: ...
-
-    def group_ids(self, group_id: str) -> list[str]: ...
-
-    def cancel(self, task_ids: Iterable[str]) -> CancelResult: ...
 
 
 def valid_id(task_id: Any) -> bool:
@@ -149,13 +144,13 @@ class _Chunk:
         pipe = self.r.pipeline(transaction=False)
         for task_id in self.ids:
             pipe.set(self.key(task_id), self.token, nx=True, get=True, ex=CANCEL_TTL)
-        olds = [_text(v) for v in pipe.execute()]
+        olds = [None if v is None else text(v) for v in pipe.execute()]
         withdraw: list[str] = []  # started: take our key back, or learn the worker took it
         drop: list[str] = []  # finished: our key is of no use
         others: list[str] = []  # started, with another cancel's key: wait for its fate
         for task_id, old, (state, error) in zip(self.ids, olds, self.states(self.ids), strict=True):
             out.states[task_id] = state
-            if state in FINAL:
+            if state in FINAL_STATES:
                 late = not (state == "REVOKED" and error == "Cancelled")
                 (out.too_late if late else out.cancelled).append(task_id)
                 if old is None:
@@ -182,7 +177,7 @@ class _Chunk:
             pipe.getdel(self.key(task_id))
         taken = []
         for task_id, value in zip(ids, pipe.execute(), strict=True):
-            value = _text(value)
+            value = None if value is None else text(value)
             if value == self.token:
                 out.too_late.append(task_id)  # the worker never saw it: the job runs on
                 continue
@@ -201,24 +196,22 @@ class _Chunk:
         takes that key, or that cancel takes it back, within a round trip or two."""
         end = time.monotonic() + _OTHERS_WAIT_S
         while ids:
-            values = [_text(v) for v in mget(self.r, [self.key(i) for i in ids])]
+            values = [
+                None if v is None else text(v) for v in mget(self.r, [self.key(i) for i in ids])
+            ]
             states = self.states(ids)
             waiting = []
             for task_id, value, (state, error) in zip(ids, values, states, strict=True):
                 out.states[task_id] = state
                 if value == CANCEL_TAKEN or (state == "REVOKED" and error == "Cancelled"):
                     out.cancelled.append(task_id)
-                elif value is None or state in FINAL or time.monotonic() >= end:
+                elif value is None or state in FINAL_STATES or time.monotonic() >= end:
                     out.too_late.append(task_id)
                 else:
                     waiting.append(task_id)
             ids = waiting
             if ids:
                 time.sleep(0.02)
-
-
-def _text(value: Any) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _state(raw: Any) -> tuple[str, str | None]:
@@ -267,65 +260,3 @@ def deadline_at(deadline: float | datetime | None, now: float | None = None) -> 
     if not math.isfinite(deadline) or deadline <= 0:
         raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
     return (time.time() if now is None else now) + float(deadline)
-
-
-def parse_deadline(text: str) -> float | datetime:
-    """`--deadline`: SECONDS from now, or an ISO 8601 time (`2030-01-02T03:04:05Z`; without an
-    offset, local time) still to come."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise argparse.ArgumentTypeError(
-                f"expected seconds above 0 or a time to come, got {text!r}"
-            )
-        return seconds
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        expected = "seconds or an ISO 8601 time (e.g. 30, or 2030-01-02T03:04:05Z)"
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    try:
-        deadline_at(when)  # one that has passed: refused as by the Client
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return when
-
-
-# -- `imgqueue cancel` ------------------------------------------------------------------------
-
-
-def add_subparser(sub: Any, expand: Any) -> None:
-    """`imgqueue cancel ID...|--group G`; `expand` reads ids given as `-` from stdin."""
-    c = sub.add_parser(
-        "cancel",
-        help="cancel jobs that have not started (they end REVOKED, never run); prints one JSON "
-        "line per id; exit 1 when some were too late or unknown",
-        description="A cancel waits in Redis for the job's message, across worker restarts "
-        "and while no worker runs (30 days at most). A job that has started finishes; it is "
-        "reported too late.",
-    )
-    c.add_argument("ids", nargs="*", help="task ids, or - for stdin")
-    c.add_argument("--group", default=None, help="every job of this group (submit --group)")
-    c.set_defaults(func=lambda client, ns: cmd_cancel(client, ns, expand))
-
-
-def cmd_cancel(client: Client, ns: argparse.Namespace, expand: Any) -> int:
-    from cli.exits import ExitStatus
-
-    ids = list(expand(ns.ids, sys.stdin))
-    if ns.group is not None:
-        ids += client.group_ids(ns.group)  # UnknownGroup: a usage error, as for `status G`
-    elif not ids:
-        print("error: give task ids, - for stdin, or --group", file=sys.stderr)
-        return ExitStatus.USAGE
-    result = client.cancel(ids)
-    verdicts = result.verdicts()
-    for task_id in dict.fromkeys(ids):
-        line = {"id": task_id, "cancel": verdicts[task_id]}
-        if task_id in result.states:
-            line["state"] = result.states[task_id]
-        print(json.dumps(line, sort_keys=True), flush=True)
-    return ExitStatus.OK if result.all_cancelled else ExitStatus.JOB_FAILED

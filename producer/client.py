@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import redis
 from celery import Celery
@@ -53,6 +53,7 @@ from core.errors import (
     TenantQuotaExceeded,
     UploadTooLarge,
 )
+from core.keys import UPLOAD_KEY_PREFIX, upload_key
 from core.lifecycle import (
     DEADLINE_HEADER,
     GROUP_HEADER,
@@ -60,19 +61,18 @@ from core.lifecycle import (
     UPLOAD_MAX_BYTES,
     UPLOAD_TTL_S,
     WEBHOOK_HEADER,
-    upload_key,
     upload_source,
 )
 from core.memory import is_out_of_memory, read_memory
 from core.models import Registry, queue_for
 from core.redaction import display_url
+from core.states import FINAL_STATES, SUCCESS, failure_of
 from core.webhooks import check_webhook
 from producer import events, groups, objects
 from producer.cancel import MAX_ID_CHARS, CancelResult, deadline_at, valid_id
 from producer.cancel import cancel as cancel_jobs
 from producer.limits import Admission
 
-TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 _POLL_MIN_S = 0.01
 _POLL_MAX_S = 0.5
 _MGET_CHUNK = 500
@@ -107,11 +107,11 @@ class Outcome:
 
     @property
     def done(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return self.state in FINAL_STATES
 
     @property
     def ok(self) -> bool:
-        return self.state == "SUCCESS"
+        return self.state == SUCCESS
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.task_id, "state": self.state}
@@ -135,14 +135,10 @@ def parse_meta(task_id: str, raw: bytes | str | None) -> Outcome:
     meta = json.loads(raw)
     state = str(meta.get("status", "PENDING"))
     result = meta.get("result")
-    if state == "SUCCESS":
+    if state == SUCCESS:
         return Outcome(task_id, state, result=result, meta=meta)
     if state in ("FAILURE", "REVOKED", "RETRY"):
-        error_type, message = state, ""
-        if isinstance(result, dict):
-            error_type = str(result.get("exc_type", state))
-            args = result.get("exc_message")
-            message = " ".join(map(str, args)) if isinstance(args, list) else str(args or "")
+        error_type, message = failure_of(meta, state) or (state, "")
         return Outcome(task_id, state, error_type=error_type, error_message=message, meta=meta)
     return Outcome(task_id, state, meta=meta)
 
@@ -195,6 +191,21 @@ def route(queue: str, model: str | None, *, queue_given: bool = True) -> str:
             f"{target!r}; give one of them"
         )
     return target
+
+
+class RedisOptions(Protocol):
+    """Where Redis is, as `Client.from_settings` reads it (None: from the environment)."""
+
+    @property
+    def redis_url(self) -> str | None: ...
+    @property
+    def sentinel_master(self) -> str | None: ...
+    @property
+    def key_prefix(self) -> str | None: ...
+    @property
+    def result_url(self) -> str | None: ...
+    @property
+    def result_sentinel_master(self) -> str | None: ...
 
 
 class Client:
@@ -250,6 +261,20 @@ class Client:
         self.admission = Admission(self.redis, self.config)
         # The models workers registered (core.models), cached a few seconds.
         self.models = Registry(self.redis, self.config)
+
+    @classmethod
+    def from_settings(cls, settings: RedisOptions, **kwargs: Any) -> Client:
+        """A Client on the Redis options of `settings`: the command line's (`--redis-url`,
+        ...) or the gateway's settings; None leaves each to its environment variable.
+        `kwargs` as for the constructor."""
+        return cls(
+            settings.redis_url,
+            sentinel_master=settings.sentinel_master,
+            key_prefix=settings.key_prefix,
+            result_url=settings.result_url,
+            result_sentinel_master=settings.result_sentinel_master,
+            **kwargs,
+        )
 
     @property
     def results(self) -> Any:
@@ -431,6 +456,35 @@ class Client:
     ) -> list[str]:
         """submit_many's sources, prefixes already listed: every id is planned and every
         source checked before anything is sent."""
+        plan = self._plan(
+            sources,
+            queue=queue,
+            priority=priority,
+            bulk_size=bulk_size,
+            model=model,
+            group=group,
+            webhook=webhook,
+            deadline=deadline,
+            tenant=tenant,
+            task_ids=task_ids,
+        )
+        return self._send_plan(plan, top_k, model, tenant)
+
+    def _plan(
+        self,
+        sources: Iterable[Source],
+        *,
+        queue: str | None,
+        priority: int | None,
+        bulk_size: int | None,
+        model: str | None,
+        group: bool,
+        webhook: str | None,
+        deadline: float | datetime | None,
+        tenant: tenants.Tenant | None,
+        task_ids: Sequence[str] | None,
+    ) -> _Plan:
+        """The options and sources checked, and every id and message planned; nothing sent."""
         check_priority(priority)
         hook = None if webhook is None else check_webhook(webhook)
         at = deadline_at(deadline)
@@ -454,61 +508,56 @@ class Client:
             self._upload_source(t) if t in uploads else str(s)
             for t, s in zip(planned_ids, given, strict=True)
         ]
-        ids: list[str] = []
-        options: dict[str, Any] = {"queue": target}
-        if priority is not None:
-            options["priority"] = priority
         single = size == 1 or len(listed) == 1
         # Every message is known before the first is sent: a refused call sends nothing.
         messages = [[source] for source in listed] if single else list(_chunks(listed, size))
-        planned = _shaped(planned_ids, messages)
         group_id = groups.new_id() if group and messages else None
-        if group_id is not None:
-            options["headers"] = {GROUP_HEADER: group_id}
-        elif hook is not None:  # a bulk message's header holds for each of its images
-            options["headers"] = {**options.get("headers", {}), WEBHOOK_HEADER: hook}
-        if at is not None:  # a single message's header; each image's entry in a bulk one
-            options["headers"] = {**options.get("headers", {}), DEADLINE_HEADER: at}
-        if tenant is not None:  # a bulk message's header holds for each of its images
-            options["headers"] = {**options.get("headers", {}), TENANT_HEADER: tenant.name}
+        options: dict[str, Any] = {"queue": target}
+        if priority is not None:
+            options["priority"] = priority
+        headers = _message_headers(group_id, hook, at, tenant)
+        if headers:
+            options["headers"] = headers
+        planned = _shaped(planned_ids, messages)
+        return _Plan(
+            target, options, planned_ids, uploads, messages, planned, single, group_id, hook
+        )
+
+    def _send_plan(
+        self, plan: _Plan, top_k: int, model: str | None, tenant: tenants.Tenant | None
+    ) -> list[str]:
+        """Check the model and the queue's room, reserve the tenant's quota, store the uploads
+        and the group, then publish. Where that fails, the error tells what went out (`sent`,
+        `uncertain`), and the quota and uploads of the jobs never sent are given back."""
+        ids: list[str] = []
         reserved: list[str] = []
         in_flight: list[str] = []
+        messages, planned = plan.messages, plan.planned
         try:
             if messages and model is not None:
                 self.models.check(model)
             if messages:
-                self.admission.check(target, len(messages))
+                self.admission.check(plan.target, len(messages))
             if tenant is not None and messages:
                 reserved = self._reserve(tenant, planned)
-            if uploads:  # stored before any message, so no worker looks for them in vain
-                self._store_uploads(uploads)
-            if group_id is not None:
+            if plan.uploads:  # stored before any message, so no worker looks for them in vain
+                self._store_uploads(plan.uploads)
+            if plan.group_id is not None:
                 owner = tenant.name if tenant is not None else ""
-                self._create_group(group_id, planned, target, model, hook or "", owner)
+                self._create_group(
+                    plan.group_id, planned, plan.target, model, plan.hook or "", owner
+                )
             with self.celery.producer_or_acquire() as producer:
                 for start in range(0, len(messages), _PUBLISH_BATCH):
                     batch = slice(start, start + _PUBLISH_BATCH)
                     in_flight = [i for chunk in planned[batch] for i in chunk]
                     ids += self._send_group(
-                        producer, messages[batch], single, top_k, options, planned[batch]
+                        producer, messages[batch], plan.single, top_k, plan.options, planned[batch]
                     )
         except (OperationalError, redis.ConnectionError, redis.ResponseError, OSError) as exc:
-            if group_id is not None and not ids:
-                self._discard_group(group_id)
-            # kombu wraps connection errors, and Redis' OOM refusal, in OperationalError.
-            if is_out_of_memory(exc):
-                error: Exception = self.full_error()
-            elif isinstance(exc, redis.ResponseError):
-                error = exc
-            else:
-                error = BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}")
-            # What went out before the failure: its jobs run, so the caller must be able to
-            # find them (`imgqueue submit` prints them).
-            done = set(ids)
-            error.sent = list(ids)  # type: ignore[attr-defined]
-            # The batch being sent when it failed: some of it may have reached Redis.
-            error.uncertain = [i for i in in_flight if i not in done]  # type: ignore[attr-defined]
-            error.group_id = group_id if ids else None  # type: ignore[attr-defined]
+            if plan.group_id is not None and not ids:
+                self._discard_group(plan.group_id)
+            error = self._send_error(exc, ids, in_flight, plan.group_id)
             if error is exc:
                 raise
             raise error from exc
@@ -517,10 +566,30 @@ class Client:
                 # Whatever stopped the send, jobs never sent must not count against the quota.
                 sent = set(ids)
                 self._release(tenant, [i for i in reserved if i not in sent])
-            if uploads and len(ids) < len(planned_ids):  # their jobs never went: none reads them
+            if plan.uploads and len(ids) < len(plan.ids):  # their jobs never went: none reads them
                 sent = set(ids)
-                self._discard_uploads([t for t in uploads if t not in sent])
-        return ids if group_id is None else groups.GroupIds(ids, group_id)
+                self._discard_uploads([t for t in plan.uploads if t not in sent])
+        return ids if plan.group_id is None else groups.GroupIds(ids, plan.group_id)
+
+    def _send_error(
+        self, exc: Exception, ids: list[str], in_flight: list[str], group_id: str | None
+    ) -> Exception:
+        """What a failed send raises: RedisFull, a refusal as Redis gave it, else
+        BrokerUnavailable; carrying `sent` (what went out before the failure: its jobs run, so
+        the caller must be able to find them; `imgqueue submit` prints them), `uncertain` (the
+        batch being sent when it failed: some of it may have reached Redis) and `group_id`."""
+        # kombu wraps connection errors, and Redis' OOM refusal, in OperationalError.
+        if is_out_of_memory(exc):
+            error: Exception = self.full_error()
+        elif isinstance(exc, redis.ResponseError):
+            error = exc
+        else:
+            error = BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {exc}")
+        done = set(ids)
+        error.sent = list(ids)  # type: ignore[attr-defined]
+        error.uncertain = [i for i in in_flight if i not in done]  # type: ignore[attr-defined]
+        error.group_id = group_id if ids else None  # type: ignore[attr-defined]
+        return error
 
     def _upload_source(self, task_id: str) -> str:
         """An upload's source: its object's URL under `upload_url`, else `upload:<id>`."""
@@ -539,8 +608,9 @@ class Client:
         try:
             pipe.execute()
         except redis.exceptions.NoPermissionError as exc:
+            pattern = self.config.key_prefix + UPLOAD_KEY_PREFIX + "*"
             raise ProducerError(
-                f"this Redis user may not store uploads ({self.config.key('upload:*')}): "
+                f"this Redis user may not store uploads ({pattern}): "
                 f"{exc} (deploy/redis.conf's producer user may)"
             ) from exc
         except redis.TimeoutError as exc:  # not a ConnectionError, yet as much an outage
@@ -1036,6 +1106,38 @@ def _windows(expansion: objects.Expansion[Source], size: int) -> Iterator[list[S
             window, yielded = [], True
     if window or not yielded:
         yield window
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One submit, every message known before the first is sent (Client._plan)."""
+
+    target: str  # the queue
+    options: dict[str, Any]  # kombu's publish options: queue, priority, headers
+    ids: list[str]  # one per source, in order
+    uploads: dict[str, bytes]  # task id -> the image bytes its job reads
+    messages: list[list[str]]  # each message's sources
+    planned: list[list[str]]  # each message's task ids
+    single: bool  # one `classify` message per source, else `classify_many`
+    group_id: str | None
+    hook: str | None  # the checked webhook URL
+
+
+def _message_headers(
+    group_id: str | None, hook: str | None, at: float | None, tenant: tenants.Tenant | None
+) -> dict[str, Any]:
+    """The messages' headers. A bulk message's hold for each of its images, but for the
+    deadline: a single message's header, each image's entry in a bulk one."""
+    headers: dict[str, Any] = {}
+    if group_id is not None:
+        headers[GROUP_HEADER] = group_id
+    elif hook is not None:  # a group's webhook is in the group's metadata instead
+        headers[WEBHOOK_HEADER] = hook
+    if at is not None:
+        headers[DEADLINE_HEADER] = at
+    if tenant is not None:
+        headers[TENANT_HEADER] = tenant.name
+    return headers
 
 
 def _shaped(ids: list[str], messages: list[list[str]]) -> list[list[str]]:

@@ -3,7 +3,7 @@
 Workers append one entry per job that reaches SUCCESS, FAILURE or REVOKED, and one `kind=group`
 entry when the last job of a group ends (worker/events.py). Any Redis client can follow the
 stream with `XREAD` or a consumer group (docs/lifecycle.md); `Client.events()` does it with
-`XREAD BLOCK`. Imports redis only (no Celery, no torch).
+`XREAD BLOCK` (`imgqueue events`: cli/events.py). Imports redis only (no Celery, no torch).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.connections import block_budget
-from core.lifecycle import EVENT_FIELDS, EVENTS_STREAM, GROUP_EVENT_COUNTS
+from core.keys import EVENTS_STREAM
+from core.lifecycle import EVENT_FIELDS, GROUP_EVENT_COUNTS
+from core.text import text
 
 # The longest a single XREAD blocks (less on a client whose socket timeout is shorter); `follow`
 # reads again until its own timeout.
@@ -41,7 +43,7 @@ class Event:
 
     @classmethod
     def parse(cls, entry_id: Any, raw: dict[Any, Any]) -> Event:
-        values = {_text(k): _text(v) for k, v in raw.items()}
+        values = {text(k): text(v) for k, v in raw.items()}
         known = {name: values.get(name, "") for name in EVENT_FIELDS}
         try:
             when = float(known.pop("time") or 0)
@@ -50,7 +52,7 @@ class Event:
         counts = {
             name: int(values[name]) for name in GROUP_EVENT_COUNTS if values.get(name, "").isdigit()
         }
-        return cls(_text(entry_id), time=when, counts=counts, **known)
+        return cls(text(entry_id), time=when, counts=counts, **known)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -114,7 +116,7 @@ def _read(
 
 def _last_id(client: Any, stream: str) -> str:
     newest = client.xrevrange(stream, count=1)
-    return _text(newest[0][0]) if newest else "0-0"
+    return text(newest[0][0]) if newest else "0-0"
 
 
 def _entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
@@ -124,51 +126,3 @@ def _entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
     if isinstance(reply, dict):
         return [e for entries in reply.values() for e in (entries[0] if entries else [])]
     return [entry for _, entries in reply for entry in entries]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# -- the command line (cli/main.py adds it) -----------------------------------------------
-
-
-def add_subparser(sub: Any) -> None:
-    """`imgqueue events [--since ID] [--timeout S] [--group G] [--kind job|group]`."""
-    e = sub.add_parser(
-        "events",
-        help="follow completion events (JSON lines), as workers store final states",
-        description="Every job that ends (SUCCESS, FAILURE, REVOKED) and every group whose "
-        "last job ended, from the events stream on the result store (docs/lifecycle.md).",
-    )
-    e.add_argument(
-        "--since",
-        default="$",
-        help="'$': from now on; '0': every event the stream still holds; or an entry_id to go "
-        "on after",
-    )
-    e.add_argument(
-        "--timeout", type=float, default=None, help="stop after this many seconds without one"
-    )
-    e.add_argument("--group", default=None, help="only this group's events")
-    e.add_argument("--kind", choices=("job", "group"), default=None, help="only this kind")
-    e.add_argument(
-        "--until-group-done",
-        action="store_true",
-        help="with --group: stop at the group's completion event",
-    )
-    e.set_defaults(func=cmd_events)
-
-
-def cmd_events(client: Any, ns: Any) -> int:
-    import json
-
-    for event in client.events(ns.since, timeout=ns.timeout):
-        if ns.group is not None and event.group != ns.group:
-            continue
-        if ns.kind is not None and event.kind != ns.kind:
-            continue
-        print(json.dumps(event.to_dict(), sort_keys=True), flush=True)
-        if ns.until_group_done and event.kind == "group" and event.id == ns.group:
-            break
-    return 0

@@ -20,11 +20,6 @@ They expire: WAIT_EXPIRES after submit until a job ends, then as long as results
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -32,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import UnknownGroup
-from core.lifecycle import group_key
+from core.keys import group_keys
+from core.text import text
 
 __all__ = ["GroupIds", "GroupStatus", "UnknownGroup"]  # UnknownGroup: in core.errors
 
@@ -56,12 +52,8 @@ def new_id() -> str:
 
 
 def keys(group_id: str, key_prefix: str = "") -> tuple[str, str, str]:
-    """The group's hash, its `done` hash and its ids list."""
-    return (
-        key_prefix + group_key(group_id),
-        key_prefix + group_key(group_id, "done"),
-        key_prefix + group_key(group_id, "ids"),
-    )
+    """The group's hash, its `done` hash and its ids list (core.keys.group_keys)."""
+    return group_keys(group_id, key_prefix)
 
 
 def create(
@@ -238,19 +230,13 @@ def _int(raw: Any) -> int:
     return 0 if value is None else int(value)
 
 
-def _str(raw: Any) -> str:
-    if raw is None:
-        return ""
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
 def read_meta(client: Any, group_id: str, key_prefix: str = "") -> dict[str, str]:
     """The group's hash, decoded; UnknownGroup when there is none."""
     meta_key, _, _ = keys(group_id, key_prefix)
     raw = client.hgetall(meta_key)
     if not raw:
         raise UnknownGroup(f"no group {group_id!r} (never created, or expired with its results)")
-    return {_str(k): _str(v) for k, v in raw.items()}
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def iter_ids(client: Any, group_id: str, key_prefix: str = "") -> Iterator[list[str]]:
@@ -258,7 +244,7 @@ def iter_ids(client: Any, group_id: str, key_prefix: str = "") -> Iterator[list[
     _, _, ids_key = keys(group_id, key_prefix)
     start = 0
     while True:
-        page = [_str(i) for i in client.lrange(ids_key, start, start + _IDS_PAGE - 1)]
+        page = [text(i) for i in client.lrange(ids_key, start, start + _IDS_PAGE - 1)]
         if page:
             yield page
         if len(page) < _IDS_PAGE:
@@ -283,7 +269,7 @@ def status(
     finished = succeeded + failed + cancelled
     if finished < total:
         _, done_key, _ = keys(group_id, key_prefix)
-        counted = {_str(i) for i in client.hkeys(done_key)}
+        counted = {text(i) for i in client.hkeys(done_key)}
         for page in iter_ids(client, group_id, key_prefix):
             waiting = [i for i in page if i not in counted]
             if waiting:
@@ -307,28 +293,6 @@ def status(
     )
 
 
-# -- the command line (cli/main.py adds these) ---------------------------------------------
-
-
-def add_subparser(sub: Any) -> None:
-    """`imgqueue results GROUP [--out FILE] [--wait]`."""
-    r = sub.add_parser(
-        "results",
-        help="export every job of a group (JSON lines: id, state, result or error)",
-        description="One JSON line per job of the group, in submit order: its id and state, "
-        "and its result or error once it has ended (as `imgqueue result` prints them). Exit "
-        "status 0 when every job succeeded, 1 otherwise (some failed, were cancelled, or "
-        "have not ended).",
-    )
-    r.add_argument("group", help="the group id `imgqueue submit --group` printed")
-    r.add_argument("--out", default="-", help="file to write, - for stdout")
-    r.add_argument(
-        "--wait", action="store_true", help="wait until every job of the group has ended first"
-    )
-    r.add_argument("--timeout", type=float, default=None, help="seconds --wait waits at most")
-    r.set_defaults(func=cmd_results)
-
-
 def wait_done(client: Any, group_id: str, timeout: float | None) -> GroupStatus:
     """Poll the group's counters (no result keys read) until every job has ended; raises
     ResultTimeout past `timeout`."""
@@ -346,88 +310,3 @@ def wait_done(client: Any, group_id: str, timeout: float | None) -> GroupStatus:
             raise ResultTimeout(f"group {group_id}: {left} job(s) unfinished after {timeout}s")
         time.sleep(delay)
         delay = min(delay * 1.5, 1.0)
-
-
-# An unknown group (UnknownGroup) is a usage error: cli/main.py's main() says so, exit 2.
-
-
-def cmd_results(client: Any, ns: Any) -> int:
-    import json
-
-    from cli.exits import ExitStatus
-
-    out, target = sys.stdout, None
-    if ns.out != "-":
-        try:
-            target = _Replacement(ns.out)
-        except OSError as exc:  # no such directory, not writable: before asking Redis anything
-            why = exc.strerror or exc
-            print(f"error: cannot write --out {ns.out}: {why}", file=sys.stderr)
-            return ExitStatus.USAGE
-        out = target.file
-    counts: dict[str, int] = {}
-    try:
-        if ns.wait:
-            wait_done(client, ns.group, ns.timeout)
-        for outcome in client.group_results(ns.group):
-            out.write(json.dumps(outcome.to_dict(), sort_keys=True) + "\n")
-            counts[outcome.state] = counts.get(outcome.state, 0) + 1
-        if target is not None:
-            target.commit()
-    except BaseException:
-        if target is not None:
-            target.discard()
-        raise
-    shown = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    where = "stdout" if ns.out == "-" else ns.out
-    print(f"group {ns.group}: {sum(counts.values())} jobs ({shown}) to {where}", file=sys.stderr)
-    return ExitStatus.OK if set(counts) <= {"SUCCESS"} else ExitStatus.JOB_FAILED
-
-
-class _Replacement:
-    """`--out FILE`, written to a temporary file beside it and renamed over it by `commit`:
-    until then (an unknown group, a lost Redis, an interrupt) FILE stays as it was."""
-
-    def __init__(self, path: str) -> None:
-        target = os.path.realpath(path)  # through a symlink, as open() writes
-        try:
-            mode: int | None = os.stat(target).st_mode
-        except FileNotFoundError:
-            mode = None
-        self.target = target
-        self.temp: str | None = None
-        if mode is not None and not stat.S_ISREG(mode):  # /dev/stdout, a FIFO: written as is
-            self.file = open(target, "w", encoding="utf-8")  # noqa: SIM115
-            return
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask  # what open() would create
-        self.mode = stat.S_IMODE(mode)
-        fd, self.temp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target)
-        )
-        self.file = os.fdopen(fd, "w", encoding="utf-8")
-
-    def commit(self) -> None:
-        self.file.close()  # a full disk shows here, before FILE is touched
-        if self.temp is not None:
-            os.chmod(self.temp, self.mode)
-            os.replace(self.temp, self.target)
-            self.temp = None
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self.file.close()
-        if self.temp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.temp)
-
-
-def cmd_status(client: Any, ns: Any) -> int:
-    """`imgqueue status GROUP [--json]`."""
-    import json
-
-    state = client.group(ns.group)
-    print(json.dumps(state.to_dict(), sort_keys=True) if ns.json else state.render())
-    return 0

@@ -28,6 +28,8 @@ import redis
 
 from core.connections import RedisConfig
 from core.errors import QueueFull
+from core.keys import LIMITS_KEY
+from core.text import text
 from producer.queues import depth
 
 log = logging.getLogger("imgqueue.producer")
@@ -37,17 +39,17 @@ LIMIT_TTL_S = 5.0
 
 def limits_key(config: RedisConfig) -> str:
     """The hash holding every queue's limit: `<REDIS_KEY_PREFIX>imgqueue:limits`."""
-    return config.key("limits")
+    return config.key_prefix + LIMITS_KEY
 
 
 def _limit(value: bytes | str | None) -> int | None:
     if value is None:
         return None
-    text = value.decode() if isinstance(value, bytes) else value
+    shown = text(value)
     try:
-        limit = int(text)
+        limit = int(shown)
     except ValueError:
-        log.warning("ignoring a queue limit that is not a whole number: %r", text)
+        log.warning("ignoring a queue limit that is not a whole number: %r", shown)
         return None
     return limit if limit >= 0 else None
 
@@ -63,7 +65,7 @@ def all_limits(client: Any, config: RedisConfig) -> dict[str, int]:
     for field, value in client.hgetall(limits_key(config)).items():
         limit = _limit(value)
         if limit is not None:
-            out[field.decode() if isinstance(field, bytes) else str(field)] = limit
+            out[text(field)] = limit
     return dict(sorted(out.items()))
 
 

@@ -18,6 +18,7 @@ from core.contract import DEFAULT_QUEUE
 from core.keys import PRIORITY_STEPS, Keys, queue_of, unacked_list
 from core.memory import MemoryInfo, read_memory
 from core.settings import DeliverySettings
+from core.text import text
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,6 @@ class Snapshot:
         }
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def depth(client: Any, config: RedisConfig, queue: str) -> int:
     """Messages waiting in `queue`, every priority: ten LLENs in one round trip."""
     with client.pipeline(transaction=False) as pipe:
@@ -79,7 +76,7 @@ def live_workers(
     now_s, now_us = client.time()
     now = float(now_s) + float(now_us) / 1e6
     members = client.zrange(Keys(config.key_prefix).consumers, 0, -1, withscores=True)
-    fresh = [_text(cid) for cid, score in members if now - float(score) <= dead_after]
+    fresh = [text(cid) for cid, score in members if now - float(score) <= dead_after]
     return sorted({cid.rsplit("-", 1)[0] for cid in fresh})
 
 
@@ -95,24 +92,24 @@ def snapshot(
     now_s, now_us = client.time()
     now = float(now_s) + float(now_us) / 1e6
     members = client.zrange(keys.consumers, 0, -1, withscores=True)
-    live = [(_text(cid), score) for cid, score in members if now - float(score) <= dead_after]
+    live = [(text(cid), score) for cid, score in members if now - float(score) <= dead_after]
     with client.pipeline(transaction=False) as pipe:
         for cid, _ in members:
-            pipe.hgetall(keys.of(_text(cid)).inboxes)
-            pipe.hvals(keys.of(_text(cid)).unacked)
+            pipe.hgetall(keys.of(text(cid)).inboxes)
+            pipe.hvals(keys.of(text(cid)).unacked)
         per_consumer = pipe.execute()
     names = dict.fromkeys(queues)
     flight: Counter[str] = Counter()
     inboxes: list[tuple[str, str]] = []
     for inbox_map, claims in zip(per_consumer[::2], per_consumer[1::2], strict=True):
         for inbox, source in inbox_map.items():
-            queue = queue_of(_text(source), prefix)
+            queue = queue_of(text(source), prefix)
             if queue.endswith(".pidbox"):
                 continue  # the replies of `celery inspect`, not work
             names.setdefault(queue)
-            inboxes.append((_text(inbox), queue))
+            inboxes.append((text(inbox), queue))
         for value in claims:
-            flight[queue_of(unacked_list(_text(value)), prefix)] += 1
+            flight[queue_of(unacked_list(text(value)), prefix)] += 1
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             for key in keys.priority_lists(name):

@@ -1,7 +1,7 @@
 """Generate docs/settings.md, the one table of settings, from their typed declarations.
 
-A settings class is any class under worker/, producer/ or services/gateway/ with a field declared by
-`env(...)` (core.settings.env: default, parser, description, shown default); each such
+A settings class is any class under worker/, core/, producer/ or services/ with a field declared
+by `env(...)` (core.settings.env: default, parser, description, shown default); each such
 field is one environment variable, its name the field's upper-cased. So whatever is declared
 when this runs is documented, and nothing else: a variable read without a declaration is listed
 at the end by hand (`UNDECLARED`) until it gets one.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "settings.md"
-PACKAGES = ("worker", "producer", "gateway")
+PACKAGES = ("worker", "core", "producer", "services")
 
 HEADER = """\
 # Settings

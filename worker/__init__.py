@@ -1,6 +1,6 @@
 """Worker side of imgqueue. `celery -A worker worker` finds the app as `worker.app`, built from
 the environment on that first access; importing any module under `worker` reads no
-environment, connects no Celery signal and loads no torch (tests/unit/test_app.py)."""
+environment, connects no Celery signal and loads no torch (tests/system/test_app.py)."""
 
 from __future__ import annotations
 

@@ -21,13 +21,14 @@ from typing import Any
 import redis
 
 from core.connections import mget
+from core.keys import RESULT_CACHE_KEY_PREFIX
 from worker import result_store
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-KEY_PREFIX = "imgqueue:result-cache:"
+KEY_PREFIX = RESULT_CACHE_KEY_PREFIX  # core.keys names it
 # Parts of a result that describe this job rather than the image and the model.
 _PER_JOB = ("source", "timings_ms", "cached", "batch_size")
 

@@ -5,7 +5,7 @@ On one Redis a final state and its completion event are written by one script
 is one key on one of them, so the backend (worker/results_cluster.py) writes them in calls of
 their own; a worker killed between its results' call and its events' call would lose the
 events, and with them the webhooks. The outbox, a hash in the stream's own hash slot
-(`outbox_key`), closes that gap:
+(core.keys.outbox_key), closes that gap:
 
 1. Before it stores final states, the worker records an *intent* per job, and per group the
    call counts: HSETNX `job:<id>` / `group:<id>` -> `<token>|{"at": ..., "fields": [...]}`
@@ -42,8 +42,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.connections import mget
-from core.contract import result_key
-from core.lifecycle import group_key
+from core.keys import group_key, result_key
+from core.keys import outbox_key as outbox_key
+from core.states import FINAL_STATES, state_of
+from core.text import text
 from worker import events
 
 log = logging.getLogger(__name__)
@@ -102,18 +104,6 @@ return 0
 """
 
 
-def outbox_key(stream: str) -> str | None:
-    """The outbox of `stream`, in the stream's hash slot (one script writes both); None where
-    no key can share it (a stream name with a stray brace)."""
-    start = stream.find("{")
-    if start < 0:
-        return f"{stream}:outbox{{{stream}}}"
-    end = stream.find("}", start + 1)
-    if end > start + 1:
-        return stream + ":outbox"  # the stream's own hash tag decides both slots
-    return None
-
-
 def flat(fields: dict[str, str]) -> str:
     """An event's fields as ANNOUNCE and SWEEP take them: a JSON array, in order (the stream
     stores entries with the same fields in the same order compactly)."""
@@ -167,7 +157,7 @@ class Sweeper:
         now = time.time()
         stale: list[Stale] = []
         for raw_field, raw_value in self.store.hscan_iter(self.outbox, count=500):
-            found = _parse(events.text(raw_field), events.text(raw_value))
+            found = _parse(text(raw_field), text(raw_value))
             if found is None:  # not an intent this service wrote
                 self.store.hdel(self.outbox, raw_field)
             elif now - found.at >= self.after:
@@ -196,8 +186,8 @@ class Sweeper:
         raws = mget(self.store, [result_key(i, self.prefix) for i in ids])
         added = 0
         for item, raw in zip(jobs, raws, strict=True):
-            state = _status(raw)
-            if state in events.FINAL_STATES:
+            state = state_of(raw)
+            if state in FINAL_STATES:
                 fields = {**item.fields, "state": state, "time": f"{item.at:.3f}"}
                 added += self._settle(item, fields)
             elif now - item.at >= GIVE_UP_SECONDS:
@@ -215,12 +205,3 @@ class Sweeper:
                 continue
             added += self._settle(item, events.group_fields(gid, found[1:], f"{item.at:.3f}"))
         return added
-
-
-def _status(raw: Any) -> str | None:
-    try:
-        meta = json.loads(raw) if raw is not None else None
-    except ValueError:
-        return None
-    state = meta.get("status") if isinstance(meta, dict) else None
-    return state if isinstance(state, str) else None

@@ -26,7 +26,6 @@ SUCCESS), with what a cluster changes:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -39,6 +38,9 @@ from celery.backends.redis import RedisBackend, ResultConsumer
 from redis import exceptions as rexc
 
 from core.connections import ResultStoreConfig, mget, result_store_errors
+from core.keys import outbox_key
+from core.states import FINAL_STATES, state_of
+from core.text import text
 from worker import events, outbox, result_store, testing
 from worker.backend import STORE, _AtomicStore
 
@@ -50,14 +52,6 @@ DEGRADED_SECONDS = 5.0
 WARN_EVERY_SECONDS = 60.0
 # Rounds of redirects (a slot moved between masters) before the store is retried later.
 _MAX_ROUNDS = 5
-_FINAL = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
-
-
-def _status(raw: Any) -> Any:
-    try:
-        return json.loads(raw).get("status") if raw is not None else None
-    except (ValueError, AttributeError):
-        return None
 
 
 class _Process:
@@ -229,7 +223,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
             again = [
                 ((key, raw, state), note)
                 for key, raw, (_, note) in zip(keys, raws, found, strict=True)
-                if (state := _status(raw)) in _FINAL
+                if (state := state_of(raw)) in FINAL_STATES
             ]
             if again:
                 self._store_entries([v for v, _ in again], [n for _, n in again])
@@ -240,7 +234,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         """Before any result is stored: the outbox's intents for these final states and
         their groups (worker/outbox.py), on the stream's master. Returns this call's token
         (None: events are off, or the stream's name admits no outbox)."""
-        key = outbox.outbox_key(self._events.stream)
+        key = outbox_key(self._events.stream)
         if key is None or not self._events.maxlen:
             return None
         token, now = outbox.new_token(), events.timestamp()
@@ -303,7 +297,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
                     due.append((note, state))
             if len(reply) > len(jobs):
                 finished.append((group, list(reply[len(jobs) :])))
-        key = outbox.outbox_key(stream.stream)
+        key = outbox_key(stream.stream)
         if token is not None and key is not None:
             self._announce_outbox(values, notes, codes, due, finished, token, key, now)
             return
@@ -399,7 +393,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
                 raise reply  # CLUSTERDOWN, OOM, ...: `ensure` and `_while_full` decide
             else:
                 count += int(reply[0])
-                codes[entry[0]] = events.text(reply[1])
+                codes[entry[0]] = text(reply[1])
         if wait:
             self._confirmed(node, replies[-1], wait)
         if unscripted:
@@ -415,7 +409,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         return count, redirected
 
     def _replicas_to_wait(self, node: Any, entries: list[tuple[Any, Any, str]]) -> int:
-        if self.wait_replicas <= 0 or not any(state in _FINAL for _, _, state in entries):
+        if self.wait_replicas <= 0 or not any(state in FINAL_STATES for _, _, state in entries):
             return 0
         until = _shared.degraded.get(node.name)
         if until is not None and time.monotonic() < until:

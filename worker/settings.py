@@ -14,8 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.connections import RedisConfig, RedisConfigError, ResultStoreConfig
-from core.contract import DEFAULT_REDIS_URL
-from core.settings import DeliverySettings, ObjectStoreSettings, SettingError, env, parsed
+from core.settings import (
+    ConnectionSettings,
+    DeliverySettings,
+    ObjectStoreSettings,
+    SettingError,
+    env,
+    parsed,
+)
 from worker.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -101,45 +107,14 @@ class OnnxOptions:
 
 
 @dataclass(frozen=True)
-class Settings(DeliverySettings, ObjectStoreSettings):
+class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
     """The worker's configuration; build it with `Settings.from_env()`.
 
-    DEAD_WORKER_TIMEOUT is declared in core.settings.DeliverySettings (the exporter and
-    `imgqueue status` read it too), S3_ENDPOINT_URL in core.settings.ObjectStoreSettings
-    (producers and the gateway read it too)."""
+    Shared declarations live in core.settings: where Redis is (REDIS_URL, RESULT_URL, ...) in
+    ConnectionSettings (producers and services read them too), DEAD_WORKER_TIMEOUT in
+    DeliverySettings (the exporter and `imgqueue status` too), S3_ENDPOINT_URL in
+    ObjectStoreSettings (producers and the gateway too)."""
 
-    redis_url: str = env(
-        DEFAULT_REDIS_URL,
-        str,
-        "the broker (queues), and the results unless `RESULT_URL`: `redis://`, `rediss://` (TLS),"
-        " passwords (`redis://:PASSWORD@host:6379/0`), `unix://`, and"
-        " `sentinel://h1:26379;sentinel://h2:26379/0` work",
-    )
-    redis_sentinel_master: str = env(
-        "", str, "the master's name; required with `sentinel://` (producers too)"
-    )
-    # kombu's global_keyprefix, for broker and results alike
-    redis_key_prefix: str = env(
-        "",
-        str,
-        "put before every key (queues, results, the delivery layer's); ends with `:`, `_`, `-`"
-        " or `.`; producers need the same",
-    )
-    result_url: str = env(
-        "",
-        str,
-        "where results (and the result cache, delivery counters, completion events) go,"
-        " producers too: any `REDIS_URL` form, or a Redis Cluster"
-        " `redis-cluster://[user:pass@]host:port[,host:port...][/0]` (`rediss-cluster://` for"
-        " TLS; a few nodes suffice, the rest are found)",
-        shown="`REDIS_URL`",
-    )
-    result_sentinel_master: str = env(
-        "",
-        str,
-        "the master's name for a `sentinel://` `RESULT_URL`",
-        shown="`REDIS_SENTINEL_MASTER`",
-    )
     result_wait_replicas: int | None = env(
         None,
         int,
@@ -443,6 +418,14 @@ class Settings(DeliverySettings, ObjectStoreSettings):
         return settings
 
     def validate(self) -> None:
+        """Raises a ConfigError naming the first setting out of bounds."""
+        self._check_runtime()
+        self._check_stores()
+        self._check_limits()
+        self._check_webhooks()
+
+    def _check_runtime(self) -> None:
+        """What runs the model and where: device, pool, precision, backend, local paths."""
         base_device = self.device.split(":", 1)[0]
         if base_device not in DEVICES or (":" in self.device and base_device != "cuda"):
             raise ConfigError(f"DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
@@ -468,6 +451,9 @@ class Settings(DeliverySettings, ObjectStoreSettings):
             raise ConfigError(f"ONNX_CACHE_DIR {str(cache_dir)!r} is not a directory")
         if self.image_root is not None and not self.image_root.is_dir():
             raise ConfigError(f"IMAGE_ROOT {str(self.image_root)!r} is not a directory")
+
+    def _check_stores(self) -> None:
+        """The broker and the result store (core.connections), and waiting on replicas."""
         try:
             self.redis_config.validate()
             store = self.result_config
@@ -482,6 +468,9 @@ class Settings(DeliverySettings, ObjectStoreSettings):
             )
         if not 1 <= self.result_wait_timeout_ms <= 60_000:
             raise ConfigError("RESULT_WAIT_TIMEOUT_MS must be within 1..60000")
+
+    def _check_limits(self) -> None:
+        """Timeouts, sizes and counts: each within its range."""
         try:
             super().validate()  # DEAD_WORKER_TIMEOUT
         except SettingError as exc:
@@ -513,6 +502,11 @@ class Settings(DeliverySettings, ObjectStoreSettings):
             raise ConfigError("RESULT_CACHE_TTL must be >= 0 and METRICS_PORT within 0..65535")
         if self.log_level not in ("", *LOG_LEVELS):
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
+            raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
+
+    def _check_webhooks(self) -> None:
+        """The webhook dispatcher's secrets and pacing."""
         webhook_keys(self.webhook_secret)  # raises ConfigError, never quoting it
         if not 0.1 <= self.webhook_timeout <= 300 or self.webhook_retry_backoff < 0:
             raise ConfigError(
@@ -524,8 +518,6 @@ class Settings(DeliverySettings, ObjectStoreSettings):
             raise ConfigError(
                 "WEBHOOK_MAX_ATTEMPTS must be within 1..100, WEBHOOK_CONCURRENCY within 1..1024"
             )
-        if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
-            raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
 
     @property
     def redis_config(self) -> RedisConfig:

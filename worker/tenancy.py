@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.connections import RedisConfig
-from core.lifecycle import upload_key
+from core.keys import upload_key
+from core.states import FINAL_STATES
 from core.tenants import jobs_key
-from worker.events import FINAL_STATES, Note
+from worker.events import Note
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import redis
 
-from core.lifecycle import UPLOAD_SOURCE_PREFIX, upload_key
+from core.keys import upload_key
+from core.lifecycle import UPLOAD_SOURCE_PREFIX
 from worker.errors import FetchFailed, SourceNotAllowed, SourceNotFound, TooLarge
 from worker.files import too_large
 from worker.settings import Settings

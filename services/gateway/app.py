@@ -53,11 +53,23 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     metrics = Metrics()
     app.state.metrics = metrics
     problems.install(app)
-    for router in (jobs.router, groups.router, health.router, metrics_router):
+    for router in (
+        jobs.router,
+        groups.router,
+        health.router,
+        metrics_router,
+        events.router,
+        queues.router,
+        page.router,
+    ):
         app.include_router(router)
-    for router in (events.router, queues.router, page.router):
-        app.include_router(router)
-    # add_middleware wraps what is there: the last added is the outermost.
+    _add_middleware(app, settings, metrics)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: GatewaySettings, metrics: Metrics) -> None:
+    """The middleware, innermost first: add_middleware wraps what is there, so the last added
+    is the outermost (the module doc's order)."""
     app.add_middleware(
         BodyLimits, max_json_bytes=settings.max_json_bytes, timeout_s=settings.body_timeout_s
     )
@@ -71,4 +83,3 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    return app

@@ -28,7 +28,8 @@ import redis
 from fastapi.concurrency import run_in_threadpool
 
 from core.connections import block_budget, result_store_errors
-from core.lifecycle import EVENTS_STREAM
+from core.keys import EVENTS_STREAM
+from core.text import text
 from producer.client import Client
 from producer.events import Event
 
@@ -52,10 +53,6 @@ def parse_id(text: str) -> tuple[int, int]:
     if not ms.isdigit() or not (seq.isdigit() or seq == ""):
         raise ValueError(f"not a stream entry id: {text!r}")
     return int(ms), int(seq or 0)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Subscription:
@@ -123,7 +120,7 @@ class Subscription:
         if len(raw) < PAGE:
             self.position, self._behind = upto, None  # the rest comes from the hub
         else:
-            self.position = _text(raw[-1][0])
+            self.position = text(raw[-1][0])
         events = (Event.parse(entry_id, fields) for entry_id, fields in raw)
         return [event for event in events if event.tenant == self.tenant]
 
@@ -197,7 +194,7 @@ class EventHub:
 
     def _last_id(self) -> str:
         newest = self.results.xrevrange(self.stream, count=1)
-        return _text(newest[0][0]) if newest else "0-0"
+        return text(newest[0][0]) if newest else "0-0"
 
     def _read(self, block_ms: int) -> list[tuple[Any, dict[Any, Any]]]:
         reply = self.results.xread({self.stream: self.position}, count=PAGE, block=block_ms)

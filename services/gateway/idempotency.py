@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.connections import RedisConfig
+from core.keys import idempotency_key
 from services.gateway.problems import Problem
 
 HEADER = "Idempotency-Key"
@@ -78,7 +79,8 @@ def claim(r: Any, config: RedisConfig, tenant: str, key: str, body: str) -> Clai
     """Claim `key` for a request whose body hashes to `body`. Runs in a worker thread (it may
     sleep while another gateway answers the same key)."""
     check_key(key)
-    redis_key = config.key(f"idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}")
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    redis_key = config.key_prefix + idempotency_key(tenant, digest)
     token = json.dumps({"body": body, "claim": uuid.uuid4().hex})
     deadline = time.monotonic() + WAIT_S
     while True:

@@ -29,12 +29,8 @@ class Resources:
 def lifespan(settings: GatewaySettings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        client = Client(
-            settings.redis_url,
-            sentinel_master=settings.sentinel_master,
-            key_prefix=settings.key_prefix,
-            result_url=settings.result_url,
-            result_sentinel_master=settings.result_sentinel_master,
+        client = Client.from_settings(
+            settings,
             upload_max_bytes=settings.upload_max_bytes,
             upload_ttl_s=settings.upload_ttl_s,
             upload_url=settings.upload_url or None,

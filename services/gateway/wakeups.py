@@ -21,6 +21,7 @@ import redis
 import redis.asyncio
 
 from core.connections import ResultStoreConfig
+from core.text import text
 
 log = logging.getLogger("imgqueue.gateway")
 
@@ -94,6 +95,6 @@ class Wakeups:
             message = await pubsub.get_message(timeout=_READ_S)
             if message is not None and message.get("type") == "message":
                 channel = message["channel"]
-                name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                name = text(channel)
                 for event in self._waiters.get(name, ()):
                     event.set()

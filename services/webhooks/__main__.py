@@ -1,3 +1,3 @@
-from services.webhooks.dispatcher import main
+from services.webhooks.main import main
 
 raise SystemExit(main())

@@ -1,7 +1,9 @@
-"""Where the broker's messages are: held by a consumer, or waiting in a queue."""
+"""Where the broker's messages are: held by a consumer, or waiting in a queue; and a message's
+headers."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
@@ -26,3 +28,9 @@ def queued_messages(client: redis.Redis, queues: list[str], prefix: str = "") ->
         for priority in PRIORITY_STEPS:
             out.extend(client.lrange(prefix + queue_list(queue, priority), 0, -1))
     return out
+
+
+def headers_of(raw: bytes) -> dict[str, Any]:
+    """A queued message's headers (the Celery envelope's)."""
+    headers: dict[str, Any] = json.loads(raw)["headers"]
+    return headers

@@ -1,11 +1,13 @@
 """Your own models' files, as training would leave them: checkpoints of seeded random weights
-with real heads (3 and 4 classes) and their labels files, without downloading a model.
+with real heads (3 and 4 classes) and their labels files, without downloading a model; and
+tiny's packed card, made under a strict umask.
 
 The module-scoped fixture `made` (a directory of them) is defined here under that name; a test
 module imports `made_fixture` (never called directly) to use it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 import torchvision
 
 from worker.model.arch import head_keys
+from worker.model.pack import pack
 
 DEFECTS = ["ok", "scratch", "dent"]
 TINY = ["circle", "square", "triangle", "star"]
@@ -46,3 +49,13 @@ def made_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
         checkpoint(d / f"tiny-v{version}.pt", "squeezenet1_1", 4, seed)
     labels_file(d / "tiny.txt", TINY)
     return d
+
+
+def pack_under_umask_077(made: Path, out: Path) -> None:
+    """`imgqueue model pack` of tiny v1, under the strictest umask an operator might have."""
+    old = os.umask(0o077)
+    try:
+        pack(made / "tiny-v1.pt", arch="squeezenet1_1", labels=made / "tiny.txt", out=out,
+             name="tiny")  # fmt: skip
+    finally:
+        os.umask(old)

@@ -3,7 +3,8 @@
 One worker for the module, started only after jobs were submitted and cancelled while none ran:
 a cancel waits in Redis for its message. The stand-in model (MODEL=sleep:300ms) with two task
 threads makes a backlog of known length, and "running" a window of known length; sources are
-URLs on a loopback server that counts each fetch, so "never fetched" is checked, not assumed."""
+URLs on a loopback server that counts each fetch, so "never fetched" is checked, not assumed.
+Last, the CLI as a process cancels a group and sends deadlines, on a queue no worker reads."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from core.contract import BULK_TASK_NAME, ERROR_TYPES, TASK_NAME, result_key
 from core.lifecycle import DEADLINE_HEADER, cancel_key
 from producer import Client
 from producer.client import Outcome
+from tests.support.cli import imgqueue
 from tests.support.http_server import http_server
+from tests.support.messages import queued_messages
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess
 
@@ -219,4 +222,32 @@ def test_malformed_deadlines_from_other_producers_fail_the_job(
     assert outcomes[images[1]["id"]].ok and outcomes[images[2]["id"]].ok
 
 
-# -- in-process, on the session's Redis --------------------------------------------------------
+# -- the CLI as a process, on a queue no worker reads ------------------------------------------
+
+
+def test_the_cli_cancels_and_sends_deadlines(redis_url: str, client: Client) -> None:
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"  # no worker consumes it
+    at = "2100-01-02T03:04:05Z"
+    args = ("submit", "a.jpg", "b.jpg", "--queue", queue, "--deadline", at, "--group")
+    sent = imgqueue(redis_url, *args)
+    assert sent.returncode == 0, sent.stderr
+    bulk_ids = client.group_ids(sent.stdout.strip())
+    done = client.submit_many(["cat.jpg"], queue=queue)[0]
+    client.redis.set(result_key(done), json.dumps({"status": "SUCCESS", "result": {}}))
+    out = imgqueue(redis_url, "cancel", "--group", sent.stdout.strip(), done)
+    assert out.returncode == 1, out.stderr  # one was too late
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(bulk_ids) == 2 and lines == [
+        {"id": done, "cancel": "too-late", "state": "SUCCESS"},
+        *({"id": i, "cancel": "cancelled", "state": "PENDING"} for i in bulk_ids),
+    ]
+    (message,) = [m for m in queued_messages(client.redis, [queue]) if b"a.jpg" in _body(m)]
+    entries = json.loads(_body(message))[0][0]
+    assert {e["deadline"] for e in entries} == {datetime.fromisoformat(at).timestamp()}
+    client.redis.delete(queue)
+
+
+def _body(raw: bytes) -> bytes:
+    import base64
+
+    return base64.b64decode(json.loads(raw)["body"])

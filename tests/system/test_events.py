@@ -24,11 +24,6 @@ from tests.support.paths import ROOT
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess
 
-# -- the backend alone (no worker process) -----------------------------------------------------
-
-
-# -- real workers --------------------------------------------------------------------------------
-
 
 @pytest.fixture(scope="module")
 def worker(workers: WorkerFactory) -> Iterator[WorkerProcess]:

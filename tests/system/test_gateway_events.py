@@ -5,7 +5,6 @@ connection of their own (one reader per gateway, services/gateway/event_hub.py).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,10 +13,6 @@ import pytest
 import redis
 import requests
 
-from core.lifecycle import EVENTS_STREAM
-from producer import Client
-from services.gateway import event_hub
-from services.gateway.event_hub import EventHub
 from tests.support.gateway import Gateway, bearer, make_key
 from tests.support.sse import SseStream
 from tests.support.waiting import wait_for
@@ -217,61 +212,3 @@ def test_a_queues_depth_for_its_tenant(setup: Setup, redis_url: str) -> None:
         assert sent.status_code == 202, sent.text
     waiting = requests.get(f"{url}/bulk", headers=bearer(bulk_only), timeout=10)
     assert waiting.status_code == 200 and waiting.json()["depth"] == 2
-
-
-def test_a_subscription_that_falls_behind_reads_back_what_it_dropped(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """In process, on the real Redis: a buffer of 3 and 10 entries arriving in one read."""
-    monkeypatch.setattr(event_hub, "BUFFER", 3)
-    r = redis.Redis.from_url(redis_url)
-
-    async def run() -> list[list[str]]:
-        batches: list[list[str]] = []
-        with Client(redis_url) as client:
-            hub = EventHub(client)
-            async with hub.subscribe("slow", "$") as subscription:
-                # One transaction: the reader, blocked in XREAD, gets all twenty in one reply.
-                with r.pipeline(transaction=True) as pipe:
-                    for i in range(10):
-                        pipe.xadd(EVENTS_STREAM, {"kind": "job", "id": f"j{i}", "tenant": "slow"})
-                        pipe.xadd(EVENTS_STREAM, {"kind": "job", "id": f"x{i}", "tenant": "other"})
-                    pipe.execute()
-                async for batch in subscription.batches(0.2):
-                    batches.append([e.id for e in batch])
-                    if sum(map(len, batches)) >= 10:
-                        break
-            await asyncio.wait_for(hub.idle(), 10)  # the reader stops with its last subscriber
-        return batches
-
-    batches = asyncio.run(run())
-    r.close()
-    assert [b for b in batches if b] == [["j0", "j1", "j2"], [f"j{i}" for i in range(3, 10)]]
-
-
-def test_a_resumed_id_ahead_of_the_reader_is_not_sent_twice(redis_url: str) -> None:
-    """Another gateway's reader may lag behind the id a client resumes from: what the client
-    has had is skipped."""
-    r = redis.Redis.from_url(redis_url)
-
-    async def run() -> list[str]:
-        got: list[str] = []
-        with Client(redis_url) as client:
-            hub = EventHub(client)
-            ahead = int(time.time() * 1000) + 60_000
-            async with hub.subscribe("lag", f"{ahead}-0") as subscription:
-                # Before the resumed id: the client had it. After: new to it.
-                r.xadd(EVENTS_STREAM, {"kind": "job", "id": "had", "tenant": "lag"})
-                r.xadd(
-                    EVENTS_STREAM, {"kind": "job", "id": "new", "tenant": "lag"}, id=f"{ahead}-1"
-                )
-                async for batch in subscription.batches(0.2):
-                    got += [e.id for e in batch]
-                    if got:
-                        break
-            await asyncio.wait_for(hub.idle(), 10)
-        return got
-
-    got = asyncio.run(run())
-    r.close()
-    assert got == ["new"]

@@ -23,11 +23,6 @@ from tests.support.messages import held_messages, queued_messages
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess
 
-# -- the counters, on the backend alone (no worker process) --------------------------------------
-
-
-# -- real workers ------------------------------------------------------------------------------
-
 DEAD_AFTER = 3
 
 

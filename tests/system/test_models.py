@@ -1,11 +1,16 @@
 """Your own models served by real workers: a fine-tuned head answers with its own labels, a
-checkpoint that does not fit stops the worker before any job, and a rollout under load."""
+checkpoint that does not fit stops the worker before any job, and a rollout under load; and
+a packed model's files read by another uid (a process), as the compose worker reads them."""
 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import signal
+import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from tests.support.models import (
     DEFECTS,
     TINY,
     made_fixture,  # noqa: F401  (the fixture `made`)
+    pack_under_umask_077,
 )
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess
@@ -139,3 +145,27 @@ def test_rolling_out_a_new_version_under_load_loses_nothing_and_runs_nothing_twi
     assert {o.result["arch"] for o in outcomes} == {"squeezenet1_1"}
     assert {p["label"] for o in outcomes for p in o.result["predictions"]} <= set(TINY)
     assert max(int(c or 0) for c in counts) == 1, "a job ran twice"
+
+
+# -- a packed model, read by another uid -------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading as another uid needs root to switch")
+def test_another_uid_reads_a_packed_model(made: Path) -> None:
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody to read the files as")
+    # pytest's tmp_path is 0700: nobody could not reach anything under it.
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)  # the mount point, as ./models would be
+        out = Path(top) / "models" / "tiny"
+        pack_under_umask_077(made, out)
+        files = [str(out / name) for name in ("model.json", "weights.pt", "labels.json")]
+        # cat, not Python: the interpreter may sit where nobody cannot reach it (/root).
+        read = subprocess.run(
+            ["cat", *files], user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+            capture_output=True, check=False,
+        )  # fmt: skip
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.startswith(b"{") and len(read.stdout) > 1_000_000  # weights.pt too

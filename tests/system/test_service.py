@@ -12,6 +12,7 @@ import pytest
 
 from core.contract import result_key
 from producer import Client, JobFailed
+from tests.support.fidelity import reference_probabilities
 from tests.support.paths import ROOT, SAMPLES
 from tests.support.workers import WorkerFactory, WorkerProcess
 
@@ -21,21 +22,6 @@ SAMPLE_NAMES = ["cat.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg"]
 @pytest.fixture(scope="module")
 def worker(workers: WorkerFactory) -> Iterator[WorkerProcess]:
     yield workers.start(BACKEND="auto")  # the default: ONNX Runtime on this CPU at fp32
-
-
-def reference_probabilities(weights_file: Path, image: Path) -> list[float]:
-    """The seed tutorial's way: the weights' transforms, the model, softmax — no service code."""
-    import torch
-    from PIL import Image
-    from torchvision.models import ResNet50_Weights, resnet50
-
-    model = resnet50()
-    model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
-    model.eval()
-    preprocess = ResNet50_Weights.IMAGENET1K_V2.transforms()
-    batch = preprocess(Image.open(image).convert("RGB")).unsqueeze(0)
-    with torch.no_grad():
-        return [float(p) for p in torch.softmax(model(batch), dim=1)[0]]
 
 
 def test_result_contract(worker: WorkerProcess, client: Client, weights_file: Path) -> None:

@@ -5,7 +5,6 @@ between a result and its event."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from core.connections import ResultStoreConfig
 from core.lifecycle import EVENTS_STREAM
-from producer import Client, groups
+from producer import Client
 from tests.support.paths import ROOT, SAMPLES
 from tests.support.redis_cluster import RedisClusterNodes
 from tests.support.waiting import wait_for
@@ -27,9 +26,7 @@ from tests.support.webhooks import (
     verify,
 )
 from tests.support.workers import WorkerFactory
-from worker import events
-from worker.outbox import Sweeper, outbox_key
-from worker.results_cluster import ClusterResultBackend
+from worker.outbox import outbox_key
 
 
 @pytest.fixture
@@ -164,62 +161,3 @@ def test_a_worker_killed_between_result_and_event_on_a_cluster_still_posts(
         for key in (stream, outbox):
             store.delete(key)
         store.close()
-
-
-def test_the_outbox_announces_what_a_dead_store_left_once(cluster: RedisClusterNodes) -> None:
-    """The steps of a cluster's store, as a worker killed part way leaves them: the intents and
-    the results written, then (for a group's job) the group counted, no event. The next run
-    of one job announces it although its state is not new; a dispatcher's sweep announces the
-    others and the group it completed; a late run after the sweep adds nothing. One event
-    each, the outbox empty."""
-    from celery import Celery
-
-    prefix = f"outbox{os.getpid()}:"
-    app = Celery("outbox", backend=f"worker.results_cluster:ClusterResultBackend+{cluster.url()}")
-    app.conf.update(
-        result_expires=600, result_backend_transport_options={"global_keyprefix": prefix}
-    )
-    backend = app.backend
-    assert isinstance(backend, ClusterResultBackend)
-    store = backend.client
-    stream = prefix + EVENTS_STREAM
-    box = outbox_key(stream)
-    assert box is not None
-    groups.create(store, "g1", ["c"], key_prefix=prefix, queue="celery", webhook="http://h/g")
-    notes = [
-        events.Note("a", queue="celery", webhook="http://h/a"),
-        events.Note("b", queue="celery", webhook="http://h/b"),
-        events.Note("c", queue="celery", group="g1"),
-    ]
-    values = [
-        (backend.get_key_for_task(n.task_id), json.dumps({"status": "SUCCESS"}), "SUCCESS")
-        for n in notes
-    ]
-
-    def announced() -> dict[str, int]:
-        found: dict[str, int] = {}
-        for _, f in store.xrange(stream):
-            name = f"{f[b'kind'].decode()}:{f[b'id'].decode()}"
-            found[name] = found.get(name, 0) + 1
-        return found
-
-    try:
-        backend._intend(notes)  # 1. the intents
-        backend._store_entries(values)  # 2. the results (and WAIT); killed before the events
-        group = events.Events(prefix).group_keys("g1")
-        assert backend._account(keys=group, args=["g1", "1.0", 600, "c", "SUCCESS"])[0] == 1
-        assert announced() == {} and store.hlen(box) == 4  # three jobs and the group
-        backend._store_entries(values[:1], notes[:1])  # a's message comes back
-        assert announced() == {"job:a": 1}
-        assert Sweeper(store, prefix, 1000, after=0.001).sweep() == 3  # b, c and the group
-        assert announced() == {"job:a": 1, "job:b": 1, "job:c": 1, "group:g1": 1}
-        swept = {f[b"id"]: f for _, f in store.xrange(stream)}
-        assert swept[b"b"][b"state"] == b"SUCCESS" and swept[b"b"][b"webhook"] == b"http://h/b"
-        assert swept[b"g1"][b"kind"] == b"group" and swept[b"g1"][b"succeeded"] == b"1"
-        backend._store_entries(values[1:2], notes[1:2])  # b's message comes back after all
-        assert announced() == {"job:a": 1, "job:b": 1, "job:c": 1, "group:g1": 1}
-        assert store.hlen(box) == 0
-    finally:
-        for key in (stream, box, *group, *(v[0] for v in values)):
-            store.delete(key)
-        app.close()

@@ -1,44 +1,27 @@
-"""`imgqueue batch` without workers: the journal, the rows file after a kill (a torn last line,
-what is done, which result keys may be left), what a resume sends again, the sources' order,
-the refusal to overwrite a file that is not the batch's own, Parquet, and an object store's
-prefix and output (the loopback S3)."""
+"""`imgqueue batch` in this process, without Redis: the journal, the rows file after a kill (a
+torn last line, what is done, which result keys may be left), what a resume sends again, the
+sources' order, the window, Parquet, the summary."""
 
 from __future__ import annotations
 
 import io
 import json
-import threading
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import redis
 
-from core.contract import result_key
 from core.errors import BatchConflict
-from producer import Client, batch_loop
-from producer.batch import Options, _resume, open_batch, run_batch
-from producer.batch_output import to_parquet, upload
+from producer import Client
+from producer.batch import _resume
+from producer.batch_output import to_parquet
 from producer.batch_report import Progress, Tally, summary
-from producer.batch_rows import ended, row_line
+from producer.batch_rows import ended
 from producer.batch_sources import Feed, Spec, iter_sources, resolve
 from producer.batch_state import Journal, Rows, index_of, paths_for, recover
 from producer.batch_window import MAX_IN_FLIGHT, MIN_MESSAGES, Window
-from tests.support.cli import run_cli
-from tests.support.messages import queued_messages
-from tests.support.s3 import BUCKET, S3, SET_IMAGES
-from tests.support.waiting import wait_for
-
-BATCH = "b" * 32
-
-
-def row(index: int, state: str = "SUCCESS", source: str = "") -> bytes:
-    rest: dict[str, Any] = {"result": {"predictions": []}}
-    if state != "SUCCESS":
-        rest = {"error": {"type": "SourceNotFound", "message": "gone"}}
-    return row_line(f"{BATCH}-{index}", state, source or f"s{index}.png", rest)
+from tests.support.batch_rows import BATCH, row
 
 
 def test_a_torn_last_line_is_cut_and_the_whole_rows_are_done(tmp_path: Path) -> None:
@@ -209,44 +192,6 @@ def test_the_window_is_fixed_or_follows_the_measured_rate() -> None:
     assert window.size == MAX_IN_FLIGHT // 2
 
 
-def batch_cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str]:
-    code, _, err = run_cli(capsys, url, "batch", *args)
-    return code, err
-
-
-def test_a_file_that_is_not_the_batchs_own_is_never_overwritten(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    url = "redis://127.0.0.1:1/0"  # refused before any Redis call
-    Path("list.txt").write_text("a.jpg\n")
-    Path("mine.jsonl").write_text("precious\n")
-    code, err = batch_cli(capsys, url, "list.txt", "--out", "mine.jsonl")
-    assert code == 2 and "refusing to overwrite" in err
-    assert Path("mine.jsonl").read_text() == "precious\n" and not Path("mine.jsonl.batch").exists()
-    Path("mine.parquet").write_text("precious")
-    assert batch_cli(capsys, url, "list.txt", "--out", "mine.parquet")[0] == 2
-    code, err = batch_cli(capsys, url, "--resume", "other.jsonl")
-    assert code == 2 and "no batch to resume" in err
-    assert batch_cli(capsys, url, "list.txt", "--out", "out.csv")[0] == 2
-    code, err = batch_cli(capsys, url, "list.txt", "--in-flight", "0", "--out", "x.jsonl")
-    assert code == 2 and "expected a number of jobs" in err
-    # Another batch's output: named, and left alone.
-    stdin = io.StringIO()
-    first = open_batch("run.jsonl", ["list.txt"], Options(top_k=3), resume=False, stdin=stdin)
-    again = open_batch("run.jsonl", ["list.txt"], Options(top_k=3), resume=False, stdin=stdin)
-    assert again.resumed and again.journal.batch == first.journal.batch
-    with pytest.raises(BatchConflict, match="belongs to batch"):
-        open_batch("run.jsonl", ["list.txt"], Options(top_k=4), resume=False, stdin=stdin)
-    with pytest.raises(BatchConflict, match="belongs to batch"):
-        open_batch("run.jsonl", ["-"], None, resume=False, stdin=stdin)
-    assert open_batch("run.jsonl", [], None, resume=True, stdin=stdin).resumed
-    # No Redis there at the start: said at once (exit 3), the batch left to resume.
-    code, err = batch_cli(capsys, url, "list.txt", "--out", "later.jsonl")
-    assert code == 3 and err.splitlines()[-1].startswith("error: cannot reach Redis"), err
-    assert "--resume later.jsonl" in err and Path("later.jsonl.batch").exists()
-
-
 def test_parquet_has_one_row_per_source_in_index_order(tmp_path: Path) -> None:
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
@@ -289,74 +234,3 @@ def test_submit_many_takes_the_ids_to_use() -> None:
         with pytest.raises(ValueError, match=why):
             client.submit_many(["x.jpg", "y.jpg"], task_ids=ids)
     client.close()
-
-
-def test_jobs_lost_while_no_batch_ran_are_sent_again_and_collected(
-    redis_url: str,
-    redis_client: redis.Redis,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A resumed batch whose jobs in flight have no state and an empty queue (their results
-    expired, say) sends them again; a stand-in for a worker (results written to Redis) ends
-    them, and the batch writes their rows and deletes their keys."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(batch_loop, "STALL_S", 0.3)
-    queue = f"batch-{uuid.uuid4().hex[:8]}"  # no worker reads it
-    Path("list.txt").write_text("a.jpg\nb.jpg\nc.jpg\n")
-    job = open_batch(
-        "out.jsonl", ["list.txt"], Options(queue=queue), resume=False, stdin=io.StringIO()
-    )
-    feed = Feed(iter(["a.jpg", "b.jpg", "c.jpg"]), lambda i: False)
-    feed.take(3)
-    job.journal.sending = job.journal.sent = 3  # all sent before a kill, then lost
-    job.journal.fingerprint = feed.digest()
-    job.journal.save(job.paths.journal)
-    ids = [f"{job.journal.batch}-{i}" for i in range(3)]
-
-    def stand_in_worker() -> None:
-        wait_for(lambda: queued_messages(redis_client, [queue]), 10, "the jobs sent again")
-        for key in queued_messages_keys(queue):
-            redis_client.delete(key)
-        for task_id in ids:
-            meta = {"status": "SUCCESS", "result": {"source": task_id}}
-            redis_client.set(result_key(task_id), json.dumps(meta))
-
-    said: list[str] = []
-    worker = threading.Thread(target=stand_in_worker)
-    worker.start()
-    with Client(redis_url) as client:
-        tally = run_batch(
-            client,
-            open_batch("out.jsonl", [], None, resume=True, stdin=io.StringIO()),
-            say=said.append,
-        )
-    worker.join()
-    assert tally.by_state == {"SUCCESS": 3} and "sending them again" in said[0]
-    rows = [json.loads(line) for line in Path("out.jsonl").read_text().splitlines()]
-    assert sorted(r["id"] for r in rows) == ids and rows[0]["result"]["source"] == rows[0]["id"]
-    assert not any(redis_client.exists(result_key(t)) for t in ids)
-
-
-def queued_messages_keys(queue: str) -> list[str]:
-    from core.contract import PRIORITY_STEPS, queue_list
-
-    return [queue_list(queue, priority) for priority in PRIORITY_STEPS]
-
-
-def test_an_object_store_prefix_and_output(
-    s3_env: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    specs = resolve([f"s3://{BUCKET}/set/"], io.StringIO(), tmp_path / "x.stdin")
-    assert list(iter_sources(specs)) == [f"s3://{BUCKET}/{key}" for key in SET_IMAGES]
-    s3_env.client.put_object(Bucket=BUCKET, Key="runs/taken.jsonl", Body=b"x")
-    with pytest.raises(BatchConflict, match="exists"):
-        open_batch(
-            f"s3://{BUCKET}/runs/taken.jsonl", ["-"], None, resume=False, stdin=io.StringIO()
-        )
-    rows = tmp_path / "rows.jsonl"
-    rows.write_bytes(row(0))
-    upload(f"s3://{BUCKET}/runs/out.jsonl", rows)
-    body = s3_env.client.get_object(Bucket=BUCKET, Key="runs/out.jsonl")["Body"].read()
-    assert body == row(0)

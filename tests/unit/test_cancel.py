@@ -1,133 +1,19 @@
-"""Cancels and deadlines without a worker: the CLI, the start/cancel agreement in Redis
-(worker/cancels.py, worker.deliveries.record_start), the shipped producer user's rights, deadline
-parsing, and the batcher never waiting past a job's deadline (in-process)."""
+"""Deadlines without Redis or a worker: given and parsed, and the batcher never waiting past a
+job's deadline (in this process). Cancels: tests/integration and tests/system test_cancel.py."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-import redis
 import torch
 
-from core.contract import result_key
-from core.lifecycle import CANCEL_TAKEN, cancel_key
-from producer import Client
-from producer.cancel import deadline_at, parse_deadline
-from tests.support.cli import imgqueue
-from tests.support.messages import queued_messages
-from tests.support.redis_server import with_shipped_users
+from cli.common import parse_deadline
+from producer.cancel import deadline_at
 from worker import cancels
-from worker.backend import Started
 from worker.batcher import Batcher
-from worker.deliveries import record_start
-from worker.errors import Cancelled
-from worker.settings import Settings
-
-# -- with workers ----------------------------------------------------------------------------
-
-
-def test_the_cli_cancels_and_sends_deadlines(redis_url: str, client: Client) -> None:
-    queue = f"nobody-{uuid.uuid4().hex[:8]}"  # no worker consumes it
-    at = "2100-01-02T03:04:05Z"
-    args = ("submit", "a.jpg", "b.jpg", "--queue", queue, "--deadline", at, "--group")
-    sent = imgqueue(redis_url, *args)
-    assert sent.returncode == 0, sent.stderr
-    bulk_ids = client.group_ids(sent.stdout.strip())
-    done = client.submit_many(["cat.jpg"], queue=queue)[0]
-    client.redis.set(result_key(done), json.dumps({"status": "SUCCESS", "result": {}}))
-    out = imgqueue(redis_url, "cancel", "--group", sent.stdout.strip(), done)
-    assert out.returncode == 1, out.stderr  # one was too late
-    lines = [json.loads(line) for line in out.stdout.splitlines()]
-    assert len(bulk_ids) == 2 and lines == [
-        {"id": done, "cancel": "too-late", "state": "SUCCESS"},
-        *({"id": i, "cancel": "cancelled", "state": "PENDING"} for i in bulk_ids),
-    ]
-    (message,) = [m for m in queued_messages(client.redis, [queue]) if b"a.jpg" in _body(m)]
-    entries = json.loads(_body(message))[0][0]
-    assert {e["deadline"] for e in entries} == {datetime.fromisoformat(at).timestamp()}
-    client.redis.delete(queue)
-
-
-def _body(raw: bytes) -> bytes:
-    import base64
-
-    return base64.b64decode(json.loads(raw)["body"])
-
-
-# -- in-process, on the session's Redis --------------------------------------------------------
-
-
-@pytest.fixture
-def settings() -> Settings:
-    return Settings.from_env({})
-
-
-def _start(r: redis.Redis, task_id: str, settings: Settings, redelivered: bool = False) -> int:
-    started = Started(result_key(task_id), json.dumps({"status": "STARTED"}), 60)
-    return record_start(r, task_id, 0, settings, redelivered, started, cancels=True)
-
-
-def test_a_start_and_a_cancel_agree_whichever_comes_first(
-    redis_url: str, redis_client: redis.Redis, settings: Settings
-) -> None:
-    r = redis_client
-    with Client(redis_url) as c:
-        first = str(uuid.uuid4())  # cancelled before it starts
-        assert c.cancel([first]).cancelled == [first]
-        with pytest.raises(Cancelled):
-            _start(r, first, settings)
-        assert r.get(cancel_key(first)) == CANCEL_TAKEN.encode()  # kept until REVOKED is stored
-        # The producer that cancels while the worker ends it reports it cancelled.
-        assert c.cancel([first]).cancelled == [first]
-        assert r.get(cancel_key(first)) == CANCEL_TAKEN.encode()
-
-        second = str(uuid.uuid4())  # started before the cancel
-        assert _start(r, second, settings) == 1
-        result = c.cancel([second])
-        assert result.too_late == [second] and result.states == {second: "STARTED"}
-        assert not r.exists(cancel_key(second))
-
-    # A redelivered job that had already ended REVOKED ends again, storing nothing.
-    third = str(uuid.uuid4())
-    r.set(result_key(third), json.dumps({"status": "REVOKED", "result": {}}))
-    with pytest.raises(cancels.Ended):
-        _start(r, third, settings, redelivered=True)
-    assert json.loads(r.get(result_key(third)) or b"")["status"] == "REVOKED"
-
-
-def test_the_shipped_producer_user_may_cancel_and_nothing_more(
-    tmp_path: Path, settings: Settings
-) -> None:
-    """deploy/redis.conf's users: the producer writes cancels (a selector on imgqueue:cancel:*)
-    and still cannot delete or overwrite anything else."""
-    server = with_shipped_users(tmp_path)
-    worker = redis.Redis(port=server.port, username="worker", password="imgqueue-worker-dev")
-    try:
-        url = f"redis://producer:imgqueue-producer-dev@127.0.0.1:{server.port}/0"
-        with Client(url) as producer:
-            queued, started = str(uuid.uuid4()), str(uuid.uuid4())
-            _start(worker, started, settings)
-            result = producer.cancel([queued, started])
-            assert result.cancelled == [queued] and result.too_late == [started]
-            assert worker.exists(cancel_key(queued)) and not worker.exists(cancel_key(started))
-            r: redis.Redis = producer.results
-            for attempt in (
-                lambda: r.delete("celery"),
-                lambda: r.set("celery", "x"),
-                lambda: r.set(result_key(queued), "{}"),
-                lambda: r.getdel(result_key(started)),
-            ):
-                with pytest.raises(redis.exceptions.NoPermissionError):
-                    attempt()
-    finally:
-        worker.close()
-        server.stop()
 
 
 def test_deadlines_given_and_parsed() -> None:

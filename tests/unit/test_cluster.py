@@ -1,6 +1,7 @@
 """Results on a Redis Cluster, the parts that need no cluster: RESULT_URL parsing and its
 errors, password masking, the backend the worker picks, and a redelivered bulk on a store that
-cannot say which images are done (tests/system/test_cluster.py runs a real cluster)."""
+cannot say which images are done (tests/integration/test_cluster.py and
+tests/system/test_cluster.py run a real cluster)."""
 
 from __future__ import annotations
 
@@ -153,6 +154,3 @@ def test_a_redelivered_bulk_runs_every_image_when_the_store_cannot_say_which_are
 
     images = [bulk.Image(f"i{n}", "cat.jpg", 5) for n in range(3)]
     assert bulk.finished_ids(Away(), images) == set()  # not a failed bulk message
-
-
-# -- a real cluster --------------------------------------------------------------------------

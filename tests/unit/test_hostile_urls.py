@@ -1,18 +1,16 @@
 """Hostile URLs: the address policy as a table (never by connecting), malformed URLs as permanent
-named errors, encoding and redaction (tests/system/test_hostile_urls.py: through a worker)."""
+named errors, encoding and redaction (tests/integration/test_hostile_urls.py: odd names fetched
+from a loopback server; tests/system/test_hostile_urls.py: through a worker)."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from core.redaction import display_url, redact_text
-from tests.support.http_server import http_server
-from tests.support.paths import SAMPLES
 from worker import urls
 from worker.addresses import blocked_reason, embedded_ipv4
 from worker.errors import InvalidArguments, SourceNotAllowed
@@ -20,7 +18,10 @@ from worker.fetch import fetch
 from worker.settings import Settings
 
 ip = ipaddress.ip_address
+
+
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
 
 # One address from every range the policy denies, as test data only: nothing connects to them.
 BLOCKED = [
@@ -64,6 +65,8 @@ BLOCKED = [
     "ff02::1",
     "4000::1",
 ]
+
+
 PUBLIC = ["8.8.8.8", "93.184.216.34", "1.1.1.1", "2606:4700::1111", "2a00:1450:4001::1"]
 
 
@@ -142,25 +145,12 @@ def test_paths_and_queries_are_encoded_as_browsers_do() -> None:
         urls.parse("http://a..b/", redirect=True)  # the server's fault, not the caller's
 
 
-@pytest.fixture(scope="module")
-def odd_names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("odd-names")
-    for name in ("a b.jpg", "ü.jpg"):
-        (root / name).write_bytes((SAMPLES / "cat.jpg").read_bytes())
-    with http_server(root) as base:
-        yield base
-
-
-def test_spaces_and_non_ascii_reach_the_file(odd_names: str) -> None:
-    settings = Settings(fetch_allow_networks=LOOPBACK)
-    cat = (SAMPLES / "cat.jpg").read_bytes()
-    assert fetch(f"{odd_names}/a b.jpg", settings).data == cat
-    assert fetch(f"{odd_names}/ü.jpg", settings).data == cat
-
-
 # -- secrets in URLs ---------------------------------------------------------------------------
 
+
 SECRETS = ["us'er", "p@ss", "w'or\"d", "a'b", "c%25", "süß", "topsecret"]
+
+
 TRICKY = "http://us'er:p@ss%40w'or\"d@{host}/{path}?sig=a'b&t=c%25süß&k=topsecret"
 
 

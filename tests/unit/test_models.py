@@ -1,5 +1,6 @@
-"""Your own models without a worker: checkpoints (made by tests/support/models.py), labels files,
-packed, checked and refused saying what differs.
+"""Your own models without a worker, in this process: checkpoints (made by
+tests/support/models.py), labels files, packed, checked and refused saying what differs
+(tests/system/test_models.py: served by workers, and read by another uid).
 
 The checkpoints are seeded random weights with real heads (3 and 4 classes): what a fine-tuned
 model's file looks like, without downloading one."""
@@ -8,11 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import pwd
 import stat
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ from tests.support.models import (
     checkpoint,
     labels_file,
     made_fixture,  # noqa: F401  (the fixture `made`)
+    pack_under_umask_077,
 )
 from worker.errors import ConfigError, WeightsUnavailable
 from worker.model.card import read_card
@@ -140,46 +138,16 @@ def test_a_card_is_checked_against_its_files(made: Path, tmp_path: Path) -> None
         resolve_model(card=out, arch="resnet50x")
 
 
-def _pack_under_umask_077(made: Path, out: Path) -> None:
-    old = os.umask(0o077)
-    try:
-        pack(made / "tiny-v1.pt", arch="squeezenet1_1", labels=made / "tiny.txt", out=out,
-             name="tiny")  # fmt: skip
-    finally:
-        os.umask(old)
-
-
 def test_pack_writes_files_0644_and_directories_0755_whatever_the_umask(
     made: Path, tmp_path: Path
 ) -> None:
     """The compose worker runs as uid 10001 and mounts ./models read-only: mkstemp alone made
     pack's files 0600, which it could not read."""
     out = tmp_path / "models" / "tiny"
-    _pack_under_umask_077(made, out)
+    pack_under_umask_077(made, out)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out.parent, out, *out.rglob("*")]}
     files = dict.fromkeys(("model.json", "weights.pt", "labels.json"), 0o644)
     assert modes == {"models": 0o755, "tiny": 0o755, **files}
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="reading as another uid needs root to switch")
-def test_another_uid_reads_a_packed_model(made: Path) -> None:
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user nobody to read the files as")
-    # pytest's tmp_path is 0700: nobody could not reach anything under it.
-    with tempfile.TemporaryDirectory() as top:
-        os.chmod(top, 0o755)  # the mount point, as ./models would be
-        out = Path(top) / "models" / "tiny"
-        _pack_under_umask_077(made, out)
-        files = [str(out / name) for name in ("model.json", "weights.pt", "labels.json")]
-        # cat, not Python: the interpreter may sit where nobody cannot reach it (/root).
-        read = subprocess.run(
-            ["cat", *files], user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
-            capture_output=True, check=False,
-        )  # fmt: skip
-    assert read.returncode == 0, read.stderr
-    assert read.stdout.startswith(b"{") and len(read.stdout) > 1_000_000  # weights.pt too
 
 
 def test_the_cli_packs_and_checks_without_redis(
@@ -201,7 +169,7 @@ def test_the_cli_packs_and_checks_without_redis(
 def test_another_architecture_matches_the_seed_tutorials_way_within_1e_5(made: Path) -> None:
     """SqueezeNet with its torchvision weights' own transforms and categories, in fp32, against
     `squeezenet1_1()` with `weights.transforms()` one image at a time."""
-    from bench.fidelity import compare, reference, worker_way
+    from tests.support.fidelity import compare, reference, worker_way
     from tests.support.paths import SAMPLES
     from worker.model.classifier import Classifier
 

@@ -1,23 +1,20 @@
 """The ONNX Runtime backend in-process: the choice, the export and its cache, parity, loud
-fallbacks. Exports use mobilenet_v3_small (random:0), about a second each."""
+fallbacks. Exports use mobilenet_v3_small (random:0), about a second each
+(tests/system/test_onnx.py: processes exporting at once, and a real worker)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench.fidelity import compare, reference, worker_way
+from tests.support.fidelity import compare, reference, worker_way
 from tests.support.paths import ROOT, SAMPLES
-from tests.support.waiting import wait_for
 from worker.errors import ConfigError
 from worker.metrics import Metrics
 from worker.model import onnx
@@ -26,6 +23,8 @@ from worker.model.spec import ModelSpec, resolve_model
 from worker.settings import Settings
 
 ARCH = "mobilenet_v3_small"
+
+
 SAMPLE_PATHS = sorted(SAMPLES.glob("*.jpg"))
 
 
@@ -166,70 +165,6 @@ def test_a_damaged_cache_entry_is_exported_again(
     assert torch.allclose(fresh.infer(x), exported.infer(x), atol=1e-6)
 
 
-_EXPORT_ONE = """
-import sys
-from pathlib import Path
-from worker.model import onnx
-from worker.model.classifier import build_network
-from worker.model.spec import resolve_model
-spec = resolve_model(arch=sys.argv[1], weights="random:0")
-model = build_network(spec).eval()
-done = onnx.ensure_exported(spec, model, 224, Path(sys.argv[2]))
-print(done.seconds is not None)
-"""
-
-
-def test_processes_exporting_at_once_export_once_and_never_see_half_a_file(
-    tmp_path: Path,
-) -> None:
-    import onnx as onnx_format
-
-    cache = tmp_path / "shared"
-    published = cache / onnx.entry_name(resolve_model(arch=ARCH, weights="random:0"), 224)
-    seen: list[int] = []
-    stop = threading.Event()
-
-    def watch() -> None:
-        # What a worker reads, polled while the two export: once there, it is whole.
-        while not stop.wait(0.01):
-            if (published / onnx.MODEL_FILE).is_file():
-                onnx_format.load(str(published / onnx.MODEL_FILE))
-                seen.append((published / onnx.MODEL_FILE).stat().st_size)
-
-    left_behind = cache / f".{published.name}.12345.x.tmp"  # by an exporter that was killed
-    left_behind.mkdir(parents=True)
-    (left_behind / onnx.MODEL_FILE).write_bytes(b"half a")
-    forgotten = cache / "resnet50-0123456789abcdef0123"  # no load for longer than UNUSED_DAYS
-    forgotten.mkdir()
-    (forgotten / onnx.MODEL_FILE).write_bytes(b"old")
-    (forgotten / onnx.META_FILE).write_text("{}")
-    old = time.time() - (onnx.UNUSED_DAYS + 1) * 86400
-    os.utime(forgotten / onnx.META_FILE, (old, old))
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env["PYTHONPATH"] = str(ROOT)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _EXPORT_ONE, ARCH, str(cache)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=240)[0].split() for p in procs]
-    wait_for(lambda: seen, 10, "the watcher to read the published model")
-    stop.set()
-    watcher.join(10)
-    assert [p.returncode for p in procs] == [0, 0]
-    assert sorted(o[-1] for o in outs) == ["False", "True"]  # one exported, one waited for it
-    assert len(set(seen)) == 1
-    # No temporary directory left behind, the dead exporter's and the unused entry swept away.
-    assert [p.name for p in cache.iterdir() if p.is_dir()] == [published.name]
-
-
 # -- loud fallbacks ---------------------------------------------------------------------------
 
 
@@ -308,6 +243,3 @@ def test_bf16_cpus_time_onnxruntime_fp32_against_torch_bf16(
     model = Classifier(spec, "cpu", "auto", backend="auto", onnx_options=_options(cache_dir))
     assert (model.precision, model.backend, model.session) == ("bf16", "torch", None)
     assert timed == ["OrtModule", "OrtModule"]  # the guard timed ONNX Runtime's fp32, not torch's
-
-
-# -- one real worker --------------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""docker-compose.yml and the Dockerfiles, checked without a Docker engine.
-
-The compose file is validated against the Compose Specification schema (vendored inside
-check-jsonschema, so this works offline); the Dockerfiles are parsed and every file, module,
-extra and setting they name is checked against this repository.
+"""docker-compose.yml and the Dockerfiles, checked without a Docker engine, in this process: the
+Dockerfiles are parsed and every file, module, extra and setting they name (and the compose
+file's services) is checked against this repository (tests/system/test_ops_deploy.py: the
+Compose Specification schema, the Dockerfile's pip line, the package build).
 """
 
 from __future__ import annotations
@@ -12,11 +11,7 @@ import importlib
 import importlib.util
 import re
 import shlex
-import shutil
-import subprocess
-import sys
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +19,8 @@ import pytest
 import tomllib
 from ruamel.yaml import YAML
 
+from tests.support.dockerfiles import instructions
+from tests.support.import_graph import graph
 from tests.support.paths import ROOT
 from worker.settings import Settings
 
@@ -33,34 +30,9 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def instructions(name: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", (ROOT / name).read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
-
-
 def pyproject() -> dict[str, Any]:
     data: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
     return data
-
-
-def test_compose_file_matches_the_compose_spec() -> None:
-    exe = shutil.which("check-jsonschema") or str(
-        Path(sys.executable).with_name("check-jsonschema")
-    )
-    out = subprocess.run(
-        [exe, "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_compose_services() -> None:
@@ -117,7 +89,7 @@ def test_compose_webhooks_service() -> None:
     """The webhook dispatcher: the producer image (no torch), the worker ACL user, a secret."""
     hooks = compose()["services"]["webhooks"]
     assert hooks["entrypoint"] == ["python", "-m", "services.webhooks"]
-    assert importlib.util.find_spec("services.webhooks.dispatcher") is not None
+    assert importlib.util.find_spec("services.webhooks.__main__") is not None
     assert hooks["build"]["dockerfile"] == "Dockerfile.producer"
     env = hooks["environment"]
     assert set(env) <= {f.name.upper() for f in fields(Settings)}
@@ -199,6 +171,57 @@ def test_dockerfile_copies_existing_paths(dockerfile: str) -> None:
                 assert (ROOT / source).exists() or source == readme, source
 
 
+def copied(dockerfile: str) -> list[str]:
+    """The repository paths a Dockerfile's COPY instructions take."""
+    out = []
+    for word, rest in instructions(dockerfile):
+        if word == "COPY":
+            out += shlex.split(rest)[:-1]
+    return out
+
+
+def module_files(name: str) -> list[str]:
+    """The files importing module `name` reads: its own and its packages' __init__.py."""
+    parts = name.split(".")
+    files = ["/".join([*parts[:n], "__init__.py"]) for n in range(1, len(parts))]
+    own = "/".join(parts)
+    return [*files, f"{own}/__init__.py" if (ROOT / own).is_dir() else f"{own}.py"]
+
+
+# Each image: the modules it runs (with everything they import, lazily too), and those it
+# leaves out on purpose. The worker image does not run the exporter's alias (the producer image
+# does); the producer image has no torch, so `imgqueue model pack|check` (the only importers of
+# worker.model) answer there that they need the worker extra.
+IMAGES = {
+    "Dockerfile": (("worker",), ("worker.exporter",)),
+    "Dockerfile.producer": (
+        ("core", "producer", "services", "cli", "worker.exporter"),
+        ("worker.model",),
+    ),
+}
+
+
+@pytest.mark.parametrize("dockerfile", sorted(IMAGES))
+def test_each_image_copies_every_module_its_code_imports(dockerfile: str) -> None:
+    runs, left_out = IMAGES[dockerfile]
+    edges = graph()
+    todo = [m for m in edges if m.startswith(runs)]
+    reached: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in reached and not name.startswith(left_out):
+            reached.add(name)
+            todo += edges.get(name, ())
+    sources = [s.rstrip("/") for s in copied(dockerfile)]
+    missing = {
+        path
+        for name in reached
+        for path in module_files(name)
+        if not any(path == s or path.startswith(s + "/") for s in sources)
+    }
+    assert not missing, f"{dockerfile} does not copy {sorted(missing)}"
+
+
 def test_worker_dockerfile_uses_the_documented_commands() -> None:
     steps = instructions("Dockerfile")
     runs = " ".join(rest for word, rest in steps if word == "RUN")
@@ -232,39 +255,3 @@ def test_producer_dockerfile_installs_no_torch() -> None:
     assert not any("[worker" in r or "torch" in r for r in runs)
     entry = next(rest for word, rest in steps if word == "ENTRYPOINT")
     assert entry == '["imgqueue"]' and "imgqueue" in pyproject()["project"]["scripts"]
-
-
-@pytest.mark.parametrize("extras,expected", [("", None), ("gateway", ".[gateway]")])
-def test_producer_dockerfile_installs_the_extras_asked_for(
-    extras: str, expected: str | None, tmp_path: Path
-) -> None:
-    """`--build-arg EXTRAS=gateway` adds the gateway extra on top of the base install; none
-    by default. The RUN line is run by sh with `pip` standing in as a script that records."""
-    steps = instructions("Dockerfile.producer")
-    assert ("ARG", 'EXTRAS=""') in steps
-    run = next(rest for word, rest in steps if word == "RUN" and "$EXTRAS" in rest)
-    (tmp_path / "pip").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.args"\n')
-    (tmp_path / "pip").chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "EXTRAS": extras}
-    done = subprocess.run(["sh", "-c", run], env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    recorded = tmp_path / "pip.args"
-    if expected is None:
-        assert not recorded.exists()
-    else:
-        args = recorded.read_text().split("\n")[:-1]
-        assert args == ["install", "-c", "requirements/lock.txt", expected]
-
-
-def test_the_package_builds_without_a_warning_of_ours(tmp_path: Path) -> None:
-    """pyproject.toml: an SPDX `license` string, nothing setuptools deprecates."""
-    out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    text = out.stdout + out.stderr
-    assert "Deprecat" not in text and "project.license" not in text, text[-2000:]
-    assert list(tmp_path.glob("imgqueue-*.whl"))

@@ -1,20 +1,16 @@
-"""The ops building blocks as plain functions: redaction, readiness file, log settings, the
-health check (the result cache: tests/unit/test_cache.py)."""
+"""The ops building blocks as plain functions: redaction, readiness file, log settings (the
+health check: tests/system/test_ops_health.py; the result cache: tests/unit/test_cache.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import resource
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from core.redaction import display_url
-from tests.support.paths import ROOT
 from worker import health
 from worker.errors import ConfigError
 from worker.ops import PER_TASK_LOGGERS, RedactingFilter, configure_logging
@@ -82,29 +78,3 @@ def test_log_level_is_validated() -> None:
     with pytest.raises(ConfigError, match="LOG_LEVEL"):
         Settings.from_env({"LOG_LEVEL": "chatty"})
     assert Settings.from_env({"LOG_LEVEL": "debug"}).log_level == "DEBUG"
-
-
-def test_the_health_check_is_cheap_quiet_and_imports_no_torch_or_celery(tmp_path: Path) -> None:
-    """The Docker HEALTHCHECK runs `python -m worker.health` every 15 s, forever."""
-    ready = tmp_path / "ready.json"
-    ready.write_text(json.dumps({"pid": os.getpid(), "model": "resnet50", "weights": "w"}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "READY_FILE": str(ready)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run = subprocess.run(
-        [sys.executable, "-m", "worker.health"], env=env, capture_output=True, text=True
-    )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    assert run.returncode == 0 and "ready: pid" in run.stdout
-    assert run.stderr == ""  # no RuntimeWarning, nothing
-    assert cpu < 0.3, f"{cpu:.2f}s of CPU"
-    traced = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "worker.health"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    imported = {
-        line.rsplit("|", 1)[-1].strip().split(".")[0] for line in traced.stderr.splitlines()
-    }
-    assert not imported & {"torch", "torchvision", "celery", "kombu", "PIL", "numpy"}

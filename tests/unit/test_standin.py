@@ -1,53 +1,12 @@
 """The stand-in model (`MODEL=sleep:<ms>`) runs the whole job path without torch: loading torch
-costs a process 2-4 s of CPU, and most of the suite's workers are stand-ins."""
+costs a process 2-4 s of CPU, and most of the suite's workers are stand-ins. Here: its batches
+are placeholders of the batch size (tests/system/test_standin.py: a runtime and a worker)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-from tests.support.paths import ROOT, SAMPLES
 from worker.batcher import Batcher
 from worker.model import standin
 from worker.model.standin import SleepModel
-
-# A runtime started and two jobs classified (one decoded in a decode process, one here) with
-# torch and torchvision unimportable: an import of either fails, naming the importer.
-_RUN = r"""
-import dataclasses, json, sys
-sys.modules["torch"] = sys.modules["torchvision"] = None
-from worker import pipeline, runtime
-from worker.settings import Settings
-results = []
-for sandbox in (True, False):
-    settings = dataclasses.replace(Settings.from_env(), decode_sandbox=sandbox)
-    rt = runtime.start(settings)
-    try:
-        results.append(pipeline.classify("cat.jpg", 3, rt))
-    finally:
-        rt.stop()
-print(json.dumps(results))
-"""
-
-
-def test_a_standin_runtime_classifies_without_importing_torch() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "PYTEST"))}
-    env.update(
-        PYTHONPATH=str(ROOT), MODEL="sleep:0ms", IMAGE_ROOT=str(SAMPLES), DECODE_PROCESSES="1"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", _RUN], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
-    for result in results:
-        assert result["model"] == "sleep:0ms" and "not real" in result["warning"]
-        assert result["image"]["format"] == "JPEG" and result["image"]["width"] > 16
-        assert [p["index"] for p in result["predictions"]] == [0, 1, 2]
-        assert result["predictions"][0]["probability"] == 0.0010000000474974513  # float32
-        assert result["batch_size"] == 1
 
 
 def test_standin_batches_are_placeholders_of_the_batch_size() -> None:

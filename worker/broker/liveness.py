@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from core.keys import Keys
+from core.text import text
 from worker.broker import scripts
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,13 @@ class Liveness:
         lock_ms = int(self.interval * 1000)
         out = self._sweep(
             keys=[self.keys.consumers, self.keys.sweep_lock],
-            args=[self.keys.base, self.dead_after, self.visibility_timeout, lock_ms],
+            args=[*self.keys.consumer_prefixes, self.dead_after, self.visibility_timeout, lock_ms],
         )
         if not out:
             return
         expired, dead = int(out[0]), out[1:]
         for cid, moved in zip(dead[::2], dead[1::2], strict=True):
-            name = cid.decode() if isinstance(cid, bytes) else str(cid)
+            name = text(cid)
             log.warning(
                 "consumer %s is dead (no heartbeat for %.0fs): returned %d message(s) to the "
                 "head of their queues",

@@ -1,8 +1,9 @@
 """The delivery layer's Lua scripts: every move of a message is one atomic step.
 
-The key layout is core/keys.py's (`Keys`, with its table of every key); these scripts
-build a consumer's keys again in Lua from `P` (`Keys.base`, `<prefix>imgqueue:`) and its id,
-and split an unacked value on its first newline (`core.keys.unacked_value`).
+The key layout is core/keys.py's (`Keys`, with its table of every key): these scripts take
+their keys as KEYS, and SWEEP, which finds consumer ids as it goes, the prefixes of a
+consumer's keys in ARGV (`Keys.consumer_prefixes`); they split an unacked value on its first
+newline (`core.keys.unacked_value`).
 
 A message is always in exactly one of: a queue list, an inbox, an unacked hash, the
 dead-letter list. A consumer id belongs to one channel of one process; when its heartbeat
@@ -17,9 +18,8 @@ from __future__ import annotations
 # exception on purpose: a full Redis refuses it, so workers stop taking new jobs. Needs Redis 7.
 ALLOW_OOM = "#!lua flags=allow-oom\n"
 
-# Helpers shared by the scripts. P is `<prefix>imgqueue:`; an unacked value is
-# "<queue list key>\n<message>" (JSON has no raw newline, and queue names carry none).
-# The layout of the keys built here from P is core/keys.py's: change both together.
+# Helpers shared by the scripts. An unacked value is "<queue list key>\n<message>" (JSON has
+# no raw newline, and queue names carry none).
 _LIB = """
 local function now()
   local t = redis.call('TIME')
@@ -53,10 +53,9 @@ local function return_unacked(unacked, at)
   redis.call('DEL', unacked, at)
   return n
 end
-local function return_consumer(P, consumers, cid)
-  local inboxes = P .. 'inboxes:' .. cid
+local function return_consumer(consumers, cid, inboxes, unacked, at)
   local n = return_inboxes(inboxes)
-  n = n + return_unacked(P .. 'unacked:' .. cid, P .. 'unacked-at:' .. cid)
+  n = n + return_unacked(unacked, at)
   redis.call('DEL', inboxes)
   redis.call('ZREM', consumers, cid)
   return n
@@ -184,12 +183,12 @@ return 0
 )
 
 # Return everything a consumer holds and forget it (a channel closing cleanly).
-# KEYS: consumers. ARGV: P, cid.
+# KEYS: consumers, inboxes:<cid>, unacked:<cid>, unacked-at:<cid>. ARGV: cid.
 RELEASE = (
     ALLOW_OOM
     + _LIB
     + """
-return return_consumer(ARGV[1], KEYS[1], ARGV[2])
+return return_consumer(KEYS[1], ARGV[1], KEYS[2], KEYS[3], KEYS[4])
 """
 )
 
@@ -204,24 +203,25 @@ return return_inboxes(KEYS[1])
 )
 
 # The sweep, at most once per lock period across all workers. KEYS: consumers, sweep-lock.
-# ARGV: P, dead-after seconds, visibility timeout seconds, lock ms.
+# ARGV: the prefixes of a consumer's inboxes, unacked and unacked-at keys (each key is its
+# prefix and the consumer id), dead-after seconds, visibility timeout seconds, lock ms.
 # Returns nil when another worker swept recently, else
 # {returned by visibility timeout, dead cid, messages returned, dead cid, ...}.
 SWEEP = (
     ALLOW_OOM
     + _LIB
     + """
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then return false end
-local P, t = ARGV[1], now()
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[6]) then return false end
+local INBOXES, UNACKED, AT, t = ARGV[1], ARGV[2], ARGV[3], now()
 local out = {0}
-for _, cid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t - tonumber(ARGV[2]))) do
+for _, cid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t - tonumber(ARGV[4]))) do
   table.insert(out, cid)
-  table.insert(out, return_consumer(P, KEYS[1], cid))
+  table.insert(out, return_consumer(KEYS[1], cid, INBOXES .. cid, UNACKED .. cid, AT .. cid))
 end
 local expired = 0
 for _, cid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local unacked, at = P .. 'unacked:' .. cid, P .. 'unacked-at:' .. cid
-  local tags = redis.call('ZRANGEBYSCORE', at, '-inf', t - tonumber(ARGV[3]))
+  local unacked, at = UNACKED .. cid, AT .. cid
+  local tags = redis.call('ZRANGEBYSCORE', at, '-inf', t - tonumber(ARGV[5]))
   for i = #tags, 1, -1 do
     local v = redis.call('HGET', unacked, tags[i])
     if v then expired = expired + return_entry(v) end

@@ -441,8 +441,13 @@ class Channel(kombu_redis.Channel):
         try:
             moved = int(
                 self._release(
-                    keys=[self.keys.consumers],
-                    args=[self.keys.base, self.cid],
+                    keys=[
+                        self.keys.consumers,
+                        self.keys.inboxes,
+                        self.keys.unacked,
+                        self.keys.unacked_at,
+                    ],
+                    args=[self.cid],
                     client=self.raw_client(),
                 )
             )

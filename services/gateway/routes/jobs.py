@@ -16,8 +16,8 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from core.states import FINAL_STATES
 from core.tenants import JOB_COUNT_TTL_S, Tenant, jobs_key
-from producer.cancel import FINAL
 from services.gateway import problems, submitting
 from services.gateway.auth import CurrentTenant
 from services.gateway.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -107,7 +107,7 @@ async def get_job(
     ] = 0,
 ) -> Job:
     job = await run_in_threadpool(read_job, resources, tenant, job_id)
-    if job.state in FINAL or wait <= 0:
+    if job.state in FINAL_STATES or wait <= 0:
         return job
     loop = asyncio.get_running_loop()
     end, step = loop.time() + wait, 0.05
@@ -120,7 +120,7 @@ async def get_job(
             woken.clear()
             step = min(step * 2, 1.0)
             job = await run_in_threadpool(read_job, resources, tenant, job_id)
-            if job.state in FINAL:
+            if job.state in FINAL_STATES:
                 break
     return job
 

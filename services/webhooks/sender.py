@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from urllib3.connection import HTTPConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from core.redaction import redact_text
+from core.redaction import redact_error
 from worker import urls
 from worker.errors import FetchFailed, SourceNotAllowed
 from worker.fetch import _connection, _cut, vetted_addresses
@@ -172,7 +172,7 @@ class Sender:
                     continue
                 if late:
                     return Answer(timed_out=True)
-                return Answer(error=f"POST failed: {_short(exc)}")
+                return Answer(error=f"POST failed: {redact_error(exc)}")
             finally:
                 self.watchdog.disarm(token)
             if keep:
@@ -228,8 +228,3 @@ class Sender:
         for conns in idle.values():
             for _, conn in conns:
                 conn.close()
-
-
-def _short(exc: BaseException) -> str:
-    text = redact_text(str(exc) or type(exc).__name__)
-    return text if len(text) <= 200 else text[:200] + "..."

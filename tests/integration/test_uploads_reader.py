@@ -29,6 +29,8 @@ from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 MiB = 1024 * 1024
+
+
 BOUNDARY = "imgqueue-test-boundary"
 
 

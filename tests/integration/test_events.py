@@ -20,6 +20,7 @@ from worker.backend import ResultBackend
 
 # -- the backend alone (no worker process) -----------------------------------------------------
 
+
 DB = 8
 
 
@@ -119,9 +120,6 @@ def test_events_maxlen_bounds_the_stream_and_zero_turns_it_off(
         capped.store_many([(f"c-{i}", {"p": i}, states.SUCCESS) for i in range(start, start + 100)])
     # MAXLEN ~ trims whole stream nodes (100 entries each): about 50, never all 1000.
     assert 50 <= store.xlen(EVENTS_STREAM) <= 200
-
-
-# -- real workers --------------------------------------------------------------------------------
 
 
 # -- blocking reads and socket timeouts ----------------------------------------------------------

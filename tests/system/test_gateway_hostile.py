@@ -34,6 +34,8 @@ from tests.support.ports import free_port
 from tests.support.redis_server import with_shipped_users
 
 PREFIX = f"gwhostile{os.getpid()}:"
+
+
 ORIGIN = "https://app.example.com"
 
 

@@ -1,13 +1,13 @@
-"""Tenants without a worker: `imgqueue keys` through the CLI, the Keyring, the quota, what a
-tenant may use, its ids and header in the messages on Redis, the worker's store releasing an
-ended job, and the shipped gateway user's rights. A real redis-server throughout."""
+"""Tenants without a worker: the Keyring, the quota, what a tenant may use, its ids and header
+in the messages on Redis, the worker's store releasing an ended job, and the shipped gateway
+user's rights. A real redis-server throughout (tests/system/test_tenant_keys.py: `imgqueue
+keys` as a process)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ from celery import Celery, states
 from celery.app.task import Context
 
 from cli.exits import ExitStatus, status_for
-from core.connections import RedisConfig
 from core.contract import BULK_TASK_NAME, TASK_NAME, result_key
 from core.errors import BrokerUnavailable
 from core.lifecycle import EVENTS_STREAM, TENANT_HEADER, upload_key, upload_source
@@ -26,34 +25,20 @@ from core.tenants import (
     Keyring,
     Tenant,
     create_key,
-    get_tenant,
     jobs_key,
     queued,
     release,
 )
 from producer import Client, Forbidden, TenantQuotaExceeded
-from tests.support.cli import imgqueue, run_cli
 from tests.support.ports import free_port
-from tests.support.redis_server import RedisServer, with_shipped_users
+from tests.support.redis_server import with_shipped_users
+from tests.support.tenants import (
+    CONFIG,
+    r_fixture,  # noqa: F401  (the fixture `r`)
+    url_fixture,  # noqa: F401  (the fixture `url`)
+)
 from tests.support.waiting import wait_for
 from worker.backend import ResultBackend
-
-DB = 13
-CONFIG = RedisConfig()  # no key prefix: the keys as the shipped ACLs name them
-
-
-@pytest.fixture
-def url(redis_server: RedisServer) -> str:
-    return redis_server.url(DB)
-
-
-@pytest.fixture
-def r(url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def messages(r: redis.Redis, queue: str = "celery") -> list[dict[str, Any]]:
@@ -66,59 +51,7 @@ def members(r: redis.Redis, tenant: str) -> set[str]:
     return {m.decode() for m in r.zrange(jobs_key(CONFIG, tenant), 0, -1)}  # type: ignore[union-attr]
 
 
-# -- imgqueue keys ------------------------------------------------------------------------------
-
-
-def test_keys_create_list_and_revoke_through_the_cli(
-    url: str, r: redis.Redis, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # As a user runs it: the key is the last line of output, what it says about it comes first.
-    made = imgqueue(url, "keys", "create", "--tenant", "acme", "--queues", "celery,bulk")
-    assert made.returncode == 0, made.stderr
-    key = made.stdout.strip().splitlines()[-1]
-    assert key.startswith("iq_") and len(key) > 40
-    assert "acme" in made.stderr and key not in made.stderr
-    code, out, err = run_cli(
-        capsys, url, "keys", "create", "--tenant", "acme", "--models", "(default),defects",
-        "--max-queued", "7",
-    )  # fmt: skip
-    assert code == 0, err
-    second = out.strip().splitlines()[-1]
-    # Options given replace the tenant's, those left out keep theirs.
-    assert get_tenant(r, CONFIG, "acme") == Tenant(
-        "acme",
-        queues=("celery", "bulk"),
-        models=("", "defects"),
-        max_queued=7,
-        webhook_secret=get_tenant(r, CONFIG, "acme").webhook_secret,  # type: ignore[union-attr]
-        created=get_tenant(r, CONFIG, "acme").created,  # type: ignore[union-attr]
-    )
-    # Stored hashed: neither key is anywhere in Redis.
-    for k in r.keys("*"):
-        dump = json.dumps({str(f): str(v) for f, v in r.hgetall(k).items()})
-        assert key not in dump and second not in dump
-    code, out, err = run_cli(capsys, url, "keys", "list")
-    assert code == 0 and out.count("acme") == 2
-    assert key[:13] in out and key not in out and second not in out
-    code, out, _ = run_cli(capsys, url, "keys", "list", "--json")
-    listed = json.loads(out)
-    assert {k["key"] for k in listed} == {key[:13], second[:13]}
-    assert all(k["tenant"] == "acme" and k["created"] > 0 for k in listed)
-    # Revoked by the first characters `list` shows (as it shows them), then by the whole key.
-    code, out, _ = run_cli(capsys, url, "keys", "revoke", key[:13] + "...")
-    assert code == 0 and key[:13] in out
-    code, out, _ = run_cli(capsys, url, "keys", "revoke", second)
-    assert code == 0
-    assert json.loads(run_cli(capsys, url, "keys", "list", "--json")[1]) == []
-    # Nothing matches, or too little given to match safely: usage errors.
-    code, _, err = run_cli(capsys, url, "keys", "revoke", second)
-    assert code == 2 and "no API key matches" in err
-    code, _, err = run_cli(capsys, url, "keys", "revoke", "iq_ab")
-    assert code == 2
-    code, _, err = run_cli(capsys, url, "keys", "create", "--tenant", "no spaces")
-    assert code == 2 and "tenant name" in err
-    code, _, err = run_cli(capsys, url, "keys", "create", "--tenant", "a", "--max-queued", "-1")
-    assert code == 2
+# -- API keys: the keyring ---------------------------------------------------------------------
 
 
 def test_the_keyring_sees_a_revoke_within_its_ttl(r: redis.Redis) -> None:

@@ -19,8 +19,6 @@ from producer.groups import create, keys
 from tests.support.redis_server import RedisServer, with_shipped_users
 from worker.backend import ResultBackend
 
-# -- the counters, on the backend alone (no worker process) --------------------------------------
-
 DB = 9
 
 
@@ -157,6 +155,3 @@ def test_the_shipped_producer_user_may_make_groups_and_read_events(tmp_path: Pat
     finally:
         worker.close()
         server.stop()
-
-
-# -- real workers ------------------------------------------------------------------------------

@@ -1,20 +1,19 @@
 """`imgqueue batch SOURCE... --out FILE` and `imgqueue batch --resume FILE` (producer/batch.py;
-docs/batch.md). cli/main.py adds it, handing over its argument types."""
+docs/batch.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
+from cli.common import _bulk_size, _priority, _top_k, served_name
 from cli.exits import ExitStatus
 from producer.batch import Options, open_batch, run_batch
 from producer.batch_report import summary
 from producer.batch_window import MAX_IN_FLIGHT
-
-Type = Callable[[str], Any]
+from producer.client import Client
 
 
 def _in_flight(text: str) -> int:
@@ -29,7 +28,7 @@ def _in_flight(text: str) -> int:
     return value
 
 
-def add_subparser(sub: Any, top_k: Type, priority: Type, bulk_size: Type, model: Type) -> None:
+def add_subparser(sub: Any) -> None:
     b = sub.add_parser(
         "batch",
         help="every source of manifests, directories or object-store prefixes to one output "
@@ -67,18 +66,18 @@ def add_subparser(sub: Any, top_k: Type, priority: Type, bulk_size: Type, model:
         help="jobs queued at most (default: about 10 seconds of the workers' measured speed, "
         f"at least 64 bulk messages, at most {MAX_IN_FLIGHT})",
     )
-    b.add_argument("--top-k", type=top_k, default=None, help="predictions per image (default 5)")
+    b.add_argument("--top-k", type=_top_k, default=None, help="predictions per image (default 5)")
     b.add_argument("--queue", default=None, help="queue to send to (default: celery)")
-    b.add_argument("--model", type=model, default=None, help="the model to run (see submit)")
-    b.add_argument("--priority", type=priority, default=None, help="0 (highest, the default)..9")
+    b.add_argument("--model", type=served_name, default=None, help="the model to run (see submit)")
+    b.add_argument("--priority", type=_priority, default=None, help="0 (highest, the default)..9")
     b.add_argument(
-        "--bulk-size", type=bulk_size, default=None, help="images per message (default 64)"
+        "--bulk-size", type=_bulk_size, default=None, help="images per message (default 64)"
     )
     b.add_argument("--progress", action="store_true", help="progress bar even off a terminal")
     b.set_defaults(func=cmd_batch)
 
 
-def cmd_batch(client: Any, ns: argparse.Namespace) -> int:
+def cmd_batch(client: Client, ns: argparse.Namespace) -> int:
     if ns.resume is not None and ns.out is not None and ns.resume != ns.out:
         print("error: give --out FILE or --resume FILE, not two files", file=sys.stderr)
         return ExitStatus.USAGE

@@ -26,6 +26,8 @@ from tests.support.gateway import Gateway, bearer, create_key, make_key, prefixe
 from tests.support.waiting import wait_for
 
 PREFIX = f"gwapi{os.getpid()}:"
+
+
 PROBLEM = "application/problem+json"
 
 

@@ -1,0 +1,45 @@
+"""A job's result states and how they are stored, read alike by producers, workers and services.
+
+A result is Celery's JSON at `celery-task-meta-<id>` (core.keys.result_key):
+`{"status": "SUCCESS", "result": ..., ...}`; a failed job's `result` is
+`{"exc_type": "SourceNotFound", "exc_message": ["..."], ...}` (core.contract.ERROR_TYPES).
+The Lua scripts that store states (worker/events.py's STORE) spell FINAL_STATES again.
+
+Importing this needs nothing beyond the standard library (a producer-only install).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+SUCCESS, FAILURE, REVOKED = "SUCCESS", "FAILURE", "REVOKED"
+# The states a job ends in: once stored, a job never leaves them (a SUCCESS is never replaced,
+# a FAILURE only by a SUCCESS).
+FINAL_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+
+
+def state_of(raw: str | bytes | None) -> str | None:
+    """The state a stored result holds (`status`), or None: no result, or not JSON this
+    service wrote (not an object, no string status)."""
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    state = meta.get("status") if isinstance(meta, dict) else None
+    return state if isinstance(state, str) else None
+
+
+def failure_of(meta: Mapping[str, Any], state: str) -> tuple[str, str] | None:
+    """A failed (or revoked) result's error type and message, from its `result`'s `exc_type`
+    (default: `state`) and `exc_message` (a list of arguments, joined by spaces); None where
+    `result` is no such object."""
+    result = meta.get("result")
+    if not isinstance(result, dict):
+        return None
+    args = result.get("exc_message")
+    message = " ".join(map(str, args)) if isinstance(args, list) else str(args or "")
+    return str(result.get("exc_type", state)), message
