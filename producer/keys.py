@@ -11,7 +11,7 @@ Keys, each after `<REDIS_KEY_PREFIX>imgqueue:` (docs/reliability.md has the full
     inboxes:<cid>        HASH  inbox list -> the queue list it takes from
     inbox:<cid>:<list>   LIST  messages popped from <list>, not yet claimed (normally 0 or 1)
     unacked:<cid>        HASH  delivery tag -> "<queue list>\\n<message marked redelivered>"
-    unacked-at:<cid>     ZSET  delivery tag -> delivery time (server time)
+    unacked-at:<cid>     ZSET  delivery tag -> delivery time (server time, whole seconds)
     dead-letters         LIST  producer.deadletters entries, newest first
     sweep-lock           STRING  one sweep per interval across all workers
 
