@@ -10,7 +10,7 @@ The delivery layer's keys, each after `<REDIS_KEY_PREFIX>imgqueue:` (docs/reliab
     inboxes:<cid>        HASH  inbox list -> the queue list it takes from
     inbox:<cid>:<list>   LIST  messages popped from <list>, not yet claimed (normally 0 or 1)
     unacked:<cid>        HASH  delivery tag -> "<queue list>\\n<message marked redelivered>"
-    unacked-at:<cid>     ZSET  delivery tag -> delivery time (server time)
+    unacked-at:<cid>     ZSET  delivery tag -> delivery time (server time, whole seconds)
     dead-letters         LIST  core.deadletters entries, newest first
     sweep-lock           STRING  one sweep per interval across all workers
 

@@ -7,9 +7,12 @@ call stores every final state of a bulk message (docs/capacity.md has what each 
 
 What a stored state may be replaced by: SUCCESS by nothing; FAILURE only by a SUCCESS (a
 redelivered copy that got through, or a dead letter requeued after a fix), never by a late
-STARTED or RETRY of a duplicate. STARTED is written only where nothing is stored yet (`SET NX`:
-one command, never published, since no waiter acts on it). A FAILURE expires after
-`result_failure_expires` (RESULT_FAILURE_EXPIRES), as Celery's own Redis backend does.
+STARTED or RETRY of a duplicate. STARTED is written only where nothing is stored yet (`SET NX`,
+or one `MSETNX` for a bulk message and all its images: worker/cancels.BulkStart), never
+published, since no waiter acts on it. A FAILURE expires after `result_failure_expires`
+(RESULT_FAILURE_EXPIRES), as Celery's own Redis backend does.
+
+A bulk message's own result (its summary) goes in the call that stores its images' states.
 
 A state is PUBLISHed on its key's channel (Celery's `AsyncResult.get()` listens there) only
 when someone subscribes: one `PUBSUB NUMSUB` per call instead of a PUBLISH per image.
@@ -41,38 +44,56 @@ log = logging.getLogger(__name__)
 # KEYS: the result keys, then (worker/events.py) the events stream and three keys per group.
 # ARGV[1]: publish (1) or not (0); ARGV[2], ARGV[3]: seconds to keep a FAILURE and any other
 # state (0: forever); ARGV[4..8]: how many result keys, the events' MAXLEN (0: none), now, the
-# groups' TTL, report (1: return each key's code); then per key 9 values: its state, its
-# encoded meta, and what its event says (id, error type, queue, group, the group's index,
-# webhook, tenant). A key whose old value is final and may not be replaced gets the old value back,
-# with the expiry of its state restarted. A key that ends in a final state is announced
-# (events.ANNOUNCE): an event when it has just reached that state, and its group's counters.
-# Returns how many keys took the new state; with report, a list: that, then per key '' (not
-# final), its final state, or '+' and the state just reached.
+# groups' TTL, report (1: return each key's code); ARGV[9]: how many origins, then 6 values
+# each (its label, then what the events of one message's jobs share: queue, group, the
+# group's index, webhook, tenant); then per key 5 values: its state, its encoded meta, its id,
+# its error type and its origin's label (0: no event). A key whose old value is final and may
+# not be replaced gets the old value back, with the expiry of its state restarted. A key that
+# ends in a final state is announced (events.ANNOUNCE): an event when it has just reached
+# that state, and its group's counters. Returns how many keys took the new state; with
+# report, a list: that, then per key '' (not final), its final state, or '+' and the state
+# just reached.
 STORE = (
     """
+local KEYS, ARGV, call = KEYS, ARGV, redis.call  -- locals: faster than globals
 local publish, stored, n = ARGV[1] == '1', {}, 0
-local nkeys = tonumber(ARGV[4])
+local nkeys, norig = tonumber(ARGV[4]), tonumber(ARGV[9])
+local first = 9 + 6 * norig
+-- Numbers go to redis.call as the strings they came as (a Lua number is formatted anew by
+-- each call), and are compared as strings: tonumber parses with strtod, a cost per call.
+local TTL = {FAILURE = ARGV[2]}
+local other_ttl = ARGV[3]
 """
-    + events.ANNOUNCE
+    + events.ANNOUNCE_SETUP
     + """
-local function put(key, state, value)
-  local ttl = tonumber(state == 'FAILURE' and ARGV[2] or ARGV[3])
-  if ttl > 0 then return redis.call('SET', key, value, 'EX', ttl, 'GET') end
-  return redis.call('SET', key, value, 'GET')
-end
 local codes = {n}
 for i = 1, nkeys do
-  local a = 8 + 9 * (i - 1)
+  local key, a = KEYS[i], first + 5 * (i - 1)
   local state, value = ARGV[a + 1], ARGV[a + 2]
-  local old = put(KEYS[i], state, value)
+  local ttl, old = TTL[state] or other_ttl, nil
+  if ttl ~= '0' then
+    old = call('SET', key, value, 'EX', ttl, 'GET')
+  else
+    old = call('SET', key, value, 'GET')
+  end
   local was, meta = nil, nil
   if old then
-    local ok, decoded = pcall(cjson.decode, old)
-    if ok and type(decoded) == 'table' then was, meta = decoded['status'], decoded end
+    -- Celery's JSON opens with the status: a STARTED or RETRY replaced needs no decoding.
+    was = string.match(old, '^{"status": "(%u+)"')
+    if was == nil or was == 'SUCCESS' or was == 'FAILURE' then
+      local ok, decoded = pcall(cjson.decode, old)
+      was = nil
+      if ok and type(decoded) == 'table' then was, meta = decoded['status'], decoded end
+    end
   end
   local now_state, err = state, ARGV[a + 4]
   if was == 'SUCCESS' or (was == 'FAILURE' and state ~= 'SUCCESS') then
-    put(KEYS[i], was, old)
+    ttl = TTL[was] or other_ttl
+    if ttl ~= '0' then
+      redis.call('SET', key, old, 'EX', ttl)
+    else
+      redis.call('SET', key, old)
+    end
     now_state, err = was, ''
     local result = meta['result']
     if type(result) == 'table' and type(result['exc_type']) == 'string' then
@@ -82,9 +103,14 @@ for i = 1, nkeys do
     n = n + 1
     if publish then stored[#stored + 1] = i end
   end
-  codes[i + 1] = announce(a, was, now_state, err)
+"""
+    + events.ANNOUNCE_KEY
+    + """
+  codes[i + 1] = code
 end
-conclude()
+"""
+    + events.ANNOUNCE_END
+    + """
 if #stored > 0 then
   local channels = {}
   for j, i in ipairs(stored) do channels[j] = KEYS[i] end
@@ -92,7 +118,7 @@ if #stored > 0 then
   for j = 2, #subs, 2 do
     if subs[j] > 0 then
       local i = stored[j / 2]
-      redis.call('PUBLISH', KEYS[i], ARGV[8 + 9 * (i - 1) + 2])
+      redis.call('PUBLISH', KEYS[i], ARGV[first + 5 * (i - 1) + 2])
     end
   end
 end
@@ -161,11 +187,19 @@ class _AtomicStore:
         key = bytes_to_str(self.get_key_for_task(task_id))
         return Started(key, value, self._ttl(states.STARTED))
 
-    def store_many(self, entries: list[tuple[str, Any, str]], request: Any = None) -> None:
+    def started_ttl(self) -> int:
+        """Seconds a STARTED state is kept (0: forever)."""
+        return self._ttl(states.STARTED)
+
+    def store_many(
+        self, entries: list[tuple[str, Any, str]], request: Any = None, summary: Any = None
+    ) -> None:
         """Final states of many jobs, `(task_id, result or exception, state)`, in one call
         (a bulk message's images), each stored as `_store_result` would. `request`: the
         message that carried them, for their events' queue and groups (default: the request
-        of the task this thread runs)."""
+        of the task this thread runs). `summary`: that message's own result, stored as its
+        SUCCESS in the same call (no event: its images have theirs); Celery then stores it
+        no more (the request's `ignore_result`)."""
         encoded = [
             (task_id, self.encode_result(result, state), state)
             for task_id, result, state in entries
@@ -179,9 +213,17 @@ class _AtomicStore:
             )
             for (task_id, result, state), note in zip(encoded, notes, strict=True)
         ]
+        if summary is not None:
+            own = request if request is not None else events.current_request()
+            value = self._value(own.id, summary, states.SUCCESS, request=own)
+            values.append((self.get_key_for_task(own.id), value, states.SUCCESS))
+            notes.append(None)
+            encoded.append((own.id, summary, states.SUCCESS))
         if values:
             self._while_full(self.ensure, self._store_entries, (values, notes))
             tenancy.release(self.app, tenancy.due(notes, [state for _, _, state in encoded]))
+        if summary is not None:
+            own.ignore_result = True  # Celery's mark_as_done: stored here already
 
     def recount(self, task_ids: list[str], request: Any = None) -> None:
         """Jobs a redelivered bulk message skips as already finished. One Redis counted them

@@ -133,45 +133,41 @@ def monotonic(deadline: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class Look:
-    """What a single job's start adds to its round trip: take its cancel key, and read
-    whether the job has already ended REVOKED."""
+    """What a single job's start adds to its round trip: take its cancel key. Whether the job
+    has already ended REVOKED its STARTED write tells (`SET NX GET`: the state it found)."""
 
     key: str
-    result_key: str | None = None
 
     def add(self, pipe: Any) -> int:
-        """Queue the commands on a pipeline; returns how many replies they make."""
+        """Queue the command on a pipeline; returns how many replies it makes."""
         pipe.set(self.key, CANCEL_TAKEN, xx=True, get=True, keepttl=True)
-        if self.result_key is not None:
-            pipe.get(self.result_key)
-        return 2 if self.result_key is not None else 1
+        return 1
 
-    def replies(self, client: Any, replies: Sequence[Any], queued: bool) -> list[Any]:
-        """This look's replies: the tail of the start's pipeline, or (`queued` False, for a
+    def reply(self, client: Any, replies: Sequence[Any], queued: bool) -> Any:
+        """This look's reply: the last of the start's pipeline, or (`queued` False, for a
         cluster) a round trip of its own, sent once the STARTED write has answered."""
         if not queued:
             pipe = client.pipeline(transaction=False)
             self.add(pipe)
             replies = pipe.execute(raise_on_error=False)
-        mine = list(replies[-(2 if self.result_key is not None else 1) :])
-        for reply in mine:
-            if isinstance(reply, Exception):
-                raise reply
+        mine = replies[-1]
+        if isinstance(mine, Exception):
+            raise mine
         return mine
 
-    def verdict(self, replies: Sequence[Any]) -> Exception | None:
-        """Cancelled when the key was there; Ended when the job had already ended REVOKED."""
-        if replies[0] is not None:
+    def verdict(self, reply: Any, found: Any = None) -> Exception | None:
+        """Cancelled when the key was there; Ended when the job had already ended REVOKED
+        (`found`: the state its STARTED write found stored)."""
+        if reply is not None:
             return cancelled()
-        if self.result_key is not None and _status(replies[1]) == REVOKED:
+        if _status(found) == REVOKED:
             return Ended(None)
         return None
 
 
-def look(client: Any, task_id: str, key_prefix: str, started: Started | None) -> tuple[Look, bool]:
+def look(client: Any, task_id: str, key_prefix: str) -> tuple[Look, bool]:
     """The Look for a single job's start, and whether it may share the start's pipeline."""
-    result_key = started.key if started is not None else None
-    return Look(marker(task_id, key_prefix), result_key), not is_cluster_client(client)
+    return Look(marker(task_id, key_prefix)), not is_cluster_client(client)
 
 
 def end(task: Task, error: ClassifyError, key_prefix: str) -> Ended:
@@ -203,34 +199,91 @@ def release(client: Any, task_ids: Iterable[str], key_prefix: str) -> None:
 # -- a bulk message's images (worker/tasks.classify_many) -------------------------------------
 
 
+class BulkStart:
+    """A bulk message's first start, in its delivery count's round trip (deliveries.Rider):
+    one `MSETNX` writes the STARTED state of the message and of every image, then one `MGET`
+    reads the images' cancel keys. MSETNX writes all or nothing: where any of them has a
+    state already (a duplicate, a revoke) it writes none and `written` stays False, as when
+    the round trip fails; the images then start one by one (start_images).
+
+    MSETNX sets no expiry: an image's STARTED lasts until this message stores its final state,
+    with that state's expiry; an image that goes on in another message (a retry, the split of
+    a redelivery) gets a `SET NX`'s expiry then (keep_started)."""
+
+    def __init__(self, own: Started, images: list[Started], keys: list[str]) -> None:
+        self.own = own
+        self.images = images
+        self.keys = keys  # the images' cancel keys
+        self.written = False
+        self.found: list[Any] = []
+
+    def add(self, pipe: Any) -> int:
+        pipe.msetnx({s.key: s.value for s in (self.own, *self.images)})
+        pipe.mget(self.keys)
+        return 2
+
+    def settle(self, replies: Sequence[Any]) -> None:
+        wrote, found = replies
+        if not isinstance(wrote, Exception) and not isinstance(found, Exception):
+            self.written, self.found = bool(wrote), list(found)
+
+
+def bulk_start(
+    task: Task, images: Sequence[Any], key_prefix: str, redelivered: bool
+) -> BulkStart | None:
+    """The BulkStart of a message's first delivery and first attempt, whose images have no
+    state yet (unless duplicated); None for any other, and on a Redis Cluster (whose keys
+    spread over masters: MSETNX takes keys of one slot only)."""
+    backend, request = task.app.backend, task.request
+    if redelivered or request.retries or not images or is_cluster_client(backend.client):
+        return None
+    hostname = request.hostname
+    return BulkStart(
+        backend.started(request.id, hostname),
+        [backend.started(i.id, hostname) for i in images],
+        [marker(i.id, key_prefix) for i in images],
+    )
+
+
+def keep_started(task: Task, task_ids: Sequence[str]) -> None:
+    """Give a BulkStart's STARTED (written without an expiry) the expiry a `SET NX` gives it,
+    for images that go on in other messages (a retry, the split of a redelivery): should
+    those never run, the state still expires. Best effort: `EXPIRE NX` leaves a key that has
+    an expiry (any other state) as it is."""
+    backend = task.app.backend
+    ttl = backend.started_ttl()
+    if not task_ids or not ttl:
+        return
+    try:
+        pipe = backend.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.expire(backend.get_key_for_task(task_id), ttl, nx=True)
+        pipe.execute()
+    except result_store.ERRORS as exc:
+        log.warning("cannot set the expiry of %d started image(s): %s", len(task_ids), exc)
+
+
 def start_images(
     task: Task,
     images: Sequence[Any],
     key_prefix: str,
     now: float | None = None,
+    begun: BulkStart | None = None,
 ) -> dict[str, ClassifyError]:
     """Start a bulk message's images as single jobs start: each gets its STARTED state, then
     their cancel keys are read with one MGET and the found ones taken. Returns the images that
     must not run: id -> Cancelled or Expired (past the image's `deadline`). `images` have
-    `id` and `deadline`."""
+    `id` and `deadline`. `begun`: the message's BulkStart; written, it did the first two
+    steps for these images, else its message's own STARTED is written here too."""
     if not images:
         return {}
-    backend, client = task.app.backend, task.app.backend.client
-    hostname = task.request.hostname
+    client = task.app.backend.client
     keys = [marker(i.id, key_prefix) for i in images]
     try:
-        pipe = client.pipeline(transaction=False)
-        for image in images:
-            started = backend.started(image.id, hostname)
-            pipe.set(started.key, started.value, nx=True, ex=started.ttl or None)
-        if is_cluster_client(client):
-            pipe.execute(raise_on_error=False)  # written before the cancels are looked at
-            found = mget(client, keys)
+        if begun is not None and begun.written:
+            found = begun.found
         else:
-            pipe.mget(keys)
-            found = pipe.execute(raise_on_error=False)[-1]
-            if isinstance(found, Exception):
-                raise found
+            found = _write_and_look(task, images, keys, begun.own if begun is not None else None)
         wanted = [key for key, value in zip(keys, found, strict=True) if value is not None]
         taken = _take(client, wanted) if wanted else set()
     except result_store.ERRORS as exc:
@@ -246,6 +299,26 @@ def start_images(
         elif (error := expired(image.deadline, now)) is not None:
             ended[image.id] = error
     return ended
+
+
+def _write_and_look(
+    task: Task, images: Sequence[Any], keys: list[str], own: Started | None
+) -> list[Any]:
+    """Each image's STARTED by `SET NX` (and `own`, the message's), then the cancel keys:
+    their values."""
+    backend, client = task.app.backend, task.app.backend.client
+    hostname = task.request.hostname
+    pipe = client.pipeline(transaction=False)
+    for started in [backend.started(i.id, hostname) for i in images] + ([own] if own else []):
+        pipe.set(started.key, started.value, nx=True, ex=started.ttl or None)
+    if is_cluster_client(client):
+        pipe.execute(raise_on_error=False)  # written before the cancels are looked at
+        return list(mget(client, keys))
+    pipe.mget(keys)
+    found = pipe.execute(raise_on_error=False)[-1]
+    if isinstance(found, Exception):
+        raise found
+    return list(found)
 
 
 def _take(client: Any, keys: list[str]) -> set[str]:

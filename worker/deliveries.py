@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -97,6 +97,19 @@ class Gate:
             self._cond.notify_all()
 
 
+class Rider(Protocol):
+    """Commands that ride on a start's round trip, after its count (a bulk message's
+    images' start, worker/cancels.BulkStart)."""
+
+    def add(self, pipe: Any) -> int:
+        """Queue the commands; returns how many replies they make."""
+        ...
+
+    def settle(self, replies: Sequence[Any]) -> None:
+        """Their replies (errors as values)."""
+        ...
+
+
 @contextmanager
 def tracked(
     gate: Gate,
@@ -107,6 +120,7 @@ def tracked(
     redelivered: bool = True,
     started: Started | None = None,
     cancels: bool = False,
+    rider: Rider | None = None,
 ) -> Iterator[int]:
     """Run a job's body counted, and alone if it was started before; yields its delivery number.
 
@@ -114,6 +128,7 @@ def tracked(
     the flag whenever it restores an unacknowledged message), so only those pay for the check.
     `started`: the job's STARTED state, written in the same round trip as the count.
     `cancels`: look for the job's cancel in that round trip too (see record_start).
+    `rider`: more commands for that round trip.
     """
     suspect = redelivered and started_before(client, task_id, retries, settings)
     # A suspect waiting longer than the visibility timeout would be restored and delivered
@@ -121,7 +136,7 @@ def tracked(
     # never arrive): keep the wait for earlier acks well inside that timeout.
     gate.settle_timeout = min(10.0, settings.visibility_timeout / 4)
     with gate.alone(task_id) if suspect else gate.shared(task_id):
-        yield record_start(client, task_id, retries, settings, redelivered, started, cancels)
+        yield record_start(client, task_id, retries, settings, redelivered, started, cancels, rider)
 
 
 def started_before(client: redis.Redis, task_id: str, retries: int, settings: Settings) -> bool:
@@ -139,6 +154,7 @@ def record_start(
     redelivered: bool = True,
     started: Started | None = None,
     cancels: bool = False,
+    rider: Rider | None = None,
 ) -> int:
     """Count one start of this job (and store its STARTED state); raises JobLost when it is
     over MAX_DELIVERIES.
@@ -149,14 +165,14 @@ def record_start(
 
     With `cancels`, the job's cancel is looked for after its STARTED state is written
     (worker/cancels.py), in the same round trip where the store is one Redis: raises
-    Cancelled when there is one, and cancels.Ended when the job had already ended REVOKED.
+    Cancelled when there is one, and cancels.Ended when the job had already ended REVOKED
+    (the STARTED write, `SET NX GET`, returns the state it found). `rider`'s commands go
+    last in the round trip.
     """
     key = delivery_key(task_id, retries, settings.redis_key_prefix)
     ttl = counter_ttl(settings)
     look, shared = (
-        _cancels.look(client, task_id, settings.redis_key_prefix, started)
-        if cancels
-        else (None, False)
+        _cancels.look(client, task_id, settings.redis_key_prefix) if cancels else (None, False)
     )
     verdict: Exception | None = None
     try:
@@ -167,15 +183,21 @@ def record_start(
         else:
             pipe.set(key, 1, ex=ttl)
         if started is not None:
-            pipe.set(started.key, started.value, nx=True, ex=started.ttl or None)
+            found = look is not None  # the state it finds tells whether it had ended
+            pipe.set(started.key, started.value, nx=True, get=found, ex=started.ttl or None)
         if look is not None and shared:
             look.add(pipe)
+        rides = rider.add(pipe) if rider is not None else 0
         replies = pipe.execute(raise_on_error=False)
         if isinstance(replies[0], Exception):
             raise replies[0]
         count = int(replies[0]) if redelivered else 1
+        if rider is not None:
+            rider.settle(replies[len(replies) - rides :])
         if look is not None:
-            verdict = look.verdict(look.replies(client, replies, shared))
+            mine = replies[: len(replies) - rides]
+            before = mine[2 if redelivered else 1] if started is not None else None
+            verdict = look.verdict(look.reply(client, mine, shared), _value(before))
     except result_store.ERRORS as exc:
         log.warning("cannot count deliveries of %s: %s", task_id, exc)
         return 0
@@ -196,3 +218,8 @@ def record_start(
             settings.max_deliveries,
         )
     return count
+
+
+def _value(reply: Any) -> Any:
+    """A reply that is a stored value, else None (an error: the state is unknown)."""
+    return None if isinstance(reply, Exception) else reply

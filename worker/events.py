@@ -115,56 +115,84 @@ summary = function(keys)
 end
 """
 
-# STORE's part (worker/backend.py): set up before its loop over the result keys (ARGV[4..8]:
-# how many result keys, the events' MAXLEN, now, the groups' TTL, report), `announce` for each
-# key once its state is settled (`was`: the state stored before, `now_state` the one stored
-# now, `err` its error type; a job's event when it has just reached a final state, or when its
-# group counted it now), and `conclude` after the loop: each group's tally written, and the
-# completion event of a group whose last job the call ended (after its jobs' events). With
-# `report`, `announce` returns the key's code: '' (not final), its final state, or '+' and
-# the state just reached (a cluster's result calls, which announce in calls of their own).
-ANNOUNCE = (
+# STORE's parts (worker/backend.py), inlined in its one loop over the result keys: a script
+# call pays for every closure and table it makes, and STORE runs once per single job. Read
+# by STORE with, in scope: `nkeys` and `norig` (ARGV[4], ARGV[9]), `call` (redis.call), and
+# KEYS and ARGV as locals.
+#
+# ANNOUNCE_SETUP, before the loop: ARGV[5..8] (the events' MAXLEN, now, the groups' TTL,
+# report) and the origins (from ARGV[10]: 6 values each, label, queue, group, the group's
+# index, webhook, tenant), and the group functions when the call names a group.
+ANNOUNCE_SETUP = (
     GROUP_LOCALS
     + """
-local maxlen, now, gttl = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local maxlen, now, gttl = ARGV[5], ARGV[6], nil
+local events_on, trimmed, trim_to = maxlen ~= '0', false, maxlen
+if events_on and nkeys > 1 then  -- the first event trims, leaving room for the others
+  trim_to = tostring(math.max(tonumber(maxlen) - nkeys + 1, 1))
+end
 local report, stream = ARGV[8] == '1', KEYS[nkeys + 1]
-local FINAL = {SUCCESS = true, FAILURE = true, REVOKED = true}
+local ORIGIN = {}  -- an origin's label -> where its values start
+for b = 10, 9 + 6 * norig, 6 do ORIGIN[ARGV[b]] = b end
 local tallies, order = nil, nil
 if #KEYS > nkeys + 1 then
 """
     + GROUPS
     + """
-  tallies, order = {}, {}
+  tallies, order, gttl = {}, {}, tonumber(ARGV[7])
 end
-local function announce(a, was, now_state, err)
-  if not FINAL[now_state] then return '' end
-  local fresh = was ~= now_state
-  local tid, gid, emit = ARGV[a + 3], ARGV[a + 6], fresh
-  local g = tallies and tonumber(ARGV[a + 7]) or 0
-  if g > 0 then
-    local t = tallies[g]
-    if not t then
-      local base = nkeys + 3 * g - 1
-      t = tally({KEYS[base], KEYS[base + 1], KEYS[base + 2]}, gid)
-      tallies[g] = t
-      order[#order + 1] = g
+"""
+)
+
+# ANNOUNCE_KEY, for each key once its state is settled, with in scope `a` (where the key's
+# values start: its id at a + 3, its origin's label at a + 5), `was` (the state stored
+# before), `now_state` (the one stored now) and `err` (its error type): a job's event when it
+# has just reached a final state, or when its group counted it now (the call's first event
+# trims the stream, `MAXLEN ~`, to leave room for the call's others: one check per call).
+# Sets `code`, what a `report` call returns for the key: '' (not final), its final state, or
+# '+' and the state just reached (a cluster's result calls, which announce in calls of their
+# own).
+ANNOUNCE_KEY = """
+  local code = ''
+  if now_state == 'SUCCESS' or now_state == 'FAILURE' or now_state == 'REVOKED' then
+    local fresh = was ~= now_state
+    local b = ORIGIN[ARGV[a + 5]]
+    if b then
+      local tid, emit, gid = ARGV[a + 3], fresh, ARGV[b + 2]
+      local g = tallies and tonumber(ARGV[b + 3]) or 0
+      if g > 0 then
+        local t = tallies[g]
+        if not t then
+          local base = nkeys + 3 * g - 1
+          t = tally({KEYS[base], KEYS[base + 1], KEYS[base + 2]}, gid)
+          tallies[g] = t
+          order[#order + 1] = g
+        end
+        local r = count(t, tid, now_state)
+        if r >= 0 then emit = r > 0 end
+      end
+      if emit and events_on and trimmed then
+        call('XADD', stream, '*', 'kind', 'job', 'id', tid, 'state', now_state, 'error', err,
+          'queue', ARGV[b + 1], 'group', gid, 'webhook', ARGV[b + 4], 'time', now,
+          'tenant', ARGV[b + 5])
+      elseif emit and events_on then  -- the call's first event trims for all of them
+        trimmed = true
+        call('XADD', stream, 'MAXLEN', '~', trim_to, '*', 'kind', 'job', 'id', tid,
+          'state', now_state, 'error', err, 'queue', ARGV[b + 1], 'group', gid,
+          'webhook', ARGV[b + 4], 'time', now, 'tenant', ARGV[b + 5])
+      end
     end
-    local r = count(t, tid, now_state)
-    if r >= 0 then emit = r > 0 end
+    if report then code = (fresh and '+' or '') .. now_state end
   end
-  if emit and maxlen > 0 and tid ~= '' then
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', 'job', 'id', tid,
-      'state', now_state, 'error', err, 'queue', ARGV[a + 5], 'group', gid,
-      'webhook', ARGV[a + 8], 'time', now, 'tenant', ARGV[a + 9])
-  end
-  if report then return (fresh and '+' or '') .. now_state end
-  return ''
-end
-local function conclude()
-  if not tallies then return end
+"""
+
+# ANNOUNCE_END, after the loop: each group's tally written, and the completion event of a
+# group whose last job the call ended (after its jobs' events).
+ANNOUNCE_END = """
+if tallies then
   for _, g in ipairs(order) do
     local t = tallies[g]
-    if settle(t, now, gttl) and maxlen > 0 then
+    if settle(t, now, gttl) and events_on then
       local f = summary(t.keys)
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', 'group', 'id', t.gid,
         'state', 'DONE', 'error', '', 'queue', f[1], 'group', t.gid, 'webhook', f[2],
@@ -174,7 +202,6 @@ local function conclude()
   end
 end
 """
-)
 
 # A Redis Cluster's second call, on the group's master: KEYS the group's three keys; ARGV the
 # group id, now, ttl, then (task id, state) pairs. Returns `count`'s answer per pair, then,
@@ -410,22 +437,24 @@ class Events:
         self, notes: Sequence[Note | None], group_ttl: int, announce: bool = True
     ) -> tuple[list[str], list[Any], list[list[Any]]]:
         """What STORE needs besides the results: its extra KEYS (the stream, then three per
-        group), its ARGV[4..8] (count of result keys, maxlen, now, the groups' TTL, report),
-        and per result key the seven values after its state and value (id, error, queue, group,
-        the group's index among the extra keys, webhook, tenant). `announce=False` (a cluster's
-        result calls): the script announces nothing and reports each key's final state."""
+        group), its ARGV[4..] before the keys' values (count of result keys, maxlen, now, the
+        groups' TTL, report, then the origins: how many, and per origin its label, queue,
+        group, the group's index among the extra keys, webhook and tenant), and per result key
+        the three values after its state and value (id, error type, origin's label; 0: no
+        event). The jobs of one message share one origin, so a bulk's images pass three
+        values each. `announce=False` (a cluster's result calls): the script announces
+        nothing and reports each key's final state."""
         groups: dict[str, int] = {}
+        origins: dict[tuple[str, str, int, str, str], int] = {}
         per_key: list[list[Any]] = []
         for note in notes:
-            if note is None:
-                per_key.append(["", "", "", "", 0, "", ""])
+            if note is None or not announce:
+                per_key.append([note.task_id if note else "", "", 0])
                 continue
-            index = 0
-            if note.group and announce:
-                index = groups.setdefault(note.group, len(groups) + 1)
-            per_key.append(
-                [note.task_id, note.error, note.queue, note.group, index, note.webhook, note.tenant]
-            )
+            index = groups.setdefault(note.group, len(groups) + 1) if note.group else 0
+            origin = (note.queue, note.group, index, note.webhook, note.tenant)
+            number = origins.setdefault(origin, len(origins) + 1)
+            per_key.append([note.task_id, note.error, number])
         extra: list[str] = []
         if announce and any(n is not None for n in notes):
             extra.append(self.stream)
@@ -433,6 +462,9 @@ class Events:
                 extra += self.group_keys(group)
         head = [len(notes), self.maxlen if announce else 0, timestamp(), group_ttl]
         head.append(0 if announce else 1)  # report each key's code: a cluster's result calls
+        head.append(len(origins))
+        for origin, label in origins.items():
+            head += [label, *origin]
         return extra, head, per_key
 
 

@@ -67,7 +67,7 @@ def _classify(
     kwargs: dict[str, Any],
     deadline: float | None = None,
 ) -> dict[str, Any]:
-    from worker import pipeline  # imports torch: only once a worker runs jobs
+    from worker import pipeline  # the model side: only once a worker runs jobs
 
     settings = ctx.settings
     source, top_k = pipeline.validate_args(args, kwargs)
@@ -100,12 +100,13 @@ def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
         raise
     for task_id, error in outcome.failures.items():
         log.warning("bulk %s: image %s rejected: %s", request.id, task_id, error)
-    done = bulk.finished_ids(client, images, settings.redis_key_prefix)
-    if done:  # a redelivery: on a cluster, count what a killed worker stored but not counted
-        self.app.backend.recount(sorted(done), request)
+    redelivered = bool((request.delivery_info or {}).get("redelivered", True))
+    # A first delivery's images have no state yet: one MSETNX starts them all, in the round
+    # trip of the message's count, and tells whether any had one after all.
+    begun = cancels.bulk_start(self, images, settings.redis_key_prefix, redelivered)
+    done = _finished(self, images, settings) if begun is None else set()
     todo = [i for i in images if i.id not in done]
     started: dict[str, float] = {}
-    redelivered = bool((request.delivery_info or {}).get("redelivered", True))
     try:
         with deliveries.tracked(
             ctx.gate,
@@ -114,24 +115,30 @@ def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
             request.retries,
             settings,
             redelivered,
-            self.app.backend.started(request.id, request.hostname),
+            self.app.backend.started(request.id, request.hostname) if begun is None else None,
+            rider=begun,
         ) as delivery:
             if delivery > 1:
                 # Started before and never finished: its worker died, maybe because of one of
                 # these images. Each goes on as its own `classify` job under its own id, so
                 # delivery counting and MAX_DELIVERIES single out the culprit alone.
+                cancels.keep_started(self, [i.id for i in todo])
                 _split(self, todo)
                 return {**outcome.summary(len(done)), "split": len(todo)}
-            todo = _end_early(self, ctx, todo, outcome)
+            if begun is not None and not begun.written:  # some image had a state already
+                done = _finished(self, images, settings)
+                todo = [i for i in images if i.id not in done]
+            todo = _end_early(self, ctx, todo, outcome, begun)
             for image in todo:
                 testing.maybe_poison(image.source, settings)
             bulk.run(todo, lifecycle.load(ctx), outcome, started)
     except JobLost as exc:
         outcome.failures.update((i.id, exc) for i in todo)
-    _store(self, ctx, images, outcome, started)
+    _store(self, ctx, images, outcome, started, len(done))
     retry = [i for i in todo if i.id in outcome.transient]
     if retry and request.retries < settings.fetch_retries:
         # Only the images that failed transiently, with the same backoff as `classify`.
+        cancels.keep_started(self, [i.id for i in retry])
         countdown = settings.fetch_retry_backoff * 2**request.retries
         first = next(iter(outcome.transient.values()))
         raise _retry(
@@ -140,14 +147,26 @@ def classify_many(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
     return outcome.summary(len(done))
 
 
+def _finished(task: Task, images: list[bulk.Image], settings: Any) -> set[str]:
+    """The images with a final state already (a redelivery, a duplicate): skipped."""
+    done = bulk.finished_ids(task.app.backend.client, images, settings.redis_key_prefix)
+    if done:  # a redelivery: on a cluster, count what a killed worker stored but not counted
+        task.app.backend.recount(sorted(done), task.request)
+    return done
+
+
 def _end_early(
-    task: Task, ctx: Context, images: list[bulk.Image], outcome: bulk.Outcome
+    task: Task,
+    ctx: Context,
+    images: list[bulk.Image],
+    outcome: bulk.Outcome,
+    begun: cancels.BulkStart | None = None,
 ) -> list[bulk.Image]:
-    """Start the images (worker/cancels.py): the cancelled and expired ones end REVOKED now,
-    before any is fetched; returns the others."""
+    """Start the images (worker/cancels.py; `begun`: the message's BulkStart): the cancelled
+    and expired ones end REVOKED now, before any is fetched; returns the others."""
     prefix = ctx.settings.redis_key_prefix
     cancels.default_deadline(images, task.request)
-    ended = cancels.start_images(task, images, prefix)
+    ended = cancels.start_images(task, images, prefix, begun=begun)
     if not ended:
         return images
     cancels.end_images(task, ended, prefix)
@@ -172,8 +191,10 @@ def _store(
     images: list[bulk.Image],
     outcome: bulk.Outcome,
     started: dict[str, float],
+    skipped: int = 0,
 ) -> None:
-    """Every image's final state in one round trip, then its job line and metrics."""
+    """Every image's final state in one round trip, with the message's own result when no
+    retry follows (`skipped`: its images found finished), then each job's line and metrics."""
     final = task.request.retries >= ctx.settings.fetch_retries
     if final:  # no retry left: transient errors are final too
         outcome.failures.update(outcome.transient)
@@ -182,7 +203,8 @@ def _store(
         (task_id, result, "SUCCESS") for task_id, result in outcome.results.items()
     ]
     entries += [(task_id, exc, "FAILURE") for task_id, exc in outcome.failures.items()]
-    task.app.backend.store_many(entries)
+    summary = None if outcome.transient else outcome.summary(skipped)  # else: a retry follows
+    task.app.backend.store_many(entries, summary=summary)
     wait = joblog.queue_wait(task.request, time.time())
     sources = {i.id: i.source for i in images}
     for task_id, ended, error_type, error, result in _records(outcome):

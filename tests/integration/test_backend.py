@@ -8,7 +8,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import Celery, states
+from celery.app.task import Context
 
+from core.contract import BULK_TASK_NAME
+from core.lifecycle import EVENTS_STREAM
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for
 from worker.backend import ResultBackend
@@ -148,3 +151,27 @@ def test_started_is_written_only_where_nothing_is_stored(backend: ResultBackend)
     backend.store_result("s-1", {"predictions": []}, states.SUCCESS)
     backend.store_result("s-1", {"pid": 2}, states.STARTED)  # a late duplicate's start
     assert _stored(backend, "s-1")["status"] == "SUCCESS"
+
+
+def test_a_final_state_read_whatever_its_json_layout(backend: ResultBackend) -> None:
+    """The store reads a STARTED by its opening bytes; any other layout is decoded in full,
+    so a SUCCESS another writer stored with its keys in another order is still kept."""
+    backend.client.set(
+        backend.get_key_for_task("j-1"), json.dumps({"result": {"p": 1}, "status": "SUCCESS"})
+    )
+    backend.store_result("j-1", {"p": 2}, states.SUCCESS)
+    assert _stored(backend, "j-1")["result"] == {"p": 1}
+
+
+def test_a_bulk_message_stores_its_own_result_with_its_images(backend: ResultBackend) -> None:
+    """One call for the images and the message's summary; the summary has no event, and
+    Celery's own store of it afterwards stores nothing (the request's ignore_result)."""
+    items = [{"id": "m-1a", "source": "x"}]
+    request = Context({"id": "m-1", "task": BULK_TASK_NAME, "args": [items]})
+    backend.client.config_resetstat()
+    backend.store_many([("m-1a", {"p": 1}, states.SUCCESS)], request, summary={"succeeded": 1})
+    backend.mark_as_done("m-1", {"succeeded": 2}, request=request)
+    assert _stored(backend, "m-1")["result"] == {"succeeded": 1}
+    assert backend.client.info("commandstats")["cmdstat_evalsha"]["calls"] == 1
+    ids = [fields[b"id"] for _, fields in backend.client.xrange(EVENTS_STREAM)]
+    assert b"m-1a" in ids and b"m-1" not in ids

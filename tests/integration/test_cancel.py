@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
+from celery import Celery
 
 from core.contract import result_key
 from core.lifecycle import CANCEL_TAKEN, cancel_key
@@ -57,6 +59,52 @@ def test_a_start_and_a_cancel_agree_whichever_comes_first(
     with pytest.raises(cancels.Ended):
         _start(r, third, settings, redelivered=True)
     assert json.loads(r.get(result_key(third)) or b"")["status"] == "REVOKED"
+
+
+def test_a_bulk_message_starts_its_images_in_one_write_and_cancels_agree(
+    redis_url: str, settings: Settings
+) -> None:
+    """A bulk message's first delivery writes every image's STARTED (and its own) with one
+    MSETNX in the round trip of its count (worker/cancels.BulkStart): a cancel made before
+    wins, one made after is too late. An image with a state already makes it write nothing:
+    the images then start one by one, and a SUCCESS stays as it is."""
+    app = Celery("bulk-start", backend=f"worker.backend:ResultBackend+{redis_url}")
+    r = app.backend.client
+    request = SimpleNamespace(id=str(uuid.uuid4()), hostname="w@h", retries=0)
+    task = SimpleNamespace(app=app, request=request)
+
+    def status(task_id: str) -> str:
+        return str(json.loads(r.get(result_key(task_id)) or b"{}").get("status", "PENDING"))
+
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    images = [SimpleNamespace(id=i, deadline=None) for i in ids]
+    assert cancels.bulk_start(task, images, "", redelivered=True) is None  # a redelivery
+    with Client(redis_url) as c:
+        assert c.cancel(ids[:1]).cancelled == ids[:1]
+        begun = cancels.bulk_start(task, images, "", redelivered=False)
+        assert begun is not None
+        r.config_resetstat()
+        assert record_start(r, request.id, 0, settings, False, rider=begun) == 1
+        calls = {k: v["calls"] for k, v in r.info("commandstats").items()}
+        assert begun.written and calls["cmdstat_msetnx"] == 1 and calls["cmdstat_set"] == 1
+        assert {status(i) for i in [request.id, *ids]} == {"STARTED"}
+        assert set(cancels.start_images(task, images, "", begun=begun)) == {ids[0]}
+        result = c.cancel(ids)
+        assert result.cancelled == ids[:1] and result.too_late == ids[1:]
+        assert r.ttl(result_key(ids[1])) == -1  # until its final state, or:
+        cancels.keep_started(task, ids[1:])  # going on in another message (retry, split)
+        assert 0 < r.ttl(result_key(ids[1])) <= 86400
+
+    done, fresh = str(uuid.uuid4()), str(uuid.uuid4())
+    r.set(result_key(done), json.dumps({"status": "SUCCESS", "result": {}}))
+    request.id = str(uuid.uuid4())
+    images = [SimpleNamespace(id=i, deadline=None) for i in (done, fresh)]
+    begun = cancels.bulk_start(task, images, "", redelivered=False)
+    assert begun is not None and record_start(r, request.id, 0, settings, False, rider=begun)
+    assert not begun.written and status(fresh) == "PENDING"  # all or nothing
+    assert cancels.start_images(task, images, "", begun=begun) == {}
+    assert [status(i) for i in (done, fresh, request.id)] == ["SUCCESS", "STARTED", "STARTED"]
+    app.close()
 
 
 def test_the_shipped_producer_user_may_cancel_and_nothing_more(

@@ -80,26 +80,31 @@ if #out == 0 then return false end
 return out
 """
 
+# The claim time in unacked-at: Redis's clock rounded up to whole seconds, as a string. An
+# integer score keeps the ZSET's listpack comparing integers, not parsing a float per entry on
+# every insert, and a hung message returns at most a second after its visibility timeout.
+_CLAIMED_AT = "local claimed_at = tostring(math.ceil(now()))\n"
+
 # Claim many messages at once. KEYS: unacked, unacked-at, then each message's inbox.
 # ARGV: message as popped, delivery tag, unacked value, for each message in KEYS order.
 # Returns 1 or 0 per message (0: it left its inbox meanwhile, returned by a sweep).
-# Idempotent: a tag already in unacked counts as claimed, so a call whose reply was lost with
-# its connection can be sent again (a claimed message never delivered would be held for good).
+# Idempotent: a message no longer in its inbox whose tag is in unacked counts as claimed, so
+# a call whose reply was lost with its connection can be sent again (a claimed message never
+# delivered would be held for good).
 CLAIM_MANY = (
     ALLOW_OOM
     + _LIB
+    + _CLAIMED_AT
     + """
-local t, out = now(), {}
+local out = {}
 for i = 3, #KEYS do
   local j = 3 * (i - 3)
-  if redis.call('HEXISTS', KEYS[1], ARGV[j + 2]) == 1 then
-    out[#out + 1] = 1
-  elseif redis.call('LREM', KEYS[i], 1, ARGV[j + 1]) == 0 then
-    out[#out + 1] = 0
-  else
+  if redis.call('LREM', KEYS[i], 1, ARGV[j + 1]) == 1 then
     redis.call('HSET', KEYS[1], ARGV[j + 2], ARGV[j + 3])
-    redis.call('ZADD', KEYS[2], t, ARGV[j + 2])
+    redis.call('ZADD', KEYS[2], claimed_at, ARGV[j + 2])
     out[#out + 1] = 1
+  else
+    out[#out + 1] = redis.call('HEXISTS', KEYS[1], ARGV[j + 2])
   end
 end
 return out
@@ -112,11 +117,13 @@ return out
 CLAIM = (
     ALLOW_OOM
     + _LIB
+    + _CLAIMED_AT
     + """
-if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 1 end
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+  return redis.call('HEXISTS', KEYS[2], ARGV[2])
+end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[3], now(), ARGV[2])
+redis.call('ZADD', KEYS[3], claimed_at, ARGV[2])
 return 1
 """
 )
