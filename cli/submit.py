@@ -16,8 +16,8 @@ from typing import Any, TextIO
 from cli.common import _bulk_size, _priority, _top_k, _webhook, parse_deadline, served_name
 from cli.exits import ExitStatus
 from core.contract import DEFAULT_TOP_K, IMAGE_EXTENSIONS, MAX_PRIORITY, MIN_PRIORITY
+from core.objects import is_prefix
 from producer.client import DEFAULT_BULK_SIZE, Client, Outcome
-from producer.objects import is_prefix
 
 
 def expand_sources(args: Iterable[str], stdin: TextIO) -> Iterator[str]:

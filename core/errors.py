@@ -159,7 +159,7 @@ class TenantQuotaExceeded(ProducerError):
 
 
 class ObjectStoreError(ProducerError):
-    """Raised when an object store (`s3://`, `gs://`, `az://`; producer/objects.py) fails a
+    """Raised when an object store (`s3://`, `gs://`, `az://`; core/objects.py) fails a
     listing, read or write: unreachable, timed out, or an error status. `url` is the object or
     prefix asked for. Subclasses say when retrying the same call cannot help."""
 

@@ -5,7 +5,7 @@ Parquet (pyarrow, the `parquet` extra) has one row per source in index order, wi
 `index`, `id`, `source`, `state`, `result` (the result object as JSON text, null for a failure),
 `error_type` and `error_message` (null for a success). It is written to a temporary file beside
 the destination and renamed over it: a reader never sees half a file. An object-store output
-is uploaded whole once every row is written (producer.objects.put_bytes); the local files stay
+is uploaded whole once every row is written (core.objects.put_bytes); the local files stay
 until the upload succeeded.
 """
 
@@ -79,15 +79,15 @@ def _add(columns: dict[str, list[Any]], index: int, row: dict[str, Any]) -> None
 
 def upload(url: str, path: Path) -> None:
     """The file, whole, as the object at `url` (an existing one is replaced)."""
-    from producer import objects
+    from core import objects
 
     objects.put_bytes(url, path.read_bytes())
 
 
 def object_exists(url: str) -> bool:
     """Whether there is an object at `url` (a HEAD request); the store's errors as
-    producer.objects raises them."""
-    from producer import objects
+    core.objects raises them."""
+    from core import objects
 
     location = objects.parse(url)
     store = objects.store_for(location, objects.StoreOptions.from_env())

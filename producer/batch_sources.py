@@ -5,7 +5,7 @@ spooled to a file beside the batch's own so that a resumed batch reads the same 
 directory (its images, IMAGE_EXTENSIONS, walked depth-first with each directory's files and
 then its subdirectories in name order, symbolic links to directories not followed), or an
 object-store prefix (`s3://bucket/images/`: its images in the store's lexicographic listing
-order, producer.objects.iter_objects). Over the same inputs the order is the same at every
+order, core.objects.iter_objects). Over the same inputs the order is the same at every
 run: a source's index is its place in it, and its job's id `<batch>-<index>`.
 
 Nothing is held whole: a manifest is read line by line, a directory one directory at a time,
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from core import objects
 from core.contract import IMAGE_EXTENSIONS, source_problem
 from core.errors import BatchConflict
-from producer import objects
 
 MANIFEST, DIRECTORY, PREFIX = "manifest", "directory", "prefix"
 

@@ -52,7 +52,7 @@ class Paths:
 def paths_for(out: str) -> Paths:
     """A local FILE keeps FILE.batch and FILE.stdin beside it (and FILE.partial.jsonl for a
     .parquet); an object URL keeps them in the current directory, named from the URL's hash."""
-    from producer import objects
+    from core import objects
 
     if not out.lower().endswith(OUTPUT_SUFFIXES):
         raise BatchConflict(f"--out {out!r}: the output must end in .jsonl or .parquet")

@@ -22,7 +22,7 @@ from celery import Celery
 from kombu.exceptions import BatchPublishError, OperationalError
 from redis.exceptions import RedisClusterException
 
-from core import tenants
+from core import objects, tenants
 from core.connections import (
     RedisConfig,
     RedisConfigError,
@@ -68,7 +68,7 @@ from core.models import Registry, queue_for
 from core.redaction import display_url
 from core.states import FINAL_STATES, SUCCESS, failure_of
 from core.webhooks import check_webhook
-from producer import events, groups, objects
+from producer import events, groups
 from producer.cancel import MAX_ID_CHARS, CancelResult, deadline_at, valid_id
 from producer.cancel import cancel as cancel_jobs
 from producer.limits import Admission
@@ -405,7 +405,7 @@ class Client:
         BrokerUnavailable when it cannot be reached.
 
         Object-store prefixes (`s3://bucket/photos/`, `gs://`, `az://`: a URL ending in "/")
-        among `sources` are listed page by page (producer.objects, with the producer's own
+        among `sources` are listed page by page (core.objects, with the producer's own
         credentials and S3_ENDPOINT_URL) and the images under them (by extension, as a
         directory's) submitted in their place, in the store's order; one object's URL is a
         source as it is. A listing is never held whole: its jobs are sent every 4096

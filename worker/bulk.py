@@ -8,7 +8,6 @@ task (worker/tasks.py) does the Celery parts.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from core.contract import (
     check_top_k,
     result_key,
 )
+from core.states import FINAL_STATES, state_of
 from worker import events, result_store
 from worker.cancels import monotonic, parse_deadline
 from worker.errors import ClassifyError, InternalError, InvalidArguments
@@ -153,13 +153,7 @@ def finished_ids(client: Any, images: list[Image], key_prefix: str = "") -> set[
         return set()
     done = set()
     for image, raw in zip(images, raws, strict=True):
-        if raw is None:
-            continue
-        try:
-            status = json.loads(raw).get("status")
-        except (ValueError, AttributeError):
-            continue
-        if status in ("SUCCESS", "FAILURE", "REVOKED"):
+        if state_of(raw) in FINAL_STATES:
             done.add(image.id)
     return done
 

@@ -3,7 +3,7 @@ deadline before it starts ends REVOKED, with the error type `Cancelled` or `Expi
 neither fetched nor inferred. Its state is stored through the backend's usual final-state path.
 
 How a start and a cancel agree. A cancel is a key on the result store, `imgqueue:cancel:<id>`
-(core.lifecycle.cancel_key). Each side writes before it reads:
+(core.keys.cancel_key). Each side writes before it reads:
 
 - the producer writes the key (`SET NX`), then reads the job's state;
 - the worker writes the job's STARTED state (`SET NX`), then looks for the key.
@@ -25,7 +25,6 @@ bulk message skips such images as it skips finished ones (worker/bulk.finished_i
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -37,7 +36,9 @@ from celery import states
 from celery.exceptions import Ignore
 
 from core.connections import is_cluster_client, mget
-from core.lifecycle import CANCEL_TAKEN, DEADLINE_HEADER, cancel_key
+from core.keys import cancel_key
+from core.lifecycle import CANCEL_TAKEN, DEADLINE_HEADER
+from core.states import state_of
 from worker import result_store
 from worker.errors import Cancelled, ClassifyError, Expired, InvalidArguments
 
@@ -160,7 +161,7 @@ class Look:
         (`found`: the state its STARTED write found stored)."""
         if reply is not None:
             return cancelled()
-        if _status(found) == REVOKED:
+        if state_of(found) == REVOKED:
             return Ended(None)
         return None
 
@@ -337,12 +338,3 @@ def end_images(task: Task, ended: dict[str, ClassifyError], key_prefix: str) -> 
     task.app.backend.store_many([(i, error, REVOKED) for i, error in ended.items()])
     release(task.app.backend.client, [i for i, e in ended.items() if isinstance(e, Cancelled)],
             key_prefix)  # fmt: skip
-
-
-def _status(raw: Any) -> Any:
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw).get("status")
-    except (ValueError, AttributeError):
-        return None

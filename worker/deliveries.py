@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import redis
 
+from core.keys import delivery_key as delivery_key
 from worker import cancels as _cancels
 from worker import result_store
 from worker.backend import Started
@@ -30,12 +31,6 @@ from worker.errors import JobLost
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-
-KEY_PREFIX = "imgqueue-deliveries-"
-
-
-def delivery_key(task_id: str, retries: int, key_prefix: str = "") -> str:
-    return f"{key_prefix}{KEY_PREFIX}{task_id}-{retries}"
 
 
 def counter_ttl(settings: Settings) -> int:

@@ -1,8 +1,8 @@
 """Completion events and group counters: what a final state adds to the result store.
 
 Every terminal state (SUCCESS, FAILURE, REVOKED) a job reaches is appended to one Redis Stream
-(core.lifecycle.EVENTS_STREAM, `XADD MAXLEN ~ EVENTS_MAXLEN`), and a job of a group is counted
-in its group's hash (core.lifecycle.group_key). The backend (worker/backend.py) stores results
+(core.keys.EVENTS_STREAM, `XADD MAXLEN ~ EVENTS_MAXLEN`), and a job of a group is counted
+in its group's hash (core.keys.group_keys). The backend (worker/backend.py) stores results
 through one Lua script, STORE; this module gives it the Lua that does the rest and the
 arguments it needs, so every final state, whichever path stores it (a task's return, a bulk
 message's images, Celery's own `mark_as_revoked`, a cancel or a deadline), goes through here.
@@ -29,20 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.contract import BULK_TASK_NAME, TASK_NAME
-from core.lifecycle import (
-    EVENTS_STREAM,
-    GROUP_HEADER,
-    TENANT_HEADER,
-    UPLOAD_SOURCE_PREFIX,
-    WEBHOOK_HEADER,
-    group_key,
-)
+from core.keys import EVENTS_STREAM, group_keys
+from core.lifecycle import GROUP_HEADER, TENANT_HEADER, UPLOAD_SOURCE_PREFIX, WEBHOOK_HEADER
+from core.states import FINAL_STATES
 from core.tenants import TENANT_NAME
+from core.text import text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAXLEN = 100_000
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 # What a message may carry: longer, or not a string, and it is ignored (no group, no webhook).
 MAX_GROUP_CHARS = 255
 MAX_WEBHOOK_CHARS = 8192
@@ -427,11 +422,7 @@ class Events:
 
     def group_keys(self, group_id: str) -> list[str]:
         """A group's hash, its `done` hash and its ids list (one hash tag: one slot)."""
-        return [
-            self.key_prefix + group_key(group_id),
-            self.key_prefix + group_key(group_id, "done"),
-            self.key_prefix + group_key(group_id, "ids"),
-        ]
+        return list(group_keys(group_id, self.key_prefix))
 
     def script(
         self, notes: Sequence[Note | None], group_ttl: int, announce: bool = True
@@ -489,7 +480,7 @@ def fields(kind: str, note: Note, state: str, now: str) -> dict[str, str]:
 
 def group_fields(group_id: str, summary: Sequence[Any], now: str) -> dict[str, str]:
     """The `kind=group` event of a group whose last job ended, from ACCOUNT's summary."""
-    queue, webhook, total, succeeded, failed, cancelled, tenant = (text(v) for v in summary)
+    queue, webhook, total, succeeded, failed, cancelled, tenant = (text(v or "") for v in summary)
     return {
         "kind": "group",
         "id": group_id,
@@ -505,12 +496,6 @@ def group_fields(group_id: str, summary: Sequence[Any], now: str) -> dict[str, s
         "cancelled": cancelled or "0",
         "tenant": tenant,
     }
-
-
-def text(value: Any) -> str:
-    if value is None or value is False:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def maxlen_of(app: Any) -> int:

@@ -25,8 +25,8 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from core.objects import SCHEMES as OBJECT_SCHEMES
 from core.redaction import redact_text
-from producer.objects import SCHEMES as OBJECT_SCHEMES
 from worker import urls
 from worker.addresses import IPAddress, IPNetwork, blocked_reason
 from worker.errors import FetchFailed, InvalidArguments, SourceNotAllowed, SourceNotFound, TooLarge

@@ -3,7 +3,7 @@
 The object's size comes with the GET's answer, before its body: one over MAX_IMAGE_BYTES fails
 `TooLarge` unread. Each request has FETCH_CONNECT_TIMEOUT to connect and FETCH_TOTAL_TIMEOUT in
 all, body included, and the store retries nothing itself: a transient failure is the job's to
-retry (FETCH_RETRIES), as for a URL. The stores (producer/objects.py) are made once per bucket
+retry (FETCH_RETRIES), as for a URL. The stores (core/objects.py) are made once per bucket
 and process, with the credentials of the worker's environment (docs/objects.md).
 
 Only the bucket and key come from the job: the host is the store's (AWS, or S3_ENDPOINT_URL),
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 
+from core import object_failures, objects
 from core.errors import ConfigError, ObjectsNotInstalled
-from producer import object_failures, objects
 from worker.errors import ClassifyError, FetchFailed, SourceNotAllowed, SourceNotFound, TooLarge
 from worker.files import too_large
 from worker.settings import Settings
@@ -69,7 +69,7 @@ def read_object(url: str, settings: Settings) -> bytes:
 
 
 def error_for(exc: BaseException, location: objects.ObjectURL) -> ClassifyError:
-    """The contract's error for an obstore error (producer.object_failures' kinds)."""
+    """The contract's error for an obstore error (core.object_failures' kinds)."""
     failure = object_failures.classify(exc)
     message = object_failures.describe(failure, str(location), location.bucket)
     if failure.kind in ("no-object", "no-bucket"):

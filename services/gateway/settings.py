@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.lifecycle import UPLOAD_MAX_BYTES, UPLOAD_TTL_S
+from core.objects import is_object_url
 from core.settings import SettingError, env, names
-from producer.objects import is_object_url
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080

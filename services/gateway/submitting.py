@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from core.contract import source_problem
 from core.errors import ProducerError
+from core.objects import is_prefix
 from core.tenants import Tenant
-from producer.objects import is_prefix
 from services.gateway import idempotency, problems, uploads
 from services.gateway.body_limits import is_multipart
 from services.gateway.idempotency import Answer

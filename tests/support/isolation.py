@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 
 _NETWORK = (socket.AF_INET, socket.AF_INET6)
+# What a library runs by itself on its first import, in whichever test imports it first:
+# ctypes' library lookup (torch's import asks it). Not a process of the test's own.
+_LIBRARY_LOOKUPS = frozenset({"ldconfig", "gcc", "cc", "objdump", "ld"})
 
 
 def _program(args: Any) -> str:
@@ -39,8 +42,9 @@ def confine(
     popen_init = subprocess.Popen.__init__
 
     def guarded_popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
-        if threading.get_ident() == here and _program(args) not in programs:
-            refuse(f"process ({_program(args)})")
+        program = _program(args)
+        if threading.get_ident() == here and program not in programs | _LIBRARY_LOOKUPS:
+            refuse(f"process ({program})")
         popen_init(self, args, *rest, **kw)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded_popen)

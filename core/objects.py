@@ -10,7 +10,7 @@ role; `AWS_PROFILE` through boto3 where boto3 is installed. A key is the URL's p
 one per call would connect, and for a role fetch credentials, again.
 
 The worker reads objects with these stores too (worker/objects.py), with its own timeouts;
-producer/object_failures.py names what went wrong.
+core/object_failures.py names what went wrong.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from core import object_failures
 from core.contract import IMAGE_EXTENSIONS
 from core.errors import ConfigError, ObjectsNotInstalled, ObjectStoreError
 from core.settings import ObjectStoreSettings, SettingError, load
-from producer import object_failures
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, ObjectStore, RetryConfig
@@ -163,7 +163,7 @@ def producer_error(
     exc: BaseException, location: ObjectURL, *, listing: bool = False
 ) -> ObjectStoreError:
     """The producer's exception for an obstore error at `location` (ObjectNotFound,
-    ObjectAccessDenied, else ObjectStoreError; producer/object_failures.py)."""
+    ObjectAccessDenied, else ObjectStoreError; core/object_failures.py)."""
     return object_failures.producer_error(exc, str(location), location.bucket, listing=listing)
 
 
