@@ -2,23 +2,32 @@
 
 Prints a table plus the ratios the throughput issue asks for, writes bench.json, bench.md and
 batch-size.png under --out. Uses its own redis-server and real worker processes.
+
+`--baseline REF` also runs the workers of another commit (extracted with `git archive` into the
+run's temporary folder), beside this tree's on their own queue: each service burst goes to one
+and then the other (in turns), inside the same bracket of in-process baselines, so the table
+has both trees' service / ceiling from one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench import inprocess
 from bench.images import SAMPLES, SIZES, make_set
 from bench.machine import cpu_name
+from bench.overhead import checkout
 from bench.quiet import wait_quiet
 from bench.report import Report, plot
 from bench.service import Cluster
+from tests.support.workers import WorkerProcess
 from worker.model.classifier import Classifier
 from worker.settings import Settings
 
@@ -49,7 +58,11 @@ def parse_args() -> argparse.Namespace:
         help="on a shared machine: before each timing, wait up to this long for idle CPUs",
     )
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--baseline", help="a git ref whose workers run beside this tree's")
     return p.parse_args()
+
+
+BASELINE = "baseline"  # --baseline's workers' served name (MODEL_NAME): their own queue
 
 
 Key = tuple[str, str]  # (precision, backend) as loaded: auto resolved, a fallback named
@@ -83,6 +96,8 @@ class Bench:
         self.started = 0.0
         self.names: dict[str, list[str]] = {}
         self.seed_files: dict[str, list[Path]] = {}
+        self.baseline_root: Path | None = None  # --baseline's tree
+        self.bursts = 0  # which tree's burst goes first alternates
 
     @property
     def default(self) -> Key:
@@ -162,10 +177,15 @@ class Bench:
         env = {"DEVICE": self.args.device, "MAX_BATCH_SIZE": str(self.batch)}
         for key in self.models:
             precision, backend = key
-            with cluster.workers(self.args.workers, PRECISION=precision, BACKEND=backend, **env):
+            with (
+                cluster.workers(self.args.workers, PRECISION=precision, BACKEND=backend, **env),
+                self.baseline_workers(cluster, PRECISION=precision, BACKEND=backend, **env),
+            ):
                 first = next(iter(self.names.values()))
                 # Warm-up: threads, shapes.
                 cluster.burst(first[: 2 * self.batch * self.args.workers])
+                if self.baseline_root is not None:
+                    cluster.burst(first[: 2 * self.batch * self.args.workers], model=BASELINE)
                 for size, files in self.names.items():
                     self.service_throughput(cluster, key, size, files)
                 if key in self.sweeps:
@@ -173,13 +193,41 @@ class Bench:
                 if key == self.default:
                     self.under_load(cluster, key, first)
 
+    @contextlib.contextmanager
+    def baseline_workers(self, cluster: Cluster, **env: str) -> Iterator[None]:
+        """--baseline: as many workers from that tree, on their own queue, beside this tree's
+        (started without flushing Redis, which this tree's workers use)."""
+        root = self.baseline_root
+        started: list[WorkerProcess] = []
+        try:
+            for i in range(self.args.workers if root is not None else 0):
+                assert root is not None
+                full = cluster.env_for(root, MODEL_NAME=BASELINE, **env)
+                log_file = self.work / f"{BASELINE}{i}.log"
+                started.append(WorkerProcess(full, log_file, f"{BASELINE}{i}", root=root))
+            for worker in started:
+                worker.wait_ready(timeout=180)
+            yield
+        finally:
+            for worker in started:
+                worker.stop()
+
     def service_throughput(self, cluster: Cluster, key: Key, size: str, files: list[str]) -> None:
-        """One burst of every image of `size`, bracketed by the baselines it is divided by."""
+        """One burst of every image of `size` (and one to --baseline's workers), bracketed by
+        the baselines it is divided by."""
         args, report = self.args, self.report
         precision, backend = key
         ceiling_before, seed_before = self.baselines(key, size)
         self.settle()
+        base = None
+        self.bursts += 1
+        if self.baseline_root is not None and self.bursts % 2:
+            base = cluster.burst(files, model=BASELINE)
+            self.settle()
         run = cluster.burst(files)
+        if self.baseline_root is not None and base is None:
+            self.settle()
+            base = cluster.burst(files, model=BASELINE)
         ceiling_after, seed_after = self.baselines(key, size)
         ceiling = (ceiling_before + ceiling_after) / 2
         seed = (seed_before + seed_after) / 2
@@ -190,6 +238,11 @@ class Bench:
         report.add(service, precision, size, run.throughput)
         label = f"{precision} {backend} {size}"
         report.ratio(f"service / ceiling, {label}", run.throughput / ceiling, ">= 0.9")
+        if base is not None:
+            report.add(f"service {args.baseline}, {args.workers} worker(s), {backend}", precision,
+                       size, base.throughput)  # fmt: skip
+            what = f"service {args.baseline} / ceiling, {label}"
+            report.ratio(what, base.throughput / ceiling, "-")
         report.ratio(
             f"service / seed loop, {label}",
             run.throughput / seed,
@@ -340,6 +393,9 @@ def main() -> None:
     bench.make_images()
     bench.measure_models()
     bench.describe_run()
+    if bench.args.baseline:
+        bench.baseline_root = checkout(bench.args.baseline, bench.work / BASELINE)
+        bench.report.info["baseline"] = bench.args.baseline
     cluster = Cluster(bench.work, bench.root)
     try:
         # The order matters: the table lists rows and ratios in the order they are measured.

@@ -9,6 +9,9 @@ decodes the whole batch at once on the GPU (`decode_encoded`, on a side stream),
 the next batch's decode while the current forward pass runs, before it waits for its outputs.
 An image the GPU cannot decode fails its future with GpuDecodeFailed: its task thread decodes
 it with Pillow and submits the tensor.
+
+Importing it loads no torch: the stand-in model's placeholders (worker/model/standin.py) pass
+through with their own `stack`, and torch is imported where a batch of real tensors needs it.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+from worker.gap import DECODE_WAIT_S, Gap
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +38,9 @@ _RECHECK_S = 0.001
 
 # A batch in, probabilities out: on the CPU, or on the GPU not yet synchronised (the batcher
 # moves them to the CPU when it hands the rows out).
-InferFn = Callable[[torch.Tensor], torch.Tensor]
+InferFn = Callable[["torch.Tensor"], "torch.Tensor"]
 DecodeFn = Callable[[list[bytes]], list["torch.Tensor | None"]]
+StackFn = Callable[[list["torch.Tensor"]], "torch.Tensor"]
 
 
 class GpuDecodeFailed(Exception):
@@ -79,8 +86,10 @@ class Batcher:
         on_death: Callable[[BaseException], None] | None = None,
         decode_encoded: DecodeFn | None = None,
         overlap: bool | None = None,
+        stack: StackFn | None = None,
     ) -> None:
         """`setup`, if given, runs first on the inference thread; its errors raise here.
+        `stack` makes a batch's inputs one input (None: `torch.stack`, on `device`).
 
         After a fatal error (see `is_fatal`) the batcher is dead: every waiting and later
         submit fails with InferenceDead at once, and `on_death` is called once.
@@ -91,6 +100,7 @@ class Batcher:
         self.on_batch = on_batch
         self.on_death = on_death
         self.decode_encoded = decode_encoded
+        self.stack = stack
         self._overlap = overlap  # None: on CUDA (see _run_overlapped)
         self._side_stream: Any = None  # CUDA only: where batches decode
         self.dead: BaseException | None = None
@@ -101,6 +111,8 @@ class Batcher:
         self._stopped = False
         self._upcoming = 0  # jobs being fetched/decoded that will submit soon
         self._upcoming_lock = threading.Lock()
+        # Set for a CPU model (worker/runtime.py): decoding stays out of its forward passes.
+        self.gap: Gap | None = None
         self._setup = setup
         self._ready: Future[None] = Future()
         self._thread.start()
@@ -188,19 +200,21 @@ class Batcher:
         if first is None:
             return None
         items = [first]
-        deadline = _sooner(time.monotonic() + self.max_delay, first.deadline)
+        now = time.monotonic()
+        deadline = _sooner(now + self.max_delay, first.deadline)
+        decoded_by = _sooner(now + DECODE_WAIT_S, first.deadline)  # jobs decoding in a gap
         while len(items) < self.max_batch_size:
             try:
                 # Drain what is already there without waiting, then wait out the delay.
                 item = self._queue.get_nowait()
             except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._upcoming == 0:
+                now = time.monotonic()
+                if not self._partners_coming(now, deadline, decoded_by):
                     break
                 try:
                     # In slices, looking at `upcoming` again: nothing lands in the queue when
                     # the last job on its way leaves it (it submitted just before, or failed).
-                    item = self._queue.get(timeout=min(remaining, _RECHECK_S))
+                    item = self._queue.get(timeout=_RECHECK_S)
                 except queue.Empty:
                     continue
             if item is None:
@@ -208,11 +222,23 @@ class Batcher:
                 break
             items.append(item)
             deadline = _sooner(deadline, item.deadline)
+            decoded_by = _sooner(decoded_by, item.deadline)
         return items
+
+    def _partners_coming(self, now: float, deadline: float, decoded_by: float) -> bool:
+        """Whether a batch waits on for partners: jobs on their way, up to MAX_BATCH_DELAY_MS;
+        jobs decoding in the gap before this pass (worker/gap.py), up to DECODE_WAIT_S."""
+        if self.gap is not None and self.gap.decoding and now < decoded_by:
+            return True
+        return self._upcoming > 0 and now < deadline
 
     def _stack(self, items: list[_Item]) -> torch.Tensor:
         # GPU-decoded inputs are already on the device; Pillow fallbacks are on the CPU.
         tensors = [i.tensor for i in items if i.tensor is not None]
+        if self.stack is not None:
+            return self.stack(tensors)
+        import torch
+
         if self.device is None:
             return torch.stack(tensors)
         return torch.stack([t.to(self.device, non_blocking=True) for t in tensors])
@@ -225,6 +251,8 @@ class Batcher:
         assert self.decode_encoded is not None
         datas = [i.encoded or b"" for i in encoded]
         if self._on_cuda:
+            import torch
+
             if self._side_stream is None:
                 self._side_stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
             with torch.cuda.stream(self._side_stream):
@@ -273,7 +301,7 @@ class Batcher:
             started = time.perf_counter()
             try:
                 items = self._decode(items)
-                outputs = self.infer(self._stack(items)) if items else None
+                outputs = self._infer_closed(self._stack(items)) if items else None
             except BaseException as exc:
                 if self._failed(exc, items):
                     return
@@ -281,6 +309,13 @@ class Batcher:
             if outputs is not None:
                 self._deliver(items, outputs, started)
             items = self._collect()
+
+    def _infer_closed(self, batch: torch.Tensor) -> torch.Tensor:
+        """A forward pass on the CPU, with no decode starting meanwhile (worker/gap.py)."""
+        if self.gap is None:
+            return self.infer(batch)
+        with self.gap.closed():
+            return self.infer(batch)
 
     def _run_overlapped(self, first: list[_Item]) -> None:
         """The CUDA loop: batch N+1 is collected and decoded while batch N's forward pass runs

@@ -17,7 +17,7 @@ from worker.deliveries import Gate
 from worker.metrics import Metrics
 from worker.settings import Settings
 
-if TYPE_CHECKING:  # both import torch; a context exists before the model is wanted
+if TYPE_CHECKING:  # the model side; a context exists before the model is wanted
     from worker.model.spec import ModelSpec
     from worker.runtime import Runtime
 

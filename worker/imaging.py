@@ -30,6 +30,18 @@ class Decoded:
     format: str
 
 
+@dataclass(frozen=True)
+class Cropped:
+    """An image a decode process resized and centre-cropped to the model's input, as the
+    weights' transforms would have (`shrink`, then `center_crop`): its RGB pixels, row by row."""
+
+    pixels: bytearray  # side x side x 3
+    side: int
+    width: int  # of the original, before any draft shrinking
+    height: int
+    format: str
+
+
 def decode(
     data: bytes,
     *,
@@ -178,6 +190,17 @@ def shrink(image: Image.Image, short_side: int | None) -> Image.Image:
     if (new_w, new_h) == (w, h):
         return image
     return image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+
+
+def center_crop(image: Image.Image, crop: int) -> Image.Image | None:
+    """The centre `crop` x `crop` square, exactly as torchvision's `CenterCrop(crop)` cuts it
+    from a PIL image (same rounding of the offsets); None where the image is smaller than
+    that, which torchvision pads first (left to the transforms)."""
+    w, h = image.size
+    if w < crop or h < crop:
+        return None
+    top, left = round((h - crop) / 2.0), round((w - crop) / 2.0)  # half to even, as there
+    return image.crop((left, top, left + crop, top + crop))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -32,7 +32,7 @@ from worker import health, ops
 from worker.context import Context
 from worker.settings import Settings
 
-if TYPE_CHECKING:  # imports torch: loaded only where a model is wanted
+if TYPE_CHECKING:  # the model side: loaded only where a model is wanted
     from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def start(app: App, *, forks: bool) -> None:
     _not_ready(ctx, health.mark_loading)
     if not forks:  # with a forking pool, the first child serves the endpoint instead
         _serve(ctx)
-    from worker import runtime  # imports torch: OpenMP was set at import_modules
+    from worker import runtime  # a real model's spec loads torch: OpenMP is set by now
 
     ctx.weights = runtime.prepare(ctx.settings)
     if not forks:
@@ -79,7 +79,7 @@ def current(app: App) -> Context:
 
 def load(ctx: Context) -> Runtime:
     """The process's model, its batcher and decoders: loaded on the first call."""
-    from worker import runtime  # imports torch: only once a worker runs jobs
+    from worker import runtime  # the model side: only once a worker runs jobs
 
     return ctx.load(
         functools.partial(

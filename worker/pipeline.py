@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, fields
-from typing import Any
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from core.contract import DEFAULT_TOP_K, TASK_KWARGS, ArgumentError, check_source, check_top_k
 from core.redaction import display_url
@@ -16,8 +15,11 @@ from worker import cache
 from worker.batcher import GpuDecodeFailed, InferenceDead
 from worker.errors import ClassifyError, InferenceUnavailable, InvalidArguments
 from worker.fetch import Fetched, fetch
-from worker.imaging import Decoded, decode, probe
+from worker.imaging import Cropped, Decoded, decode, probe
 from worker.runtime import Runtime
+
+if TYPE_CHECKING:  # the stand-in model's "tensors" are placeholders: it never loads torch
+    from torch import Tensor
 
 
 def validate_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, int]:
@@ -78,7 +80,7 @@ class Prepared(Job):
 class Submitted(Job):
     """A job whose input waits in the batcher: what `finish` needs to make its result."""
 
-    decoded: Decoded
+    decoded: Decoded | Cropped
     future: Future[tuple[Tensor, int]]
     t2: float
     encoded: bytes | None = None  # submitted as JPEG bytes: kept for a Pillow fallback
@@ -123,7 +125,7 @@ def prepare(
 
 def submit_decoded(
     job: Prepared,
-    decoded: Decoded,
+    decoded: Decoded | Cropped,
     item: Tensor | bytes,
     rt: Runtime,
     deadline: float | None = None,
@@ -148,16 +150,17 @@ def submit(
     job = prepare(source, top_k, rt, task_id=task_id)
     if isinstance(job, dict):
         return job
-    try:
-        if rt.batcher.accepts_encoded:
-            probed = _probe(job.fetched, rt)
-            if probed is not None and probed.format == "JPEG":
-                # Decoded with its batch on the GPU by the inference thread.
-                return submit_decoded(job, probed, job.fetched.data, rt, deadline)
-        decoded, tensor = _on_cpu(job.fetched, rt)
-    finally:
-        job.fetched.release()
-    return submit_decoded(job, decoded, tensor, rt, deadline)
+    with _decoding(rt):
+        try:
+            if rt.batcher.accepts_encoded:
+                probed = _probe(job.fetched, rt)
+                if probed is not None and probed.format == "JPEG":
+                    # Decoded with its batch on the GPU by the inference thread.
+                    return submit_decoded(job, probed, job.fetched.data, rt, deadline)
+            decoded, tensor = _on_cpu(job.fetched, rt)
+        finally:
+            job.fetched.release()
+        return submit_decoded(job, decoded, tensor, rt, deadline)
 
 
 def _hand_over(
@@ -182,19 +185,28 @@ def _probe(fetched: Fetched, rt: Runtime) -> Decoded | None:
     )
 
 
-def _on_cpu(source: Fetched | bytes, rt: Runtime) -> tuple[Decoded, Tensor]:
+def _on_cpu(source: Fetched | bytes, rt: Runtime) -> tuple[Decoded | Cropped, Tensor]:
     """Pillow, in a decode process (DECODE_SANDBOX) or here: every image on the CPU, and on
     CUDA what the GPU does not decode (not a JPEG, or GpuDecodeFailed)."""
     settings, model, pool = rt.settings, rt.classifier, rt.decoder
     draft = _draft_size(rt)
     max_pixels, formats = settings.max_image_pixels, settings.allowed_formats
     if pool is not None:
+        resize, crop = model.shrink_size, model.crop_size
+        if resize and crop:  # the decode process cuts the model's input: only that crosses
+            cut = pool.decode_cropped(
+                source,
+                max_pixels=max_pixels,
+                allowed_formats=formats,
+                draft_size=draft,
+                resize=resize,
+                crop=crop,
+            )
+            if isinstance(cut, Cropped):
+                return cut, model.preprocess_cropped(cut)
+            return cut, model.preprocess(cut.image)
         decoded = pool.decode(
-            source,
-            max_pixels=max_pixels,
-            allowed_formats=formats,
-            draft_size=draft,
-            resize=model.shrink_size,
+            source, max_pixels=max_pixels, allowed_formats=formats, draft_size=draft, resize=resize
         )
     else:
         data = source.data if isinstance(source, Fetched) else source
@@ -207,13 +219,20 @@ def decode_chunk(sources: list[Fetched], rt: Runtime) -> list[Decoded | Classify
     DECODE_SANDBOX): each decoded, or its own error."""
     settings, model, pool = rt.settings, rt.classifier, rt.decoder
     assert pool is not None
-    return pool.decode_many(
-        sources,
-        max_pixels=settings.max_image_pixels,
-        allowed_formats=settings.allowed_formats,
-        draft_size=_draft_size(rt),
-        resize=model.shrink_size,
-    )
+    with _decoding(rt):
+        return pool.decode_many(
+            sources,
+            max_pixels=settings.max_image_pixels,
+            allowed_formats=settings.allowed_formats,
+            draft_size=_draft_size(rt),
+            resize=model.shrink_size,
+        )
+
+
+def _decoding(rt: Runtime) -> contextlib.AbstractContextManager[None]:
+    """On the CPU, a batch being formed waits for a job while it decodes (worker/gap.py)."""
+    gap = rt.batcher.gap
+    return gap.decoding_one() if gap else contextlib.nullcontext()
 
 
 def _draft_size(rt: Runtime) -> int | None:

@@ -133,7 +133,7 @@ def start(
                 settings.decode_timeout,
                 settings.decode_seconds_per_megapixel,
             ),
-            before_request=batcher.gap.wait if batcher.gap else None,
+            around_request=batcher.gap.request if batcher.gap else None,
         )
     cache_client = cache.connect(settings) if cache.enabled(settings) else None
     load_seconds = time.perf_counter() - started

@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from tests.support.waiting import wait_for
+from worker import batcher as batcher_module
+from worker import gap as gap_module
 from worker.batcher import Batcher, GpuDecodeFailed, InferenceDead, is_fatal
+from worker.gap import Gap
 
 
 class GatedModel:
@@ -97,6 +100,60 @@ def test_a_job_that_stops_being_upcoming_ends_the_wait_for_partners() -> None:
         batcher.stop()
     assert size == 1
     assert waited < 1.0
+
+
+def test_on_the_cpu_decoding_waits_for_the_pass_and_the_batch_waits_for_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """worker/gap.py: no decode starts while a forward pass runs; a batch formed in the gap
+    waits past MAX_BATCH_DELAY_MS for a job still decoding (up to DECODE_WAIT_S), then runs,
+    once the images already sent to decode processes are back."""
+    monkeypatch.setattr(batcher_module, "DECODE_WAIT_S", 10.0)
+    model = GatedModel()
+    batcher = Batcher(model, max_batch_size=8, max_delay=0.0)
+    batcher.gap = gap = Gap(max_wait=30)
+    try:
+        first = batcher.submit(_item(0))
+        assert model.entered.wait(10)  # a pass runs: the gap is closed
+        decoded = threading.Event()
+
+        def decode() -> None:
+            with gap.request():
+                decoded.set()
+
+        threading.Thread(target=decode).start()
+        assert not decoded.wait(0.2)
+        model.release.set()
+        assert decoded.wait(10) and first.result(timeout=10)[1] == 1
+        # A job still decoding when the batch could run: the batch waits for it.
+        with batcher.upcoming(), gap.decoding_one():
+            lone = batcher.submit(_item(1))
+            time.sleep(0.05)  # past the delay (0), within DECODE_WAIT_S
+            partner = batcher.submit(_item(2))
+        assert [f.result(timeout=10)[1] for f in (lone, partner)] == [2, 2]
+        # One that decodes for longer than that joins a later batch.
+        monkeypatch.setattr(batcher_module, "DECODE_WAIT_S", 0.1)
+        with batcher.upcoming(), gap.decoding_one():
+            lone = batcher.submit(_item(3))
+            assert lone.result(timeout=10)[1] == 1
+        # A pass waits for an image already sent to a decode process to come back.
+        monkeypatch.setattr(gap_module, "DECODE_WAIT_S", 10.0)
+        sent, back = threading.Event(), threading.Event()
+
+        def slow_decode() -> None:
+            with gap.request():
+                sent.set()
+                assert back.wait(10)
+
+        threading.Thread(target=slow_decode).start()
+        assert sent.wait(10)
+        model.entered.clear()
+        waiting = batcher.submit(_item(4))
+        assert not model.entered.wait(0.2)
+        back.set()
+        assert waiting.result(timeout=10)[1] == 1
+    finally:
+        batcher.stop()
 
 
 def test_a_failing_batch_fails_only_its_own_jobs() -> None:

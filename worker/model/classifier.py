@@ -16,6 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
 from worker.errors import ConfigError
+from worker.imaging import Cropped
 from worker.model import onnx
 from worker.model.arch import build
 from worker.model.bf16 import bf16_pays, cpu_has_native_bf16, to_bf16
@@ -97,6 +98,8 @@ class Classifier:
         if backend == "onnxruntime" and precision == "auto":
             self.precision = "fp32"  # what ONNX Runtime runs; pick_backend refuses the others
         self.transforms = transforms_of(spec.preprocessing)
+        self._mean = torch.tensor(self.transforms.mean).view(-1, 1, 1)  # preprocess_cropped's
+        self._std = torch.tensor(self.transforms.std).view(-1, 1, 1)
         self.categories: list[str] = list(spec.labels)
         self.input_size = int(self.transforms.crop_size[0])
         self.resize_size = int(self.transforms.resize_size[0])
@@ -236,6 +239,23 @@ class Classifier:
         """An RGB PIL image to a normalised 3xCxC float tensor (the model's transforms)."""
         tensor: torch.Tensor = self.transforms(image)
         return tensor
+
+    @property
+    def crop_size(self) -> int | None:
+        """The crop a decode process may cut after resizing to `shrink_size` (see Cropped)."""
+        return self.input_size if self.shrink_size else None
+
+    def preprocess_cropped(self, cropped: Cropped) -> torch.Tensor:
+        """The rest of the transforms for pixels a decode process resized and cropped: the
+        tensor `preprocess` gives for the whole image, to the bit and in the same layout
+        (torchvision's `pil_to_tensor`, `convert_image_dtype` and `normalize` are these very
+        operations; done in place here, on the bytes as received: no PIL image, no copies)."""
+        side = cropped.side
+        if side != self.input_size:
+            raise ValueError(f"a {side}x{side} crop for a {self.input_size} input")
+        pixels = torch.frombuffer(cropped.pixels, dtype=torch.uint8).view(side, side, 3)
+        tensor = pixels.permute(2, 0, 1).to(torch.float32)
+        return tensor.div_(255.0).sub_(self._mean).div_(self._std)
 
     def preprocess_encoded(self, data: bytes) -> torch.Tensor | None:
         """JPEG bytes decoded and transformed on the GPU; None where Pillow must do it instead."""

@@ -5,8 +5,8 @@ deadline: `timeout` seconds to read the header, then that plus `per_mp` seconds 
 of the size the header declares. The process enforces it on itself with a real-time timer whose
 signal (SIGALRM, default action) ends it, even inside C code holding the GIL; the worker sees
 it die and reports DecodeTimeout. The pixels come back already shrunk to what the weights'
-transforms resize to. After a request that grew it past its recycle size it exits, so a
-hostile file's memory goes back to the system with it.
+transforms resize to, and centre-cropped when asked to. After a request that grew it past its
+recycle size it exits, so a hostile file's memory goes back to the system with it.
 """
 
 from __future__ import annotations
@@ -95,7 +95,12 @@ def _handle(imaging: Any, request: dict[str, Any], data: bytes) -> tuple[tuple[A
         data, draft_size=request.get("draft_size"), on_header=on_header, **limits
     )
     image = imaging.shrink(decoded.image, request.get("resize"))
-    done = ("done", decoded.width, decoded.height, decoded.format, image.size)
+    # The transforms' centre crop too, where they resize exactly as `shrink` did: only the
+    # model's input crosses back (224x224 instead of 232 on the short side).
+    crop = request.get("crop")
+    cropped = imaging.center_crop(image, crop) if crop and request.get("resize") else None
+    image = cropped or image
+    done = ("done", decoded.width, decoded.height, decoded.format, image.size, bool(cropped))
     return done, image.tobytes()
 
 

@@ -28,8 +28,9 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing import BufferTooShort
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -37,7 +38,7 @@ from PIL import Image
 
 from worker import errors
 from worker.fetch import Fetched
-from worker.imaging import Decoded
+from worker.imaging import Cropped, Decoded
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,15 @@ class _Child:
 class DecodePool:
     """The children of one worker process (see module doc). Thread-safe."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        around_request: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+    ) -> None:
+        """`around_request` wraps each round trip to a child, holding it (on the CPU: in
+        the gap between forward passes, worker/gap.py)."""
         self.limits = limits
+        self.around_request = around_request or contextlib.nullcontext
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(limits.processes)
         self._closed = False
@@ -119,6 +127,34 @@ class DecodePool:
         a failed job's traceback keeps them alive.
         """
         request = {"op": "decode", "draft_size": draft_size, "resize": resize}
+        decoded = _uncropped(self._decode(request, source, max_pixels, allowed_formats))
+        if isinstance(decoded, errors.ClassifyError):
+            raise decoded
+        return decoded
+
+    def decode_cropped(
+        self,
+        source: Fetched | bytes,
+        *,
+        max_pixels: int,
+        allowed_formats: tuple[str, ...],
+        draft_size: int | None,
+        resize: int,
+        crop: int,
+    ) -> Decoded | Cropped:
+        """`decode`, then centre-cropped to `crop` x `crop` by the decode process as the
+        transforms would (worker.imaging.center_crop): only the model's input crosses back.
+        Decoded, as `decode` gives it, where the image is smaller than the crop."""
+        request = {"op": "decode", "draft_size": draft_size, "resize": resize, "crop": crop}
+        return self._decode(request, source, max_pixels, allowed_formats)
+
+    def _decode(
+        self,
+        request: dict[str, Any],
+        source: Fetched | bytes,
+        max_pixels: int,
+        allowed_formats: tuple[str, ...],
+    ) -> Decoded | Cropped:
         decoded = _decoded(*self._run_one(request, source, max_pixels, allowed_formats))
         if isinstance(decoded, errors.ClassifyError):
             raise decoded
@@ -142,7 +178,7 @@ class DecodePool:
         except (_ChildDied, errors.DecodeTimeout):
             log.warning("a decode process ended during %d images: one at a time", len(sources))
             return [self._decode_or_error(s, max_pixels, allowed_formats, options) for s in sources]
-        return [_decoded(reply, pixels) for reply, pixels in answers]
+        return [_uncropped(_decoded(reply, pixels)) for reply, pixels in answers]
 
     def _decode_or_error(
         self,
@@ -190,7 +226,7 @@ class DecodePool:
         source: Fetched | bytes,
         max_pixels: int,
         allowed_formats: tuple[str, ...],
-    ) -> tuple[tuple[Any, ...], bytes]:
+    ) -> tuple[tuple[Any, ...], bytearray]:
         """`_run` for one image, whose fault it is when the child dies: its deadline ended it
         (DecodeTimeout), or it crashed (NotAnImage)."""
         try:
@@ -209,13 +245,13 @@ class DecodePool:
         sources: Sequence[Fetched | bytes],
         max_pixels: int,
         allowed_formats: tuple[str, ...],
-    ) -> list[tuple[tuple[Any, ...], bytes]]:
+    ) -> list[tuple[tuple[Any, ...], bytearray]]:
         """One request for `sources` to a free child (waiting for one), each image under its
         own deadline: each one's reply and pixels. DecodeTimeout when the child stays silent
         past them all (stopped, say), _ChildDied when it ends."""
         self._prepare(request, max_pixels, allowed_formats)
         request["count"] = len(sources)
-        with self._slot() as (child, keep):
+        with self._slot() as (child, keep), self.around_request():
             try:
                 child.conn.send(request)
                 for source in sources:  # the holders, not their bytes, stay in this frame
@@ -223,8 +259,8 @@ class DecodePool:
                 if not child.conn.poll(len(sources) * self.limits.longest(max_pixels) + _GRACE):
                     raise _timed_out(self.limits)
                 replies, recycle = child.conn.recv()
-                pixels = [child.conn.recv_bytes() if r[0] == "done" else b"" for r in replies]
-            except (EOFError, OSError) as exc:
+                pixels = [_receive(child.conn, reply, max_pixels) for reply in replies]
+            except (EOFError, OSError, BufferTooShort) as exc:
                 raise _ChildDied(child.ended()) from exc
             keep[0] = not recycle  # it grew too big and exits by itself: replace it
         return list(zip(replies, pixels, strict=True))
@@ -293,12 +329,35 @@ def _timed_out(limits: Limits) -> errors.DecodeTimeout:
     )
 
 
-def _decoded(reply: tuple[Any, ...], pixels: bytes) -> Decoded | errors.ClassifyError:
-    """A "done" reply's image, else its error."""
+def _receive(conn: Connection, reply: tuple[Any, ...], max_pixels: int) -> bytearray:
+    """A "done" reply's pixels, straight into a buffer of the size it declares (a buffer the
+    model's input is then read from without another copy); OSError for anything else."""
+    if reply[0] != "done":
+        return bytearray()
+    width, height = reply[4]
+    if not 0 < width * height <= max_pixels:
+        raise OSError(f"a decode process declared {width}x{height} pixels")
+    buffer = bytearray(width * height * 3)
+    if conn.recv_bytes_into(buffer) != len(buffer):
+        raise OSError(f"a decode process sent other than {width}x{height} RGB pixels")
+    return buffer
+
+
+def _decoded(reply: tuple[Any, ...], pixels: bytearray) -> Decoded | Cropped | errors.ClassifyError:
+    """A "done" reply's image (Cropped where the child cut the crop), else its error."""
     if reply[0] != "done":
         return _error(reply)
-    _, width, height, fmt, size = reply
+    _, width, height, fmt, size, cropped = reply
+    if cropped and size[0] == size[1]:
+        return Cropped(pixels, size[0], width, height, fmt)
     return Decoded(Image.frombytes("RGB", size, pixels), width, height, fmt)
+
+
+def _uncropped(result: Decoded | Cropped | errors.ClassifyError) -> Decoded | errors.ClassifyError:
+    """A result of a request that asked for no crop."""
+    if isinstance(result, Cropped):
+        return errors.InternalError("a decode process cropped an image it was not asked to")
+    return result
 
 
 def _error(reply: tuple[Any, ...]) -> errors.ClassifyError:
