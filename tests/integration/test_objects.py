@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import redis
 
+from core import objects
 from producer import (
     Client,
     InvalidSource,
     ObjectAccessDenied,
     ObjectNotFound,
     ObjectStoreError,
-    objects,
 )
 from producer import client as client_module
 from tests.support.cli import run_cli

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer import (
-    object_failures,
-    objects,
-)
+from core import object_failures, objects
 
 
 def test_object_urls_prefixes_and_their_parts() -> None:
