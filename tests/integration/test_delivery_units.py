@@ -17,11 +17,8 @@ DB = 9
 
 @pytest.fixture
 def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url(DB))
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with redis_server.scratch(DB) as client:
+        yield client
 
 
 def claim(r: redis.Redis, keys: Keys, lst: str, tag: str, message: bytes) -> None:

@@ -36,12 +36,8 @@ def make_backend(url: str, maxlen: int | None = None) -> ResultBackend:
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    url = redis_server.url(DB)
-    client = redis.Redis.from_url(url, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with redis_server.scratch(DB, decode_responses=True) as client:
+        yield client
 
 
 def entries(r: redis.Redis, task_id: str | None = None) -> list[dict[str, str]]:

@@ -24,11 +24,8 @@ DB = 9
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url(DB), decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with redis_server.scratch(DB, decode_responses=True) as client:
+        yield client
 
 
 def member(task_id: str, group: str) -> Context:

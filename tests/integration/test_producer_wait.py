@@ -19,11 +19,8 @@ DB = 9
 
 @pytest.fixture
 def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url(DB))
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with redis_server.scratch(DB) as client:
+        yield client
 
 
 def _finish(r: redis.Redis, task_id: str) -> None:

@@ -42,6 +42,17 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
+    @contextlib.contextmanager
+    def scratch(self, db: int, *, decode_responses: bool = False) -> Iterator[redis.Redis]:
+        """A client on database `db`, emptied before and after: a test's own database."""
+        client = redis.Redis.from_url(self.url(db), decode_responses=decode_responses)
+        client.flushdb()
+        try:
+            yield client
+        finally:
+            client.flushdb()
+            client.close()
+
     def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
