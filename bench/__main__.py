@@ -243,6 +243,9 @@ class Bench:
                        size, base.throughput)  # fmt: skip
             what = f"service {args.baseline} / ceiling, {label}"
             report.ratio(what, base.throughput / ceiling, "-")
+            # Other work on a shared VM shows as a bracket whose ends disagree.
+            spread = max(ceiling_before, ceiling_after) / min(ceiling_before, ceiling_after)
+            report.ratio(f"ceiling bracket spread, {label}", spread, "near 1: undisturbed")
         report.ratio(
             f"service / seed loop, {label}",
             run.throughput / seed,

@@ -301,7 +301,7 @@ class Batcher:
             started = time.perf_counter()
             try:
                 items = self._decode(items)
-                outputs = self._infer_closed(self._stack(items)) if items else None
+                outputs = self._infer_closed(items) if items else None
             except BaseException as exc:
                 if self._failed(exc, items):
                     return
@@ -310,11 +310,13 @@ class Batcher:
                 self._deliver(items, outputs, started)
             items = self._collect()
 
-    def _infer_closed(self, batch: torch.Tensor) -> torch.Tensor:
+    def _infer_closed(self, items: list[_Item]) -> torch.Tensor:
         """A forward pass on the CPU, with no decode starting meanwhile (worker/gap.py)."""
+        batch = self._stack(items)
         if self.gap is None:
             return self.infer(batch)
-        with self.gap.closed():
+        deadlines = [i.deadline for i in items if i.deadline is not None]
+        with self.gap.closed(min(deadlines, default=None)):
             return self.infer(batch)
 
     def _run_overlapped(self, first: list[_Item]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 
 # How long a batch waits for jobs still being decoded when it could run, and a pass for the
@@ -70,12 +71,16 @@ class Gap:
                 self._changed.notify_all()
 
     @contextlib.contextmanager
-    def closed(self) -> Iterator[None]:
+    def closed(self, deadline: float | None = None) -> Iterator[None]:
         """Wrap a forward pass: it starts once the images sent to decode processes are back
-        (DECODE_WAIT_S at most), and none is sent until it returns (or fails)."""
+        (DECODE_WAIT_S at most, and never past `deadline`, the batch's earliest job deadline
+        on the time.monotonic clock), and none is sent until it returns (or fails)."""
+        wait = DECODE_WAIT_S
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
         with self._changed:
             self._passing = True
-            self._changed.wait_for(lambda: self._sent == 0, DECODE_WAIT_S)
+            self._changed.wait_for(lambda: self._sent == 0, wait)
         try:
             yield
         finally:

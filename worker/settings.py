@@ -209,7 +209,8 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
     max_batch_delay_ms: float = env(
         5.0,
         float,
-        "longest wait for batch partners; skipped when no other job is being fetched or decoded",
+        "longest wait for batch partners (on the CPU, jobs already decoding: up to 0.1 s);"
+        " skipped when no other job is being fetched or decoded",
     )
     # Twice the batch size, so one batch decodes while one infers
     concurrency: int = env(0, int, "task threads per worker process", shown="`0` = 2 x batch size")

@@ -27,6 +27,7 @@ from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFactory, WorkerProcess
 from worker.errors import DecodeTimeout, NotAnImage
 from worker.fetch import Fetched
+from worker.imaging import Cropped
 from worker.sandbox.pool import DecodePool, Limits, default_limits
 from worker.settings import DEFAULT_FORMATS, Settings
 
@@ -187,6 +188,15 @@ def test_a_deadline_and_a_crash_cost_one_job_and_the_pool_recovers() -> None:
             pool.decode(corpus.png_chunk_flood(8 * MIB), resize=None, **kwargs)
         assert time.monotonic() - started < 1.5
         assert pool.decode(cat, resize=232, **kwargs).image.size == (348, 232)
+        cut = pool.decode_cropped(  # the model's input only
+            cat,
+            max_pixels=64_000_000,
+            allowed_formats=DEFAULT_FORMATS,
+            draft_size=None,
+            resize=232,
+            crop=224,
+        )
+        assert isinstance(cut, Cropped) and len(cut.pixels) == 224 * 224 * 3
 
         def crash_soon() -> None:
             time.sleep(0.1)
