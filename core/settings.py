@@ -62,14 +62,34 @@ def parsed(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, Any
     source = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(cls):
-        raw = source.get(f.name.upper())
-        if "parse" not in f.metadata or raw is None or raw.strip() == "":
-            continue
-        try:
-            values[f.name] = f.metadata["parse"](raw.strip())
-        except ValueError as exc:
-            raise SettingError(f"{f.name.upper()}={raw.strip()!r} is invalid: {exc}") from exc
+        raw = _raw(f, source)
+        if raw is not None:
+            values[f.name] = _parse(f, raw)
     return values
+
+
+def declared(cls: type, name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """One `env` field of `cls`, parsed from `environ` (default: os.environ) as `load` would,
+    else its default: for code that needs one setting without the whole class (SettingError
+    names a malformed value; the class's `validate` ranges are not checked)."""
+    found = next(f for f in fields(cls) if f.name == name)
+    raw = _raw(found, os.environ if environ is None else environ)
+    return found.default if raw is None else _parse(found, raw)
+
+
+def _raw(f: Any, source: Mapping[str, str]) -> str | None:
+    """A declared field's text in `source`, stripped; None where unset or empty."""
+    raw = source.get(f.name.upper())
+    if "parse" not in f.metadata or raw is None or raw.strip() == "":
+        return None
+    return raw.strip()
+
+
+def _parse(f: Any, raw: str) -> Any:
+    try:
+        return f.metadata["parse"](raw)
+    except ValueError as exc:
+        raise SettingError(f"{f.name.upper()}={raw!r} is invalid: {exc}") from exc
 
 
 def load(cls: type[S], environ: Mapping[str, str] | None = None) -> S:

@@ -3,7 +3,7 @@
 A result is Celery's JSON at `celery-task-meta-<id>` (core.keys.result_key):
 `{"status": "SUCCESS", "result": ..., ...}`; a failed job's `result` is
 `{"exc_type": "SourceNotFound", "exc_message": ["..."], ...}` (core.contract.ERROR_TYPES).
-The Lua scripts that store states (worker/events.py's STORE) spell FINAL_STATES again.
+The Lua scripts that store states (worker/store_script.py's STORE) spell FINAL_STATES again.
 
 Importing this needs nothing beyond the standard library (a producer-only install).
 """

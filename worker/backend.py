@@ -2,8 +2,9 @@
 
 Celery's key-value backend reads a job's stored state before every write, so that a late
 duplicate cannot overwrite a SUCCESS: a GET (and a JSON decode) then a SET + PUBLISH, two
-round trips per state. Here one Lua script does the check and the write inside Redis, and one
-call stores every final state of a bulk message (docs/capacity.md has what each costs).
+round trips per state. Here one Lua script (worker/store_script.py: STORE, and the one function
+that builds its arguments) does the check and the write inside Redis, and one call stores every
+final state of a bulk message (docs/capacity.md has what each costs).
 
 What a stored state may be replaced by: SUCCESS by nothing; FAILURE only by a SUCCESS (a
 redelivered copy that got through, or a dead letter requeued after a fix), never by a late
@@ -36,99 +37,10 @@ from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from worker import events, tenancy
+from worker import events, store_script, tenancy
 from worker.redis_full import retry_while_full, telling
 
 log = logging.getLogger(__name__)
-
-# KEYS: the result keys, then (worker/events.py) the events stream and three keys per group.
-# ARGV[1]: publish (1) or not (0); ARGV[2], ARGV[3]: seconds to keep a FAILURE and any other
-# state (0: forever); ARGV[4..8]: how many result keys, the events' MAXLEN (0: none), now, the
-# groups' TTL, report (1: return each key's code); ARGV[9]: how many origins, then 6 values
-# each (its label, then what the events of one message's jobs share: queue, group, the
-# group's index, webhook, tenant); then per key 5 values: its state, its encoded meta, its id,
-# its error type and its origin's label (0: no event). A key whose old value is final and may
-# not be replaced gets the old value back, with the expiry of its state restarted. A key that
-# ends in a final state is announced (events.ANNOUNCE): an event when it has just reached
-# that state, and its group's counters. Returns how many keys took the new state; with
-# report, a list: that, then per key '' (not final), its final state, or '+' and the state
-# just reached.
-STORE = (
-    """
-local KEYS, ARGV, call = KEYS, ARGV, redis.call  -- locals: faster than globals
-local publish, stored, n = ARGV[1] == '1', {}, 0
-local nkeys, norig = tonumber(ARGV[4]), tonumber(ARGV[9])
-local first = 9 + 6 * norig
--- Numbers go to redis.call as the strings they came as (a Lua number is formatted anew by
--- each call), and are compared as strings: tonumber parses with strtod, a cost per call.
-local TTL = {FAILURE = ARGV[2]}
-local other_ttl = ARGV[3]
-"""
-    + events.ANNOUNCE_SETUP
-    + """
-local codes = {n}
-for i = 1, nkeys do
-  local key, a = KEYS[i], first + 5 * (i - 1)
-  local state, value = ARGV[a + 1], ARGV[a + 2]
-  local ttl, old = TTL[state] or other_ttl, nil
-  if ttl ~= '0' then
-    old = call('SET', key, value, 'EX', ttl, 'GET')
-  else
-    old = call('SET', key, value, 'GET')
-  end
-  local was, meta = nil, nil
-  if old then
-    -- Celery's JSON opens with the status: a STARTED or RETRY replaced needs no decoding.
-    was = string.match(old, '^{"status": "(%u+)"')
-    if was == nil or was == 'SUCCESS' or was == 'FAILURE' then
-      local ok, decoded = pcall(cjson.decode, old)
-      was = nil
-      if ok and type(decoded) == 'table' then was, meta = decoded['status'], decoded end
-    end
-  end
-  local now_state, err = state, ARGV[a + 4]
-  if was == 'SUCCESS' or (was == 'FAILURE' and state ~= 'SUCCESS') then
-    ttl = TTL[was] or other_ttl
-    if ttl ~= '0' then
-      redis.call('SET', key, old, 'EX', ttl)
-    else
-      redis.call('SET', key, old)
-    end
-    now_state, err = was, ''
-    local result = meta['result']
-    if type(result) == 'table' and type(result['exc_type']) == 'string' then
-      err = result['exc_type']
-    end
-  else
-    n = n + 1
-    if publish then stored[#stored + 1] = i end
-  end
-"""
-    + events.ANNOUNCE_KEY
-    + """
-  codes[i + 1] = code
-end
-"""
-    + events.ANNOUNCE_END
-    + """
-if #stored > 0 then
-  local channels = {}
-  for j, i in ipairs(stored) do channels[j] = KEYS[i] end
-  local subs = redis.call('PUBSUB', 'NUMSUB', unpack(channels))
-  for j = 2, #subs, 2 do
-    if subs[j] > 0 then
-      local i = stored[j / 2]
-      redis.call('PUBLISH', KEYS[i], ARGV[first + 5 * (i - 1) + 2])
-    end
-  end
-end
-if report then
-  codes[1] = n
-  return codes
-end
-return n
-"""
-)
 
 
 @dataclass(frozen=True)
@@ -277,20 +189,19 @@ class _AtomicStore:
         notes: list[events.Note | None] | None = None,
         announce: bool = True,
     ) -> tuple[list[Any], list[Any]]:
-        """STORE's KEYS and ARGV for these `(key, value, state)` entries; `announce=False`:
-        the call only reports each key's final state (a cluster announces apart)."""
-        extra, head, per_key = self._events.script(
-            notes or [None] * len(values), self._group_ttl(), announce
+        """STORE's KEYS and ARGV for these `(key, value, state)` entries (worker/store_script.py);
+        `announce=False`: the call only reports each key's final state (a cluster announces
+        apart)."""
+        return store_script.arguments(
+            values,
+            notes or [None] * len(values),
+            self._events,
+            publish=self.publish_states,
+            failure_ttl=self._ttl(states.FAILURE),
+            other_ttl=self._ttl(states.SUCCESS),
+            group_ttl=self._group_ttl(),
+            announce=announce,
         )
-        args: list[Any] = [
-            1 if self.publish_states else 0,
-            self._ttl(states.FAILURE),
-            self._ttl(states.SUCCESS),
-            *head,
-        ]
-        for (_, value, state), more in zip(values, per_key, strict=True):
-            args += [state, value, *more]
-        return [key for key, _, _ in values] + extra, args
 
     def _group_ttl(self) -> int:
         """A group lives as long as its results: the longer of the two expiries (0: kept)."""
@@ -306,7 +217,7 @@ class _AtomicStore:
 
     @cached_property
     def _store_script(self) -> Any:
-        return self.client.register_script(STORE)
+        return self.client.register_script(store_script.STORE)
 
     def _while_full(self, call: Callable[..., Any], *args: Any) -> Any:
         """`call(*args)`, retried with backoff for as long as Redis is full; the worker stops

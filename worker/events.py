@@ -3,9 +3,10 @@
 Every terminal state (SUCCESS, FAILURE, REVOKED) a job reaches is appended to one Redis Stream
 (core.keys.EVENTS_STREAM, `XADD MAXLEN ~ EVENTS_MAXLEN`), and a job of a group is counted
 in its group's hash (core.keys.group_keys). The backend (worker/backend.py) stores results
-through one Lua script, STORE; this module gives it the Lua that does the rest and the
-arguments it needs, so every final state, whichever path stores it (a task's return, a bulk
-message's images, Celery's own `mark_as_revoked`, a cancel or a deadline), goes through here.
+through one Lua script (worker/store_script.py: STORE, which writes them, and its arguments);
+this module says what each job's event carries (its Note: queue, group, webhook, tenant, read
+from the message), so every final state, whichever path stores it (a task's return, a bulk
+message's images, Celery's own `mark_as_revoked`, a cancel or a deadline), is announced alike.
 
 On one Redis it is all one script call, in the result's round trip: the event and the
 counters are written atomically with the result, or not at all. On a Redis Cluster the
@@ -37,185 +38,9 @@ from core.text import text
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAXLEN = 100_000
 # What a message may carry: longer, or not a string, and it is ignored (no group, no webhook).
 MAX_GROUP_CHARS = 255
 MAX_WEBHOOK_CHARS = 8192
-
-# Lua for STORE (worker/backend.py) and ACCOUNT. Written for a call's cost: STORE runs once
-# per stored state of a single message, so what a call without groups never uses is never
-# built (the group functions are assigned only when the call names a group), and a key that
-# needs no event costs a table lookup.
-#
-# A call counts its jobs group by group: per job one HSETNX on the group's `done` hash (the
-# common case: a job ending for the first time), and per group and call the counters' HINCRBYs,
-# so a bulk message's images cost one command each. `tally` opens a group's tally in a call
-# (reading its total: no total, no such group, nothing is written), `count` counts one job,
-# `settle` writes the tally and says whether this call ended the group's last job.
-GROUP_LOCALS = "local COUNTER, keep, tally, count, settle, summary\n"
-GROUPS = """
-COUNTER = {SUCCESS = 'succeeded', FAILURE = 'failed', REVOKED = 'cancelled'}
--- A group's keys live as long as its results (RESULT_EXPIRES): while jobs are left the TTL is
--- only ever raised (at the first job's end, then every 256), once the last one ended it is
--- set; 0 keeps them, as it keeps results.
-keep = function(keys, ttl, exact)
-  for _, key in ipairs(keys) do
-    if ttl <= 0 then redis.call('PERSIST', key)
-    elseif exact then redis.call('EXPIRE', key, ttl)
-    else redis.call('EXPIRE', key, ttl, 'GT') end
-  end
-end
-tally = function(keys, gid)
-  local total = redis.call('HGET', keys[1], 'total')
-  return {keys = keys, gid = gid, total = total and tonumber(total), add = {}, new = 0}
-end
--- Returns -1: no such group; 0: counted before with this state; 1: counted now (or moved
--- from the state it was counted with: a FAILURE replaced by a SUCCESS).
-count = function(t, tid, state)
-  if not t.total then return -1 end
-  if redis.call('HSETNX', t.keys[2], tid, state) == 1 then
-    t.new = t.new + 1
-  else
-    local prev = redis.call('HGET', t.keys[2], tid)
-    if prev == state then return 0 end
-    redis.call('HSET', t.keys[2], tid, state)
-    if COUNTER[prev] then t.add[COUNTER[prev]] = (t.add[COUNTER[prev]] or 0) - 1 end
-  end
-  t.add[COUNTER[state]] = (t.add[COUNTER[state]] or 0) + 1
-  return 1
-end
-settle = function(t, now, ttl)
-  if not t.total then return false end
-  for name, n in pairs(t.add) do
-    if n ~= 0 then redis.call('HINCRBY', t.keys[1], name, n) end
-  end
-  if t.new == 0 then return false end
-  local finished = redis.call('HINCRBY', t.keys[1], 'finished', t.new)
-  local before = finished - t.new
-  if before == 0 then redis.call('HSET', t.keys[1], 'first_done', now) end
-  if finished >= t.total and redis.call('HSETNX', t.keys[1], 'completed', now) == 1 then
-    keep(t.keys, ttl, true)
-    return true
-  end
-  if before == 0 or math.floor(before / 256) ~= math.floor(finished / 256) then
-    keep(t.keys, ttl, false)
-  end
-  return false
-end
-summary = function(keys)
-  local f = redis.call('HMGET', keys[1], 'queue', 'webhook', 'total', 'succeeded', 'failed',
-    'cancelled', 'tenant')
-  for i = 1, 7 do f[i] = f[i] or ((i > 2 and i < 7) and '0' or '') end
-  return f
-end
-"""
-
-# STORE's parts (worker/backend.py), inlined in its one loop over the result keys: a script
-# call pays for every closure and table it makes, and STORE runs once per single job. Read
-# by STORE with, in scope: `nkeys` and `norig` (ARGV[4], ARGV[9]), `call` (redis.call), and
-# KEYS and ARGV as locals.
-#
-# ANNOUNCE_SETUP, before the loop: ARGV[5..8] (the events' MAXLEN, now, the groups' TTL,
-# report) and the origins (from ARGV[10]: 6 values each, label, queue, group, the group's
-# index, webhook, tenant), and the group functions when the call names a group.
-ANNOUNCE_SETUP = (
-    GROUP_LOCALS
-    + """
-local maxlen, now, gttl = ARGV[5], ARGV[6], nil
-local events_on, trimmed, trim_to = maxlen ~= '0', false, maxlen
-if events_on and nkeys > 1 then  -- the first event trims, leaving room for the others
-  trim_to = tostring(math.max(tonumber(maxlen) - nkeys + 1, 1))
-end
-local report, stream = ARGV[8] == '1', KEYS[nkeys + 1]
-local ORIGIN = {}  -- an origin's label -> where its values start
-for b = 10, 9 + 6 * norig, 6 do ORIGIN[ARGV[b]] = b end
-local tallies, order = nil, nil
-if #KEYS > nkeys + 1 then
-"""
-    + GROUPS
-    + """
-  tallies, order, gttl = {}, {}, tonumber(ARGV[7])
-end
-"""
-)
-
-# ANNOUNCE_KEY, for each key once its state is settled, with in scope `a` (where the key's
-# values start: its id at a + 3, its origin's label at a + 5), `was` (the state stored
-# before), `now_state` (the one stored now) and `err` (its error type): a job's event when it
-# has just reached a final state, or when its group counted it now (the call's first event
-# trims the stream, `MAXLEN ~`, to leave room for the call's others: one check per call).
-# Sets `code`, what a `report` call returns for the key: '' (not final), its final state, or
-# '+' and the state just reached (a cluster's result calls, which announce in calls of their
-# own).
-ANNOUNCE_KEY = """
-  local code = ''
-  if now_state == 'SUCCESS' or now_state == 'FAILURE' or now_state == 'REVOKED' then
-    local fresh = was ~= now_state
-    local b = ORIGIN[ARGV[a + 5]]
-    if b then
-      local tid, emit, gid = ARGV[a + 3], fresh, ARGV[b + 2]
-      local g = tallies and tonumber(ARGV[b + 3]) or 0
-      if g > 0 then
-        local t = tallies[g]
-        if not t then
-          local base = nkeys + 3 * g - 1
-          t = tally({KEYS[base], KEYS[base + 1], KEYS[base + 2]}, gid)
-          tallies[g] = t
-          order[#order + 1] = g
-        end
-        local r = count(t, tid, now_state)
-        if r >= 0 then emit = r > 0 end
-      end
-      if emit and events_on and trimmed then
-        call('XADD', stream, '*', 'kind', 'job', 'id', tid, 'state', now_state, 'error', err,
-          'queue', ARGV[b + 1], 'group', gid, 'webhook', ARGV[b + 4], 'time', now,
-          'tenant', ARGV[b + 5])
-      elseif emit and events_on then  -- the call's first event trims for all of them
-        trimmed = true
-        call('XADD', stream, 'MAXLEN', '~', trim_to, '*', 'kind', 'job', 'id', tid,
-          'state', now_state, 'error', err, 'queue', ARGV[b + 1], 'group', gid,
-          'webhook', ARGV[b + 4], 'time', now, 'tenant', ARGV[b + 5])
-      end
-    end
-    if report then code = (fresh and '+' or '') .. now_state end
-  end
-"""
-
-# ANNOUNCE_END, after the loop: each group's tally written, and the completion event of a
-# group whose last job the call ended (after its jobs' events).
-ANNOUNCE_END = """
-if tallies then
-  for _, g in ipairs(order) do
-    local t = tallies[g]
-    if settle(t, now, gttl) and events_on then
-      local f = summary(t.keys)
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'kind', 'group', 'id', t.gid,
-        'state', 'DONE', 'error', '', 'queue', f[1], 'group', t.gid, 'webhook', f[2],
-        'time', now, 'total', f[3], 'succeeded', f[4], 'failed', f[5], 'cancelled', f[6],
-        'tenant', f[7])
-    end
-  end
-end
-"""
-
-# A Redis Cluster's second call, on the group's master: KEYS the group's three keys; ARGV the
-# group id, now, ttl, then (task id, state) pairs. Returns `count`'s answer per pair, then,
-# when the last job ended, the group's queue, webhook, total, succeeded, failed, cancelled and
-# tenant.
-ACCOUNT = (
-    GROUP_LOCALS
-    + GROUPS
-    + """
-local t, out = tally(KEYS, ARGV[1]), {}
-for i = 4, #ARGV, 2 do
-  out[#out + 1] = count(t, ARGV[i], ARGV[i + 1])
-end
-if settle(t, ARGV[2], tonumber(ARGV[3])) then
-  for _, v in ipairs(summary(KEYS)) do out[#out + 1] = v end
-end
-return out
-"""
-)
 
 
 @dataclass(frozen=True)
@@ -412,10 +237,10 @@ def _note(task_id: str, encoded: Any, found: Origin) -> Note:
 
 
 class Events:
-    """The result store's events and group keys (after REDIS_KEY_PREFIX), and STORE's
-    arguments for them."""
+    """The result store's events stream and group keys (after REDIS_KEY_PREFIX), and the
+    stream's MAXLEN (0: events off)."""
 
-    def __init__(self, key_prefix: str = "", maxlen: int = DEFAULT_MAXLEN) -> None:
+    def __init__(self, key_prefix: str, maxlen: int) -> None:
         self.key_prefix = key_prefix
         self.maxlen = max(0, int(maxlen))
         self.stream = key_prefix + EVENTS_STREAM
@@ -423,40 +248,6 @@ class Events:
     def group_keys(self, group_id: str) -> list[str]:
         """A group's hash, its `done` hash and its ids list (one hash tag: one slot)."""
         return list(group_keys(group_id, self.key_prefix))
-
-    def script(
-        self, notes: Sequence[Note | None], group_ttl: int, announce: bool = True
-    ) -> tuple[list[str], list[Any], list[list[Any]]]:
-        """What STORE needs besides the results: its extra KEYS (the stream, then three per
-        group), its ARGV[4..] before the keys' values (count of result keys, maxlen, now, the
-        groups' TTL, report, then the origins: how many, and per origin its label, queue,
-        group, the group's index among the extra keys, webhook and tenant), and per result key
-        the three values after its state and value (id, error type, origin's label; 0: no
-        event). The jobs of one message share one origin, so a bulk's images pass three
-        values each. `announce=False` (a cluster's result calls): the script announces
-        nothing and reports each key's final state."""
-        groups: dict[str, int] = {}
-        origins: dict[tuple[str, str, int, str, str], int] = {}
-        per_key: list[list[Any]] = []
-        for note in notes:
-            if note is None or not announce:
-                per_key.append([note.task_id if note else "", "", 0])
-                continue
-            index = groups.setdefault(note.group, len(groups) + 1) if note.group else 0
-            origin = (note.queue, note.group, index, note.webhook, note.tenant)
-            number = origins.setdefault(origin, len(origins) + 1)
-            per_key.append([note.task_id, note.error, number])
-        extra: list[str] = []
-        if announce and any(n is not None for n in notes):
-            extra.append(self.stream)
-            for group in groups:
-                extra += self.group_keys(group)
-        head = [len(notes), self.maxlen if announce else 0, timestamp(), group_ttl]
-        head.append(0 if announce else 1)  # report each key's code: a cluster's result calls
-        head.append(len(origins))
-        for origin, label in origins.items():
-            head += [label, *origin]
-        return extra, head, per_key
 
 
 def timestamp() -> str:
@@ -499,15 +290,17 @@ def group_fields(group_id: str, summary: Sequence[Any], now: str) -> dict[str, s
 
 
 def maxlen_of(app: Any) -> int:
-    """EVENTS_MAXLEN of a worker's app (its Settings), else the environment's, else the
-    default (a backend built by a plain Celery app, in tests and benchmarks)."""
+    """EVENTS_MAXLEN of a worker's app (its Settings); else (a backend built by a plain Celery
+    app: tests, benchmarks) the environment's, parsed by the setting's own declaration
+    (SettingError for a malformed value, ConfigError for a negative one, as a worker's)."""
     settings = getattr(app, "settings", None)
     if settings is not None and hasattr(settings, "events_maxlen"):
         return int(settings.events_maxlen)
-    import os
+    from core.settings import declared
+    from worker.errors import ConfigError
+    from worker.settings import NEGATIVE_MAXLEN, Settings
 
-    raw = os.environ.get("EVENTS_MAXLEN", "").strip()
-    try:
-        return max(0, int(raw)) if raw else DEFAULT_MAXLEN
-    except ValueError:
-        return DEFAULT_MAXLEN
+    maxlen = int(declared(Settings, "events_maxlen"))
+    if maxlen < 0:
+        raise ConfigError(NEGATIVE_MAXLEN)
+    return maxlen

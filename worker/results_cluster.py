@@ -4,8 +4,8 @@ The queues stay on one primary (REDIS_URL); the results, the largest and busiest
 over the cluster's masters by key: `celery-task-meta-<id>` hashes to one of 16384 slots (CRC16
 of the whole key, which has no hash tag), and each master owns a share of the slots.
 
-The store is worker/backend.py's (`STORE`: a SUCCESS is never replaced, a FAILURE only by a
-SUCCESS), with what a cluster changes:
+The store is worker/backend.py's (worker/store_script.py's STORE: a SUCCESS is never replaced,
+a FAILURE only by a SUCCESS), with what a cluster changes:
 
 - **One script call per key.** A script may only touch keys of one slot, so a bulk message's
   results go as one call per key, pipelined: one round trip to each master that owns some.
@@ -42,7 +42,8 @@ from core.keys import outbox_key
 from core.states import FINAL_STATES, state_of
 from core.text import text
 from worker import events, outbox, result_store, testing
-from worker.backend import STORE, _AtomicStore
+from worker.backend import _AtomicStore
+from worker.store_script import ACCOUNT, STORE
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +345,8 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
 
     @cached_property
     def _account(self) -> Any:
-        """ACCOUNT (worker/events.py), loaded where it is missing (a promoted replica)."""
-        return self.client.register_script(events.ACCOUNT)
+        """ACCOUNT (worker/store_script.py), loaded where it is missing (a promoted replica)."""
+        return self.client.register_script(ACCOUNT)
 
     def _store_on_node(
         self,

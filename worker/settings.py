@@ -24,6 +24,8 @@ from core.settings import (
 )
 from worker.errors import ConfigError
 
+NEGATIVE_MAXLEN = "EVENTS_MAXLEN must not be negative (0 turns events off)"
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "torch", "onnxruntime")  # worker/model/onnx.py
@@ -491,7 +493,7 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
         if self.result_failure_expires is not None and self.result_failure_expires < 0:
             raise ConfigError("RESULT_FAILURE_EXPIRES must not be negative")
         if self.events_maxlen < 0:
-            raise ConfigError("EVENTS_MAXLEN must not be negative (0 turns events off)")
+            raise ConfigError(NEGATIVE_MAXLEN)
         for name in ("max_batch_size", "concurrency", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")

@@ -405,7 +405,7 @@ def test_the_outbox_announces_what_a_dead_store_left_once(cluster: RedisClusterN
     try:
         backend._intend(notes)  # 1. the intents
         backend._store_entries(values)  # 2. the results (and WAIT); killed before the events
-        group = events.Events(prefix).group_keys("g1")
+        group = events.Events(prefix, 0).group_keys("g1")
         assert backend._account(keys=group, args=["g1", "1.0", 600, "c", "SUCCESS"])[0] == 1
         assert announced() == {} and store.hlen(box) == 4  # three jobs and the group
         backend._store_entries(values[:1], notes[:1])  # a's message comes back
