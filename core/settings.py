@@ -1,6 +1,6 @@
 """Settings read from the environment: how they are declared (`env`), the one loader (`load`),
 and the settings workers, producers and services share (where Redis is, read through
-core.connections; the delivery layer's; object stores).
+core.connections; the delivery layer's; object stores; images submitted as bytes).
 
 Each setting is one dataclass field declared with `env(default, parse, doc)`: its environment
 variable is the field's name upper-cased, `parse` turns the text into its type (raising
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from core.contract import DEFAULT_QUEUE, DEFAULT_REDIS_URL
+from core.lifecycle import UPLOAD_MAX_BYTES, UPLOAD_TTL_S
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -190,3 +191,31 @@ class ObjectStoreSettings:
         " or `AWS_ENDPOINT_URL` where set), in `AWS_REGION`",
         shown="AWS",
     )
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """Images submitted as bytes: read by `producer.Client` and the gateway alike.
+
+    A Client also takes them as `upload_max_bytes=` and `upload_ttl_s=`."""
+
+    upload_max_bytes: int = env(
+        UPLOAD_MAX_BYTES,
+        int,
+        "largest image, in bytes, submitted as bytes (a multipart upload, `Client.submit(bytes)`);"
+        " a larger one is refused (`UploadTooLarge`, 413 from the gateway) before it is stored",
+        shown=f"`{UPLOAD_MAX_BYTES}` (20 MiB)",
+    )
+    upload_ttl_s: int = env(
+        UPLOAD_TTL_S,
+        int,
+        "seconds an uploaded image waits in Redis for a worker; its job then fails with"
+        " SourceNotFound",
+        shown=f"`{UPLOAD_TTL_S}` (24 h)",
+    )
+
+    def validate(self) -> None:
+        if self.upload_max_bytes < 1:
+            raise SettingError("UPLOAD_MAX_BYTES must be 1 or more")
+        if self.upload_ttl_s < 1:
+            raise SettingError("UPLOAD_TTL_S must be 1 or more seconds")

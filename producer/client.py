@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import IO, Any, Protocol
 
@@ -58,14 +57,13 @@ from core.lifecycle import (
     DEADLINE_HEADER,
     GROUP_HEADER,
     TENANT_HEADER,
-    UPLOAD_MAX_BYTES,
-    UPLOAD_TTL_S,
     WEBHOOK_HEADER,
     upload_source,
 )
 from core.memory import is_out_of_memory, read_memory
 from core.models import Registry, queue_for
 from core.redaction import display_url
+from core.settings import SettingError, UploadSettings, load
 from core.states import FINAL_STATES, SUCCESS, failure_of
 from core.webhooks import check_webhook
 from producer import events, groups
@@ -239,8 +237,7 @@ class Client:
         if not 1 <= bulk_size <= MAX_BULK_IMAGES:
             raise ProducerError(f"bulk_size must be within 1..{MAX_BULK_IMAGES}")
         self.bulk_size = bulk_size
-        self.upload_max_bytes = _positive(upload_max_bytes, "UPLOAD_MAX_BYTES", UPLOAD_MAX_BYTES)
-        self.upload_ttl_s = _positive(upload_ttl_s, "UPLOAD_TTL_S", UPLOAD_TTL_S)
+        self.upload_max_bytes, self.upload_ttl_s = _upload_limits(upload_max_bytes, upload_ttl_s)
         self.upload_url = _upload_prefix(upload_url)
         try:
             self.config = RedisConfig.from_env(
@@ -1031,17 +1028,24 @@ def _nap(listener: Any, seconds: float) -> Any:
     return listener
 
 
-def _positive(value: int | None, name: str, default: int) -> int:
-    """`value`, else the environment variable `name`, else `default`; at least 1."""
-    if value is None:
-        raw = os.environ.get(name, "").strip()
-        try:
-            value = int(raw) if raw else default
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
+def _upload_limits(max_bytes: int | None, ttl_s: int | None) -> tuple[int, int]:
+    """The uploads' size cap and TTL: the arguments where given, else UPLOAD_MAX_BYTES and
+    UPLOAD_TTL_S as their declarations read them (core.settings.UploadSettings)."""
+    try:
+        declared = load(UploadSettings)
+        given = replace(
+            declared,
+            upload_max_bytes=declared.upload_max_bytes if max_bytes is None else max_bytes,
+            upload_ttl_s=declared.upload_ttl_s if ttl_s is None else ttl_s,
+        )
+        for name in ("upload_max_bytes", "upload_ttl_s"):
+            value = getattr(given, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SettingError(f"{name} must be an integer, got {value!r}")
+        given.validate()
+    except SettingError as exc:
+        raise ConfigError(str(exc)) from None
+    return given.upload_max_bytes, given.upload_ttl_s
 
 
 def _read_sources(sources: Iterable[Source], limit: int) -> list[str | bytes]:

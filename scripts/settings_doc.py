@@ -60,10 +60,9 @@ PRODUCERS = """\
 Producers (`producer.Client`, `imgqueue`) read `REDIS_URL`, `REDIS_SENTINEL_MASTER`,
 `REDIS_KEY_PREFIX`, `RESULT_URL` and `RESULT_SENTINEL_MASTER` with the same meaning as the
 workers (`core.connections`), or take them as arguments (`redis_url=`, `sentinel_master=`,
-`key_prefix=`, `result_url=`, `result_sentinel_master=`; `--result-url`). `producer.Client`
-also reads `UPLOAD_MAX_BYTES` (default 20 MiB: the largest image it takes as bytes, else
-`UploadTooLarge`) and `UPLOAD_TTL_S` (default 86400: how long those bytes wait in Redis for a
-worker), or takes them as `upload_max_bytes=` and `upload_ttl_s=` (docs/producing.md).
+`key_prefix=`, `result_url=`, `result_sentinel_master=`; `--result-url`), and the uploads'
+`UPLOAD_MAX_BYTES` and `UPLOAD_TTL_S` (`core.settings.UploadSettings` above, or
+`upload_max_bytes=` and `upload_ttl_s=`; docs/producing.md).
 """
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.lifecycle import UPLOAD_MAX_BYTES, UPLOAD_TTL_S
 from core.objects import is_object_url
-from core.settings import SettingError, env, names
+from core.settings import SettingError, UploadSettings, env, names
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
 
 @dataclass(frozen=True)
-class GatewaySettings:
-    """The HTTP gateway (`imgqueue serve`)."""
+class GatewaySettings(UploadSettings):
+    """The HTTP gateway (`imgqueue serve`), besides the uploads' UploadSettings.
+
+    UPLOAD_MAX_BYTES and UPLOAD_TTL_S are core.settings.UploadSettings' (a producer reads
+    them too)."""
 
     gateway_host: str = env(
         DEFAULT_HOST, str, "address `imgqueue serve` listens on (`--host` wins over it)"
@@ -48,20 +50,6 @@ class GatewaySettings:
         "seconds a client has to send a whole request body; a slower one (trickling) gets 408"
         " and its connection is closed",
     )
-    upload_max_bytes: int = env(
-        UPLOAD_MAX_BYTES,
-        int,
-        "largest image, in bytes, submitted as bytes (a multipart upload, `Client.submit(bytes)`);"
-        " a larger one is refused (413 from the gateway) before it is stored",
-        shown=f"`{UPLOAD_MAX_BYTES}` (20 MiB)",
-    )
-    upload_ttl_s: int = env(
-        UPLOAD_TTL_S,
-        int,
-        "seconds an uploaded image waits in Redis for a worker; its job then fails with"
-        " SourceNotFound",
-        shown=f"`{UPLOAD_TTL_S}` (24 h)",
-    )
     upload_url: str = env(
         "",
         str,
@@ -84,16 +72,13 @@ class GatewaySettings:
     result_sentinel_master: str | None = None
 
     def validate(self) -> None:
+        super().validate()
         if not 0 < self.gateway_port < 65536:
             raise SettingError("GATEWAY_PORT must be within 1..65535")
         if self.max_json_bytes < 1024:
             raise SettingError("MAX_JSON_BYTES must be 1024 or more")
         if not 0 < self.body_timeout_s <= 3600:
             raise SettingError("BODY_TIMEOUT_S must be within 0..3600 seconds (above 0)")
-        if self.upload_max_bytes < 1:
-            raise SettingError("UPLOAD_MAX_BYTES must be 1 or more")
-        if self.upload_ttl_s < 1:
-            raise SettingError("UPLOAD_TTL_S must be 1 or more seconds")
         if self.upload_url and not is_object_url(self.upload_url):
             raise SettingError(
                 f"UPLOAD_URL must be an s3://, gs:// or az:// URL, got {self.upload_url!r}"
