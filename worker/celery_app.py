@@ -53,6 +53,8 @@ class ImgqueueApp(Celery):  # type: ignore[misc]  # Celery is untyped
 
 
 def create_app(settings: Settings) -> ImgqueueApp:
+    # Celery's configuration, one commented setting after another: long, but it reads as the
+    # one place that says how the worker is configured; split, each part would need the rest.
     redis = settings.redis_config
     # Celery's Redis result backend, one round trip per stored state (worker/backend.py), on
     # RESULT_URL: the broker's Redis by default, or a Redis Cluster (worker/result_store.py).
