@@ -104,7 +104,7 @@ def group_keys(group_id: str, key_prefix: str = "") -> tuple[str, str, str]:
 
 
 def outbox_key(stream: str) -> str | None:
-    """The outbox of `stream` (worker/outbox.py), in the stream's hash slot (one script writes
+    """The outbox of `stream` (core/outbox.py), in the stream's hash slot (one script writes
     both); None where no key can share it (a stream name with a stray brace)."""
     start = stream.find("{")
     if start < 0:

@@ -1,22 +1,27 @@
 """Settings read from the environment: how they are declared (`env`), the one loader (`load`),
 and the settings workers, producers and services share (where Redis is, read through
-core.connections; the delivery layer's; object stores; images submitted as bytes).
+core.connections; the delivery layer's; object stores; images submitted as bytes; and what
+workers and the webhook dispatcher both read: what is kept of events and dead letters, logging
+and the metrics endpoint, how URLs are reached).
 
 Each setting is one dataclass field declared with `env(default, parse, doc)`: its environment
 variable is the field's name upper-cased, `parse` turns the text into its type (raising
 ValueError), and a class's `validate()` checks ranges. docs/settings.md is generated from these
-declarations (scripts/settings_doc.py). worker/settings.py declares the worker's own on top.
+declarations (scripts/settings_doc.py). worker/settings.py declares the worker's own on top,
+services/webhooks/settings.py the webhook dispatcher's.
 
 Importing this needs nothing beyond the standard library (a producer-only install).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from core.addresses import IPNetwork
 from core.contract import DEFAULT_QUEUE, DEFAULT_REDIS_URL
 from core.lifecycle import UPLOAD_MAX_BYTES, UPLOAD_TTL_S
 
@@ -57,6 +62,15 @@ def names(raw: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.split(",") if p.strip())
 
 
+def upper(raw: str) -> str:
+    return raw.upper()
+
+
+def networks(raw: str) -> tuple[IPNetwork, ...]:
+    """A comma-separated list of CIDRs (`10.0.0.0/8`), blanks dropped."""
+    return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
+
+
 def parsed(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The `env` fields of `cls` set in `environ` (default: os.environ), parsed; empty counts
     as unset. SettingError names a malformed one."""
@@ -67,15 +81,6 @@ def parsed(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, Any
         if raw is not None:
             values[f.name] = _parse(f, raw)
     return values
-
-
-def declared(cls: type, name: str, environ: Mapping[str, str] | None = None) -> Any:
-    """One `env` field of `cls`, parsed from `environ` (default: os.environ) as `load` would,
-    else its default: for code that needs one setting without the whole class (SettingError
-    names a malformed value; the class's `validate` ranges are not checked)."""
-    found = next(f for f in fields(cls) if f.name == name)
-    raw = _raw(found, os.environ if environ is None else environ)
-    return found.default if raw is None else _parse(found, raw)
 
 
 def _raw(f: Any, source: Mapping[str, str]) -> str | None:
@@ -219,3 +224,81 @@ class UploadSettings:
             raise SettingError("UPLOAD_MAX_BYTES must be 1 or more")
         if self.upload_ttl_s < 1:
             raise SettingError("UPLOAD_TTL_S must be 1 or more seconds")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """Completion events and dead letters kept, for workers and the webhook dispatcher alike.
+
+    Both append events (the dispatcher those its outbox sweep finds) and record dead letters
+    (the broker's messages, the dispatcher's deliveries)."""
+
+    events_maxlen: int = env(
+        100_000,
+        int,
+        "completion events kept in the stream `imgqueue:events` (`XADD MAXLEN ~`; ~110 bytes"
+        " each); `0` turns events off (docs/lifecycle.md)",
+    )
+    dead_letter_limit: int = env(
+        10_000,
+        int,
+        "dead letters kept (messages, and the webhook dispatcher's deliveries); the oldest are"
+        " dropped beyond, with a warning",
+    )
+
+    def validate(self) -> None:
+        if self.events_maxlen < 0:
+            raise SettingError("EVENTS_MAXLEN must not be negative (0 turns events off)")
+        if self.dead_letter_limit < 1:
+            raise SettingError("DEAD_LETTER_LIMIT must be >= 1")
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """Log level and metrics endpoint (core/endpoint.py), for workers and the webhook dispatcher."""
+
+    metrics_port: int = env(
+        0,
+        int,
+        "serves Prometheus `/metrics` and `/healthz` (a worker's `/ready` too; 9808 in the worker"
+        " image); one per worker process on a host",
+        shown="`0` (off)",
+    )
+    metrics_addr: str = env("0.0.0.0", str, "interface for the metrics port")
+    log_level: str = env(
+        "",
+        upper,
+        "`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`; when set it wins over a worker's `-l`"
+        " (the webhook dispatcher: `INFO` when unset). Below `DEBUG` a worker logs one"
+        " structured `job {...}` line per job and silences Celery's own two per-task lines",
+        shown="Celery's `-l`",
+    )
+
+    def validate(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingError("METRICS_PORT must be within 0..65535")
+        if self.log_level not in ("", *LOG_LEVELS):
+            raise SettingError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+
+
+@dataclass(frozen=True)
+class UrlPolicySettings:
+    """How URLs are reached, for workers (images) and the webhook dispatcher (webhooks) alike.
+
+    Which non-public networks are allowed (core/addresses.py) and how long connecting may take
+    (core/vetted_http.py)."""
+
+    fetch_connect_timeout: float = env(
+        5.0,
+        float,
+        "seconds to connect to a URL's host (or an object store; a webhook's: at most"
+        " `WEBHOOK_TIMEOUT`)",
+    )
+    fetch_allow_networks: tuple[IPNetwork, ...] = env(
+        (),
+        networks,
+        "CIDRs a URL may reach despite being non-public, e.g. `10.0.0.0/8` (webhook URLs too)",
+    )

@@ -47,10 +47,10 @@ from prometheus_client.exposition import generate_latest
 
 from core import models
 from core.connections import RedisConfig, ResultStoreConfig
+from core.endpoint import Endpoint
 from core.settings import ReportSettings, SettingError, env, load
 from producer import store_memory
 from producer.queues import Snapshot, snapshot
-from worker.endpoint import Endpoint
 
 log = logging.getLogger("imgqueue.exporter")
 

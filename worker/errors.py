@@ -2,39 +2,21 @@
 
 Each class name is a public error type of the task contract (see core.contract.ERROR_TYPES):
 it is what a failed job's result carries as `exc_type`. Every error takes one argument, a
-message a person understands, so it serialises to JSON unchanged.
+message a person understands, so it serialises to JSON unchanged. The base and the types the
+URL policy raises (InvalidArguments, SourceNotAllowed, FetchFailed) are core.job_errors', shared
+with the webhook dispatcher, and re-exported here.
 """
 
 from __future__ import annotations
 
-
-class ClassifyError(Exception):
-    """Base class for errors that end a job in FAILURE with a documented type."""
-
-    #: Whether retrying the same job later could succeed.
-    transient = False
-
-
-class InvalidArguments(ClassifyError):
-    """Raised when the task is called with arguments outside the contract."""
-
-
-class SourceNotAllowed(ClassifyError):
-    """Raised when a source is a forbidden scheme or address, or a path outside IMAGE_ROOT."""
+from core.job_errors import ClassifyError as ClassifyError
+from core.job_errors import FetchFailed as FetchFailed
+from core.job_errors import InvalidArguments as InvalidArguments
+from core.job_errors import SourceNotAllowed as SourceNotAllowed
 
 
 class SourceNotFound(ClassifyError):
     """Raised when a file, object or bucket does not exist, or a URL answers 404 or 410."""
-
-
-class FetchFailed(ClassifyError):
-    """Raised when a URL or object cannot be fetched: network error, timeout, an HTTP error
-    status, or an object store's refusal (access denied, no credentials)."""
-
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        # Only the message travels in the result; `transient` steers retries inside the worker.
-        self.transient = transient
 
 
 class TooLarge(ClassifyError):

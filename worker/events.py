@@ -34,7 +34,6 @@ from core.keys import EVENTS_STREAM, group_keys
 from core.lifecycle import GROUP_HEADER, TENANT_HEADER, UPLOAD_SOURCE_PREFIX, WEBHOOK_HEADER
 from core.states import FINAL_STATES
 from core.tenants import TENANT_NAME
-from core.text import text
 
 log = logging.getLogger(__name__)
 
@@ -269,38 +268,13 @@ def fields(kind: str, note: Note, state: str, now: str) -> dict[str, str]:
     }
 
 
-def group_fields(group_id: str, summary: Sequence[Any], now: str) -> dict[str, str]:
-    """The `kind=group` event of a group whose last job ended, from ACCOUNT's summary."""
-    queue, webhook, total, succeeded, failed, cancelled, tenant = (text(v or "") for v in summary)
-    return {
-        "kind": "group",
-        "id": group_id,
-        "state": "DONE",
-        "error": "",
-        "queue": queue,
-        "group": group_id,
-        "webhook": webhook,
-        "time": now,
-        "total": total or "0",
-        "succeeded": succeeded or "0",
-        "failed": failed or "0",
-        "cancelled": cancelled or "0",
-        "tenant": tenant,
-    }
-
-
 def maxlen_of(app: Any) -> int:
     """EVENTS_MAXLEN of a worker's app (its Settings); else (a backend built by a plain Celery
-    app: tests, benchmarks) the environment's, parsed by the setting's own declaration
-    (SettingError for a malformed value, ConfigError for a negative one, as a worker's)."""
+    app: tests, benchmarks) the environment's, parsed and checked by the setting's own
+    declaration (core.settings.RetentionSettings; SettingError names a bad value)."""
     settings = getattr(app, "settings", None)
     if settings is not None and hasattr(settings, "events_maxlen"):
         return int(settings.events_maxlen)
-    from core.settings import declared
-    from worker.errors import ConfigError
-    from worker.settings import NEGATIVE_MAXLEN, Settings
+    from core.settings import RetentionSettings, load
 
-    maxlen = int(declared(Settings, "events_maxlen"))
-    if maxlen < 0:
-        raise ConfigError(NEGATIVE_MAXLEN)
-    return maxlen
+    return int(load(RetentionSettings).events_maxlen)

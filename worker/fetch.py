@@ -3,17 +3,14 @@ s3://, gs:// and az:// stores (worker.objects) and SSRF-safe HTTP(S).
 
 URL fetches resolve the host themselves, refuse non-public addresses unless allow-listed, and
 connect to exactly the vetted address (TLS still checks the host name), so a DNS answer that
-changes between check and connect cannot reach an internal service. Every redirect hop is
-vetted the same way. The byte cap is enforced while streaming, and a total deadline bounds
-slow-drip servers.
+changes between check and connect cannot reach an internal service (core/vetted_http.py, the
+webhook dispatcher's too). Every redirect hop is vetted the same way. The byte cap is enforced
+while streaming, and a total deadline bounds slow-drip servers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import ipaddress
-import socket
 import ssl
 import threading
 import time
@@ -22,13 +19,13 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from core import urls
+from core.addresses import IPAddress, IPNetwork, blocked_reason
 from core.objects import SCHEMES as OBJECT_SCHEMES
 from core.redaction import redact_text
-from worker import urls
-from worker.addresses import IPAddress, IPNetwork, blocked_reason
+from core.vetted_http import cut, vetted_addresses, vetted_connection
 from worker.errors import FetchFailed, InvalidArguments, SourceNotAllowed, SourceNotFound, TooLarge
 from worker.files import read_file, too_large
 from worker.objects import read_object
@@ -86,30 +83,8 @@ def fetch(
 
 
 def address_blocked(ip: IPAddress, allow: Iterable[IPNetwork]) -> bool:
-    """True for addresses a fetch must not reach (see worker.addresses)."""
+    """True for addresses a fetch must not reach (see core.addresses)."""
     return blocked_reason(ip, allow) is not None
-
-
-def vetted_addresses(host: str, port: int, settings: Settings) -> list[str]:
-    """The host's addresses, all of which must be allowed."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        # A temporary DNS failure is worth a retry; "no such host" is not.
-        transient = exc.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None))
-        raise FetchFailed(
-            f"cannot resolve host {host!r}: {exc.strerror}", transient=transient
-        ) from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    for addr in addresses:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-        why = blocked_reason(ip, settings.fetch_allow_networks)
-        if why is not None:
-            raise SourceNotAllowed(
-                f"host {host!r} resolves to {ip}, a non-public address: {why}; "
-                "allow it with FETCH_ALLOW_NETWORKS"
-            )
-    return addresses
 
 
 def fetch_url(url: str, settings: Settings) -> Fetched:
@@ -136,10 +111,10 @@ def _get_once(
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise FetchFailed(_TOTAL_TIMEOUT, transient=True)
-    conn = _connection(address, port, host, secure, settings)
+    conn = vetted_connection(address, port, host, secure, settings)
     # A watchdog cuts the socket at the deadline, so a server that drips its status line or
     # headers a byte at a time cannot hold the job past FETCH_TOTAL_TIMEOUT either.
-    watchdog = threading.Timer(remaining, _cut, args=(conn,))
+    watchdog = threading.Timer(remaining, cut, args=(conn,))
     watchdog.daemon = True
     watchdog.start()
     headers = {
@@ -188,29 +163,6 @@ _TOTAL_TIMEOUT = "the download took longer than FETCH_TOTAL_TIMEOUT"
 def _check_deadline(deadline: float) -> None:
     if time.monotonic() >= deadline:
         raise FetchFailed(_TOTAL_TIMEOUT, transient=True)
-
-
-def _connection(
-    address: str, port: int, host: str, secure: bool, settings: Settings
-) -> HTTPConnection:
-    """A connection to exactly the vetted address; TLS still verifies the certificate for host."""
-    if secure:
-        return HTTPSConnection(
-            address,
-            port,
-            timeout=settings.fetch_connect_timeout,
-            server_hostname=host,
-            assert_hostname=host,
-            cert_reqs="CERT_REQUIRED",
-        )
-    return HTTPConnection(address, port, timeout=settings.fetch_connect_timeout)
-
-
-def _cut(conn: HTTPConnection) -> None:
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _check_status(status: int, url: str) -> None:

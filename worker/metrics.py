@@ -4,7 +4,7 @@ Each `Metrics` has its own registry (with the process, platform and GC collector
 apps in one process (a benchmark's, say) never collide and importing this module registers
 nothing.
 
-The same small server (worker/endpoint.py, bounded: one thread, timeouts, a connection cap)
+The same small server (core/endpoint.py, bounded: one thread, timeouts, a connection cap)
 answers `/ready` (200 once the model is loaded and warmed up, else 503) and `/healthz` (200
 while the process runs), so a container needs one port for both.
 """
@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import generate_latest
 
-from worker.endpoint import Endpoint, Route
+from core.endpoint import Endpoint, Route
 
 log = logging.getLogger(__name__)
 

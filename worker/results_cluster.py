@@ -39,6 +39,7 @@ from redis import exceptions as rexc
 
 from core.connections import ResultStoreConfig, mget, result_store_errors
 from core.keys import outbox_key
+from core.outbox import group_fields
 from core.states import FINAL_STATES, state_of
 from core.text import text
 from worker import events, outbox, result_store, testing
@@ -308,7 +309,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         for note, state in due:
             pipe.xadd(stream.stream, events.fields("job", note, state, now), **self._trim())
         for group, summary in finished:
-            pipe.xadd(stream.stream, events.group_fields(group, summary, now), **self._trim())
+            pipe.xadd(stream.stream, group_fields(group, summary, now), **self._trim())
         pipe.execute()
 
     def _announce_outbox(
@@ -336,7 +337,7 @@ class ClusterResultBackend(_AtomicStore, RedisBackend):  # type: ignore[misc]
         done = {group: summary for group, summary in finished}
         for group in dict.fromkeys(n.group for n in notes if n is not None and n.group):
             summary = done.get(group)
-            fields = outbox.flat(events.group_fields(group, summary, now)) if summary else ""
+            fields = outbox.flat(group_fields(group, summary, now)) if summary else ""
             args += ["group:" + group, "1" if summary else "0", fields]
         self._outbox_announce(keys=[stream.stream, key], args=args)
 

@@ -1,13 +1,13 @@
 """Every worker setting, read from the environment in one place.
 
 A setting that is present but malformed stops the worker at start with a ConfigError naming it;
-docs/settings.md, generated from the declarations below, documents each one.
+docs/settings.md, generated from the declarations below, documents each one. What the webhook
+dispatcher reads too is declared once in core.settings; its own are
+services/webhooks/settings.py's (the worker never signs: it reads no WEBHOOK_*).
 """
 
 from __future__ import annotations
 
-import base64
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,22 +18,21 @@ from core.settings import (
     ConnectionSettings,
     DeliverySettings,
     ObjectStoreSettings,
+    ProcessSettings,
+    RetentionSettings,
     SettingError,
+    UrlPolicySettings,
     env,
     parsed,
+    upper,
 )
 from worker.errors import ConfigError
-
-NEGATIVE_MAXLEN = "EVENTS_MAXLEN must not be negative (0 turns events off)"
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "torch", "onnxruntime")  # worker/model/onnx.py
 ONNX_SPINNING = ("pass", "on", "off")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # Parsers: each setting declares its own (starlette's `Config(cast=...)`), raising ValueError;
@@ -52,44 +51,12 @@ def lower(raw: str) -> str:
     return raw.lower()
 
 
-def upper(raw: str) -> str:
-    return raw.upper()
-
-
 def path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
 def formats(raw: str) -> tuple[str, ...]:
     return tuple(p.strip().upper() for p in raw.split(",") if p.strip())
-
-
-def networks(raw: str) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip())
-
-
-def webhook_keys(raw: str) -> tuple[bytes, ...]:
-    """WEBHOOK_SECRET's signing keys: each space-separated word is Standard Webhooks'
-    `whsec_<base64 of the key>`, or else raw text whose UTF-8 bytes are the key. Raises a
-    ConfigError that never quotes the secret."""
-    keys = []
-    for n, word in enumerate(raw.split(), 1):
-        if word.startswith("whsec_"):
-            try:
-                key = base64.b64decode(word[len("whsec_") :], validate=True)
-            except ValueError:  # binascii.Error included
-                raise ConfigError(
-                    f"WEBHOOK_SECRET: secret {n} starts with whsec_ but the rest is not base64"
-                ) from None
-        else:
-            key = word.encode()
-        if len(key) < 16:
-            raise ConfigError(
-                f"WEBHOOK_SECRET: secret {n} is {len(key)} bytes; use at least 16 (24 to 64 "
-                "random bytes, e.g. `whsec_$(openssl rand -base64 32)`)"
-            )
-        keys.append(key)
-    return tuple(keys)
 
 
 def _gpu_visible() -> bool:
@@ -109,13 +76,23 @@ class OnnxOptions:
 
 
 @dataclass(frozen=True)
-class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
+class Settings(
+    ConnectionSettings,
+    DeliverySettings,
+    ObjectStoreSettings,
+    RetentionSettings,
+    ProcessSettings,
+    UrlPolicySettings,
+):
     """The worker's configuration; build it with `Settings.from_env()`.
 
     Shared declarations live in core.settings: where Redis is (REDIS_URL, RESULT_URL, ...) in
     ConnectionSettings (producers and services read them too), DEAD_WORKER_TIMEOUT in
     DeliverySettings (the exporter and `imgqueue status` too), S3_ENDPOINT_URL in
-    ObjectStoreSettings (producers and the gateway too)."""
+    ObjectStoreSettings (producers and the gateway too); EVENTS_MAXLEN and DEAD_LETTER_LIMIT
+    in RetentionSettings, METRICS_PORT, METRICS_ADDR and LOG_LEVEL in ProcessSettings,
+    FETCH_CONNECT_TIMEOUT and FETCH_ALLOW_NETWORKS in UrlPolicySettings (the webhook
+    dispatcher reads those too)."""
 
     result_wait_replicas: int | None = env(
         None,
@@ -264,9 +241,6 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
     max_image_pixels: int = env(64_000_000, int, "width x height, checked before decoding")
     allowed_formats: tuple[str, ...] = env(DEFAULT_FORMATS, formats, "decodable formats")
 
-    fetch_connect_timeout: float = env(
-        5.0, float, "seconds to connect to a URL's host (or an object store)"
-    )
     fetch_read_timeout: float = env(10.0, float, "seconds between bytes of a URL's answer")
     fetch_total_timeout: float = env(
         30.0, float, "seconds for a whole URL fetch (or object read, docs/objects.md)"
@@ -280,41 +254,6 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
     fetch_retry_backoff: float = env(
         1.0, float, "seconds before the first retry; doubles each retry"
     )
-    fetch_allow_networks: tuple[IPNetwork, ...] = env(
-        (),
-        networks,
-        "CIDRs a URL may reach despite being non-public, e.g. `10.0.0.0/8` (webhook URLs too)",
-    )
-
-    # The webhook dispatcher (python -m services.webhooks; docs/lifecycle.md, Webhooks). Several
-    # secrets, space separated, each sign every delivery while keys rotate.
-    webhook_secret: str = env(
-        "",
-        str,
-        "the webhook dispatcher's (`python -m services.webhooks`) signing secret:"
-        " `whsec_<base64>` (Standard Webhooks; e.g. `whsec_$(openssl rand -base64 32)`) or raw"
-        " text, at least 16 bytes; several, space separated, while rotating. Never logged; the"
-        " dispatcher will not start without one (docs/lifecycle.md)",
-        secret=True,
-    )
-    webhook_timeout: float = env(
-        10.0, float, "seconds one webhook attempt may take, connecting to the answer's headers"
-    )
-    webhook_max_attempts: int = env(10, int, "webhook attempts before a delivery is dead-lettered")
-    webhook_retry_backoff: float = env(
-        5.0, float, "seconds before a webhook's first retry; doubles, at most an hour"
-    )
-    webhook_concurrency: int = env(
-        16, int, "webhook attempts in flight at once, per dispatcher (threads)"
-    )
-    events_sweep_after: float = env(
-        60.0,
-        float,
-        "on a Redis Cluster result store: seconds after which a webhook dispatcher appends the"
-        " completion events of results whose worker died before appending them"
-        " (docs/lifecycle.md)",
-    )
-
     result_expires: int = env(
         86_400,
         int,
@@ -323,12 +262,6 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
     )
     result_failure_expires: int | None = env(
         None, int, "seconds a `FAILURE` result stays", shown="`RESULT_EXPIRES`"
-    )
-    events_maxlen: int = env(
-        100_000,
-        int,
-        "completion events kept in the stream `imgqueue:events` (`XADD MAXLEN ~`; ~110 bytes"
-        " each); `0` turns events off (docs/lifecycle.md)",
     )
     visibility_timeout: int = env(
         3_600,
@@ -350,36 +283,14 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
     max_message_bytes: int = env(
         1024 * 1024, int, "larger messages go to the dead-letter list unread"
     )
-    dead_letter_limit: int = env(
-        10_000,
-        int,
-        "dead letters kept (messages, and the webhook dispatcher's deliveries); the oldest are"
-        " dropped beyond, with a warning",
-    )
     result_cache: bool = env(
         True, boolean, "reuse the result for identical image bytes + model setup + `top_k`"
     )
     result_cache_ttl: int = env(
         86_400, int, "seconds a cached result lives; `0` also turns the cache off"
     )
-    metrics_port: int = env(
-        0,
-        int,
-        "serves Prometheus `/metrics`, `/ready` and `/healthz` (9808 in the image); one per"
-        " worker process on a host",
-        shown="`0` (off)",
-    )
-    metrics_addr: str = env("0.0.0.0", str, "interface for the metrics port")
     ready_file: Path | None = env(
         None, path, "file written once the model is loaded and warm, removed at shutdown"
-    )
-    log_level: str = env(
-        "",
-        upper,
-        "`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`; when set it wins over `-l`. Below"
-        " `DEBUG` a worker logs one structured `job {...}` line per job and silences Celery's"
-        " own two per-task lines",
-        shown="Celery's `-l`",
     )
     task_events: bool = env(
         False,
@@ -425,7 +336,6 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
         self._check_runtime()
         self._check_stores()
         self._check_limits()
-        self._check_webhooks()
 
     def _check_runtime(self) -> None:
         """What runs the model and where: device, pool, precision, backend, local paths."""
@@ -474,14 +384,15 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
 
     def _check_limits(self) -> None:
         """Timeouts, sizes and counts: each within its range."""
-        try:
-            super().validate()  # DEAD_WORKER_TIMEOUT
-        except SettingError as exc:
-            raise ConfigError(str(exc)) from exc
+        for shared in (DeliverySettings, RetentionSettings, ProcessSettings):
+            try:
+                shared.validate(self)  # DEAD_WORKER_TIMEOUT, EVENTS_MAXLEN, METRICS_PORT, ...
+            except SettingError as exc:
+                raise ConfigError(str(exc)) from exc
         if not 0.01 <= self.broker_poll_interval <= 5:
             raise ConfigError("BROKER_POLL_INTERVAL must be within 0.01..5 seconds")
-        if self.max_message_bytes < 1024 or self.dead_letter_limit < 1:
-            raise ConfigError("MAX_MESSAGE_BYTES must be >= 1024 and DEAD_LETTER_LIMIT >= 1")
+        if self.max_message_bytes < 1024:
+            raise ConfigError("MAX_MESSAGE_BYTES must be >= 1024")
         if self.decode_timeout <= 0 or self.decode_seconds_per_megapixel < 0:
             raise ConfigError("DECODE_TIMEOUT must be positive, DECODE_SECONDS_PER_MEGAPIXEL >= 0")
         if self.decode_processes < 0 or (
@@ -492,8 +403,6 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
             raise ConfigError("INFERENCE_TIMEOUT must be positive")
         if self.result_failure_expires is not None and self.result_failure_expires < 0:
             raise ConfigError("RESULT_FAILURE_EXPIRES must not be negative")
-        if self.events_maxlen < 0:
-            raise ConfigError(NEGATIVE_MAXLEN)
         for name in ("max_batch_size", "concurrency", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
@@ -501,26 +410,10 @@ class Settings(ConnectionSettings, DeliverySettings, ObjectStoreSettings):
             raise ConfigError(
                 "VISIBILITY_TIMEOUT must be positive, FETCH_RETRY_BACKOFF not negative"
             )
-        if self.result_cache_ttl < 0 or not 0 <= self.metrics_port <= 65535:
-            raise ConfigError("RESULT_CACHE_TTL must be >= 0 and METRICS_PORT within 0..65535")
-        if self.log_level not in ("", *LOG_LEVELS):
-            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if self.result_cache_ttl < 0:
+            raise ConfigError("RESULT_CACHE_TTL must be >= 0")
         if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
             raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
-
-    def _check_webhooks(self) -> None:
-        """The webhook dispatcher's secrets and pacing."""
-        webhook_keys(self.webhook_secret)  # raises ConfigError, never quoting it
-        if not 0.1 <= self.webhook_timeout <= 300 or self.webhook_retry_backoff < 0:
-            raise ConfigError(
-                "WEBHOOK_TIMEOUT must be within 0.1..300 seconds, WEBHOOK_RETRY_BACKOFF >= 0"
-            )
-        if self.events_sweep_after <= 0:
-            raise ConfigError("EVENTS_SWEEP_AFTER must be positive")
-        if not 1 <= self.webhook_max_attempts <= 100 or not 1 <= self.webhook_concurrency <= 1024:
-            raise ConfigError(
-                "WEBHOOK_MAX_ATTEMPTS must be within 1..100, WEBHOOK_CONCURRENCY within 1..1024"
-            )
 
     @property
     def redis_config(self) -> RedisConfig:

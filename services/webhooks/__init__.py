@@ -26,20 +26,22 @@ loop does the Redis work in batches and is woken as soon as half the leased work
   again after WEBHOOK_RETRY_BACKOFF seconds, doubling (plus up to 10%), at most an hour, until
   WEBHOOK_MAX_ATTEMPTS; then dead-lettered (WEBHOOK_DEAD_LETTERS, newest first, capped at
   DEAD_LETTER_LIMIT; `imgqueue status` shows them) with one log line.
-- the URL obeys the fetch policy (worker.fetch: public addresses only unless
-  FETCH_ALLOW_NETWORKS, resolved once and connected to exactly the vetted address, TLS checked
-  for the host name). A refused one is dead-lettered at once, never connected to. Redirects
-  are not followed: a 3xx is a failed attempt.
+- the URL obeys the fetch policy the workers' fetches obey (core/vetted_http.py: public
+  addresses only unless FETCH_ALLOW_NETWORKS, resolved once and connected to exactly the
+  vetted address, TLS checked for the host name). A refused one is dead-lettered at once,
+  never connected to. Redirects are not followed: a 3xx is a failed attempt.
 
 Entries a dead dispatcher read but never moved are claimed after CLAIM_IDLE_MS (XAUTOCLAIM).
-On a Redis Cluster result store the dispatcher also sweeps the events' outbox (worker/outbox.py):
+On a Redis Cluster result store the dispatcher also sweeps the events' outbox (core/outbox.py):
 the events of results whose worker died before announcing them are appended, so their webhooks
 are not lost. SIGTERM stops reading and leasing, lets the attempts in flight end (at most
 WEBHOOK_TIMEOUT), gives back those leased but not started (due at once), and exits 0. With
 METRICS_PORT set: /metrics (the backlog and its age among them) and /healthz (see
-docs/lifecycle.md). Celery and torch are never imported.
+docs/lifecycle.md). Settings: WebhookSettings (settings.py). Celery, torch and the `worker`
+package are never imported.
 
-Modules, by concern: main (the process), dispatcher (the loop), events (the consumer group),
-retries (the retry set and dead letters), deliveries (a delivery and its fate), attempts (one
-attempt), payloads (the body), signing (the signature), sender (the POSTs), metrics.
+Modules, by concern: main (the process), settings, dispatcher (the loop), events (the consumer
+group), retries (the retry set and dead letters), deliveries (a delivery and its fate), attempts
+(one attempt), payloads (the body), signing (the signature), sender (the POSTs), sweeper (the
+outbox), metrics.
 """

@@ -1,9 +1,9 @@
 """One attempt at a leased delivery: its body (fixed at the first), its signature, the POST, and
 what becomes of it (delivered, tried again after `retry_delay`, or dead-lettered).
 
-The URL obeys the fetch policy (worker.fetch: public addresses only unless
-FETCH_ALLOW_NETWORKS); a refused one is dead-lettered at once, never connected to. A 3xx is a
-failed attempt: redirects are not followed.
+The URL obeys the fetch policy (core/vetted_http.py, as the worker's fetches: public addresses
+only unless FETCH_ALLOW_NETWORKS); a refused one is dead-lettered at once, never connected to.
+A 3xx is a failed attempt: redirects are not followed.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from core import urls
+from core.job_errors import InvalidArguments, SourceNotAllowed
 from core.redaction import display_url
 from core.webhooks import InvalidWebhook, check_webhook
 from services.webhooks import payloads
 from services.webhooks.deliveries import Attempt, Delivery, Outcome, dead_letter, retry_delay
 from services.webhooks.metrics import Metrics
 from services.webhooks.sender import Sender
+from services.webhooks.settings import WebhookSettings
 from services.webhooks.signing import TenantKeys, sign
-from worker import urls
-from worker.errors import InvalidArguments, SourceNotAllowed
-from worker.settings import Settings
 
 log = logging.getLogger("imgqueue.webhooks")
 
@@ -35,7 +35,7 @@ class Deliverer:
     tenant's, POSTs through one shared Sender, and counts each outcome in `metrics`."""
 
     def __init__(
-        self, settings: Settings, store: Any, keys: Sequence[bytes], metrics: Metrics
+        self, settings: WebhookSettings, store: Any, keys: Sequence[bytes], metrics: Metrics
     ) -> None:
         self.settings = settings
         self.store = store

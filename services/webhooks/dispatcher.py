@@ -29,9 +29,9 @@ from services.webhooks.deliveries import Delivery, Outcome
 from services.webhooks.events import Events
 from services.webhooks.metrics import Backlog, Metrics, read_backlog
 from services.webhooks.retries import RetrySet
+from services.webhooks.settings import WebhookSettings
 from services.webhooks.signing import service_keys
-from worker.outbox import Sweeper
-from worker.settings import Settings
+from services.webhooks.sweeper import Sweeper
 
 log = logging.getLogger("imgqueue.webhooks")
 
@@ -48,7 +48,7 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (*result_store_errors(), redis.R
 class Dispatcher:
     """Moves events to the retry set and delivers what is due; `run` until `stop` is set."""
 
-    def __init__(self, settings: Settings, store: Any, consumer: str) -> None:
+    def __init__(self, settings: WebhookSettings, store: Any, consumer: str) -> None:
         keys = service_keys(settings)  # before anything starts: no secret, no dispatcher
         self.settings = settings
         self.store = store

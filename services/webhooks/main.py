@@ -15,9 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.exposition import generate_latest
 
 import services.webhooks
+from core.endpoint import Endpoint
+from core.settings import SettingError, load
 from services.webhooks.dispatcher import Dispatcher
-from worker.errors import ConfigError
-from worker.settings import Settings
+from services.webhooks.settings import WebhookSettings
 
 log = logging.getLogger("imgqueue.webhooks")
 
@@ -36,8 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.parse_args(argv)
     try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
+        settings = load(WebhookSettings)
+    except SettingError as exc:
         print(f"error: {exc}", flush=True)
         return 2
     logging.basicConfig(
@@ -46,13 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = settings.result_config.client(socket_connect_timeout=5, socket_timeout=10)
     try:
         dispatcher = Dispatcher(settings, store, consumer_name())
-    except ConfigError as exc:
+    except SettingError as exc:
         log.error("%s", exc)
         return 2
     endpoint = None
     if settings.metrics_port:
-        from worker.endpoint import Endpoint
-
         endpoint = Endpoint(settings.metrics_addr, settings.metrics_port, routes(dispatcher))
         endpoint.start()
     for sig in (signal.SIGTERM, signal.SIGINT):

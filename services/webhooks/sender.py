@@ -2,13 +2,13 @@
 
 A `Sender` is shared by the dispatcher's threads. It keeps idle connections per receiver
 (scheme, host, port), at most WEBHOOK_CONCURRENCY each, so a busy receiver costs one TCP (and
-TLS) handshake per thread, not one per delivery. The fetch policy holds as before (worker.fetch):
-a new connection resolves the host, refuses it when any address is not allowed, and connects
-to exactly the address it vetted (TLS verifies the certificate for the host name); a kept
-connection goes on reaching that same vetted address, whatever DNS answers later, so keeping it
-opens nothing new. Connections idle longer than IDLE_SECONDS, or closed by the receiver, are
-dropped; a kept connection the receiver closed just as it was reused is tried once more on a
-new one.
+TLS) handshake per thread, not one per delivery. The fetch policy holds as for the worker's
+fetches (core/vetted_http.py): a new connection resolves the host, refuses it when any address
+is not allowed, and connects to exactly the address it vetted (TLS verifies the certificate for
+the host name); a kept connection goes on reaching that same vetted address, whatever DNS
+answers later, so keeping it opens nothing new. Connections idle longer than IDLE_SECONDS, or
+closed by the receiver, are dropped; a kept connection the receiver closed just as it was
+reused is tried once more on a new one.
 
 One watchdog thread cuts an attempt's socket at its deadline (WEBHOOK_TIMEOUT), so a receiver
 that drips its answer a byte at a time holds a thread no longer than that.
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from urllib3.connection import HTTPConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from core import urls
+from core.job_errors import FetchFailed, SourceNotAllowed
 from core.redaction import redact_error
-from worker import urls
-from worker.errors import FetchFailed, SourceNotAllowed
-from worker.fetch import _connection, _cut, vetted_addresses
-from worker.settings import Settings
+from core.settings import UrlPolicySettings
+from core.vetted_http import cut, vetted_addresses, vetted_connection
 
 # Below the keep-alive timeout of common servers (Node.js, uvicorn: 5 s), so a kept connection
 # is rarely one the receiver is closing.
@@ -98,7 +98,7 @@ class Watchdog:
                 heapq.heappop(self._heap)
                 conn = self._armed.pop(token, None)
                 if conn is not None:
-                    _cut(conn)
+                    cut(conn)
 
 
 _Key = tuple[str, str, int]
@@ -108,10 +108,14 @@ class Sender:
     """POSTs over kept connections (module doc). Thread-safe."""
 
     def __init__(
-        self, settings: Settings, per_host: int, on_connect: Callable[[], None] = lambda: None
+        self,
+        policy: UrlPolicySettings,
+        per_host: int,
+        on_connect: Callable[[], None] = lambda: None,
     ) -> None:
-        """`on_connect`: called for each new connection (a metric: reuse shows as few)."""
-        self.settings = settings
+        """`policy`: FETCH_ALLOW_NETWORKS and FETCH_CONNECT_TIMEOUT; `on_connect`: called for
+        each new connection (a metric: reuse shows as few)."""
+        self.policy = policy
         self.per_host = per_host
         self.on_connect = on_connect
         self.watchdog = Watchdog()
@@ -182,9 +186,9 @@ class Sender:
             return Answer(status)
 
     def _connect(self, target: urls.SourceURL) -> HTTPConnection:
-        address = vetted_addresses(target.host, target.port, self.settings)[0]
+        address = vetted_addresses(target.host, target.port, self.policy)[0]
         self.on_connect()
-        return _connection(address, target.port, target.host, target.secure, self.settings)
+        return vetted_connection(address, target.port, target.host, target.secure, self.policy)
 
     def _take(self, key: _Key) -> HTTPConnection | None:
         now = time.monotonic()

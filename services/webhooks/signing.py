@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from core import tenants
-from worker.errors import ConfigError
-from worker.settings import Settings, webhook_keys
+from core.settings import SettingError
+from services.webhooks.settings import WebhookSettings, webhook_keys
 
 TENANT_TTL = 5.0  # seconds a tenant's webhook secret is kept; a changed one is used after this
 
@@ -27,11 +27,11 @@ def sign(keys: Iterable[bytes], msg_id: str, timestamp: int, body: bytes) -> str
     )
 
 
-def service_keys(settings: Settings) -> tuple[bytes, ...]:
-    """WEBHOOK_SECRET's keys; a ConfigError when it is unset (the dispatcher will not start)."""
+def service_keys(settings: WebhookSettings) -> tuple[bytes, ...]:
+    """WEBHOOK_SECRET's keys; a SettingError when it is unset (the dispatcher will not start)."""
     keys = webhook_keys(settings.webhook_secret)
     if not keys:
-        raise ConfigError(
+        raise SettingError(
             "WEBHOOK_SECRET is unset: deliveries are signed with it (Standard Webhooks' "
             "whsec_<base64>, e.g. whsec_$(openssl rand -base64 32))"
         )
@@ -42,7 +42,7 @@ class TenantKeys:
     """Each tenant's signing keys, from `imgqueue:tenants` on the broker's Redis
     (core.tenants), read at most every TENANT_TTL seconds per tenant."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WebhookSettings) -> None:
         self.config = settings.redis_config
         self._client: Any = None
         self._cache: dict[str, tuple[float, tuple[bytes, ...], str]] = {}
@@ -63,7 +63,7 @@ class TenantKeys:
         else:
             try:
                 keys = webhook_keys(found.webhook_secret)
-            except ConfigError:
+            except SettingError:
                 keys = ()
             if not keys:
                 why = f"tenant {name!r} has no usable webhook secret"

@@ -29,10 +29,12 @@ from core.connections import (
     mget,
 )
 from core.contract import result_key
+from core.keys import outbox_key
 from core.lifecycle import EVENTS_STREAM
 from producer import Client, groups
 from producer.status import gather, render
 from services.exporter import QueueCollector
+from services.webhooks.sweeper import Sweeper
 from tests.support.cluster_results import (
     broker_fixture,  # noqa: F401  (the fixture `broker`)
     by_master,
@@ -43,7 +45,6 @@ from tests.support.redis_cluster import RedisClusterNodes
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_for
 from worker import cache, events
-from worker.outbox import Sweeper, outbox_key
 from worker.results_cluster import ClusterResultBackend
 from worker.settings import Settings
 

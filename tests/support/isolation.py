@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 _NETWORK = (socket.AF_INET, socket.AF_INET6)
-# What a library runs by itself on its first import, in whichever test imports it first:
-# ctypes' library lookup (torch's import asks it). Not a process of the test's own.
-_LIBRARY_LOOKUPS = frozenset({"ldconfig", "gcc", "cc", "objdump", "ld"})
+# What a library runs by itself, once, in whichever test first needs it: ctypes' library
+# lookup (torch's import asks it), and fontconfig's font list, which matplotlib reads to build
+# its font cache on a machine that has none yet (a fresh CI machine). Not a process of the
+# test's own.
+_LIBRARY_LOOKUPS = frozenset({"ldconfig", "gcc", "cc", "objdump", "ld", "fc-list"})
 
 
 def _program(args: Any) -> str:

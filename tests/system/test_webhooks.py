@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from core.connections import ResultStoreConfig
+from core.keys import outbox_key
 from core.lifecycle import EVENTS_STREAM
 from producer import Client
 from tests.support.paths import ROOT, SAMPLES
@@ -26,7 +27,6 @@ from tests.support.webhooks import (
     verify,
 )
 from tests.support.workers import WorkerFactory
-from worker.outbox import outbox_key
 
 
 @pytest.fixture

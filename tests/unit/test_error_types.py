@@ -50,3 +50,16 @@ def test_worker_errors_are_exactly_the_contracts_error_types() -> None:
 
     # Celery stores this one itself (`celery control revoke`): results carry it, no class of ours.
     assert _worker_error_types() | {TaskRevokedError.__name__} == set(ERROR_TYPES)
+
+
+def test_every_error_type_is_stored_with_one_module() -> None:
+    """A failed result's `exc_module` (from which Celery's clients rebuild the exception) is
+    worker.errors for every type, those core.job_errors declares for the webhook dispatcher
+    included, as it was before they moved."""
+    from worker import errors
+
+    for name in ERROR_TYPES:
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, errors.ClassifyError):
+            assert cls.__module__ == "worker.errors", name
+    assert errors.FetchFailed.__module__ == "worker.errors"

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from core import urls
+from core.addresses import blocked_reason, embedded_ipv4
 from core.redaction import display_url, redact_text
-from worker import urls
-from worker.addresses import blocked_reason, embedded_ipv4
 from worker.errors import InvalidArguments, SourceNotAllowed
 from worker.fetch import fetch
 from worker.settings import Settings

@@ -19,6 +19,7 @@ import pytest
 import tomllib
 from ruamel.yaml import YAML
 
+from services.webhooks.settings import WebhookSettings
 from tests.support.dockerfiles import instructions
 from tests.support.import_graph import graph
 from tests.support.paths import ROOT
@@ -92,7 +93,7 @@ def test_compose_webhooks_service() -> None:
     assert importlib.util.find_spec("services.webhooks.__main__") is not None
     assert hooks["build"]["dockerfile"] == "Dockerfile.producer"
     env = hooks["environment"]
-    assert set(env) <= {f.name.upper() for f in fields(Settings)}
+    assert set(env) <= {f.name.upper() for f in fields(WebhookSettings)}
     assert env["REDIS_URL"].startswith("redis://worker:") and env["WEBHOOK_SECRET"]
     assert hooks["depends_on"]["redis"]["condition"] == "service_healthy"
 

@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 from core.models import queue_for
 from producer.queues import QueueStats, Snapshot
 from services.exporter import per_model, queues_body
+from services.webhooks.settings import WebhookSettings
 from tests.support.paths import ROOT
 from worker.settings import Settings
 
@@ -265,7 +266,7 @@ def test_webhooks_deployment() -> None:
     c = container(deployment)
     assert c["command"] == ["python", "-m", "services.webhooks"]
     assert c["image"].startswith("imgqueue-producer")  # no torch
-    assert env_names(c) <= {f.name.upper() for f in fields(Settings)}
+    assert env_names(c) <= {f.name.upper() for f in fields(WebhookSettings)}
     assert {"REDIS_URL", "WEBHOOK_SECRET"} <= env_names(c)
     port = next(e["value"] for e in c["env"] if e["name"] == "METRICS_PORT")
     assert c["ports"][0]["containerPort"] == int(port)

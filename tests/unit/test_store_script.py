@@ -9,7 +9,6 @@ from celery import Celery
 
 from core.settings import SettingError
 from worker import store_script
-from worker.errors import ConfigError
 from worker.events import Events, Note, maxlen_of
 
 
@@ -65,5 +64,5 @@ def test_events_maxlen_of_a_plain_app_is_parsed_by_its_declaration(
     with pytest.raises(SettingError, match="EVENTS_MAXLEN='lots'"):
         maxlen_of(app)
     monkeypatch.setenv("EVENTS_MAXLEN", "-1")
-    with pytest.raises(ConfigError, match="must not be negative"):
+    with pytest.raises(SettingError, match="must not be negative"):
         maxlen_of(app)

@@ -10,22 +10,23 @@ import json
 import pytest
 from redis.crc import key_slot
 
+from core.keys import outbox_key
 from core.lifecycle import (
     EVENT_FIELDS,
     EVENTS_STREAM,
 )
+from core.settings import SettingError, load
 from core.webhooks import check_webhook
 from producer import InvalidWebhook, ProducerError
 from services.webhooks.deliveries import MAX_RETRY_DELAY, Delivery, retry_delay
+from services.webhooks.settings import WebhookSettings, webhook_keys
 from services.webhooks.signing import sign
 from tests.support.webhooks import SECRET
 from worker.errors import ConfigError
-from worker.outbox import outbox_key
-from worker.settings import Settings, webhook_keys
 
 
 def test_the_default_settings() -> None:
-    s = Settings.from_env({})
+    s = load(WebhookSettings, {})
     assert s.webhook_secret == ""
     assert (s.webhook_timeout, s.webhook_max_attempts) == (10.0, 10)
     assert (s.webhook_retry_backoff, s.webhook_concurrency) == (5.0, 16)
@@ -43,18 +44,18 @@ def test_webhook_secrets_and_their_errors() -> None:
     assert webhook_keys(f"{SECRET}  next-secret-000000000") == (raw, b"next-secret-000000000")
     assert webhook_keys("") == ()
     for bad in ("whsec_not*base64", "short", "whsec_" + base64.b64encode(b"tiny").decode()):
-        with pytest.raises(ConfigError, match="WEBHOOK_SECRET") as info:
-            Settings.from_env({"WEBHOOK_SECRET": bad})
+        with pytest.raises(SettingError, match="WEBHOOK_SECRET") as info:
+            load(WebhookSettings, {"WEBHOOK_SECRET": bad})
         assert bad not in str(info.value)
-    assert SECRET not in repr(Settings.from_env({"WEBHOOK_SECRET": SECRET}))
+    assert SECRET not in repr(load(WebhookSettings, {"WEBHOOK_SECRET": SECRET}))
     for name, value in (
         ("WEBHOOK_TIMEOUT", "0"),
         ("WEBHOOK_MAX_ATTEMPTS", "0"),
         ("WEBHOOK_CONCURRENCY", "0"),
         ("WEBHOOK_RETRY_BACKOFF", "-1"),
     ):
-        with pytest.raises(ConfigError, match=name):
-            Settings.from_env({name: value})
+        with pytest.raises(SettingError, match=name):
+            load(WebhookSettings, {name: value})
 
 
 def test_the_signature_matches_the_standard_webhooks_test_vector() -> None:
@@ -120,3 +121,30 @@ def test_the_outbox_shares_its_stream_s_hash_slot() -> None:
         assert key_slot(key.encode()) == key_slot(stream.encode()), prefix
     assert outbox_key("a{b:" + EVENTS_STREAM) is None
     assert outbox_key("x-{}-:" + EVENTS_STREAM) is None  # "{}": the whole name is hashed
+
+
+def test_the_dispatcher_and_the_worker_share_settings_through_core_only() -> None:
+    """Each setting is declared once: what both read in core.settings, the dispatcher's own in
+    WebhookSettings; the worker reads no WEBHOOK_* (it never signs)."""
+    from dataclasses import fields
+
+    from core.settings import (
+        ConnectionSettings,
+        ProcessSettings,
+        RetentionSettings,
+        UrlPolicySettings,
+    )
+    from worker.settings import Settings
+
+    worker = {f.name for f in fields(Settings)}
+    hooks = {f.name for f in fields(WebhookSettings)}
+    shared = (ConnectionSettings, RetentionSettings, ProcessSettings, UrlPolicySettings)
+    assert worker & hooks == {f.name for cls in shared for f in fields(cls)}
+    assert not {n for n in worker if n.startswith("webhook_")}
+    assert "events_sweep_after" not in worker
+    # A shared setting out of range is refused by both, in the same words.
+    for name, value in (("DEAD_LETTER_LIMIT", "0"), ("METRICS_PORT", "70000")):
+        with pytest.raises(SettingError, match=name) as info:
+            load(WebhookSettings, {name: value})
+        with pytest.raises(ConfigError, match=str(info.value)):
+            Settings.from_env({name: value})

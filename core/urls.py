@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from core.contract import CONTROL_CHARS as _CONTROL  # the contract's, redirects' too
+from core.job_errors import InvalidArguments, SourceNotAllowed
 from core.redaction import display_url
-from worker.errors import InvalidArguments, SourceNotAllowed
 
 _HOST_CHARS = re.compile(r"^[a-z0-9_-]+$")
 # WHATWG: the path percent-encode set is C0 controls, space, " # < > ? ` { } and non-ASCII.

@@ -1,4 +1,5 @@
-"""The worker's small HTTP endpoint (/metrics, /ready, /healthz), bounded in every way.
+"""The small HTTP endpoint (/metrics, /ready, /healthz) of workers and services alike (the
+webhook dispatcher, the queue exporter), bounded in every way.
 
 One asyncio loop on one thread serves every connection, so no number of clients can take a
 thread a job needs (a ThreadingHTTPServer made one thread per connection, forever, for a
