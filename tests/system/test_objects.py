@@ -8,10 +8,13 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import redis
 import requests
 
+from core.contract import DEFAULT_QUEUE
 from tests.support.cli import run_cli
-from tests.support.gateway import Gateway, bearer, make_key
+from tests.support.gateway import Gateway, bearer, make_key, prefixed_gateway
+from tests.support.messages import queued_messages
 from tests.support.s3 import S3, SET_IMAGES, jpeg
 from tests.support.workers import WorkerFactory
 
@@ -70,3 +73,31 @@ def test_an_upload_lands_in_the_bucket_and_is_classified_from_there(
         f"{gateway.url}/v1/jobs", json={"source": s3.url("set/")}, headers=bearer(key), timeout=10
     )
     assert listed.status_code == 422 and "prefix" in listed.text
+
+
+def test_an_upload_store_that_fails_answers_503_and_queues_nothing(
+    s3: S3, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """UPLOAD_URL names a bucket that does not exist: the upload is refused with a 503 a client
+    may retry (Retry-After), naming UPLOAD_URL but not the store's own error; no job is sent."""
+    prefix = "objects-nobucket:"
+    log = tmp_path_factory.mktemp("nobucket") / "gateway.log"
+    env = {"UPLOAD_URL": "s3://no-such-bucket/uploads", **s3.env}
+    with prefixed_gateway(redis_url, log, prefix, **env) as gw:
+        key = make_key(redis_url, "nobucket", prefix=prefix)
+        answer = requests.post(
+            f"{gw.url}/v1/jobs",
+            files={"file": ("red.jpg", jpeg(), "image/jpeg")},
+            headers=bearer(key),
+            timeout=10,
+        )
+        assert answer.status_code == 503, answer.text
+        assert "UPLOAD_URL" in answer.json()["detail"], answer.text
+        assert int(answer.headers["Retry-After"]) > 0
+        assert "no-such-bucket" not in answer.text  # the store's error is in the log only
+        r = redis.Redis.from_url(redis_url)
+        try:
+            assert queued_messages(r, [DEFAULT_QUEUE], prefix) == []
+        finally:
+            r.close()
+        assert gw.proc.poll() is None  # and the gateway goes on
