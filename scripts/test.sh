@@ -33,6 +33,12 @@ if ! command -v chromium >/dev/null; then
     echo "chromium is not installed; installing it" >&2
     apt-get install -y -qq chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 fi
+AZURITE=3.35.0
+if [ ! -x .cache/azurite/node_modules/.bin/azurite-blob ] && command -v npm >/dev/null; then
+    # The az:// tests run Microsoft's Azure Blob emulator (npm's azurite) on loopback.
+    echo "azurite is not installed; installing azurite@$AZURITE into .cache/azurite" >&2
+    npm install --prefix .cache/azurite --no-audit --no-fund --silent "azurite@$AZURITE" >/dev/null
+fi
 if [ "${LATEST:-0}" = 1 ]; then
     "$VENV/bin/python" -m pip list --format=freeze 2>/dev/null \
         | grep -iE '^(celery|kombu|redis|torch|torchvision|onnxruntime|mypy|ruff)==' | tr '\n' ' '
