@@ -23,14 +23,23 @@ FINAL_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
 def state_of(raw: str | bytes | None) -> str | None:
     """The state a stored result holds (`status`), or None: no result, or not JSON this
     service wrote (not an object, no string status)."""
+    return read(raw)[0]
+
+
+def read(raw: str | bytes | None) -> tuple[str | None, str | None]:
+    """A stored result's state (as `state_of`) and its error type (`result.exc_type`, where
+    the result carries one: a FAILURE's or a REVOKED's), else None for either."""
     if raw is None:
-        return None
+        return None, None
     try:
         meta = json.loads(raw)
     except ValueError:  # UnicodeDecodeError included
-        return None
-    state = meta.get("status") if isinstance(meta, dict) else None
-    return state if isinstance(state, str) else None
+        return None, None
+    if not isinstance(meta, dict):
+        return None, None
+    state, result = meta.get("status"), meta.get("result")
+    error = result.get("exc_type") if isinstance(result, dict) else None
+    return (state if isinstance(state, str) else None), (str(error) if error is not None else None)
 
 
 def failure_of(meta: Mapping[str, Any], state: str) -> tuple[str, str] | None:

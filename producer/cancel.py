@@ -19,7 +19,6 @@ before it looks for the key (worker/cancels.py has the whole agreement). So:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
@@ -34,7 +33,7 @@ from core.connections import RedisConfig, ResultStoreConfig, mget
 from core.errors import BrokerUnavailable, ProducerError, RedisFull
 from core.lifecycle import CANCEL_TAKEN, CANCEL_TTL, cancel_key
 from core.memory import is_out_of_memory
-from core.states import FINAL_STATES
+from core.states import FINAL_STATES, read
 from core.text import text
 
 # Ids per round trip.
@@ -215,16 +214,8 @@ class _Chunk:
 
 
 def _state(raw: Any) -> tuple[str, str | None]:
-    if raw is None:
-        return "PENDING", None
-    try:
-        meta = json.loads(raw)
-        state = str(meta.get("status", "PENDING"))
-        result = meta.get("result")
-    except (ValueError, AttributeError):
-        return "PENDING", None
-    error = result.get("exc_type") if isinstance(result, dict) else None
-    return state, str(error) if error is not None else None
+    state, error = read(raw)
+    return state or "PENDING", error
 
 
 def _errors() -> tuple[type[Exception], ...]:
