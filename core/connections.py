@@ -470,3 +470,21 @@ def result_store_errors() -> tuple[type[Exception], ...]:
         e.SlotNotCoveredError,
         OSError,
     )
+
+
+@dataclass(frozen=True)
+class Connected(ConnectionSettings):
+    """ConnectionSettings with the configs they make: the base of a process's settings class
+    (the worker's, the webhook dispatcher's), so each reads Redis's place the same way."""
+
+    @property
+    def redis_config(self) -> RedisConfig:
+        return RedisConfig(self.redis_url, self.redis_sentinel_master, self.redis_key_prefix)
+
+    @property
+    def result_config(self) -> ResultStoreConfig:
+        """Where results are stored, the events stream with them (validated; raises
+        RedisConfigError)."""
+        return ResultStoreConfig.resolve(
+            self.redis_config, self.result_url, self.result_sentinel_master
+        )

@@ -77,25 +77,14 @@ def parsed(cls: type, environ: Mapping[str, str] | None = None) -> dict[str, Any
     source = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(cls):
-        raw = _raw(f, source)
-        if raw is not None:
-            values[f.name] = _parse(f, raw)
+        raw = source.get(f.name.upper())
+        if "parse" not in f.metadata or raw is None or raw.strip() == "":
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw.strip())
+        except ValueError as exc:
+            raise SettingError(f"{f.name.upper()}={raw.strip()!r} is invalid: {exc}") from exc
     return values
-
-
-def _raw(f: Any, source: Mapping[str, str]) -> str | None:
-    """A declared field's text in `source`, stripped; None where unset or empty."""
-    raw = source.get(f.name.upper())
-    if "parse" not in f.metadata or raw is None or raw.strip() == "":
-        return None
-    return raw.strip()
-
-
-def _parse(f: Any, raw: str) -> Any:
-    try:
-        return f.metadata["parse"](raw)
-    except ValueError as exc:
-        raise SettingError(f"{f.name.upper()}={raw!r} is invalid: {exc}") from exc
 
 
 def load(cls: type[S], environ: Mapping[str, str] | None = None) -> S:

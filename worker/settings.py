@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.connections import RedisConfig, RedisConfigError, ResultStoreConfig
+from core.connections import Connected, RedisConfigError
 from core.settings import (
-    ConnectionSettings,
     DeliverySettings,
     ObjectStoreSettings,
     ProcessSettings,
@@ -77,7 +76,7 @@ class OnnxOptions:
 
 @dataclass(frozen=True)
 class Settings(
-    ConnectionSettings,
+    Connected,
     DeliverySettings,
     ObjectStoreSettings,
     RetentionSettings,
@@ -414,17 +413,6 @@ class Settings(
             raise ConfigError("RESULT_CACHE_TTL must be >= 0")
         if self.max_deliveries < 1 or self.prefetch_multiplier < 1:
             raise ConfigError("MAX_DELIVERIES and PREFETCH_MULTIPLIER must be at least 1")
-
-    @property
-    def redis_config(self) -> RedisConfig:
-        return RedisConfig(self.redis_url, self.redis_sentinel_master, self.redis_key_prefix)
-
-    @property
-    def result_config(self) -> ResultStoreConfig:
-        """Where results are stored (validated; raises RedisConfigError)."""
-        return ResultStoreConfig.resolve(
-            self.redis_config, self.result_url, self.result_sentinel_master
-        )
 
     @property
     def effective_result_wait_replicas(self) -> int:

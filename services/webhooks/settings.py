@@ -14,9 +14,8 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from core.connections import RedisConfig, RedisConfigError, ResultStoreConfig
+from core.connections import Connected, RedisConfigError
 from core.settings import (
-    ConnectionSettings,
     ProcessSettings,
     RetentionSettings,
     SettingError,
@@ -50,7 +49,7 @@ def webhook_keys(raw: str) -> tuple[bytes, ...]:
 
 
 @dataclass(frozen=True)
-class WebhookSettings(ConnectionSettings, RetentionSettings, ProcessSettings, UrlPolicySettings):
+class WebhookSettings(Connected, RetentionSettings, ProcessSettings, UrlPolicySettings):
     """The webhook dispatcher (`python -m services.webhooks`; docs/lifecycle.md, Webhooks).
 
     Besides these, what workers read too (core.settings, module doc)."""
@@ -103,15 +102,3 @@ class WebhookSettings(ConnectionSettings, RetentionSettings, ProcessSettings, Ur
             raise SettingError(
                 "WEBHOOK_MAX_ATTEMPTS must be within 1..100, WEBHOOK_CONCURRENCY within 1..1024"
             )
-
-    @property
-    def redis_config(self) -> RedisConfig:
-        return RedisConfig(self.redis_url, self.redis_sentinel_master, self.redis_key_prefix)
-
-    @property
-    def result_config(self) -> ResultStoreConfig:
-        """Where results are stored, the events stream with them (validated; raises
-        RedisConfigError)."""
-        return ResultStoreConfig.resolve(
-            self.redis_config, self.result_url, self.result_sentinel_master
-        )

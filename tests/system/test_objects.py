@@ -34,6 +34,12 @@ def gateway(
     gw.stop()
 
 
+def _upload(gateway: Gateway, key: str) -> requests.Response:
+    """POST jpeg() to the gateway as a multipart upload."""
+    files = {"file": ("red.jpg", jpeg(), "image/jpeg")}
+    return requests.post(f"{gateway.url}/v1/jobs", files=files, headers=bearer(key), timeout=10)
+
+
 def test_the_cli_submits_objects_and_a_prefix_and_waits_for_them(
     gateway: Gateway, s3_env: S3, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -54,12 +60,7 @@ def test_an_upload_lands_in_the_bucket_and_is_classified_from_there(
     gateway: Gateway, s3: S3, redis_url: str
 ) -> None:
     key = make_key(redis_url, "objects")
-    answer = requests.post(
-        f"{gateway.url}/v1/jobs",
-        files={"file": ("red.jpg", jpeg(), "image/jpeg")},
-        headers=bearer(key),
-        timeout=10,
-    )
+    answer = _upload(gateway, key)
     assert answer.status_code == 202, answer.text
     job = answer.json()["id"]
     assert f"{UPLOADS}/{job}" in s3.keys(f"{UPLOADS}/")
@@ -85,12 +86,7 @@ def test_an_upload_store_that_fails_answers_503_and_queues_nothing(
     env = {"UPLOAD_URL": "s3://no-such-bucket/uploads", **s3.env}
     with prefixed_gateway(redis_url, log, prefix, **env) as gw:
         key = make_key(redis_url, "nobucket", prefix=prefix)
-        answer = requests.post(
-            f"{gw.url}/v1/jobs",
-            files={"file": ("red.jpg", jpeg(), "image/jpeg")},
-            headers=bearer(key),
-            timeout=10,
-        )
+        answer = _upload(gw, key)
         assert answer.status_code == 503, answer.text
         assert "UPLOAD_URL" in answer.json()["detail"], answer.text
         assert int(answer.headers["Retry-After"]) > 0
