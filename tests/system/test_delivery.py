@@ -297,7 +297,8 @@ def test_connections_killed_under_load_lose_nothing(
     except TimeoutError:  # say who holds what: a live consumer's claim, or a dead one's
         r = dclient.redis
         now = float(r.time()[0])
-        beats = {c.decode(): round(now - s, 1) for c, s in r.zrange(CONSUMERS, 0, -1, withscores=True)}
+        scored = r.zrange(CONSUMERS, 0, -1, withscores=True)
+        beats = {c.decode(): round(now - s, 1) for c, s in scored}
         held = {k.decode(): r.type(k).decode() for k in r.scan_iter("imgqueue:[iu]n*")}
         logs = "\n".join(w.log()[-3000:] for w in workers)
         raise AssertionError(f"held {held}, heartbeat ages {beats}\n{logs}") from None
